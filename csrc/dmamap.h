@@ -1,0 +1,296 @@
+/* dmamap C core: public API.  Every exported symbol is prefixed dmamap_.
+ *
+ * This file is also fed to cffi's cdef (preprocessor lines stripped), so it
+ * holds declarations only and uses no macros in declarations.
+ */
+#ifndef DMAMAP_H
+#define DMAMAP_H
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct dmamap_machine dmamap_machine;
+typedef struct dmamap_as dmamap_as;
+
+/* Error report filled by every fallible call; code is also the return value. */
+struct dmamap_err {
+    int code;
+    uint64_t addr;
+    uint64_t aux;
+    char msg[240];
+};
+
+enum {
+    DMAMAP_OK = 0,
+    DMAMAP_EINVAL = -1,          /* bad argument (range, alignment, wrap) */
+    DMAMAP_ENOMEM = -2,          /* out of emulated RAM */
+    DMAMAP_EPHYS = -3,           /* physical address outside any region */
+    DMAMAP_ESEGV = -4,           /* access to an address with no VMA */
+    DMAMAP_ENOHANDLER = -5,      /* not-present page in a VMA without fault handler */
+    DMAMAP_EPROT = -6,           /* protection violation */
+    DMAMAP_EALIGN = -7,          /* unaligned access to Device memory */
+    DMAMAP_EBADPAGE = -8,        /* fault handler / insert_page given a non-RAM or anon page */
+    DMAMAP_EVMAKIND = -9,        /* PFN insert into the wrong VMA kind / both flags */
+    DMAMAP_ECOW = -10,           /* private write fault on non-RAM: SIGBUS */
+    DMAMAP_EBUSY = -11,          /* prefault/insert into a non-empty PTE */
+    DMAMAP_EMEMTYPE = -12,       /* conflicting cache types for one physical range */
+    DMAMAP_ESIGBUS = -13,        /* fault handler returned SIGBUS */
+    DMAMAP_EHANDLER = -14,       /* Python callback raised; exception stashed by caller */
+    DMAMAP_EVIRT = -15,          /* virt_to_page on a non direct-mapped address */
+    DMAMAP_ENOVMA = -16,         /* stale or unknown VMA id */
+    DMAMAP_ECLOSED = -17,        /* machine or address space already closed */
+    DMAMAP_EIO = -18,            /* access to an unclaimed MMIO / port address */
+    DMAMAP_ERANGE = -19          /* address range outside the VMA / address space */
+};
+
+/* Instruction sets. */
+enum { DMAMAP_ISA_X86_64 = 1, DMAMAP_ISA_AARCH64 = 2 };
+
+/* Physical region types. */
+enum {
+    DMAMAP_MEM_RAM = 1,      /* has page descriptors; pfn_valid() */
+    DMAMAP_MEM_SRAM = 2,     /* RAM-like, no page descriptors */
+    DMAMAP_MEM_MMIO = 3,     /* accesses call the owning device */
+    DMAMAP_MEM_IOWIN = 4     /* memory-mapped I/O-port window */
+};
+
+/* Generic protection request, turned into arch PTE bits by dmamap_prot_make. */
+enum {
+    DMAMAP_PROT_READ = 1,
+    DMAMAP_PROT_WRITE = 2,
+    DMAMAP_PROT_EXEC = 4,
+    DMAMAP_PROT_USER = 8
+};
+
+/* VMA flags, named and numbered as Linux's vm_flags. */
+enum {
+    DMAMAP_VM_READ = 0x1,
+    DMAMAP_VM_WRITE = 0x2,
+    DMAMAP_VM_EXEC = 0x4,
+    DMAMAP_VM_SHARED = 0x8,
+    DMAMAP_VM_IO = 0x4000,
+    DMAMAP_VM_DONTEXPAND = 0x40000,
+    DMAMAP_VM_PFNMAP = 0x400,
+    DMAMAP_VM_MIXEDMAP = 0x10000000,
+    DMAMAP_VM_DONTDUMP = 0x4000000
+};
+
+/* Fault handler kinds of a VMA. */
+enum {
+    DMAMAP_FAULT_NONE = 0,
+    DMAMAP_FAULT_PAGE = 1,     /* built-in: hand out page descriptors of the chunks */
+    DMAMAP_FAULT_PFN = 2,      /* built-in: vmf_insert_pfn of the chunks */
+    DMAMAP_FAULT_PYTHON = 3,   /* callback */
+    DMAMAP_FAULT_PIO = 4       /* trapped port I/O: no PTEs, every access traps */
+};
+
+/* Fault callback results. */
+enum { DMAMAP_VM_FAULT_PAGE = 0, DMAMAP_VM_FAULT_NOPAGE = 1, DMAMAP_VM_FAULT_SIGBUS = 2 };
+
+/* Access kinds for the I/O callback. */
+enum { DMAMAP_IO_MMIO = 0, DMAMAP_IO_PORT = 1 };
+
+/* Page descriptor flags. */
+enum {
+    DMAMAP_PG_RESERVED = 1,
+    DMAMAP_PG_ANON = 2,
+    DMAMAP_PG_TABLE = 4,
+    DMAMAP_PG_DMA = 8
+};
+
+/* Memtype conflict policy. */
+enum { DMAMAP_MEMTYPE_STRICT = 0, DMAMAP_MEMTYPE_REPORT = 1 };
+
+typedef int (*dmamap_io_fn)(void *ctx, int kind, int owner, int bar, uint64_t offset,
+                            int size, int is_write, uint64_t *value);
+typedef int (*dmamap_fault_fn)(void *ctx, int vma_id, uint64_t va, int is_write,
+                               uint64_t *pfn_out);
+
+struct dmamap_region {
+    int type;
+    int owner;          /* device id for MMIO, -1 otherwise */
+    int bar;
+    uint64_t base;
+    uint64_t size;
+    uint64_t backing_offset;
+};
+
+struct dmamap_page_info {
+    uint32_t flags;
+    int32_t refcount;
+    int32_t mapcount;
+    uint32_t table_used;
+};
+
+struct dmamap_machine_stats {
+    uint64_t ram_pages;
+    uint64_t ram_pages_used;
+    uint64_t table_pages;
+    uint64_t dma_bytes_read;
+    uint64_t dma_bytes_written;
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    uint64_t cache_writebacks;
+    uint64_t memtype_reports;
+    uint64_t mmio_accesses;
+    uint64_t port_accesses;
+};
+
+struct dmamap_as_stats {
+    uint64_t ptes_written;
+    uint64_t ptes_cleared;
+    uint64_t faults;
+    uint64_t cow_faults;
+    uint64_t tlb_hits;
+    uint64_t tlb_misses;
+    uint64_t tlb_flushes;
+    uint64_t table_pages;
+    uint64_t pio_traps;
+};
+
+struct dmamap_xlate {
+    uint64_t pa;
+    uint64_t entry;      /* raw leaf descriptor */
+    uint64_t entry_pa;   /* physical address of the leaf descriptor */
+    uint64_t page_size;
+    int cache;           /* arch cache-type id (see dmamap_cache_name) */
+    int writable;
+    int user;
+    int executable;
+    int special;
+    int cacheable;
+    int device;
+    int region;          /* DMAMAP_MEM_* of pa, 0 if none */
+};
+
+struct dmamap_vma_info {
+    uint64_t start;
+    uint64_t end;
+    uint64_t flags;
+    uint64_t page_prot;
+    int fault_kind;
+    int live;
+};
+
+/* A contiguous run of page frames, for scatter-gather VMAs. */
+struct dmamap_chunk {
+    uint64_t pfn;
+    uint64_t npages;
+};
+
+struct dmamap_memtype_report {
+    uint64_t start;
+    uint64_t end;
+    int existing;
+    int requested;
+};
+
+/* ---- arch: PTE encode/decode ---- */
+int dmamap_isa_levels(int isa);
+int dmamap_isa_va_bits(int isa);
+const char *dmamap_cache_name(int isa, int cache);
+int dmamap_cache_count(int isa);
+int dmamap_cache_is_cacheable(int isa, int cache);
+int dmamap_cache_is_device(int isa, int cache);
+uint64_t dmamap_prot_make(int isa, unsigned flags, int cache);
+int dmamap_prot_cache(int isa, uint64_t prot);
+uint64_t dmamap_prot_set_cache(int isa, uint64_t prot, int cache);
+unsigned dmamap_prot_flags(int isa, uint64_t prot);
+int dmamap_cache_by_pat_index(int isa, int index);
+
+/* ---- machine ---- */
+dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size,
+                                   int coherent, struct dmamap_err *err);
+void dmamap_machine_free(dmamap_machine *m);
+void dmamap_machine_set_io(dmamap_machine *m, dmamap_io_fn fn, void *ctx);
+int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct dmamap_err *err);
+void dmamap_machine_set_memtype_policy(dmamap_machine *m, int policy);
+int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct dmamap_err *err);
+int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *err);
+int dmamap_region_count(dmamap_machine *m);
+int dmamap_region_get(dmamap_machine *m, int i, struct dmamap_region *out);
+int dmamap_region_of(dmamap_machine *m, uint64_t pa);
+void dmamap_machine_stats(dmamap_machine *m, struct dmamap_machine_stats *out);
+
+int dmamap_phys_read(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, struct dmamap_err *err);
+int dmamap_phys_write(dmamap_machine *m, uint64_t pa, const void *buf, uint64_t n, struct dmamap_err *err);
+int dmamap_pfn_valid(dmamap_machine *m, uint64_t pfn);
+int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *out, struct dmamap_err *err);
+
+int dmamap_alloc_pages(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
+                       uint64_t *pfn_out, struct dmamap_err *err);
+int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct dmamap_err *err);
+int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);
+int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);
+
+/* I/O-window translation slots: window pa -> port. */
+int dmamap_iowin_map(dmamap_machine *m, uint64_t pa, uint64_t size, uint64_t port, struct dmamap_err *err);
+int dmamap_iowin_unmap(dmamap_machine *m, uint64_t pa, struct dmamap_err *err);
+int dmamap_port_access(dmamap_machine *m, uint64_t port, int size, int is_write, uint64_t *value,
+                       struct dmamap_err *err);
+
+/* Cache maintenance (arm model; no-ops on a coherent machine). */
+int dmamap_flush_dcache_range(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
+int dmamap_invalidate_dcache_range(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
+int dmamap_clean_dcache_range(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
+
+/* Device DMA: reads/writes memory, never the CPU cache. */
+int dmamap_dma_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is_write,
+                  struct dmamap_err *err);
+
+/* Memtype tracking. */
+int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
+int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
+int dmamap_memtype_lookup(dmamap_machine *m, uint64_t pa);
+int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out, int max);
+
+/* ---- address spaces ---- */
+dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err);
+void dmamap_as_free(dmamap_as *as);
+uint64_t dmamap_as_root(dmamap_as *as);
+void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx);
+void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out);
+int dmamap_as_va_range(dmamap_as *as, uint64_t *lo, uint64_t *hi);
+
+int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
+                uint64_t align, int *id_out, struct dmamap_err *err);
+int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err);
+int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct dmamap_err *err);
+int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, struct dmamap_err *err);
+int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err *err);
+int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_chunk *chunks,
+                         int nchunks, uint64_t first_page, uint64_t fault_around, int large,
+                         struct dmamap_err *err);
+int dmamap_vma_find(dmamap_as *as, uint64_t va);
+
+/* Kernel-named primitives. */
+/* flags: DMAMAP_REMAP_LARGE uses 2 MiB / 1 GiB entries where aligned;
+ * DMAMAP_REMAP_NOTRACK skips memtype tracking (the kernel's direct map). */
+enum { DMAMAP_REMAP_LARGE = 1, DMAMAP_REMAP_NOTRACK = 2 };
+int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t size,
+                           uint64_t prot, int flags, struct dmamap_err *err);
+int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t prot,
+                               struct dmamap_err *err);
+int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
+int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
+int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, struct dmamap_err *err);
+int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_t prot,
+                    struct dmamap_err *err);
+
+/* Walks and accesses. */
+int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struct dmamap_err *err);
+int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
+int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct dmamap_err *err);
+int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err);
+int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, int is_write,
+                 struct dmamap_err *err);
+int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write,
+                      struct dmamap_err *err);
+int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *out, struct dmamap_err *err);
+void dmamap_tlb_flush_all(dmamap_as *as);
+
+/* Reference loops for benchmarks. */
+uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value);
+int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride);
+uint64_t dmamap_now_ns(void);
+
+#endif

@@ -1,0 +1,298 @@
+/* Page tables in emulated RAM: fill, clear, protect and walk, generic over the
+ * ISA formats in arch/.  Levels are numbered from the leaf (0 = 4 KiB). */
+#include <string.h>
+#include "internal.h"
+
+static inline uint64_t level_shift(int level)
+{
+    return PAGE_SHIFT + 9 * (uint64_t)level;
+}
+
+static inline int pt_index(uint64_t va, int level)
+{
+    return (int)((va >> level_shift(level)) & (ENTRIES - 1));
+}
+
+uint64_t *dmamap_table_ptr(dmamap_machine *m, uint64_t table_pa)
+{
+    return (uint64_t *)dmamap_host_ptr(m, table_pa, PAGE_SIZE, NULL);
+}
+
+static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
+{
+    return &m->pages[(table_pa >> PAGE_SHIFT) - m->ram_base_pfn];
+}
+
+static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
+{
+    int rc = dmamap_alloc_table_page(as->m, pa, err);
+    if (rc == 0)
+        as->st.table_pages++;
+    return rc;
+}
+
+static void drop_table(dmamap_as *as, uint64_t pa)
+{
+    dmamap_free_table_page(as->m, pa);
+    as->st.table_pages--;
+}
+
+/* Replace the block entry *e at level (> 0) by a table of next-level entries
+ * mapping the same memory with the same attributes. */
+static int split_block(dmamap_as *as, uint64_t *e, int level, struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t child;
+    int rc = new_table(as, &child, err);
+    if (rc)
+        return rc;
+    uint64_t *t = dmamap_table_ptr(as->m, child);
+    uint64_t pa = a->entry_pa(*e, level);
+    uint64_t prot = a->leaf_prot(*e, level);
+    uint64_t step = 1ULL << level_shift(level - 1);
+    for (int i = 0; i < ENTRIES; i++)
+        t[i] = a->leaf(pa + (uint64_t)i * step, prot, level - 1);
+    table_desc(as->m, child)->table_used = ENTRIES;
+    *e = a->table_entry(child, as->kernel);
+    return 0;
+}
+
+/* Entry slot for va at `level`, creating tables on the way down; *table_out is
+ * the table page holding the slot.  Fails with EBUSY if a block above `level`
+ * already covers va. */
+static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint64_t *table_out,
+                   struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t table = as->root;
+    for (int l = a->levels - 1; l > level; l--) {
+        uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
+        if (*e == 0) {
+            uint64_t child;
+            int rc = new_table(as, &child, err);
+            if (rc)
+                return rc;
+            *e = a->table_entry(child, as->kernel);
+            table_desc(as->m, table)->table_used++;
+        } else if (!a->is_table(*e, l)) {
+            return dmamap_fail(err, DMAMAP_EBUSY, va, "prefault into a non-empty entry: %#llx is "
+                               "already mapped by a %s block", (unsigned long long)va,
+                               l == 2 ? "1 GiB" : "2 MiB");
+        }
+        table = a->table_pa(*e);
+    }
+    *slot = &dmamap_table_ptr(as->m, table)[pt_index(va, level)];
+    *table_out = table;
+    return 0;
+}
+
+static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n);
+
+int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
+                   int large, int special, struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t start = va;
+    uint64_t pa = pfn << PAGE_SHIFT;
+    if (special)
+        prot = a->set_special(prot);
+    while (npages) {
+        int level = 0;
+        if (large && special) {   /* normal pages are mapped 4 KiB at a time */
+            for (int l = a->max_block_level; l > 0; l--) {
+                uint64_t span = 1ULL << level_shift(l);
+                if (!((va | pa) & (span - 1)) && (npages << PAGE_SHIFT) >= span) {
+                    level = l;
+                    break;
+                }
+            }
+        }
+        uint64_t *slot, table;
+        int rc = descend(as, va, level, &slot, &table, err);
+        while (rc == 0 && level > 0 && *slot != 0)   /* a table lives there: go smaller */
+            rc = descend(as, va, --level, &slot, &table, err);
+        if (rc) {
+            dmamap_pt_clear(as, start, (va - start) >> PAGE_SHIFT);
+            return rc;
+        }
+        struct page_desc *td = table_desc(as->m, table);
+        uint64_t n = level > 0 ? 1 : ENTRIES - (uint64_t)pt_index(va, 0);
+        if (level == 0 && npages < n)
+            n = npages;
+        uint64_t step = 1ULL << level_shift(level);
+        uint64_t e = a->leaf(pa, prot, level);
+        for (uint64_t i = 0; i < n; i++) {
+            if (slot[i]) {
+                if (!special)
+                    ref_pages(as, pa, i);
+                td->table_used += (uint32_t)i;
+                as->st.ptes_written += i;
+                uint64_t busy = va + i * step;
+                dmamap_pt_clear(as, start, (busy - start) >> PAGE_SHIFT);
+                return dmamap_fail(err, DMAMAP_EBUSY, busy, "prefault into a non-empty PTE at %#llx "
+                                   "(partial remap rolled back)", (unsigned long long)busy);
+            }
+            slot[i] = e + i * step;
+        }
+        if (!special)
+            ref_pages(as, pa, n);
+        td->table_used += (uint32_t)n;
+        as->st.ptes_written += n;
+        va += n * step;
+        pa += n * step;
+        npages -= n * (step >> PAGE_SHIFT);
+    }
+    return 0;
+}
+
+/* Take the references that n normal 4 KiB PTEs of RAM pages from pa hold. */
+static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
+{
+    LOCK(&as->m->lock);
+    for (uint64_t i = 0; i < n; i++) {
+        struct page_desc *p = dmamap_page(as->m, (pa >> PAGE_SHIFT) + i);
+        if (p) {
+            p->mapcount++;
+            p->refcount++;
+        }
+    }
+    UNLOCK(&as->m->lock);
+}
+
+/* Drop the page references a normal (non-special) 4 KiB PTE holds. */
+static void unref_leaf(dmamap_as *as, uint64_t e)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    struct dmamap_xlate x;
+    if (!a->is_valid(e, 0))
+        return;
+    a->decode(e, 0, &x);
+    if (x.special)
+        return;
+    struct page_desc *p = dmamap_page(as->m, a->entry_pa(e, 0) >> PAGE_SHIFT);
+    if (!p)
+        return;
+    LOCK(&as->m->lock);
+    p->mapcount--;
+    p->refcount--;
+    int freed = p->refcount == 0;
+    UNLOCK(&as->m->lock);
+    if (freed) {   /* last reference of an anonymous (COW) page */
+        struct dmamap_err err;
+        LOCK(&as->m->lock);
+        p->refcount = 1;
+        UNLOCK(&as->m->lock);
+        dmamap_free_pages(as->m, a->entry_pa(e, 0) >> PAGE_SHIFT, 1, &err);
+    }
+}
+
+static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, uint64_t end)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t *t = dmamap_table_ptr(as->m, table);
+    struct page_desc *td = table_desc(as->m, table);
+    uint64_t span = 1ULL << level_shift(level);
+    uint64_t cur = va;
+    while (cur < end) {
+        uint64_t ent_start = cur & ~(span - 1);
+        uint64_t ent_end = ent_start + span;
+        uint64_t stop = ent_end < end && ent_end > ent_start ? ent_end : end;
+        uint64_t *e = &t[pt_index(cur, level)];
+        if (*e) {
+            if (level > 0 && a->is_table(*e, level)) {
+                uint64_t child = a->table_pa(*e);
+                clear_table(as, child, level - 1, cur, stop);
+                if (table_desc(as->m, child)->table_used == 0) {
+                    *e = 0;
+                    td->table_used--;
+                    drop_table(as, child);
+                }
+            } else if (level == 0 || (cur == ent_start && stop == ent_end)) {
+                if (level == 0)
+                    unref_leaf(as, *e);
+                *e = 0;
+                td->table_used--;
+                as->st.ptes_cleared++;
+            } else {
+                struct dmamap_err err;
+                if (split_block(as, e, level, &err) == 0)
+                    continue;   /* now a table: clear inside it */
+            }
+        }
+        cur = stop;
+    }
+}
+
+void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
+{
+    if (npages == 0)
+        return;
+    clear_table(as, as->root, as->m->arch->levels - 1, va, va + (npages << PAGE_SHIFT));
+}
+
+int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t table = as->root;
+    for (int l = a->levels - 1; l >= 0; l--) {
+        uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
+        *entry_out = e;
+        *level_out = l;
+        if (*e == 0)
+            return 0;
+        if (l > 0 && a->is_table(*e, l)) {
+            table = a->table_pa(*e);
+            continue;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t end = va + (npages << PAGE_SHIFT);
+    uint64_t cur = va;
+    while (cur < end) {
+        uint64_t *e;
+        int level;
+        int found = dmamap_pt_walk(as, cur, &e, &level);
+        uint64_t span = 1ULL << level_shift(level);
+        uint64_t ent_start = cur & ~(span - 1);
+        uint64_t stop = ent_start + span < end ? ent_start + span : end;
+        if (found) {
+            if (level > 0 && (cur != ent_start || stop != ent_start + span)) {
+                int rc = split_block(as, e, level, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
+            struct dmamap_xlate x;
+            a->decode(*e, level, &x);
+            uint64_t p = x.special ? a->set_special(prot) : prot;
+            *e = a->leaf(a->entry_pa(*e, level), p, level);
+        }
+        cur = stop;
+    }
+    return 0;
+}
+
+static void free_tables(dmamap_as *as, uint64_t table, int level)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    if (level > 0) {
+        uint64_t *t = dmamap_table_ptr(as->m, table);
+        for (int i = 0; i < ENTRIES; i++)
+            if (t[i] && a->is_table(t[i], level))
+                free_tables(as, a->table_pa(t[i]), level - 1);
+    }
+    drop_table(as, table);
+}
+
+void dmamap_pt_free_all(dmamap_as *as)
+{
+    if (as->root)
+        free_tables(as, as->root, as->m->arch->levels - 1);
+    as->root = 0;
+}

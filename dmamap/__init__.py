@@ -1,0 +1,99 @@
+"""dmamap: architecture-portable mmap helpers for device memory, and an
+emulated machine (real x86-64 / AArch64 page tables, page descriptors, a
+non-snooped write-back cache, devices with a DMA engine) to run them on."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from dmamap.device import Bar, Device, PortRange
+from dmamap.dma import (
+    STRATEGIES,
+    DmaBuffer,
+    SgEntry,
+    SgTable,
+    dma_alloc_coherent,
+    dma_alloc_coherent_sg,
+    dma_coherent_to_page,
+    dma_coherent_to_pfn,
+    dma_free_coherent,
+    dma_free_coherent_sg,
+    dma_mmap_coherent,
+    dma_mmap_coherent_sg,
+    dma_munmap_coherent,
+    mmio_map,
+    pio_map,
+)
+from dmamap.errors import *  # noqa: F403 - the documented exception classes
+from dmamap.errors import DmamapError
+from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region, resolve_machine
+from dmamap.mm import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VM_FAULT_NOPAGE,
+    VM_FAULT_SIGBUS,
+    AddressSpace,
+    AsStats,
+    PgProt,
+    Translation,
+    Vma,
+    VmFault,
+    VmFlags,
+    change_protection,
+    pgprot_cached,
+    pgprot_dmacoherent,
+    pgprot_noncached,
+    pgprot_writecombine,
+    remap_pfn_range,
+    vm_insert_page,
+    vmf_insert_mixed,
+    vmf_insert_pfn,
+    vmf_insert_pfn_prot,
+    zap_vma_ptes,
+)
+from dmamap.registry import available_backends, get_backend, register_backend, registry
+
+try:
+    __version__ = version("dmamap")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+
+def virt_to_page(kaddr: int, *, machine: Machine | None = None) -> Page:
+    """Page descriptor of a direct-mapped RAM kernel address; anything else raises VirtToPageError."""
+    return resolve_machine(kaddr, machine).virt_to_page(kaddr)
+
+
+def virt_to_phys(kaddr: int, *, machine: Machine | None = None) -> int:
+    return resolve_machine(kaddr, machine).virt_to_phys(kaddr)
+
+
+def pfn_to_page(pfn: int, *, machine: Machine | None = None) -> Page:
+    """Page descriptor of a RAM pfn; non-RAM raises BadPageError."""
+    return resolve_machine(pfn, machine).pfn_to_page(pfn)
+
+
+def page_to_pfn(page: Page) -> int:
+    if not isinstance(page, Page):
+        raise TypeError(f"expected a Page, got {type(page).__name__}")
+    return page.pfn
+
+
+def page_address(page: Page) -> KernelAddress:
+    if not isinstance(page, Page):
+        raise TypeError(f"expected a Page, got {type(page).__name__}")
+    return page.machine.page_address(page)
+
+
+__all__ = [
+    "__version__", "Machine", "MachineStats", "Page", "Region", "KernelAddress", "AddressSpace", "AsStats",
+    "Vma", "VmFault", "VmFlags", "PgProt", "Translation", "Device", "Bar", "PortRange", "DmaBuffer", "SgEntry",
+    "SgTable", "STRATEGIES", "PAGE_SIZE", "PAGE_SHIFT", "VM_FAULT_NOPAGE", "VM_FAULT_SIGBUS",
+    "DmamapError", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent", "dma_munmap_coherent",
+    "dma_alloc_coherent_sg", "dma_free_coherent_sg", "dma_mmap_coherent_sg", "dma_coherent_to_page",
+    "dma_coherent_to_pfn", "mmio_map", "pio_map", "remap_pfn_range", "vmf_insert_pfn", "vmf_insert_pfn_prot",
+    "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection", "pgprot_noncached",
+    "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached", "virt_to_page", "virt_to_phys",
+    "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
+    "registry",
+]

@@ -1,0 +1,174 @@
+"""Platform backends: what a platform decides for the helpers.
+
+A backend is mostly data (ISA, DMA coherency, what coherent memory is, user
+attribute, default strategy, PIO method) plus a few hooks a port may override.
+Third-party backends subclass :class:`Backend` and register it under the
+``dmamap.arch`` entry point group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dmamap.errors import BadPageError, OutOfMemoryError
+from dmamap.machine import KernelAddress, Page
+from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, remap_pfn_range
+
+if TYPE_CHECKING:
+    from dmamap.device import Device
+    from dmamap.machine import Machine
+
+__all__ = ["Backend", "CoherentAlloc", "STRATEGIES"]
+
+#: Mapping strategies the helpers accept.
+STRATEGIES = ("prefault", "prefault-large", "fault", "fault-page", "fault-pfn", "fault-around", "fault-large")
+
+
+@dataclass
+class CoherentAlloc:
+    """What a backend hands back for one coherent allocation."""
+
+    pfn: int
+    npages: int
+    cpu_addr: KernelAddress
+    is_ram: bool
+    kernel_vma: Vma | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    """Base class and reference implementation of a platform."""
+
+    name: ClassVar[str] = ""
+    isa: ClassVar[str] = "x86_64"
+    #: DMA snoops CPU caches (no cache model when True).
+    dma_coherent: ClassVar[bool] = True
+    #: Conflicting cache types raise (x86 PAT) rather than being reported (ARM).
+    strict_memtype: ClassVar[bool] = True
+    #: "trap" (x86 port space) or "window" (memory-mapped I/O window).
+    pio: ClassVar[str] = "trap"
+    #: "ram" (direct-mapped RAM), "remap" (RAM remapped uncached), "sram" (no page descriptors).
+    coherent_memory: ClassVar[str] = "ram"
+    #: Cache type of the kernel alias of coherent memory.
+    kernel_cache: ClassVar[str] = "WB"
+    #: Cache type of user mappings of coherent memory (dma_pgprot).
+    user_cache: ClassVar[str] = "WB"
+    default_strategy: ClassVar[str] = "prefault"
+    default_sram: ClassVar[int] = 0
+    #: Bus address = physical address - dma_offset.
+    dma_offset: ClassVar[int] = 0
+    description: ClassVar[str] = ""
+
+    # ---- hooks ----
+    def setup(self, machine: Machine) -> None:
+        """Called once the machine's memory map and kernel direct map exist."""
+        machine._sram_free = [(machine.sram_base >> PAGE_SHIFT, machine.sram_size >> PAGE_SHIFT)] \
+            if machine.sram_size else []
+
+    def phys_to_dma(self, dev: Device, pa: int) -> int:
+        return pa - self.dma_offset
+
+    def dma_to_phys(self, dev: Device, dma_addr: int) -> int:
+        return dma_addr + self.dma_offset
+
+    def dma_pgprot(self, dev: Device, prot: PgProt) -> PgProt:
+        """The user attribute for coherent memory (kernel/dma/mapping.c dma_pgprot)."""
+        return prot.with_cache(self.user_cache)
+
+    def strategy_for(self, is_ram: bool) -> str:
+        return self.default_strategy
+
+    def alloc_coherent(self, dev: Device, npages: int) -> CoherentAlloc:
+        m = dev.machine
+        kind = self.coherent_memory
+        if kind == "sram":
+            pfn = _sram_alloc(m, npages)
+            try:
+                cpu, kvma = _kernel_remap(m, pfn, npages, self.kernel_cache)
+            except BaseException:
+                _sram_free(m, pfn, npages)
+                raise
+            return CoherentAlloc(pfn, npages, cpu, False, kvma)
+        page = m.alloc_pages(npages, dma=True)
+        pa, size = page.phys_addr, npages << PAGE_SHIFT
+        try:
+            if kind == "remap":
+                # dma_prep_coherent: no dirty line of the cacheable direct map may
+                # later land on top of what the device wrote.
+                m.flush_dcache_range(pa, size)
+                cpu, kvma = _kernel_remap(m, page.pfn, npages, self.kernel_cache)
+                return CoherentAlloc(page.pfn, npages, cpu, True, kvma)
+            m.memtype_reserve(pa, size, self.kernel_cache)
+            return CoherentAlloc(page.pfn, npages, m.page_address(page), True)
+        except BaseException:
+            m.free_pages(page, npages)
+            raise
+
+    def free_coherent(self, dev: Device, alloc: CoherentAlloc) -> None:
+        m = dev.machine
+        if alloc.kernel_vma is not None:
+            m.kernel.munmap(alloc.kernel_vma)
+        elif alloc.is_ram:
+            m.memtype_free(alloc.pfn << PAGE_SHIFT, alloc.npages << PAGE_SHIFT, self.kernel_cache)
+        if alloc.is_ram:
+            m.free_pages(Page(m, alloc.pfn), alloc.npages)
+        else:
+            _sram_free(m, alloc.pfn, alloc.npages)
+
+    def coherent_to_page(self, dev: Device, alloc: CoherentAlloc, index: int) -> Page:
+        """The page descriptor of page ``index`` of a coherent buffer: from the
+        allocator's pfn, never virt_to_page() of the (possibly remapped) cpu_addr."""
+        if not alloc.is_ram:
+            raise BadPageError(f"{self.name}: coherent memory at pfn {alloc.pfn + index:#x} has no page "
+                               f"descriptor; only a PFN can be mapped", (alloc.pfn + index) << PAGE_SHIFT)
+        return Page(dev.machine, alloc.pfn + index)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "isa": self.isa,
+            "dma_coherent": "yes (snooping)" if self.dma_coherent else "no",
+            "coherent memory": {"ram": "direct-mapped RAM", "remap": "RAM remapped uncached",
+                                "sram": "on-bus SRAM, no page descriptor"}[self.coherent_memory],
+            "user attribute": self.user_cache,
+            "default strategy": self.default_strategy,
+            "pio": "trapped port space" if self.pio == "trap" else "memory-mapped I/O window",
+        }
+
+
+def _kernel_remap(m: Machine, pfn: int, npages: int, cache: str) -> tuple[KernelAddress, Vma]:
+    """Map pfns into the kernel's vmalloc area with ``cache`` (dma_common_contiguous_remap / ioremap)."""
+    kvma = m.kernel.mmap(npages << PAGE_SHIFT, prot="rw", align=PAGE_SIZE)
+    try:
+        remap_pfn_range(kvma, kvma.start, pfn, npages << PAGE_SHIFT,
+                        PgProt.make(m.isa, write=True, user=False, cache=cache))
+    except BaseException:
+        m.kernel.munmap(kvma)
+        raise
+    return KernelAddress(kvma.start, m), kvma
+
+
+def _sram_alloc(m: Machine, npages: int) -> int:
+    """First fit in the SRAM pool (a gen_pool)."""
+    free: list[tuple[int, int]] = m._sram_free
+    for i, (pfn, n) in enumerate(free):
+        if n >= npages:
+            free[i] = (pfn + npages, n - npages)
+            if free[i][1] == 0:
+                del free[i]
+            return pfn
+    raise OutOfMemoryError(f"SRAM pool exhausted: no run of {npages} pages "
+                           f"({sum(n for _, n in free)} pages free)")
+
+
+def _sram_free(m: Machine, pfn: int, npages: int) -> None:
+    free: list[tuple[int, int]] = m._sram_free
+    free.append((pfn, npages))
+    free.sort()
+    merged: list[tuple[int, int]] = []
+    for p, n in free:
+        if merged and merged[-1][0] + merged[-1][1] == p:
+            merged[-1] = (merged[-1][0], merged[-1][1] + n)
+        else:
+            merged.append((p, n))
+    free[:] = merged

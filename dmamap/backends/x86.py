@@ -1,0 +1,20 @@
+"""x86-64 PC: DMA snoops the caches; coherent memory is direct-mapped RAM,
+mapped write-back everywhere; PAT refuses conflicting memory types; port I/O
+is a separate, trapped address space."""
+
+from __future__ import annotations
+
+from dmamap.backends import Backend
+
+
+class X86Backend(Backend):
+    name = "x86"
+    isa = "x86_64"
+    dma_coherent = True
+    strict_memtype = True
+    pio = "trap"
+    coherent_memory = "ram"
+    kernel_cache = "WB"
+    user_cache = "WB"
+    default_strategy = "prefault"
+    description = "x86-64, coherent DMA, direct-mapped RAM, PAT memtype tracking"

@@ -1,0 +1,218 @@
+"""Devices: MMIO BARs and I/O-port ranges whose register accesses call Python
+callbacks, and a DMA engine that reads and writes memory (never the CPU cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+from dmamap._ffi import call, ffi, lib
+from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError
+from dmamap.mm import PAGE_SIZE, _addr
+
+if TYPE_CHECKING:
+    from dmamap.dma import _DmaDebug
+    from dmamap.machine import Machine
+
+ReadFn = Callable[[int, int], int]
+WriteFn = Callable[[int, int, int], None]
+
+__all__ = ["Device", "Bar", "PortRange"]
+
+
+@dataclass
+class Bar:
+    """One MMIO BAR: ``size`` bytes, optional callbacks ``read(offset, size)`` and
+    ``write(offset, size, value)``; without them it is a plain register file."""
+
+    size: int
+    read: ReadFn | None = None
+    write: WriteFn | None = None
+    base: int = 0
+    regs: bytearray = field(default_factory=bytearray, repr=False)
+
+
+@dataclass
+class PortRange:
+    """``count`` I/O ports from ``base``, with optional callbacks like :class:`Bar`."""
+
+    base: int
+    count: int
+    read: ReadFn | None = None
+    write: WriteFn | None = None
+    regs: bytearray = field(default_factory=bytearray, repr=False)
+
+
+BarSpec = Union[int, Bar]
+PortSpec = Union[tuple[int, int], PortRange]
+
+
+def _pow2_at_least(n: int) -> int:
+    p = PAGE_SIZE
+    while p < n:
+        p <<= 1
+    return p
+
+
+class Device:
+    """A device on the machine's bus.
+
+    ``bars`` are sizes or :class:`Bar` objects; ``ports`` are ``(base, count)``
+    pairs or :class:`PortRange` objects.  ``read``/``write`` are the default
+    callbacks for every range that has none of its own.  Each register access
+    calls exactly one callback, at the access's width.
+    """
+
+    def __init__(self, machine: Machine, name: str, *, bars: Sequence[BarSpec] = (),
+                 ports: Sequence[PortSpec] = (), read: ReadFn | None = None, write: WriteFn | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"device name must be a non-empty str, not {name!r}")
+        if name in machine.devices:
+            raise InvalidArgumentError(f"a device named {name!r} already exists on this machine")
+        machine._ptr()
+        self.machine = machine
+        self.name = name
+        self.bars: list[Bar] = []
+        self.ports: list[PortRange] = []
+        self.removed = False
+        from dmamap.dma import _DmaDebug
+
+        self.dma_debug: _DmaDebug = _DmaDebug(self)
+        bar_objs = [b if isinstance(b, Bar) else Bar(_addr("bar size", b)) for b in bars]
+        port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
+        for b in bar_objs:
+            if b.size <= 0 or b.size > 1 << 32:
+                raise InvalidArgumentError(f"BAR size {b.size:#x} must be between 1 byte and 4 GiB")
+            b.read, b.write = b.read or read, b.write or write
+        for p in port_objs:
+            if not (0 <= p.base and p.count > 0 and p.base + p.count <= 0x10000):
+                raise InvalidArgumentError(f"ports {p.base:#x}+{p.count} outside the 64 KiB port space", p.base)
+            for lo, hi, other in machine._ports:
+                if p.base < hi and lo < p.base + p.count:
+                    raise InvalidArgumentError(f"ports {p.base:#x}+{p.count} overlap device {other.name!r}", p.base)
+            p.read, p.write = p.read or read, p.write or write
+            if p.read is None:
+                p.regs = bytearray(p.count + 8)
+        with machine._lock:
+            self.id = machine._next_dev_id
+            machine._next_dev_id += 1
+            machine._owner_names[self.id] = name
+            try:
+                for i, b in enumerate(bar_objs):
+                    span = _pow2_at_least(b.size)
+                    base = (machine._mmio_next + span - 1) & ~(span - 1)
+                    if base + span > machine.layout.mmio_base + machine.layout.mmio_size:
+                        raise InvalidArgumentError(f"MMIO window exhausted placing BAR{i} of {name!r}")
+                    machine._add_region(3, base, span, 0, owner=self.id, bar=i)
+                    machine._mmio_next = base + span
+                    b.base = base
+                    if b.read is None:
+                        b.regs = bytearray(span + 8)
+                    self.bars.append(b)
+            except BaseException:
+                for b in self.bars:
+                    lib.dmamap_remove_region(machine._ptr(), b.base, ffi.NULL)
+                raise
+            for p in port_objs:
+                machine._ports.append((p.base, p.base + p.count, self))
+                self.ports.append(p)
+            machine.devices[name] = self
+            machine._devices_by_id[self.id] = self
+
+    def bar(self, i: int = 0) -> tuple[int, int]:
+        """(physical base, size) of BAR ``i``."""
+        b = self.bars[i]
+        return b.base, b.size
+
+    def _check(self) -> None:
+        if self.removed:
+            raise InvalidArgumentError(f"device {self.name!r} was removed")
+        self.machine._ptr()
+
+    # ---- register dispatch (called from the C core) ----
+    def _mmio(self, bar: int, offset: int, size: int, is_write: bool, value: int) -> int | None:
+        b = self.bars[bar]
+        if offset + size > b.size:
+            return None
+        return _dispatch(b.read, b.write, b.regs, offset, size, is_write, value)
+
+    def _pio(self, port: int, size: int, is_write: bool, value: int) -> int | None:
+        for p in self.ports:
+            if p.base <= port and port + size <= p.base + p.count:
+                return _dispatch(p.read, p.write, p.regs, port - p.base, size, is_write, value)
+        return None
+
+    # ---- DMA engine ----
+    def dma_read(self, dma_addr: int, n: int) -> bytes:
+        """The device reads ``n`` bytes of memory at bus address ``dma_addr``."""
+        self._check()
+        n = _addr("n", n)
+        buf = bytearray(n)
+        if n:
+            pa = self._bus_to_phys(dma_addr)
+            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(buf), n, 0)
+        return bytes(buf)
+
+    def dma_write(self, dma_addr: int, data: bytes | bytearray | memoryview) -> None:
+        """The device writes ``data`` to memory at bus address ``dma_addr``."""
+        self._check()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if len(data):
+            pa = self._bus_to_phys(dma_addr)
+            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(data), len(data), 1)
+
+    def _bus_to_phys(self, dma_addr: int) -> int:
+        dma_addr = _addr("dma_addr", dma_addr)
+        be = self.machine.backend
+        pa = be.dma_to_phys(self, dma_addr) if be else dma_addr
+        if not 0 <= pa < 1 << 64:
+            raise InvalidArgumentError(f"bus address {dma_addr:#x} translates outside physical memory", dma_addr)
+        return pa
+
+    # ---- lifetime ----
+    def remove(self, *, force: bool = False) -> None:
+        """Detach the device; refuses (DmaLeakError) while DMA buffers are still
+        allocated or mapped, unless ``force``."""
+        if self.removed:
+            return
+        if self.machine.closed:
+            raise MachineClosedError(f"machine {self.machine.name} is closed")
+        leaks = self.dma_debug.outstanding()
+        if leaks and not force:
+            raise DmaLeakError(f"device {self.name!r} removed with DMA buffers still allocated or mapped: "
+                               + "; ".join(leaks), 0)
+        self._detach()
+
+    def _closing(self) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        m = self.machine
+        with m._lock:
+            if not m.closed:
+                for b in self.bars:
+                    lib.dmamap_remove_region(m._state.m, b.base, ffi.NULL)
+            m._ports = [t for t in m._ports if t[2] is not self]
+            m.devices.pop(self.name, None)
+            m._devices_by_id.pop(self.id, None)
+        self.removed = True
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name!r} bars={[hex(b.base) for b in self.bars]} ports={[hex(p.base) for p in self.ports]}>"
+
+
+def _dispatch(read: ReadFn | None, write: WriteFn | None, regs: bytearray, offset: int, size: int,
+              is_write: bool, value: int) -> int | None:
+    if is_write:
+        if write is not None:
+            write(offset, size, value)
+        elif read is None:
+            regs[offset:offset + size] = value.to_bytes(size, "little")
+        return 0
+    if read is not None:
+        r: Any = read(offset, size)
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise InvalidArgumentError(f"device read callback returned {r!r}, not an int")
+        return r
+    return int.from_bytes(regs[offset:offset + size], "little")

@@ -1,0 +1,466 @@
+"""The helpers driver writers call: coherent DMA buffers (plain and
+scatter-gather), mapping them to user space, MMIO and port I/O mappings.
+
+Names and argument order are the kernel's (include/linux/dma-mapping.h).  The
+platform backend decides allocator, attribute and strategy; DMA-API-debug
+style checks catch misuse (kernel/dma/debug.c).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from dmamap._ffi import call, ffi, lib
+from dmamap.backends import STRATEGIES, Backend, CoherentAlloc
+from dmamap.errors import (
+    DmaDoubleFreeError,
+    DmaFreeError,
+    DmaUseAfterFreeError,
+    InvalidArgumentError,
+    StrategyError,
+)
+from dmamap.machine import IOWIN_SIZE, KernelAddress, Machine, Page
+from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, VmFlags, _addr, pgprot_noncached, \
+    pgprot_writecombine, remap_pfn_range
+
+if TYPE_CHECKING:
+    from dmamap.device import Device
+
+__all__ = [
+    "DmaBuffer", "SgEntry", "SgTable", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent",
+    "dma_alloc_coherent_sg", "dma_free_coherent_sg", "dma_mmap_coherent_sg", "dma_munmap_coherent",
+    "dma_coherent_to_page", "dma_coherent_to_pfn", "mmio_map", "pio_map", "STRATEGIES",
+]
+
+
+class DmaBuffer(NamedTuple):
+    """A coherent buffer: ``cpu_addr, dma_handle, size = buf``."""
+
+    cpu_addr: KernelAddress
+    dma_handle: int
+    size: int
+
+
+class SgEntry(NamedTuple):
+    """One physically contiguous chunk of a scatter list."""
+
+    cpu_addr: KernelAddress
+    dma_handle: int
+    nr_pages: int
+
+    @property
+    def length(self) -> int:
+        return self.nr_pages << PAGE_SHIFT
+
+
+@dataclass
+class SgTable:
+    """A scatter list of coherent chunks that maps as one linear range."""
+
+    entries: list[SgEntry]
+    device: Device
+
+    @property
+    def nr_pages(self) -> int:
+        return sum(e.nr_pages for e in self.entries)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> SgEntry:
+        return self.entries[i]
+
+    def locate(self, page: int) -> tuple[SgEntry, int]:
+        """(chunk, page within chunk) of linear page ``page``."""
+        for e in self.entries:
+            if page < e.nr_pages:
+                return e, page
+            page -= e.nr_pages
+        raise InvalidArgumentError(f"page {page} is past the end of the scatter list")
+
+
+@dataclass
+class _Record:
+    alloc: CoherentAlloc
+    size: int
+    dma_handle: int
+    vmas: set[Vma] = field(default_factory=set)
+
+
+class _DmaDebug:
+    """Per-device bookkeeping of coherent allocations (CONFIG_DMA_API_DEBUG)."""
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+        self.live: dict[int, _Record] = {}
+        self.freed: dict[int, tuple[int, int]] = {}
+        self.lock = threading.RLock()
+
+    def lookup(self, what: str, cpu_addr: int, dma_handle: int, size: int | None) -> _Record:
+        rec = self.live.get(int(cpu_addr))
+        if rec is None:
+            if int(cpu_addr) in self.freed:
+                cls = DmaDoubleFreeError if what == "dma_free_coherent" else DmaUseAfterFreeError
+                raise cls(f"{what}: buffer at cpu_addr {int(cpu_addr):#x} of device {self.dev.name!r} was "
+                          f"already freed", int(cpu_addr))
+            raise DmaFreeError(f"{what}: device {self.dev.name!r} never allocated a coherent buffer at "
+                               f"cpu_addr {int(cpu_addr):#x}", int(cpu_addr))
+        if dma_handle != rec.dma_handle:
+            raise DmaFreeError(f"{what}: wrong dma_handle {dma_handle:#x} for cpu_addr {int(cpu_addr):#x} "
+                               f"(allocated with {rec.dma_handle:#x})", int(cpu_addr))
+        if size is not None and size != rec.size:
+            raise DmaFreeError(f"{what}: wrong size {size:#x} for cpu_addr {int(cpu_addr):#x} "
+                               f"(allocated {rec.size:#x})", int(cpu_addr))
+        return rec
+
+    def outstanding(self) -> list[str]:
+        out = []
+        for cpu, rec in self.live.items():
+            mapped = [v for v in rec.vmas if v.live]
+            state = f"mapped by {len(mapped)} VMA(s)" if mapped else "allocated"
+            out.append(f"{rec.size:#x} bytes at cpu_addr {cpu:#x} {state}")
+        return out
+
+
+def _device(dev: Device) -> Device:
+    from dmamap.device import Device
+
+    if not isinstance(dev, Device):
+        raise TypeError(f"expected a Device, got {type(dev).__name__}")
+    dev._check()
+    return dev
+
+
+def _backend(dev: Device) -> Backend:
+    be = dev.machine.backend
+    if be is None:
+        raise InvalidArgumentError(f"machine {dev.machine.name} has no platform backend; create it with "
+                                   f"Machine('x86'|'arm'|'sram'|...)")
+    return be
+
+
+def _size(size: int) -> int:
+    size = _addr("size", size)
+    if size == 0:
+        raise InvalidArgumentError("DMA buffer size is zero")
+    return size
+
+
+# ---- coherent buffers ----
+
+def dma_alloc_coherent(dev: Device, size: int) -> DmaBuffer:
+    """Allocate a zeroed coherent buffer: ``cpu_addr, dma_handle, size = ...``."""
+    dev = _device(dev)
+    size = _size(size)
+    be = _backend(dev)
+    npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+    alloc = be.alloc_coherent(dev, npages)
+    handle = be.phys_to_dma(dev, alloc.pfn << PAGE_SHIFT)
+    with dev.dma_debug.lock:
+        dev.dma_debug.live[int(alloc.cpu_addr)] = _Record(alloc, size, handle)
+        dev.dma_debug.freed.pop(int(alloc.cpu_addr), None)
+    return DmaBuffer(alloc.cpu_addr, handle, size)
+
+
+def dma_free_coherent(dev: Device, size: int, cpu_addr: int, dma_handle: int) -> None:
+    """Free a coherent buffer; size, address and handle must match the allocation,
+    and no user mapping of it may remain."""
+    dev = _device(dev)
+    with dev.dma_debug.lock:
+        rec = dev.dma_debug.lookup("dma_free_coherent", cpu_addr, dma_handle, size)
+        mapped = [v for v in rec.vmas if v.live]
+        if mapped:
+            raise DmaFreeError(f"dma_free_coherent: buffer at {int(cpu_addr):#x} is still mapped to user space "
+                               f"at {', '.join(hex(v.start) for v in mapped)}; munmap first", int(cpu_addr))
+        _backend(dev).free_coherent(dev, rec.alloc)
+        del dev.dma_debug.live[int(cpu_addr)]
+        dev.dma_debug.freed[int(cpu_addr)] = (rec.size, rec.dma_handle)
+
+
+def dma_coherent_to_page(dev: Device, cpu_addr: int, dma_handle: int, offset: int = 0) -> Page:
+    """The page descriptor behind a coherent buffer (from the allocator, never
+    virt_to_page of cpu_addr); raises BadPageError where there is none."""
+    dev = _device(dev)
+    rec = dev.dma_debug.lookup("dma_coherent_to_page", cpu_addr, dma_handle, None)
+    return _backend(dev).coherent_to_page(dev, rec.alloc, _addr("offset", offset) >> PAGE_SHIFT)
+
+
+def dma_coherent_to_pfn(dev: Device, cpu_addr: int, dma_handle: int, offset: int = 0) -> int:
+    """The PFN behind a coherent buffer (always defined)."""
+    dev = _device(dev)
+    rec = dev.dma_debug.lookup("dma_coherent_to_pfn", cpu_addr, dma_handle, None)
+    return rec.alloc.pfn + (_addr("offset", offset) >> PAGE_SHIFT)
+
+
+def _pick_strategy(be: Backend, strategy: str | None, is_ram: bool) -> str:
+    if strategy is None:
+        strategy = be.strategy_for(is_ram)
+    if strategy not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    if strategy == "fault-page" and not is_ram:
+        raise StrategyError("strategy 'fault-page' hands out page descriptors, but this memory has none "
+                            "(not RAM): use 'fault-pfn' or 'prefault'")
+    return strategy
+
+
+def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int, prot: PgProt,
+                strategy: str, is_ram: bool) -> None:
+    """Map nr_pages of the chunk list, from first_page, at vma.start."""
+    vma.page_prot = prot
+    if strategy.startswith("prefault"):
+        addr, skip, left = vma.start, first_page, nr_pages
+        try:
+            for pfn, n in chunks:
+                if skip >= n:
+                    skip -= n
+                    continue
+                take = min(n - skip, left)
+                remap_pfn_range(vma, addr, pfn + skip, take << PAGE_SHIFT, prot,
+                                large=strategy == "prefault-large")
+                addr += take << PAGE_SHIFT
+                left -= take
+                skip = 0
+                if not left:
+                    break
+        except BaseException:
+            if addr > vma.start:
+                from dmamap.mm import zap_vma_ptes
+
+                zap_vma_ptes(vma, vma.start, addr - vma.start)
+            raise
+        return
+    page_mode = strategy in ("fault-page", "fault-around") and is_ram or (strategy == "fault" and is_ram)
+    if not page_mode:
+        vma.vm_flags_set(VmFlags.VM_IO | VmFlags.VM_PFNMAP | VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
+    vma.set_builtin_fault("page" if page_mode else "pfn", chunks, first_page=first_page,
+                          fault_around=16 if strategy == "fault-around" else 1,
+                          large=strategy == "fault-large")
+
+
+def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    if not vma.live:
+        from dmamap.errors import VmaNotMappedError
+
+        raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start)
+    if vma.nr_pages > nr_pages:
+        raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
+                                   f"available from the offset (-ENXIO)", vma.start)
+
+
+def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *, offset: int = 0,
+                      strategy: str | None = None) -> None:
+    """Map a coherent buffer (from byte ``offset``, page-aligned) into ``vma``
+    with the platform's attribute and mapping strategy."""
+    dev = _device(dev)
+    be = _backend(dev)
+    offset = _addr("offset", offset)
+    if offset % PAGE_SIZE:
+        raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is not page-aligned")
+    with dev.dma_debug.lock:
+        rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, _size(size))
+        npages = rec.alloc.npages
+        first = offset >> PAGE_SHIFT
+        if first >= npages:
+            raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is past the buffer's "
+                                       f"{size:#x} bytes (-ENXIO)", vma.start if isinstance(vma, Vma) else 0)
+        _check_vma_room(vma, npages - first, "dma_mmap_coherent")
+        if vma.machine is not dev.machine:
+            raise InvalidArgumentError("VMA belongs to another machine", vma.start)
+        strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
+        prot = be.dma_pgprot(dev, vma.page_prot)
+        _map_chunks(vma, [(rec.alloc.pfn, npages)], first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
+        _track_mapping(dev, [rec], vma)
+
+
+def _track_mapping(dev: Device, recs: list[_Record], vma: Vma) -> None:
+    for r in recs:
+        r.vmas.add(vma)
+
+    def untrack() -> None:
+        for r in recs:
+            r.vmas.discard(vma)
+
+    vma._on_unmap.append(untrack)
+
+
+def dma_munmap_coherent(vma: Vma) -> None:
+    """Unmap a VMA made by dma_mmap_coherent[_sg]: clear its PTEs and flush the TLB."""
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    vma.mm.munmap(vma)
+
+
+# ---- scatter-gather ----
+
+def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 16,
+                          seed: int | None = None) -> SgTable:
+    """Allocate ``nr_pages`` as physically discontiguous chunks of at most
+    ``max_chunk_pages`` pages each (sizes vary, seeded for reproducibility)."""
+    dev = _device(dev)
+    nr_pages = _addr("nr_pages", nr_pages)
+    if nr_pages == 0:
+        raise InvalidArgumentError("dma_alloc_coherent_sg: nr_pages is zero")
+    max_chunk_pages = _addr("max_chunk_pages", max_chunk_pages)
+    if max_chunk_pages == 0:
+        raise InvalidArgumentError("dma_alloc_coherent_sg: max_chunk_pages is zero")
+    rng = random.Random(nr_pages if seed is None else seed)
+    m = dev.machine
+    entries: list[SgEntry] = []
+    guards: list[DmaBuffer] = []
+    try:
+        left = nr_pages
+        while left:
+            n = min(left, rng.randint(1, max_chunk_pages))
+            buf = dma_alloc_coherent(dev, n << PAGE_SHIFT)
+            entries.append(SgEntry(buf.cpu_addr, buf.dma_handle, n))
+            left -= n
+            if left:   # a one-page hole keeps the next chunk discontiguous
+                guards.append(dma_alloc_coherent(dev, PAGE_SIZE))
+    except BaseException:
+        for e in entries:
+            dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
+        raise
+    finally:
+        for g in guards:
+            if not m.closed:
+                dma_free_coherent(dev, g.size, g.cpu_addr, g.dma_handle)
+    return SgTable(entries, dev)
+
+
+def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
+    """Free every chunk of a scatter list (each must still be allocated)."""
+    dev = _device(dev)
+    if not isinstance(sglist, SgTable):
+        raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
+    with dev.dma_debug.lock:
+        for e in sglist.entries:   # check all before freeing any
+            rec = dev.dma_debug.lookup("dma_free_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
+            if any(v.live for v in rec.vmas):
+                raise DmaFreeError(f"dma_free_coherent_sg: chunk at {int(e.cpu_addr):#x} is still mapped to "
+                                   f"user space; munmap first", int(e.cpu_addr))
+        for e in sglist.entries:
+            dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
+
+
+def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int = 0, nr_pages: int | None = None,
+                         strategy: str | None = None) -> None:
+    """Map pages [offset, offset+nr_pages) of a scatter list as one linear range
+    at ``vma.start``; offsets are in pages and may fall inside any chunk."""
+    dev = _device(dev)
+    be = _backend(dev)
+    if not isinstance(sglist, SgTable):
+        raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
+    offset = _addr("offset", offset)
+    total = sglist.nr_pages
+    if offset >= total:
+        raise InvalidArgumentError(f"dma_mmap_coherent_sg: offset {offset} is past the {total} pages")
+    if nr_pages is None:
+        nr_pages = min(total - offset, vma.nr_pages if isinstance(vma, Vma) else 0)
+    nr_pages = _addr("nr_pages", nr_pages)
+    if nr_pages == 0 or offset + nr_pages > total:
+        raise InvalidArgumentError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not "
+                                   f"inside the {total} pages of the scatter list")
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    if nr_pages > vma.nr_pages:
+        raise InvalidArgumentError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's "
+                                   f"{vma.nr_pages}", vma.start)
+    with dev.dma_debug.lock:
+        recs = [dev.dma_debug.lookup("dma_mmap_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
+                for e in sglist.entries]
+        _check_vma_room(vma, vma.nr_pages, "dma_mmap_coherent_sg")
+        is_ram = all(r.alloc.is_ram for r in recs)
+        strat = _pick_strategy(be, strategy, is_ram)
+        prot = be.dma_pgprot(dev, vma.page_prot)
+        chunks = [(r.alloc.pfn, r.alloc.npages) for r in recs]
+        _map_chunks(vma, chunks, offset, nr_pages, prot, strat, is_ram)
+        _track_mapping(dev, recs, vma)
+
+
+# ---- MMIO and port I/O ----
+
+def mmio_map(vma: Vma, phys_addr: int, size: int, *, cache: str = "uc") -> None:
+    """Map device registers at ``phys_addr`` into ``vma`` (io_remap_pfn_range),
+    uncached (``"uc"``) or write-combining (``"wc"``)."""
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    m = vma.machine
+    phys_addr, size = _addr("phys_addr", phys_addr), _addr("size", size)
+    if phys_addr % PAGE_SIZE:
+        raise InvalidArgumentError(f"mmio_map: phys_addr {phys_addr:#x} is not page-aligned", phys_addr)
+    if size == 0:
+        raise InvalidArgumentError("mmio_map: size is zero", phys_addr)
+    if cache not in ("uc", "wc"):
+        raise InvalidArgumentError(f"mmio_map: cache must be 'uc' or 'wc', not {cache!r}")
+    size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    region = m.region_at(phys_addr)
+    if region is None or region.kind != "mmio" or phys_addr + size > region.end:
+        raise InvalidArgumentError(f"mmio_map: [{phys_addr:#x}, {phys_addr + size:#x}) is not inside one MMIO "
+                                   f"region ({region.kind if region else 'unmapped'})", phys_addr)
+    if size > len(vma):
+        raise InvalidArgumentError(f"mmio_map: {size:#x} bytes do not fit the VMA's {len(vma):#x}", vma.start)
+    prot = pgprot_noncached(vma.page_prot) if cache == "uc" else pgprot_writecombine(vma.page_prot)
+    vma.page_prot = prot
+    remap_pfn_range(vma, vma.start, phys_addr >> PAGE_SHIFT, size, prot)
+
+
+def pio_map(vma: Vma, port: int, count: int) -> None:
+    """Make ``vma.start + i`` reach I/O port ``port + i`` for ``i < count``:
+    trapped port space on x86, a translated I/O window elsewhere."""
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    m = vma.machine
+    port, count = _addr("port", port), _addr("count", count)
+    if count == 0 or port + count > 0x10000:
+        raise InvalidArgumentError(f"pio_map: ports {port:#x}+{count} are outside the 64 KiB port space", port)
+    if count > len(vma):
+        raise InvalidArgumentError(f"pio_map: {count} ports do not fit the VMA's {len(vma)} bytes", vma.start)
+    if not m.has_io_window:
+        vma.set_pio_trap(port)
+        return
+    size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    win = _iowin_alloc(m, size)
+    call(lib.dmamap_iowin_map, m._ptr(), win, size, port)
+    try:
+        prot = pgprot_noncached(vma.page_prot)
+        vma.page_prot = prot
+        remap_pfn_range(vma, vma.start, win >> PAGE_SHIFT, size, prot)
+    except BaseException:
+        call(lib.dmamap_iowin_unmap, m._ptr(), win)
+        _iowin_release(m, win, size)
+        raise
+
+    def release() -> None:
+        if not m.closed:
+            lib.dmamap_iowin_unmap(m._ptr(), win, ffi.NULL)
+        _iowin_release(m, win, size)
+
+    vma._on_unmap.append(release)
+
+
+def _iowin_alloc(m: Machine, size: int) -> int:
+    used = m._iowin_used
+    base = m.layout.iowin_base
+    cand = base
+    for s, n in sorted(used):
+        if cand + size <= s:
+            break
+        cand = max(cand, s + n)
+    if cand + size > base + IOWIN_SIZE:
+        raise InvalidArgumentError(f"pio_map: the {IOWIN_SIZE:#x}-byte I/O window has no {size:#x} bytes free")
+    used.append((cand, size))
+    return cand
+
+
+def _iowin_release(m: Machine, win: int, size: int) -> None:
+    used = m._iowin_used
+    if (win, size) in used:
+        used.remove((win, size))

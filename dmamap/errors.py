@@ -1,0 +1,217 @@
+"""The exceptions dmamap raises: one root, one subclass per rule broken.
+
+Every class also inherits the builtin that fits, so callers may catch
+``ValueError`` or ``MemoryError`` as usual.  Each instance carries ``addr``,
+the virtual or physical address the rule was broken at (0 when none).
+"""
+
+from __future__ import annotations
+
+
+class DmamapError(Exception):
+    """Root of every dmamap error."""
+
+    rule = "dmamap error"
+
+    def __init__(self, message: str = "", addr: int = 0) -> None:
+        super().__init__(message or self.rule)
+        self.addr = addr
+
+
+class InvalidArgumentError(DmamapError, ValueError):
+    """An argument is out of range, misaligned, wraps, or is of the wrong kind."""
+
+    rule = "invalid argument"
+
+
+class OutOfMemoryError(DmamapError, MemoryError):
+    """Emulated RAM (or a virtual range) is exhausted."""
+
+    rule = "out of emulated memory"
+
+
+class PhysicalAddressError(DmamapError, ValueError):
+    """A physical access falls outside memory regions."""
+
+    rule = "physical address outside memory"
+
+
+class AddressRangeError(DmamapError, ValueError):
+    """An address range lies outside the VMA or address space it must be in."""
+
+    rule = "address range outside VMA"
+
+
+class AccessFault(DmamapError):
+    """A CPU access through an address space faulted."""
+
+    rule = "access fault"
+
+
+class SegmentationFault(AccessFault):
+    """SIGSEGV: the address is mapped by no VMA."""
+
+    rule = "no VMA at address (SIGSEGV)"
+
+
+class ProtectionFault(AccessFault, PermissionError):
+    """SIGSEGV: the access is not allowed by the PTE or the VMA."""
+
+    rule = "protection violation (SIGSEGV)"
+
+
+class AlignmentFault(AccessFault):
+    """Unaligned access to Device memory (AArch64 alignment fault)."""
+
+    rule = "unaligned access to Device memory"
+
+
+class BusError(AccessFault):
+    """SIGBUS raised by the fault path."""
+
+    rule = "SIGBUS"
+
+
+class NoFaultHandlerError(BusError):
+    """A not-present page in a VMA that has no fault handler."""
+
+    rule = "not-present page with no fault handler"
+
+
+class CowFaultError(BusError):
+    """A private (copy-on-write) write fault on non-RAM: SIGBUS, not a copy."""
+
+    rule = "private write fault on non-RAM"
+
+
+class FaultHandlerSigbus(BusError):
+    """The fault handler returned VM_FAULT_SIGBUS (or inserted nothing)."""
+
+    rule = "fault handler returned SIGBUS"
+
+
+class BadPageError(DmamapError, ValueError):
+    """A page descriptor was asked of, or handed out for, memory that may not have one.
+
+    Raised when a fault handler returns a page for non-RAM (``pfn_valid()`` is
+    false), an anonymous, free or page-table page, and by ``pfn_to_page`` on
+    non-RAM.
+    """
+
+    rule = "page descriptor for non-RAM or unsuitable page"
+
+
+class VmaKindError(DmamapError, ValueError):
+    """PFN insertion into a VMA that is not VM_PFNMAP/VM_MIXEDMAP, or is both."""
+
+    rule = "PFN insert into the wrong VMA kind"
+
+
+class PteBusyError(DmamapError):
+    """Prefault or insert into a PTE that is not empty (the remap is rolled back)."""
+
+    rule = "prefault into a non-empty PTE"
+
+
+class MemtypeConflictError(DmamapError):
+    """One physical range mapped with conflicting cache types (x86 PAT)."""
+
+    rule = "conflicting memory types"
+
+
+class VirtToPageError(DmamapError, ValueError):
+    """virt_to_page() on an address outside the direct map of RAM."""
+
+    rule = "virt_to_page on a non direct-mapped address"
+
+
+class VmaNotMappedError(DmamapError, LookupError):
+    """The VMA was already unmapped, or belongs to another address space."""
+
+    rule = "VMA not mapped"
+
+
+class MachineClosedError(DmamapError, RuntimeError):
+    """The machine (or address space) was closed."""
+
+    rule = "machine closed"
+
+
+class UnclaimedIOError(DmamapError, LookupError):
+    """An MMIO or port access that no device claims."""
+
+    rule = "no device at address"
+
+
+class DmaApiError(DmamapError):
+    """DMA API misuse, as CONFIG_DMA_API_DEBUG reports it."""
+
+    rule = "DMA API misuse"
+
+
+class DmaFreeError(DmaApiError, ValueError):
+    """Freeing DMA memory that was not allocated, or with the wrong size/address."""
+
+    rule = "free of DMA memory that was not allocated as given"
+
+
+class DmaDoubleFreeError(DmaFreeError):
+    """Freeing DMA memory twice."""
+
+    rule = "DMA double free"
+
+
+class DmaUseAfterFreeError(DmaApiError, ValueError):
+    """Mapping or using a DMA buffer that was freed."""
+
+    rule = "use of a freed DMA buffer"
+
+
+class DmaLeakError(DmaApiError):
+    """A device is removed while its DMA buffers are still allocated or mapped."""
+
+    rule = "DMA buffers still allocated or mapped at device release"
+
+
+class StrategyError(DmamapError, ValueError):
+    """A mapping strategy that is illegal for this memory (e.g. pages for non-RAM)."""
+
+    rule = "illegal mapping strategy"
+
+
+class BackendError(DmamapError, LookupError):
+    """An unknown or broken backend name."""
+
+    rule = "unknown backend"
+
+
+class HandlerError(DmamapError):
+    """A Python callback failed; the original exception is chained."""
+
+    rule = "callback failed"
+
+
+# C core return codes -> exception classes (see csrc/dmamap.h).
+CODE_TO_ERROR: dict[int, type[DmamapError]] = {
+    -1: InvalidArgumentError,
+    -2: OutOfMemoryError,
+    -3: PhysicalAddressError,
+    -4: SegmentationFault,
+    -5: NoFaultHandlerError,
+    -6: ProtectionFault,
+    -7: AlignmentFault,
+    -8: BadPageError,
+    -9: VmaKindError,
+    -10: CowFaultError,
+    -11: PteBusyError,
+    -12: MemtypeConflictError,
+    -13: FaultHandlerSigbus,
+    -14: HandlerError,
+    -15: VirtToPageError,
+    -16: VmaNotMappedError,
+    -17: MachineClosedError,
+    -18: UnclaimedIOError,
+    -19: AddressRangeError,
+}
+
+__all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, DmamapError)]

@@ -1,0 +1,625 @@
+"""Address spaces, VMAs and the kernel's PTE primitives.
+
+Names and argument order follow Linux (mm/memory.c, include/linux/mm.h), so a
+driver writer recognises ``remap_pfn_range(vma, addr, pfn, size, prot)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
+
+from dmamap._ffi import call, ffi, lib, stash
+from dmamap.errors import (
+    InvalidArgumentError,
+    MachineClosedError,
+    VmaNotMappedError,
+)
+
+if TYPE_CHECKING:
+    from dmamap.machine import Machine, Page
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+__all__ = [
+    "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
+    "AsStats", "VM_FAULT_NOPAGE", "VM_FAULT_SIGBUS", "remap_pfn_range", "vmf_insert_pfn",
+    "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection",
+    "pgprot_noncached", "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached",
+]
+
+
+class VmFlags(enum.IntFlag):
+    """Linux vm_flags, same names and values."""
+
+    VM_READ = 0x1
+    VM_WRITE = 0x2
+    VM_EXEC = 0x4
+    VM_SHARED = 0x8
+    VM_PFNMAP = 0x400
+    VM_IO = 0x4000
+    VM_DONTEXPAND = 0x40000
+    VM_DONTDUMP = 0x4000000
+    VM_MIXEDMAP = 0x10000000
+
+
+class _FaultResult(enum.IntEnum):
+    VM_FAULT_NOPAGE = 1
+    VM_FAULT_SIGBUS = 2
+
+
+VM_FAULT_NOPAGE = _FaultResult.VM_FAULT_NOPAGE
+VM_FAULT_SIGBUS = _FaultResult.VM_FAULT_SIGBUS
+
+_ISA_IDS = {"x86_64": 1, "aarch64": 2}
+_NONCACHED = {"x86_64": "UC-", "aarch64": "DEVICE_nGnRnE"}
+_WRITECOMBINE = {"x86_64": "WC", "aarch64": "NORMAL_NC"}
+# x86 has no pgprot_dmacoherent: the generic fallback is pgprot_noncached.
+_DMACOHERENT = {"x86_64": "UC-", "aarch64": "NORMAL_NC"}
+_CACHED = {"x86_64": "WB", "aarch64": "NORMAL"}
+
+
+def cache_names(isa: str) -> list[str]:
+    """The ISA's cache-type names, indexed by the core's cache id."""
+    i = _ISA_IDS[isa]
+    return [ffi.string(lib.dmamap_cache_name(i, c)).decode() for c in range(lib.dmamap_cache_count(i))]
+
+
+def cache_id(isa: str, name: str) -> int:
+    names = cache_names(isa)
+    if name not in names:
+        raise InvalidArgumentError(f"unknown {isa} cache type {name!r}; known: {', '.join(dict.fromkeys(names))}")
+    return names.index(name)
+
+
+class PgProt(int):
+    """A page protection: the ISA's raw PTE attribute bits (pgprot_val), plus its ISA."""
+
+    isa: str
+
+    def __new__(cls, value: int, isa: str) -> PgProt:
+        if isa not in _ISA_IDS:
+            raise InvalidArgumentError(f"unknown ISA {isa!r}")
+        obj = super().__new__(cls, value)
+        obj.isa = isa
+        return obj
+
+    @classmethod
+    def make(cls, isa: str, *, read: bool = True, write: bool = False, exec: bool = False,
+             user: bool = True, cache: str | None = None) -> PgProt:
+        flags = (1 if read else 0) | (2 if write else 0) | (4 if exec else 0) | (8 if user else 0)
+        c = cache_id(isa, cache or _CACHED[isa])
+        return cls(lib.dmamap_prot_make(_ISA_IDS[isa], flags, c), isa)
+
+    @property
+    def cache(self) -> str:
+        return cache_names(self.isa)[lib.dmamap_prot_cache(_ISA_IDS[self.isa], self)]
+
+    def with_cache(self, name: str) -> PgProt:
+        return PgProt(lib.dmamap_prot_set_cache(_ISA_IDS[self.isa], self, cache_id(self.isa, name)), self.isa)
+
+    @property
+    def writable(self) -> bool:
+        return bool(lib.dmamap_prot_flags(_ISA_IDS[self.isa], self) & 2)
+
+    def __repr__(self) -> str:
+        f = lib.dmamap_prot_flags(_ISA_IDS[self.isa], self)
+        rwx = "".join(c if f & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
+        return f"PgProt({int(self):#x}, {self.isa}, {rwx}, {self.cache})"
+
+
+def _prot(prot: int, isa: str) -> PgProt:
+    if isinstance(prot, PgProt):
+        if prot.isa != isa:
+            raise InvalidArgumentError(f"pgprot for {prot.isa} used on a {isa} machine")
+        return prot
+    if isinstance(prot, bool) or not isinstance(prot, int):
+        raise TypeError(f"prot must be a PgProt or int, not {type(prot).__name__}")
+    if not 0 <= prot < 1 << 64:
+        raise InvalidArgumentError(f"prot {prot:#x} is not a 64-bit value")
+    return PgProt(prot, isa)
+
+
+def pgprot_noncached(prot: PgProt) -> PgProt:
+    """Uncached: x86 UC-, AArch64 DEVICE_nGnRnE (as Linux)."""
+    return prot.with_cache(_NONCACHED[prot.isa])
+
+
+def pgprot_writecombine(prot: PgProt) -> PgProt:
+    """Write-combining: x86 WC, AArch64 NORMAL_NC."""
+    return prot.with_cache(_WRITECOMBINE[prot.isa])
+
+
+def pgprot_dmacoherent(prot: PgProt) -> PgProt:
+    """The attribute of coherent DMA memory on a non-coherent device: AArch64 NORMAL_NC."""
+    return prot.with_cache(_DMACOHERENT[prot.isa])
+
+
+def pgprot_cached(prot: PgProt) -> PgProt:
+    """Normal write-back cacheable memory."""
+    return prot.with_cache(_CACHED[prot.isa])
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What the MMU makes of one virtual address."""
+
+    va: int
+    pa: int
+    page_size: int
+    cache: str
+    cacheable: bool
+    writable: bool
+    user: bool
+    executable: bool
+    special: bool
+    device: bool
+    entry: int
+    entry_pa: int
+    region: str | None
+
+    @property
+    def pfn(self) -> int:
+        return self.pa >> PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class AsStats:
+    """Counters of one address space."""
+
+    ptes_written: int
+    ptes_cleared: int
+    faults: int
+    cow_faults: int
+    tlb_hits: int
+    tlb_misses: int
+    tlb_flushes: int
+    table_pages: int
+    pio_traps: int
+
+
+@dataclass(frozen=True)
+class VmFault:
+    """What a Python fault handler is told (struct vm_fault)."""
+
+    vma: Vma
+    address: int
+    pgoff: int
+    write: bool
+
+
+FaultHandler = Callable[[VmFault], Union["Page", int, None]]
+
+_REGION_NAMES = {1: "ram", 2: "sram", 3: "mmio", 4: "io-window"}
+
+
+class Vma:
+    """One mapping of an address space (struct vm_area_struct)."""
+
+    def __init__(self, mm: AddressSpace, vid: int, start: int, end: int) -> None:
+        self.mm = mm
+        self.id = vid
+        self.start = start
+        self.end = end
+        self.fault_handler: FaultHandler | None = None
+        self.private_data: Any = None
+        self._on_unmap: list[Callable[[], None]] = []
+
+    def _info(self) -> Any:
+        info = ffi.new("struct dmamap_vma_info *")
+        call(lib.dmamap_vma_info, self.mm._ptr(), self.id, info)
+        return info
+
+    @property
+    def machine(self) -> Machine:
+        return self.mm.machine
+
+    @property
+    def live(self) -> bool:
+        if self.mm._as is None:
+            return False
+        info = ffi.new("struct dmamap_vma_info *")
+        return lib.dmamap_vma_info(self.mm._as, self.id, info, ffi.NULL) == 0
+
+    @property
+    def vm_flags(self) -> VmFlags:
+        return VmFlags(self._info().flags)
+
+    flags = vm_flags
+
+    @property
+    def vm_page_prot(self) -> PgProt:
+        return PgProt(self._info().page_prot, self.mm.machine.isa)
+
+    page_prot = vm_page_prot
+
+    @page_prot.setter
+    def page_prot(self, prot: int) -> None:
+        call(lib.dmamap_vma_set_prot, self.mm._ptr(), self.id, _prot(prot, self.mm.machine.isa))
+
+    @property
+    def pfnmap(self) -> bool:
+        return bool(self.vm_flags & VmFlags.VM_PFNMAP)
+
+    @property
+    def mixedmap(self) -> bool:
+        return bool(self.vm_flags & VmFlags.VM_MIXEDMAP)
+
+    @property
+    def io(self) -> bool:
+        return bool(self.vm_flags & VmFlags.VM_IO)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.vm_flags & VmFlags.VM_SHARED)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    @property
+    def nr_pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def vm_flags_set(self, flags: int) -> None:
+        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, int(flags), 0)
+
+    def vm_flags_clear(self, flags: int) -> None:
+        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, 0, int(flags))
+
+    def set_fault_handler(self, handler: FaultHandler | None) -> None:
+        """Install a Python fault handler (vm_ops->fault); None removes it.
+
+        The handler gets a :class:`VmFault` and returns a :class:`Page` (RAM
+        only), or inserts PTEs itself and returns ``VM_FAULT_NOPAGE``, or
+        returns ``VM_FAULT_SIGBUS``.
+        """
+        if handler is not None and not callable(handler):
+            raise TypeError("fault handler must be callable")
+        self.fault_handler = handler
+        kind = 3 if handler is not None else 0
+        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, kind, ffi.NULL, 0, 0, 0, 0)
+
+    def set_builtin_fault(self, kind: str, chunks: Iterable[tuple[int, int]], *, first_page: int = 0,
+                          fault_around: int = 1, large: bool = False) -> None:
+        """Install a C fault handler: ``"page"`` hands out page descriptors of the
+        (pfn, npages) chunks, ``"pfn"`` inserts their PFNs; ``first_page`` is the
+        chunk-list page mapped at ``vma.start``."""
+        kinds = {"page": 1, "pfn": 2}
+        if kind not in kinds:
+            raise InvalidArgumentError(f"built-in fault kind must be 'page' or 'pfn', not {kind!r}")
+        cl = [(int(p), int(n)) for p, n in chunks]
+        arr = ffi.new("struct dmamap_chunk[]", max(len(cl), 1))
+        for i, (p, n) in enumerate(cl):
+            if p < 0 or n <= 0:
+                raise InvalidArgumentError(f"chunk {i} (pfn {p}, {n} pages) is invalid")
+            arr[i].pfn, arr[i].npages = p, n
+        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, kinds[kind], arr, len(cl), first_page,
+             fault_around, int(large))
+
+    def set_pio_trap(self, port: int) -> None:
+        """Make every access to this VMA trap into port space at ``port + offset``."""
+        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, 4, ffi.NULL, 0, port, 0, 0)
+
+    def __repr__(self) -> str:
+        state = "" if self.live else ", unmapped"
+        return f"<Vma [{self.start:#x}, {self.end:#x}){state}>"
+
+
+def _check_vma(vma: Vma) -> Vma:
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    return vma
+
+
+def _addr(name: str, v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    if not 0 <= v < 1 << 64:
+        raise InvalidArgumentError(f"{name} {v:#x} is not a 64-bit unsigned value", v if v >= 0 else 0)
+    return v
+
+
+class AddressSpace:
+    """One set of page tables (an mm_struct) with its VMAs and software TLB."""
+
+    def __init__(self, machine: Machine, *, kernel: bool = False) -> None:
+        self.machine = machine
+        self.kernel = kernel
+        err = ffi.new("struct dmamap_err *")
+        ptr = lib.dmamap_as_new(machine._ptr(), int(kernel), err)
+        if ptr == ffi.NULL:
+            from dmamap._ffi import raise_for
+
+            raise_for(err.code, err)
+        self._as: Any = ptr
+        self._vmas: dict[int, Vma] = {}
+        self._handle = ffi.new_handle(self)
+        lib.dmamap_as_set_fault_cb(ptr, lib._dmamap_fault_cb, self._handle)
+        machine._address_spaces.add(self)
+        machine._state.as_ptrs.add(ptr)
+
+    def _ptr(self) -> Any:
+        if self._as is None:
+            raise MachineClosedError("address space is closed")
+        self.machine._ptr()
+        return self._as
+
+    def close(self) -> None:
+        """Tear down every mapping and free the page tables."""
+        if self._as is not None:
+            if not self.machine.closed:
+                for vma in list(self._vmas.values()):
+                    for cb in vma._on_unmap:
+                        cb()
+                lib.dmamap_as_free(self._as)
+                self.machine._state.as_ptrs.discard(self._as)
+            self._as = None
+            self._vmas.clear()
+        self.machine._address_spaces.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._as is None
+
+    @property
+    def root(self) -> int:
+        """Root table physical address: the CR3 (x86-64) or TTBR0 (AArch64) value."""
+        return int(lib.dmamap_as_root(self._ptr()))
+
+    @property
+    def stats(self) -> AsStats:
+        s = ffi.new("struct dmamap_as_stats *")
+        lib.dmamap_as_stats(self._ptr(), s)
+        return AsStats(*(int(getattr(s, f)) for f in AsStats.__dataclass_fields__))
+
+    @property
+    def vmas(self) -> list[Vma]:
+        return sorted(self._vmas.values(), key=lambda v: v.start)
+
+    def mmap(self, length: int, *, prot: str = "rw", shared: bool = True, flags: int = 0,
+             addr: int = 0, align: int | None = None) -> Vma:
+        """Create a VMA of ``length`` bytes (rounded up to pages) with no PTEs yet.
+
+        ``prot`` is any of ``"r"``, ``"w"``, ``"x"`` combined, or ``""`` for PROT_NONE.
+        Mappings of 2 MiB or more are 2 MiB-aligned so large pages can be used.
+        """
+        length = _addr("length", length)
+        if length == 0:
+            raise InvalidArgumentError("mmap length is zero")
+        if not isinstance(prot, str) or set(prot) - set("rwx"):
+            raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
+        length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if length == 0:
+            raise InvalidArgumentError("mmap length wraps")
+        vmf = int(VmFlags(flags)) if flags else 0
+        for ch, bit in (("r", VmFlags.VM_READ), ("w", VmFlags.VM_WRITE), ("x", VmFlags.VM_EXEC)):
+            if ch in prot:
+                vmf |= bit
+        if shared:
+            vmf |= VmFlags.VM_SHARED
+        # vm_get_page_prot: private writable mappings start read-only (COW).
+        pp = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared,
+                         exec="x" in prot, user=not self.kernel)
+        if align is None:
+            align = 1 << 21 if length >= 1 << 21 else PAGE_SIZE
+        out = ffi.new("int *")
+        call(lib.dmamap_mmap, self._ptr(), _addr("addr", addr), length, vmf, pp, _addr("align", align), out)
+        info = ffi.new("struct dmamap_vma_info *")
+        call(lib.dmamap_vma_info, self._as, out[0], info)
+        vma = Vma(self, out[0], int(info.start), int(info.end))
+        self._vmas[vma.id] = vma
+        return vma
+
+    def _own(self, vma: Vma) -> Vma:
+        _check_vma(vma)
+        if vma.mm is not self:
+            raise VmaNotMappedError(f"{vma!r} belongs to another address space", vma.start)
+        return vma
+
+    def munmap(self, vma: Vma) -> None:
+        """Unmap the VMA: clear its PTEs (freeing empty tables) and flush the TLB."""
+        self._own(vma)
+        call(lib.dmamap_munmap, self._ptr(), vma.id)
+        self._vmas.pop(vma.id, None)
+        for cb in vma._on_unmap:
+            cb()
+        vma._on_unmap.clear()
+
+    def find_vma(self, va: int) -> Vma | None:
+        vid = lib.dmamap_vma_find(self._ptr(), _addr("va", va))
+        return self._vmas.get(vid)
+
+    def translate(self, va: int) -> Translation | None:
+        """Walk the page tables for ``va``: a Translation, or None if not present."""
+        x = ffi.new("struct dmamap_xlate *")
+        if not call(lib.dmamap_translate, self._ptr(), _addr("va", va), x):
+            return None
+        names = cache_names(self.machine.isa)
+        return Translation(va=va, pa=int(x.pa), page_size=int(x.page_size), cache=names[x.cache],
+                           cacheable=bool(x.cacheable), writable=bool(x.writable), user=bool(x.user),
+                           executable=bool(x.executable), special=bool(x.special), device=bool(x.device),
+                           entry=int(x.entry), entry_pa=int(x.entry_pa), region=_REGION_NAMES.get(x.region))
+
+    def read(self, va: int, n: int) -> bytes:
+        """Read ``n`` bytes as the CPU would (through TLB, faults, cache)."""
+        n = _addr("n", n)
+        buf = bytearray(n)
+        if n:
+            call(lib.dmamap_access, self._ptr(), _addr("va", va), ffi.from_buffer(buf), n, 0)
+        return bytes(buf)
+
+    def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` as the CPU would."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if len(data):
+            call(lib.dmamap_access, self._ptr(), _addr("va", va), ffi.from_buffer(data), len(data), 1)
+
+    def _read_n(self, va: int, size: int) -> int:
+        v = ffi.new("uint64_t *")
+        call(lib.dmamap_read_n, self._ptr(), _addr("va", va), size, v)
+        return int(v[0])
+
+    def _write_n(self, va: int, size: int, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= value < 1 << (8 * size):
+            raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes", va)
+        call(lib.dmamap_write_n, self._ptr(), _addr("va", va), size, value)
+
+    def read8(self, va: int) -> int:
+        return self._read_n(va, 1)
+
+    def read16(self, va: int) -> int:
+        return self._read_n(va, 2)
+
+    def read32(self, va: int) -> int:
+        return self._read_n(va, 4)
+
+    def read64(self, va: int) -> int:
+        return self._read_n(va, 8)
+
+    def write8(self, va: int, value: int) -> None:
+        self._write_n(va, 1, value)
+
+    def write16(self, va: int, value: int) -> None:
+        self._write_n(va, 2, value)
+
+    def write32(self, va: int, value: int) -> None:
+        self._write_n(va, 4, value)
+
+    def write64(self, va: int, value: int) -> None:
+        self._write_n(va, 8, value)
+
+    def touch(self, va: int, count: int = 1, stride: int = PAGE_SIZE, *, write: bool = False) -> None:
+        """Touch ``count`` addresses ``stride`` apart in one C call (faulting as needed)."""
+        call(lib.dmamap_touch, self._ptr(), _addr("va", va), _addr("count", count), _addr("stride", stride),
+             int(write))
+
+    def touch_list(self, addresses: Iterable[int], *, write: bool = False) -> None:
+        """Touch each address of a list in order, in one C call."""
+        lst = [_addr("address", a) for a in addresses]
+        arr = ffi.new("uint64_t[]", lst)
+        call(lib.dmamap_touch_list, self._ptr(), arr, len(lst), int(write))
+
+    def count_present(self, va: int, size: int) -> int:
+        """How many 4 KiB pages of [va, va+size) have a present translation."""
+        out = ffi.new("uint64_t *")
+        call(lib.dmamap_count_present, self._ptr(), _addr("va", va), _addr("size", size), out)
+        return int(out[0])
+
+    def flush_tlb(self) -> None:
+        lib.dmamap_tlb_flush_all(self._ptr())
+
+    # ---- fault callback ----
+    def _fault(self, vid: int, va: int, write: bool, pfn_out: Any) -> int:
+        from dmamap.machine import Page
+
+        vma = self._vmas.get(vid)
+        if vma is None or vma.fault_handler is None:
+            return -5
+        res = vma.fault_handler(VmFault(vma, va, (va - vma.start) >> PAGE_SHIFT, write))
+        if isinstance(res, Page):
+            if res.machine is not self.machine:
+                raise InvalidArgumentError("fault handler returned a page of another machine", va)
+            pfn_out[0] = res.pfn
+            return 0
+        if res is None or res == VM_FAULT_NOPAGE:
+            return 1
+        if res == VM_FAULT_SIGBUS:
+            return 2
+        raise InvalidArgumentError(f"fault handler returned {res!r}; expected a Page, VM_FAULT_NOPAGE or "
+                                   f"VM_FAULT_SIGBUS", va)
+
+    def __enter__(self) -> AddressSpace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._as is None:
+            return "<AddressSpace closed>"
+        return f"<AddressSpace {'kernel' if self.kernel else 'user'} root={self.root:#x} vmas={len(self._vmas)}>"
+
+
+@ffi.def_extern()
+def _dmamap_fault_cb(ctx: Any, vid: int, va: int, is_write: int, pfn_out: Any) -> int:
+    try:
+        mm: AddressSpace = ffi.from_handle(ctx)
+        return mm._fault(vid, va, bool(is_write), pfn_out)
+    except BaseException as exc:  # noqa: BLE001 - re-raised when the C call returns
+        stash(exc)
+        return -14
+
+
+# ---- kernel-named primitives ----
+
+def _isa(vma: Vma) -> str:
+    return vma.mm.machine.isa
+
+
+def remap_pfn_range(vma: Vma, addr: int, pfn: int, size: int, prot: int, *, large: bool = False,
+                    track: bool = True) -> None:
+    """Prefault ``size`` bytes at ``addr`` with PFNs from ``pfn`` (special PTEs).
+
+    Only empty PTEs may be filled; on failure the partial remap is rolled back.
+    Marks the VMA VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP.  ``large``
+    uses 2 MiB / 1 GiB entries where alignment allows; ``track=False`` skips
+    memtype tracking (only the kernel's own direct map uses it).
+    """
+    _check_vma(vma)
+    size = _addr("size", size)
+    size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    flags = (1 if large else 0) | (0 if track else 2)
+    call(lib.dmamap_remap_pfn_range, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("pfn", pfn), size,
+         _prot(prot, _isa(vma)), flags)
+
+
+def vmf_insert_pfn_prot(vma: Vma, addr: int, pfn: int, prot: int) -> int:
+    """Insert one PFN with an explicit protection; returns VM_FAULT_NOPAGE."""
+    _check_vma(vma)
+    call(lib.dmamap_vmf_insert_pfn_prot, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("pfn", pfn),
+         _prot(prot, _isa(vma)))
+    return VM_FAULT_NOPAGE
+
+
+def vmf_insert_pfn(vma: Vma, addr: int, pfn: int) -> int:
+    """Insert one PFN into a VM_PFNMAP / VM_MIXEDMAP VMA with its vm_page_prot."""
+    _check_vma(vma)
+    return vmf_insert_pfn_prot(vma, addr, pfn, vma.page_prot)
+
+
+def vmf_insert_mixed(vma: Vma, addr: int, pfn: int) -> int:
+    """Insert a PFN into a VM_MIXEDMAP VMA: as a page if it is RAM, special otherwise."""
+    _check_vma(vma)
+    call(lib.dmamap_vmf_insert_mixed, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("pfn", pfn))
+    return VM_FAULT_NOPAGE
+
+
+def vm_insert_page(vma: Vma, addr: int, page: Page) -> None:
+    """Insert a RAM page (takes a reference); marks the VMA VM_MIXEDMAP."""
+    from dmamap.machine import Page
+
+    _check_vma(vma)
+    if not isinstance(page, Page):
+        raise TypeError(f"vm_insert_page takes a Page, not {type(page).__name__}")
+    if page.machine is not vma.machine:
+        raise InvalidArgumentError("page belongs to another machine", addr)
+    call(lib.dmamap_vm_insert_page, vma.mm._ptr(), vma.id, _addr("addr", addr), page.pfn)
+
+
+def zap_vma_ptes(vma: Vma, addr: int, size: int) -> None:
+    """Clear the PTEs of [addr, addr+size) of a VM_PFNMAP VMA and flush the TLB."""
+    _check_vma(vma)
+    call(lib.dmamap_zap_vma_ptes, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("size", size))
+
+
+def change_protection(vma: Vma, addr: int, size: int, prot: int) -> None:
+    """Rewrite the attributes of present PTEs in [addr, addr+size) and flush the TLB."""
+    _check_vma(vma)
+    call(lib.dmamap_mprotect, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("size", size),
+         _prot(prot, _isa(vma)))
+

@@ -1,0 +1,98 @@
+"""Backend registry: the in-tree platforms and any package's ``dmamap.arch``
+entry points, loaded lazily on first use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from dmamap.errors import BackendError
+
+if TYPE_CHECKING:
+    from dmamap.backends import Backend
+
+ENTRY_POINT_GROUP = "dmamap.arch"
+
+# name -> "module:attr" (lazy) or a loaded Backend instance
+_known: dict[str, str | Backend] = {}
+_lock = threading.Lock()
+_scanned = False
+
+__all__ = ["ENTRY_POINT_GROUP", "available_backends", "get_backend", "register_backend", "registry"]
+
+
+def _scan() -> None:
+    global _scanned
+    with _lock:
+        if _scanned:
+            return
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            _known.setdefault(ep.name, ep.value)
+        _scanned = True
+
+
+def register_backend(name: str, backend: str | Backend, *, clobber: bool = False) -> None:
+    """Register a backend object, or a lazy ``"module:attr"`` reference to one."""
+    if not isinstance(name, str) or not name:
+        raise BackendError(f"backend name must be a non-empty str, not {name!r}")
+    _scan()
+    with _lock:
+        if name in _known and not clobber and _known[name] != backend:
+            raise BackendError(f"backend {name!r} is already registered (pass clobber=True to replace it)")
+        _known[name] = backend
+
+
+def available_backends() -> list[str]:
+    """Names of every registered backend (none is imported by this)."""
+    _scan()
+    return sorted(_known)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under ``name``; unknown names list the known ones."""
+    from dmamap.backends import Backend
+
+    _scan()
+    with _lock:
+        entry = _known.get(name)
+    if entry is None:
+        raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(available_backends())} "
+                           f"(or a bare ISA: x86_64, aarch64)")
+    if isinstance(entry, str):
+        mod, _, attr = entry.partition(":")
+        try:
+            obj: Any = import_module(mod)
+            for part in attr.split(".") if attr else []:
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise BackendError(f"backend {name!r} could not be loaded from {entry!r}: {exc}") from exc
+        if isinstance(obj, type) and issubclass(obj, Backend):
+            obj = obj()
+        if not isinstance(obj, Backend):
+            raise BackendError(f"backend {name!r} ({entry!r}) is not a dmamap.backends.Backend")
+        with _lock:
+            _known[name] = obj
+        entry = obj
+    return entry
+
+
+class _View(Mapping[str, str]):
+    def __getitem__(self, key: str) -> str:
+        _scan()
+        v = _known[key]
+        return v if isinstance(v, str) else f"{type(v).__module__}:{type(v).__qualname__}"
+
+    def __iter__(self) -> Any:
+        _scan()
+        return iter(sorted(_known))
+
+    def __len__(self) -> int:
+        _scan()
+        return len(_known)
+
+
+#: Read-only view: backend name -> where it is loaded from.
+registry: Mapping[str, str] = _View()

@@ -1,0 +1,1 @@
+"""Conformance suite for dmamap backends (see dmamap.testing.suite)."""
