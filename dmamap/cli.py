@@ -81,5 +81,8 @@ def demo(
         raise typer.Exit(1)
 
 
+# Commands implemented in their own modules register here, one line each.
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
