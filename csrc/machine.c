@@ -169,6 +169,8 @@ void dmamap_machine_free(dmamap_machine *m)
 
 void dmamap_machine_set_io(dmamap_machine *m, dmamap_io_fn fn, void *ctx)
 {
+    if (!m)
+        return;
     LOCK(&m->lock);
     m->io_fn = fn;
     m->io_ctx = ctx;
@@ -177,12 +179,19 @@ void dmamap_machine_set_io(dmamap_machine *m, dmamap_io_fn fn, void *ctx)
 
 void dmamap_machine_set_memtype_policy(dmamap_machine *m, int policy)
 {
+    /* unknown policies are ignored: there is no error channel */
+    if (!m || (policy != DMAMAP_MEMTYPE_STRICT && policy != DMAMAP_MEMTYPE_REPORT))
+        return;
+    LOCK(&m->lock);
     m->memtype_policy = policy;
+    UNLOCK(&m->lock);
 }
 
 int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
     if (ways <= 0 || ways > 64 || size == 0 || size % ((uint64_t)ways * CACHE_LINE) ||
         size > (64ULL << 20))
         return dmamap_fail(err, DMAMAP_EINVAL, size, "cache size %llu with %d ways is not a "
@@ -206,6 +215,8 @@ int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct 
 
 const struct dmamap_region *dmamap_region_find(dmamap_machine *m, uint64_t pa)
 {
+    if (!m)
+        return NULL;
     for (int i = 0; i < m->nregions; i++) {
         const struct dmamap_region *r = &m->regions[i];
         if (pa >= r->base && pa - r->base < r->size)
@@ -223,6 +234,8 @@ int dmamap_region_of(dmamap_machine *m, uint64_t pa)
 int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
     if (!r)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL region");
     if (r->type < DMAMAP_MEM_RAM || r->type > DMAMAP_MEM_IOWIN)
@@ -287,6 +300,8 @@ out:
 int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, base, "machine is closed");
     int rc = dmamap_fail(err, DMAMAP_EINVAL, base, "no region starts at %#llx", (unsigned long long)base);
     LOCK(&m->lock);
     for (int i = 0; i < m->nregions; i++) {
@@ -308,17 +323,26 @@ int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *er
 
 int dmamap_region_count(dmamap_machine *m)
 {
-    return m->nregions;
+    if (!m)
+        return 0;
+    LOCK(&m->lock);
+    int n = m->nregions;
+    UNLOCK(&m->lock);
+    return n;
 }
 
 int dmamap_region_get(dmamap_machine *m, int i, struct dmamap_region *out)
 {
-    if (i < 0 || i >= m->nregions || !out)
+    if (!m || !out)
         return DMAMAP_EINVAL;
+    int rc = DMAMAP_EINVAL;
     LOCK(&m->lock);
-    *out = m->regions[i];
+    if (i >= 0 && i < m->nregions) {
+        *out = m->regions[i];
+        rc = 0;
+    }
     UNLOCK(&m->lock);
-    return 0;
+    return rc;
 }
 
 /* Host pointer for [pa, pa+n) if it lies inside one memory region. */
@@ -397,6 +421,10 @@ struct page_desc *dmamap_page(dmamap_machine *m, uint64_t pfn)
 int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
+    if (!out)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
     struct page_desc *p = dmamap_page(m, pfn);
     if (!p)
         return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor "
@@ -580,6 +608,8 @@ out:
 int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
     struct page_desc *p = dmamap_page(m, pfn);
     if (!p)
         return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor",
@@ -598,6 +628,8 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
     struct page_desc *p = dmamap_page(m, pfn);
     if (!p)
         return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor",
@@ -646,6 +678,10 @@ int dmamap_port_access(dmamap_machine *m, uint64_t port, int size, int is_write,
                        struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, port, "machine is closed");
+    if (!value)
+        return dmamap_fail(err, DMAMAP_EINVAL, port, "NULL value");
     if (size != 1 && size != 2 && size != 4)
         return dmamap_fail(err, DMAMAP_EINVAL, port, "port access width %d is not 1, 2 or 4", size);
     if (port > 0xffff || port + (uint64_t)size > 0x10000)
@@ -665,6 +701,8 @@ int dmamap_port_access(dmamap_machine *m, uint64_t port, int size, int is_write,
 int dmamap_iowin_map(dmamap_machine *m, uint64_t pa, uint64_t size, uint64_t port, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     const struct dmamap_region *r = dmamap_region_find(m, pa);
     if (!r || r->type != DMAMAP_MEM_IOWIN || size == 0 || size > r->size - (pa - r->base))
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "%#llx+%#llx is not inside the I/O window",
@@ -697,6 +735,8 @@ out:
 int dmamap_iowin_unmap(dmamap_machine *m, uint64_t pa, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     int rc = dmamap_fail(err, DMAMAP_EINVAL, pa, "no I/O window translation at %#llx", (unsigned long long)pa);
     LOCK(&m->lock);
     for (int i = 0; i < MAX_IOWIN; i++) {
@@ -818,6 +858,8 @@ int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cach
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     if (cache < 0 || cache >= m->arch->ncache)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "unknown cache type %d", cache);
     if (size == 0 || pa + size < pa)
@@ -855,6 +897,8 @@ out:
 int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     if (cache < 0 || cache >= m->arch->ncache)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "unknown cache type %d", cache);
     cache = m->arch->prot_cache(m->arch->prot_set_cache(0, cache));
@@ -878,6 +922,8 @@ int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache
 int dmamap_memtype_lookup(dmamap_machine *m, uint64_t pa)
 {
     int c = -1;
+    if (!m)
+        return c;
     LOCK(&m->lock);
     for (int i = 0; i < m->nmemtypes; i++)
         if (pa >= m->memtypes[i].start && pa < m->memtypes[i].end) {
@@ -890,6 +936,8 @@ int dmamap_memtype_lookup(dmamap_machine *m, uint64_t pa)
 
 int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out, int max)
 {
+    if (!m || !out || max <= 0)
+        return 0;
     LOCK(&m->lock);
     uint64_t n = m->nreports < MAX_MEMTYPE_REPORTS ? m->nreports : MAX_MEMTYPE_REPORTS;
     uint64_t first = m->nreports - n;
@@ -902,6 +950,12 @@ int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out,
 
 void dmamap_machine_stats(dmamap_machine *m, struct dmamap_machine_stats *out)
 {
+    if (!out)
+        return;
+    if (!m) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
     LOCK(&m->lock);
     out->ram_pages = m->ram_pages;
     out->ram_pages_used = m->pages_used;

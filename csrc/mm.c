@@ -8,6 +8,32 @@
 #define ID_SLOT_BITS 20
 #define ID_SLOT(id) ((id) & ((1 << ID_SLOT_BITS) - 1))
 
+/* Entry points accept any pointer the caller holds, including NULL. */
+#define AS_OK(as) ((as) && (as)->m && !(as)->m->closed)
+#define AS_CHECK(as, err, addr)                                                         \
+    do {                                                                                \
+        if (!AS_OK(as))                                                                 \
+            return dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is " \
+                               "closed (NULL)");                                        \
+    } while (0)
+
+/* A protection value must hold attribute bits only: no output-address bits (nor
+ * AArch64's RES0 bits 49:48), and it must not encode physical page 0 as an
+ * empty entry at any level. */
+static int prot_check(dmamap_as *as, uint64_t prot, struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t res0 = a->isa == DMAMAP_ISA_AARCH64 ? (3ULL << 48) : 0;
+    if (a->entry_pa(prot, 0) || (prot & res0))
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx has physical-address or reserved bits "
+                           "set", (unsigned long long)prot);
+    for (int l = 0; l <= a->max_block_level; l++)
+        if (a->leaf(0, prot, l) == 0)
+            return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx encodes no attribute bits",
+                               (unsigned long long)prot);
+    return 0;
+}
+
 /* ---- lifetime ---- */
 
 dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
@@ -80,11 +106,13 @@ void dmamap_as_free(dmamap_as *as)
 
 uint64_t dmamap_as_root(dmamap_as *as)
 {
-    return as->root;
+    return as ? as->root : 0;
 }
 
 void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx)
 {
+    if (!as)
+        return;
     LOCK(&as->lock);
     as->fault_fn = fn;
     as->fault_ctx = ctx;
@@ -93,6 +121,12 @@ void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx)
 
 void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out)
 {
+    if (!out)
+        return;
+    if (!as) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
     LOCK(&as->lock);
     *out = as->st;
     UNLOCK(&as->lock);
@@ -100,9 +134,13 @@ void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out)
 
 int dmamap_as_va_range(dmamap_as *as, uint64_t *lo, uint64_t *hi)
 {
+    if (!AS_OK(as))
+        return DMAMAP_ECLOSED;
     const struct dmamap_arch *a = as->m->arch;
-    *lo = as->kernel ? a->kern_lo : a->user_lo;
-    *hi = as->kernel ? a->kern_hi : a->user_hi;
+    if (lo)
+        *lo = as->kernel ? a->kern_lo : a->user_lo;
+    if (hi)
+        *hi = as->kernel ? a->kern_hi : a->user_hi;
     return 0;
 }
 
@@ -126,6 +164,8 @@ void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size)
 
 void dmamap_tlb_flush_all(dmamap_as *as)
 {
+    if (!as)
+        return;
     LOCK(&as->lock);
     dmamap_tlb_flush_range(as, 0, (uint64_t)TLB_SIZE << PAGE_SHIFT);
     UNLOCK(&as->lock);
@@ -171,6 +211,8 @@ static struct vma *vma_find(dmamap_as *as, uint64_t va)
 
 int dmamap_vma_find(dmamap_as *as, uint64_t va)
 {
+    if (!as)
+        return -1;
     LOCK(&as->lock);
     struct vma *v = vma_find(as, va);
     int id = v ? v->id : -1;
@@ -193,9 +235,11 @@ static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *ou
     const struct dmamap_arch *a = as->m->arch;
     uint64_t lo = as->kernel ? a->vmalloc_start : 0x10000000ULL;
     uint64_t hi = as->kernel ? a->vmalloc_end : a->user_hi;
+    if (lo + align - 1 < lo)
+        return 0;   /* the alignment alone wraps the address space */
     uint64_t cand = (lo + align - 1) & ~(align - 1);
     for (;;) {
-        if (cand + length < cand || cand + length > hi)
+        if (cand < lo || cand + length < cand || cand + length > hi)
             return 0;
         uint64_t bump = 0;
         for (int i = 0; i < as->nvmas; i++) {
@@ -208,7 +252,10 @@ static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *ou
             *out = cand;
             return 1;
         }
-        cand = (bump + PAGE_SIZE + align - 1) & ~(align - 1);
+        uint64_t next = (bump + PAGE_SIZE + align - 1) & ~(align - 1);
+        if (next <= cand || bump + PAGE_SIZE + align - 1 < bump)
+            return 0;   /* wrapped */
+        cand = next;
     }
 }
 
@@ -216,8 +263,7 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
                 uint64_t align, int *id_out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, addr, "machine is closed");
+    AS_CHECK(as, err, addr);
     if (!id_out)
         return dmamap_fail(err, DMAMAP_EINVAL, addr, "NULL id_out");
     if (length == 0 || (length & (PAGE_SIZE - 1)))
@@ -235,6 +281,8 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
                            (unsigned long long)(vm_flags & ~known));
     if ((vm_flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
         return dmamap_fail(err, DMAMAP_EVMAKIND, addr, "a VMA cannot be both VM_PFNMAP and VM_MIXEDMAP");
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
     int rc = 0;
     LOCK(&as->lock);
     if (addr) {
@@ -297,6 +345,7 @@ out:
 int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
     int rc = v ? 0 : DMAMAP_ENOVMA;
@@ -315,6 +364,9 @@ int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err)
 int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (!out)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
     if (v)
@@ -326,6 +378,12 @@ int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct d
 int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    uint64_t known = DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_EXEC | DMAMAP_VM_SHARED | DMAMAP_VM_IO |
+                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP;
+    if ((set | clear) & ~known)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown vm_flags %#llx",
+                           (unsigned long long)((set | clear) & ~known));
     int rc = 0;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -346,6 +404,9 @@ int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, st
 int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
     if (v)
@@ -358,6 +419,7 @@ int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_ch
                          uint64_t first_page, uint64_t fault_around, int large, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
     if (kind < DMAMAP_FAULT_NONE || kind > DMAMAP_FAULT_PIO)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown fault handler kind %d", kind);
     int needs_chunks = kind == DMAMAP_FAULT_PAGE || kind == DMAMAP_FAULT_PFN;
@@ -504,8 +566,9 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
                            int flags, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, addr, "machine is closed");
+    AS_CHECK(as, err, addr);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -557,6 +620,9 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
                                struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -597,7 +663,9 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
                          (unsigned long long)addr);
         goto out;
     }
+    LOCK(&as->m->lock);
     rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(prot), err);
+    UNLOCK(&as->m->lock);
     if (rc == 0)
         rc = dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
 out:
@@ -631,6 +699,7 @@ static int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const cha
 int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -665,6 +734,7 @@ out:
 int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -694,6 +764,7 @@ out:
 int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -718,6 +789,9 @@ out:
 int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_t prot, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
     struct vma *v = vma_get(as, id, err);
@@ -789,7 +863,9 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
         return dmamap_fail(err, DMAMAP_EVMAKIND, va, "PFN insert at %#llx into VMA [%#llx, %#llx) that is %s",
                            (unsigned long long)va, (unsigned long long)v->start, (unsigned long long)v->end,
                            kind ? "both VM_PFNMAP and VM_MIXEDMAP" : "neither VM_PFNMAP nor VM_MIXEDMAP");
+    LOCK(&as->m->lock);
     int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(v->prot), err);
+    UNLOCK(&as->m->lock);
     if (rc)
         return rc;
     return dmamap_pt_fill(as, page, pfn, 1, v->prot, 0, 1, err);
@@ -817,8 +893,10 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
             int level;
             int found = dmamap_pt_walk(as, base, &e, &level);
             if (!found && level >= 1) {
+                LOCK(&as->m->lock);
                 int rc = dmamap_memtype_check(as->m, bpfn << PAGE_SHIFT, span, as->m->arch->prot_cache(v->prot),
                                               err);
+                UNLOCK(&as->m->lock);
                 return rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
             }
         }
@@ -914,6 +992,7 @@ static void fill_xlate(dmamap_as *as, uint64_t va, uint64_t *e, int level, struc
 int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
     if (!out)
         return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL output");
     if (!va_ok(as, va, 1))
@@ -1108,8 +1187,7 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
 int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, va, "machine is closed");
+    AS_CHECK(as, err, va);
     if (n && !buf)
         return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL buffer");
     if (va + n < va)
@@ -1124,8 +1202,7 @@ int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_writ
 static int rw_n(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, va, "machine is closed");
+    AS_CHECK(as, err, va);
     if (size != 1 && size != 2 && size != 4 && size != 8)
         return dmamap_fail(err, DMAMAP_EINVAL, va, "access width %d is not 1, 2, 4 or 8", size);
     if (!value)
@@ -1174,8 +1251,7 @@ static int touch_one(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err
 int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, int is_write, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, va, "machine is closed");
+    AS_CHECK(as, err, va);
     if (count && (stride == 0 || (count - 1) > (~0ULL - va) / stride))
         return dmamap_fail(err, DMAMAP_EINVAL, va, "touch of %llu addresses with stride %llu wraps",
                            (unsigned long long)count, (unsigned long long)stride);
@@ -1190,8 +1266,7 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
 int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
-    if (as->m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
+    AS_CHECK(as, err, 0);
     if (count && !vas)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL address list");
     int rc = 0;
@@ -1205,9 +1280,16 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
 int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
     if (!out || va + size < va)
         return dmamap_fail(err, DMAMAP_EINVAL, va, "bad range");
     uint64_t n = 0, cur = va & PAGE_MASK, end = va + size;
+    uint64_t lo, hi;
+    dmamap_as_va_range(as, &lo, &hi);
+    if (cur < lo)   /* nothing outside the address space is present: do not alias into it */
+        cur = lo;
+    if (hi != ~0ULL && end > hi)
+        end = hi;
     LOCK(&as->lock);
     while (cur < end) {
         uint64_t *e;

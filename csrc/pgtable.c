@@ -112,7 +112,11 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         while (rc == 0 && level > 0 && *slot != 0)   /* a table lives there: go smaller */
             rc = descend(as, va, --level, &slot, &table, err);
         if (rc) {
-            dmamap_pt_clear(as, start, (va - start) >> PAGE_SHIFT);
+            /* Out of memory part-way down leaves fresh, empty tables on the path
+             * to va; nothing maps va then, so clearing its page frees them too.
+             * EBUSY means another mapping covers va: leave it alone. */
+            uint64_t end = rc == DMAMAP_EBUSY ? va : va + PAGE_SIZE;
+            dmamap_pt_clear(as, start, (end - start) >> PAGE_SHIFT);
             return rc;
         }
         struct page_desc *td = table_desc(as->m, table);
