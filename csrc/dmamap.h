@@ -254,6 +254,11 @@ int dmamap_as_va_range(dmamap_as *as, uint64_t *lo, uint64_t *hi);
 int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
                 uint64_t align, int *id_out, struct dmamap_err *err);
 int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err);
+/* DMAMAP_MUNMAP_NOFLUSH leaves the TLB to the caller (a port batching shootdowns
+ * calls dmamap_tlb_flush_all); the conformance suite uses it to model a port
+ * that forgets the flush. */
+enum { DMAMAP_MUNMAP_NOFLUSH = 1 };
+int dmamap_munmap_flags(dmamap_as *as, int id, int flags, struct dmamap_err *err);
 int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct dmamap_err *err);
 int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, struct dmamap_err *err);
 int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err *err);

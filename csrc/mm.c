@@ -344,6 +344,11 @@ out:
 
 int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err)
 {
+    return dmamap_munmap_flags(as, id, 0, err);
+}
+
+int dmamap_munmap_flags(dmamap_as *as, int id, int flags, struct dmamap_err *err)
+{
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
     LOCK(&as->lock);
@@ -351,7 +356,8 @@ int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err)
     int rc = v ? 0 : DMAMAP_ENOVMA;
     if (v) {
         dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
-        dmamap_tlb_flush_range(as, v->start, v->end - v->start);
+        if (!(flags & DMAMAP_MUNMAP_NOFLUSH))
+            dmamap_tlb_flush_range(as, v->start, v->end - v->start);
         untrack(as, v);
         uint32_t gen = v->gen;
         vma_release(v);

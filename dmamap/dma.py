@@ -276,7 +276,9 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
         prot = be.dma_pgprot(dev, vma.page_prot)
-        _map_chunks(vma, [(rec.alloc.pfn, npages)], first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
+        chunks = [(rec.alloc.pfn, npages)]
+        if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
+            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
         _track_mapping(dev, [rec], vma)
 
 
@@ -295,7 +297,11 @@ def dma_munmap_coherent(vma: Vma) -> None:
     """Unmap a VMA made by dma_mmap_coherent[_sg]: clear its PTEs and flush the TLB."""
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    vma.mm.munmap(vma)
+    be = vma.machine.backend
+    if be is None:
+        vma.mm.munmap(vma)
+    else:
+        be.munmap_user(vma)
 
 
 # ---- scatter-gather ----
@@ -381,7 +387,8 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
         strat = _pick_strategy(be, strategy, is_ram)
         prot = be.dma_pgprot(dev, vma.page_prot)
         chunks = [(r.alloc.pfn, r.alloc.npages) for r in recs]
-        _map_chunks(vma, chunks, offset, nr_pages, prot, strat, is_ram)
+        if not be.mmap_user(dev, vma, chunks, offset, nr_pages, prot, strat, is_ram):
+            _map_chunks(vma, chunks, offset, nr_pages, prot, strat, is_ram)
         _track_mapping(dev, recs, vma)
 
 

@@ -418,10 +418,17 @@ class AddressSpace:
             raise VmaNotMappedError(f"{vma!r} belongs to another address space", vma.start)
         return vma
 
-    def munmap(self, vma: Vma) -> None:
-        """Unmap the VMA: clear its PTEs (freeing empty tables) and flush the TLB."""
+    def munmap(self, vma: Vma, *, flush_tlb: bool = True) -> None:
+        """Unmap the VMA: clear its PTEs (freeing empty tables) and flush the TLB.
+
+        ``flush_tlb=False`` leaves the TLB to the caller (a port that batches
+        shootdowns must call :meth:`flush_tlb` before anyone relies on the unmap).
+        """
         self._own(vma)
-        call(lib.dmamap_munmap, self._ptr(), vma.id)
+        if flush_tlb:
+            call(lib.dmamap_munmap, self._ptr(), vma.id)
+        else:
+            call(lib.dmamap_munmap_flags, self._ptr(), vma.id, 1)
         self._vmas.pop(vma.id, None)
         for cb in vma._on_unmap:
             cb()

@@ -124,6 +124,21 @@ class Backend:
                                f"descriptor; only a PFN can be mapped", (alloc.pfn + index) << PAGE_SHIFT)
         return Page(dev.machine, alloc.pfn + index)
 
+    # ---- optional operations (as dma_map_ops->mmap): the generic path unless overridden ----
+    def mmap_user(self, dev: Device, vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int,
+                  prot: PgProt, strategy: str, is_ram: bool) -> bool:
+        """Fill the user page tables of a coherent mapping yourself: pages
+        ``[first_page, first_page + nr_pages)`` of the ``(pfn, npages)`` chunk list at
+        ``vma.start`` with ``prot``, honouring ``strategy``.  Return True when done;
+        the default returns False and the helpers use the generic path (prefault,
+        or a fault handler handing out pages for RAM and PFNs otherwise)."""
+        return False
+
+    def munmap_user(self, vma: Vma) -> None:
+        """Tear down a user mapping made by the helpers (dma_munmap_coherent):
+        clear every PTE, free emptied tables, flush the TLB."""
+        vma.mm.munmap(vma)
+
     def describe(self) -> dict[str, str]:
         return {
             "isa": self.isa,
