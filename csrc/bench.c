@@ -1,10 +1,19 @@
-/* Reference loops the benchmarks compare against, timed in C. */
+/* Reference loops the benchmarks compare against, timed in C, and helpers
+ * that put the emulator and the host kernel on the same footing. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <errno.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include "internal.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* At most this much host memory per reference mapping: a reference loop, not an allocator. */
+#define HOST_MAX (4ULL << 30)
 
 /* The limit: store n PTE-like 8-byte values.  Returns elapsed ns. */
 uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value)
@@ -17,42 +26,106 @@ uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value)
     return dmamap_now_ns() - t0;
 }
 
-/* The real thing: let the host kernel map `size` bytes of a memfd, either
- * with MAP_POPULATE or by first-touch faults every touch_stride bytes.
- * Returns elapsed ns, or a negative errno. */
-int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride)
+/* Give the host pages behind emulated memory [pa, pa+size) (RAM or SRAM)
+ * their backing now, without changing their contents, so that a timed run
+ * measures the emulator and not the host's first-touch faults on the sparse
+ * memfd (the host reference below pre-populates its memfd the same way). */
+int dmamap_bench_populate(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err)
 {
-    if (size == 0 || (size & (PAGE_SIZE - 1)) || size > (4ULL << 30) || (!populate && touch_stride == 0))
-        return -22;   /* a reference loop, not an allocator: at most 4 GiB of host memory */
-    int fd = memfd_create("dmamap-bench", 0);
-    if (fd < 0)
-        return -1;
-    if (ftruncate(fd, (off_t)size) != 0) {
-        close(fd);
-        return -1;
+    dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
+    if ((pa | size) & (PAGE_SIZE - 1) || pa + size < pa)
+        return dmamap_fail(err, DMAMAP_EINVAL, pa, "populate range %#llx+%#llx is not page-aligned",
+                           (unsigned long long)pa, (unsigned long long)size);
+    if (size == 0)
+        return 0;
+    uint8_t *host = dmamap_host_ptr(m, pa, size, NULL);
+    if (!host)
+        return dmamap_fail(err, DMAMAP_EPHYS, pa, "%#llx+%#llx is not inside one memory region",
+                           (unsigned long long)pa, (unsigned long long)size);
+    if (madvise(host, size, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    for (uint64_t off = 0; off < size; off += PAGE_SIZE) {   /* kernels before 5.14 */
+        volatile uint8_t *b = host + off;
+        *b = *b;
     }
-    /* Give the memfd its pages first, so both variants time only the mapping. */
+    return 0;
+}
+
+/* A memfd of `size` bytes whose pages exist, for dmamap_bench_host_touch.
+ * Returns the descriptor (close it with os.close), or a negative errno. */
+int dmamap_bench_host_memfd(uint64_t size)
+{
+    if (size == 0 || (size & (PAGE_SIZE - 1)) || size > HOST_MAX)
+        return -EINVAL;
+    int fd = memfd_create("dmamap-bench", MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
     void *pre = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (pre == MAP_FAILED) {
         close(fd);
-        return -12;
+        return -ENOMEM;
     }
     munmap(pre, size);
+    return fd;
+}
+
+/* The host kernel doing what the emulator does: map `size` bytes of memfd
+ * `fd` (with MAP_POPULATE when `populate`, else lazily), then touch one byte
+ * at each of `count` addresses: vas[i] - base when vas is given, otherwise
+ * i * stride.  A write touch reads the byte and stores it back, as
+ * dmamap_touch does.  times[0..2] receive the ns spent in mmap, in the
+ * touches and in munmap.  Returns mmap + touch ns, or a negative errno. */
+int64_t dmamap_bench_host_touch(int fd, uint64_t size, int populate, const uint64_t *vas, uint64_t base,
+                                uint64_t count, uint64_t stride, int is_write, uint64_t *times)
+{
+    if (fd < 0 || size == 0 || (size & (PAGE_SIZE - 1)) || size > HOST_MAX || (!vas && count && !stride))
+        return -EINVAL;
     uint64_t t0 = dmamap_now_ns();
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0);
-    if (p == MAP_FAILED) {
-        close(fd);
-        return -12;
+    uint8_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0);
+    if (p == MAP_FAILED)
+        return -ENOMEM;
+    uint64_t t1 = dmamap_now_ns();
+    volatile uint8_t *b = p;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t off = vas ? vas[i] - base : i * stride;
+        if (off >= size)
+            continue;
+        uint8_t v = b[off];
+        sum += v;
+        if (is_write)
+            b[off] = v;
     }
-    if (!populate) {
-        volatile uint8_t *b = p;
-        uint64_t sum = 0;
-        for (uint64_t off = 0; off < size; off += touch_stride)
-            sum += b[off];
-        (void)sum;
-    }
-    uint64_t t = dmamap_now_ns() - t0;
+    (void)sum;
+    uint64_t t2 = dmamap_now_ns();
     munmap(p, size);
+    uint64_t t3 = dmamap_now_ns();
+    if (times) {
+        times[0] = t1 - t0;
+        times[1] = t2 - t1;
+        times[2] = t3 - t2;
+    }
+    return (int64_t)(t2 - t0);
+}
+
+/* One-shot form: a fresh memfd, mapped with MAP_POPULATE or touched every
+ * touch_stride bytes.  Returns elapsed ns (mmap + touches), or a negative errno. */
+int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride)
+{
+    if (size == 0 || (size & (PAGE_SIZE - 1)) || size > HOST_MAX || (!populate && touch_stride == 0))
+        return -EINVAL;
+    int fd = dmamap_bench_host_memfd(size);
+    if (fd < 0)
+        return fd;
+    uint64_t count = populate ? 0 : (size + touch_stride - 1) / touch_stride;
+    int64_t t = dmamap_bench_host_touch(fd, size, populate, NULL, 0, count, touch_stride ? touch_stride : 1, 0, NULL);
     close(fd);
-    return (int64_t)t;
+    return t;
 }

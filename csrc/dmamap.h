@@ -296,6 +296,10 @@ void dmamap_tlb_flush_all(dmamap_as *as);
 /* Reference loops for benchmarks. */
 uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value);
 int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride);
+int dmamap_bench_host_memfd(uint64_t size);
+int64_t dmamap_bench_host_touch(int fd, uint64_t size, int populate, const uint64_t *vas, uint64_t base,
+                                uint64_t count, uint64_t stride, int is_write, uint64_t *times);
+int dmamap_bench_populate(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
 uint64_t dmamap_now_ns(void);
 
 #endif

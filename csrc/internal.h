@@ -87,11 +87,14 @@ struct dmamap_machine {
     int nregions;
     /* RAM: one region, descriptors and allocator. */
     uint64_t ram_base_pfn, ram_pages;
+    uint8_t *ram_host;             /* host address of RAM pfn ram_base_pfn */
     struct page_desc *pages;
     uint64_t *bitmap;              /* 1 = allocated */
     uint64_t alloc_hint;
     uint64_t pages_used;
     uint64_t table_pages;
+    uint64_t *table_cache;         /* recently freed (zeroed, host-backed) table pfns, LIFO */
+    int ntable_cache, captable_cache;
     /* I/O */
     dmamap_io_fn io_fn;
     void *io_ctx;
@@ -100,6 +103,7 @@ struct dmamap_machine {
     struct memtype_entry *memtypes;
     int nmemtypes, capmemtypes;
     int memtype_policy;
+    _Atomic uint64_t memtype_gen;  /* bumped on every reservation change */
     struct dmamap_memtype_report reports[MAX_MEMTYPE_REPORTS];
     uint64_t nreports;
     /* cache model (NULL when DMA snoops) */
@@ -135,6 +139,10 @@ struct vma {
     uint32_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */
     int nmemtypes, capmemtypes;
+    /* [mt_lo, mt_hi) was found free of memtype conflicts for cache mt_cache at
+     * generation mt_gen (0: nothing cached); spares the fault path the lock. */
+    uint64_t mt_lo, mt_hi, mt_gen;
+    int mt_cache;
 };
 
 struct dmamap_as {
@@ -146,6 +154,10 @@ struct dmamap_as {
     int nvmas, capvmas;
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
+    /* walk cache: the leaf (4 KiB-entry) table covering VAs with va >> 21 == wc_tag */
+    uint64_t wc_tag;
+    uint64_t *wc_table;
+    uint64_t wc_pa;
     dmamap_fault_fn fault_fn;
     void *fault_ctx;
     struct dmamap_as_stats st;
@@ -166,6 +178,13 @@ void dmamap_free_table_page(dmamap_machine *m, uint64_t pa);
 int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uint64_t *value,
                      struct dmamap_err *err);
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
+int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache);
+
+/* Host address of RAM page-table memory at pa (tables always live in RAM). */
+static inline uint64_t *dmamap_ram_table(dmamap_machine *m, uint64_t pa)
+{
+    return (uint64_t *)(m->ram_host + (pa - (m->ram_base_pfn << PAGE_SHIFT)));
+}
 
 /* cache.c */
 void dmamap_cache_read(dmamap_machine *m, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
@@ -182,6 +201,7 @@ int dmamap_pt_range_empty(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t 
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
                       struct dmamap_err *err);
 void dmamap_pt_free_all(dmamap_as *as);
+void dmamap_pt_cache_reset(dmamap_as *as);
 
 /* tlb */
 void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);

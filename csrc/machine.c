@@ -161,6 +161,7 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m->pages);
     free(m->bitmap);
     free(m->memtypes);
+    free(m->table_cache);
     free(m->cache);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->cache_lock);
@@ -290,6 +291,7 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
         }
         m->ram_base_pfn = r->base >> PAGE_SHIFT;
         m->ram_pages = n;
+        m->ram_host = m->backing + r->backing_offset;
     }
     m->regions[m->nregions++] = *r;
 out:
@@ -348,6 +350,13 @@ int dmamap_region_get(dmamap_machine *m, int i, struct dmamap_region *out)
 /* Host pointer for [pa, pa+n) if it lies inside one memory region. */
 uint8_t *dmamap_host_ptr(dmamap_machine *m, uint64_t pa, uint64_t n, int *type)
 {
+    /* RAM first, without scanning the memory map: the hot case. */
+    uint64_t roff = pa - (m->ram_base_pfn << PAGE_SHIFT), rsize = m->ram_pages << PAGE_SHIFT;
+    if (m->ram_host && roff < rsize && n <= rsize - roff) {
+        if (type)
+            *type = DMAMAP_MEM_RAM;
+        return m->ram_host + roff;
+    }
     const struct dmamap_region *r = dmamap_region_find(m, pa);
     if (type)
         *type = r ? r->type : 0;
@@ -648,8 +657,23 @@ int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err)
 {
     uint64_t pfn;
+    int rc = 1;
     LOCK(&m->lock);
-    int rc = m->pages ? alloc_locked(m, 1, 1, DMAMAP_PG_TABLE | DMAMAP_PG_RESERVED, &pfn, err)
+    /* Reuse a recently freed table page: it is zero and already backed by host
+     * memory, as a kernel's hot per-CPU page lists.  Entries whose page was
+     * taken by the general allocator meanwhile are skipped. */
+    while (rc && m->ntable_cache) {
+        uint64_t idx = m->table_cache[--m->ntable_cache] - m->ram_base_pfn;
+        if (bit_test(m->bitmap, idx))
+            continue;
+        bits_set(m->bitmap, idx, 1, 1);
+        m->pages[idx] = (struct page_desc){.flags = DMAMAP_PG_TABLE | DMAMAP_PG_RESERVED, .refcount = 1};
+        m->pages_used++;
+        pfn = m->ram_base_pfn + idx;
+        rc = 0;
+    }
+    if (rc)
+        rc = m->pages ? alloc_locked(m, 1, 1, DMAMAP_PG_TABLE | DMAMAP_PG_RESERVED, &pfn, err)
                       : dmamap_fail(err, DMAMAP_ENOMEM, 0, "machine has no RAM for page tables");
     if (rc == 0)
         m->table_pages++;
@@ -669,6 +693,16 @@ void dmamap_free_table_page(dmamap_machine *m, uint64_t pa)
     m->pages_used--;
     m->table_pages--;
     memset(dmamap_host_ptr(m, pa, PAGE_SIZE, NULL), 0, PAGE_SIZE);
+    if (m->ntable_cache == m->captable_cache && m->captable_cache < (1 << 20)) {
+        int cap = m->captable_cache ? m->captable_cache * 2 : 1024;
+        uint64_t *n = realloc(m->table_cache, (size_t)cap * sizeof *n);
+        if (n) {
+            m->table_cache = n;
+            m->captable_cache = cap;
+        }
+    }
+    if (m->ntable_cache < m->captable_cache)
+        m->table_cache[m->ntable_cache++] = pfn;
     UNLOCK(&m->lock);
 }
 
@@ -819,6 +853,20 @@ int dmamap_dma_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is_
 
 /* ---- memtype tracking ---- */
 
+static int memtype_compatible(dmamap_machine *m, int a, int b);
+
+/* Whether [pa, pa+size) conflicts with a reservation for `cache`, without
+ * reporting or failing.  Caller holds m->lock. */
+int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache)
+{
+    for (int i = 0; i < m->nmemtypes; i++) {
+        struct memtype_entry *e = &m->memtypes[i];
+        if (pa < e->end && e->start < pa + size && !memtype_compatible(m, e->cache, cache))
+            return 1;
+    }
+    return 0;
+}
+
 static int memtype_compatible(dmamap_machine *m, int a, int b)
 {
     if (a == b)
@@ -889,6 +937,7 @@ int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int ca
         m->capmemtypes = cap;
     }
     m->memtypes[m->nmemtypes++] = (struct memtype_entry){pa, pa + size, cache, 1};
+    m->memtype_gen++;
 out:
     UNLOCK(&m->lock);
     return rc;
@@ -908,6 +957,7 @@ int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache
     for (int i = 0; i < m->nmemtypes; i++) {
         struct memtype_entry *e = &m->memtypes[i];
         if (e->start == pa && e->end == pa + size && e->cache == cache) {
+            m->memtype_gen++;
             if (--e->refs == 0)
                 m->memtypes[i] = m->memtypes[--m->nmemtypes];
             dmamap_err_clear(err);

@@ -51,6 +51,7 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->m = m;
     as->kernel = !!kernel;
     as->last_vma = -1;
+    dmamap_pt_cache_reset(as);
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);

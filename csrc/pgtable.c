@@ -15,7 +15,26 @@ static inline int pt_index(uint64_t va, int level)
 
 uint64_t *dmamap_table_ptr(dmamap_machine *m, uint64_t table_pa)
 {
-    return (uint64_t *)dmamap_host_ptr(m, table_pa, PAGE_SIZE, NULL);
+    return dmamap_ram_table(m, table_pa);
+}
+
+/* The walk cache remembers the last leaf table reached, so runs of 4 KiB
+ * entries under one 2 MiB region do not re-walk from the root.  A leaf table
+ * only goes away through drop_table (or free_all), which resets the cache. */
+#define WC_SHIFT (PAGE_SHIFT + 9)
+
+void dmamap_pt_cache_reset(dmamap_as *as)
+{
+    as->wc_tag = ~0ULL;
+    as->wc_table = NULL;
+    as->wc_pa = 0;
+}
+
+static inline void wc_set(dmamap_as *as, uint64_t va, uint64_t table_pa)
+{
+    as->wc_tag = va >> WC_SHIFT;
+    as->wc_table = dmamap_ram_table(as->m, table_pa);
+    as->wc_pa = table_pa;
 }
 
 static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
@@ -33,6 +52,7 @@ static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 
 static void drop_table(dmamap_as *as, uint64_t pa)
 {
+    dmamap_pt_cache_reset(as);
     dmamap_free_table_page(as->m, pa);
     as->st.table_pages--;
 }
@@ -64,6 +84,11 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
                    struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
+    if (level == 0 && (va >> WC_SHIFT) == as->wc_tag) {
+        *slot = &as->wc_table[pt_index(va, 0)];
+        *table_out = as->wc_pa;
+        return 0;
+    }
     uint64_t table = as->root;
     for (int l = a->levels - 1; l > level; l--) {
         uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
@@ -81,6 +106,8 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
         }
         table = a->table_pa(*e);
     }
+    if (level == 0)
+        wc_set(as, va, table);
     *slot = &dmamap_table_ptr(as->m, table)[pt_index(va, level)];
     *table_out = table;
     return 0;
@@ -125,18 +152,26 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
             n = npages;
         uint64_t step = 1ULL << level_shift(level);
         uint64_t e = a->leaf(pa, prot, level);
-        for (uint64_t i = 0; i < n; i++) {
-            if (slot[i]) {
-                if (!special)
-                    ref_pages(as, pa, i);
-                td->table_used += (uint32_t)i;
-                as->st.ptes_written += i;
-                uint64_t busy = va + i * step;
-                dmamap_pt_clear(as, start, (busy - start) >> PAGE_SHIFT);
-                return dmamap_fail(err, DMAMAP_EBUSY, busy, "prefault into a non-empty PTE at %#llx "
-                                   "(partial remap rolled back)", (unsigned long long)busy);
-            }
+        /* Two branch-free passes (check, then store) instead of one loop with
+         * an early exit: both run at store-loop speed. */
+        uint64_t any = 0, ok = n;
+        for (uint64_t i = 0; i < n; i++)
+            any |= slot[i];
+        if (any)
+            for (ok = 0; !slot[ok]; ok++)
+                ;
+        for (uint64_t i = 0; i < ok; i++)
             slot[i] = e + i * step;
+        if (ok < n) {
+            uint64_t i = ok;
+            if (!special)
+                ref_pages(as, pa, i);
+            td->table_used += (uint32_t)i;
+            as->st.ptes_written += i;
+            uint64_t busy = va + i * step;
+            dmamap_pt_clear(as, start, (busy - start) >> PAGE_SHIFT);
+            return dmamap_fail(err, DMAMAP_EBUSY, busy, "prefault into a non-empty PTE at %#llx "
+                               "(partial remap rolled back)", (unsigned long long)busy);
         }
         if (!special)
             ref_pages(as, pa, n);
@@ -167,11 +202,7 @@ static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
 static void unref_leaf(dmamap_as *as, uint64_t e)
 {
     const struct dmamap_arch *a = as->m->arch;
-    struct dmamap_xlate x;
-    if (!a->is_valid(e, 0))
-        return;
-    a->decode(e, 0, &x);
-    if (x.special)
+    if (!a->is_valid(e, 0) || (e & a->set_special(0)))
         return;
     struct page_desc *p = dmamap_page(as->m, a->entry_pa(e, 0) >> PAGE_SHIFT);
     if (!p)
@@ -195,6 +226,27 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
     const struct dmamap_arch *a = as->m->arch;
     uint64_t *t = dmamap_table_ptr(as->m, table);
     struct page_desc *td = table_desc(as->m, table);
+    if (level == 0) {   /* a run of 4 KiB entries: count, drop page references, zero */
+        if (end <= va)
+            return;
+        uint64_t lo = (uint64_t)pt_index(va, 0);
+        uint64_t cnt = (end - va + PAGE_SIZE - 1) >> PAGE_SHIFT;
+        if (cnt > ENTRIES - lo)
+            cnt = ENTRIES - lo;
+        uint64_t smask = a->set_special(0), used = 0, normal = 0;
+        for (uint64_t i = lo; i < lo + cnt; i++) {
+            used += t[i] != 0;
+            normal += (t[i] != 0) & !(t[i] & smask);
+        }
+        if (normal)
+            for (uint64_t i = lo; i < lo + cnt; i++)
+                if (t[i] && !(t[i] & smask))
+                    unref_leaf(as, t[i]);
+        memset(&t[lo], 0, cnt * sizeof *t);
+        td->table_used -= (uint32_t)used;
+        as->st.ptes_cleared += used;
+        return;
+    }
     uint64_t span = 1ULL << level_shift(level);
     uint64_t cur = va;
     while (cur < end) {
@@ -237,6 +289,12 @@ void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
 {
     const struct dmamap_arch *a = as->m->arch;
+    if ((va >> WC_SHIFT) == as->wc_tag) {
+        uint64_t *e = &as->wc_table[pt_index(va, 0)];
+        *entry_out = e;
+        *level_out = 0;
+        return *e != 0;
+    }
     uint64_t table = as->root;
     for (int l = a->levels - 1; l >= 0; l--) {
         uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
@@ -246,6 +304,8 @@ int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_
             return 0;
         if (l > 0 && a->is_table(*e, l)) {
             table = a->table_pa(*e);
+            if (l == 1)
+                wc_set(as, va, table);
             continue;
         }
         return 1;
