@@ -1171,8 +1171,8 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
                 int size = 8;
                 while (size > 1 && ((a & (uint64_t)(size - 1)) || (uint64_t)size > chunk - done))
                     size >>= 1;
-                if (!t && size == 8)
-                    size = 4;
+                if ((!t || t->region == DMAMAP_MEM_IOWIN) && size == 8)
+                    size = 4;   /* port space has no 8-byte access (trapped or through the I/O window) */
                 uint64_t val = 0;
                 if (is_write)
                     memcpy(&val, b + done, (size_t)size);

@@ -106,7 +106,7 @@ class _DmaDebug:
         rec = self.live.get(int(cpu_addr))
         if rec is None:
             if int(cpu_addr) in self.freed:
-                cls = DmaDoubleFreeError if what == "dma_free_coherent" else DmaUseAfterFreeError
+                cls = DmaDoubleFreeError if what.startswith("dma_free_coherent") else DmaUseAfterFreeError
                 raise cls(f"{what}: buffer at cpu_addr {int(cpu_addr):#x} of device {self.dev.name!r} was "
                           f"already freed", int(cpu_addr))
             raise DmaFreeError(f"{what}: device {self.dev.name!r} never allocated a coherent buffer at "
@@ -209,38 +209,55 @@ def _pick_strategy(be: Backend, strategy: str | None, is_ram: bool) -> str:
     return strategy
 
 
+def _window(chunks: list[tuple[int, int]], first_page: int, nr_pages: int) -> list[tuple[int, int]]:
+    """The (pfn, npages) runs of pages [first_page, first_page + nr_pages) of a chunk list."""
+    out: list[tuple[int, int]] = []
+    skip, left = first_page, nr_pages
+    for pfn, n in chunks:
+        if not left:
+            break
+        if skip >= n:
+            skip -= n
+            continue
+        take = min(n - skip, left)
+        out.append((pfn + skip, take))
+        left -= take
+        skip = 0
+    return out
+
+
 def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int, prot: PgProt,
                 strategy: str, is_ram: bool) -> None:
-    """Map nr_pages of the chunk list, from first_page, at vma.start."""
+    """Map nr_pages of the chunk list, from first_page, at vma.start; on failure
+    nothing stays mapped and the VMA's protection is restored."""
+    window = _window(chunks, first_page, nr_pages)
+    old_prot = vma.page_prot
     vma.page_prot = prot
-    if strategy.startswith("prefault"):
-        addr, skip, left = vma.start, first_page, nr_pages
-        try:
-            for pfn, n in chunks:
-                if skip >= n:
-                    skip -= n
-                    continue
-                take = min(n - skip, left)
-                remap_pfn_range(vma, addr, pfn + skip, take << PAGE_SHIFT, prot,
-                                large=strategy == "prefault-large")
-                addr += take << PAGE_SHIFT
-                left -= take
-                skip = 0
-                if not left:
-                    break
-        except BaseException:
-            if addr > vma.start:
-                from dmamap.mm import zap_vma_ptes
+    try:
+        if strategy.startswith("prefault"):
+            addr = vma.start
+            try:
+                for pfn, n in window:
+                    remap_pfn_range(vma, addr, pfn, n << PAGE_SHIFT, prot, large=strategy == "prefault-large")
+                    addr += n << PAGE_SHIFT
+            except BaseException:
+                if addr > vma.start:
+                    from dmamap.mm import zap_vma_ptes
 
-                zap_vma_ptes(vma, vma.start, addr - vma.start)
-            raise
-        return
-    page_mode = strategy in ("fault-page", "fault-around") and is_ram or (strategy == "fault" and is_ram)
-    if not page_mode:
-        vma.vm_flags_set(VmFlags.VM_IO | VmFlags.VM_PFNMAP | VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
-    vma.set_builtin_fault("page" if page_mode else "pfn", chunks, first_page=first_page,
-                          fault_around=16 if strategy == "fault-around" else 1,
-                          large=strategy == "fault-large")
+                    zap_vma_ptes(vma, vma.start, addr - vma.start)
+                raise
+            return
+        page_mode = strategy in ("fault-page", "fault-around") and is_ram or (strategy == "fault" and is_ram)
+        if not page_mode:
+            vma.vm_flags_set(VmFlags.VM_IO | VmFlags.VM_PFNMAP | VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
+        # Only the window is handed to the fault handler: a fault past it is SIGBUS.
+        vma.set_builtin_fault("page" if page_mode else "pfn", window, first_page=0,
+                              fault_around=16 if strategy == "fault-around" else 1,
+                              large=strategy == "fault-large")
+    except BaseException:
+        if vma.live:
+            vma.page_prot = old_prot
+        raise
 
 
 def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
@@ -414,9 +431,14 @@ def mmio_map(vma: Vma, phys_addr: int, size: int, *, cache: str = "uc") -> None:
                                    f"region ({region.kind if region else 'unmapped'})", phys_addr)
     if size > len(vma):
         raise InvalidArgumentError(f"mmio_map: {size:#x} bytes do not fit the VMA's {len(vma):#x}", vma.start)
-    prot = pgprot_noncached(vma.page_prot) if cache == "uc" else pgprot_writecombine(vma.page_prot)
+    old_prot = vma.page_prot
+    prot = pgprot_noncached(old_prot) if cache == "uc" else pgprot_writecombine(old_prot)
     vma.page_prot = prot
-    remap_pfn_range(vma, vma.start, phys_addr >> PAGE_SHIFT, size, prot)
+    try:
+        remap_pfn_range(vma, vma.start, phys_addr >> PAGE_SHIFT, size, prot)
+    except BaseException:
+        vma.page_prot = old_prot   # a refused mapping leaves the VMA as it was
+        raise
 
 
 def pio_map(vma: Vma, port: int, count: int) -> None:
@@ -435,12 +457,14 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         return
     size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     win = _iowin_alloc(m, size)
-    call(lib.dmamap_iowin_map, m._ptr(), win, size, port)
+    call(lib.dmamap_iowin_map, m._ptr(), win, count, port)   # only ports [port, port + count)
+    old_prot = vma.page_prot
     try:
-        prot = pgprot_noncached(vma.page_prot)
+        prot = pgprot_noncached(old_prot)
         vma.page_prot = prot
         remap_pfn_range(vma, vma.start, win >> PAGE_SHIFT, size, prot)
     except BaseException:
+        vma.page_prot = old_prot
         call(lib.dmamap_iowin_unmap, m._ptr(), win)
         _iowin_release(m, win, size)
         raise

@@ -35,9 +35,20 @@ def _scan() -> None:
 
 
 def register_backend(name: str, backend: str | Backend, *, clobber: bool = False) -> None:
-    """Register a backend object, or a lazy ``"module:attr"`` reference to one."""
+    """Register a backend object or :class:`Backend` subclass, or a lazy
+    ``"module:attr"`` reference to one."""
+    from dmamap.backends import Backend
+    from dmamap.machine import ISAS
+
     if not isinstance(name, str) or not name:
         raise BackendError(f"backend name must be a non-empty str, not {name!r}")
+    if name in ISAS:
+        raise BackendError(f"backend name {name!r} is a bare ISA name, which Machine() never looks up")
+    if isinstance(backend, type) and issubclass(backend, Backend):
+        backend = backend()
+    if not isinstance(backend, (str, Backend)):
+        raise BackendError(f"backend {name!r} must be a Backend, a Backend subclass or a 'module:attr' string, "
+                           f"not {type(backend).__name__}")
     _scan()
     with _lock:
         if name in _known and not clobber and _known[name] != backend:

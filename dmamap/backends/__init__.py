@@ -112,8 +112,14 @@ class Backend:
         elif alloc.is_ram:
             m.memtype_free(alloc.pfn << PAGE_SHIFT, alloc.npages << PAGE_SHIFT, self.kernel_cache)
         if alloc.is_ram:
-            m.free_pages(Page(m, alloc.pfn), alloc.npages)
+            m.free_pages(Page(m, alloc.pfn), alloc.npages)   # scrubs the pages and their cache lines
         else:
+            # As the page allocator does for RAM: drop any cache lines (no dirty line of a
+            # mis-attributed alias may land on the next owner's data) and clear the memory,
+            # so the next dma_alloc_coherent is zeroed.
+            pa, size = alloc.pfn << PAGE_SHIFT, alloc.npages << PAGE_SHIFT
+            m.invalidate_dcache_range(pa, size)
+            m.phys_write(pa, bytes(size))
             _sram_free(m, alloc.pfn, alloc.npages)
 
     def coherent_to_page(self, dev: Device, alloc: CoherentAlloc, index: int) -> Page:

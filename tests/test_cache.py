@@ -1,0 +1,213 @@
+"""The non-coherent platforms' write-back CPU cache and attribute tracking: a
+cacheable user alias of a coherent buffer really goes stale on arm (and is
+reported), cache maintenance behaves as documented, and the arm kernel pointer
+and bus addresses are what the platform says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import dmamap
+from dmamap import PAGE_SHIFT, PAGE_SIZE
+from dmamap.errors import PhysicalAddressError, VirtToPageError
+
+P = PAGE_SIZE
+RAM = 16 << 20
+LINE = 64
+
+
+class Setup:
+    """A coherent buffer with a *cacheable* user alias made by a naive driver
+    (remap_pfn_range with the VMA's default attribute)."""
+
+    def __init__(self, m: dmamap.Machine, npages: int = 2) -> None:
+        self.m = m
+        self.dev = m.add_device("nic")
+        self.buf = dmamap.dma_alloc_coherent(self.dev, npages * P)
+        self.pa = dmamap.dma_coherent_to_pfn(self.dev, self.buf.cpu_addr, self.buf.dma_handle) << PAGE_SHIFT
+        self.mm = m.new_address_space()
+        self.vma = self.mm.mmap(npages * P)
+        dmamap.remap_pfn_range(self.vma, self.vma.start, self.pa >> PAGE_SHIFT, npages * P, self.vma.vm_page_prot)
+
+    def dev_sees(self, off: int, n: int) -> bytes:
+        return self.dev.dma_read(self.buf.dma_handle + off, n)
+
+
+@pytest.fixture(params=["arm", "sram"])
+def noncoherent(request: pytest.FixtureRequest) -> Iterator[dmamap.Machine]:
+    """A machine whose DMA does not snoop the CPU cache."""
+    with dmamap.Machine(str(request.param), ram=RAM) as m:
+        yield m
+
+
+@pytest.fixture
+def arm() -> Iterator[dmamap.Machine]:
+    """A small arm machine."""
+    with dmamap.Machine("arm", ram=RAM) as m:
+        yield m
+
+
+def test_cacheable_alias_goes_stale_and_is_reported(noncoherent: dmamap.Machine) -> None:
+    """remap_pfn_range with the default (cacheable NORMAL) attribute of a NORMAL_NC
+    coherent buffer: the device reads stale memory after a user write, the user
+    reads stale cache lines after a device write, and attribute tracking reports
+    the NORMAL alias of NORMAL_NC for exactly the buffer's range."""
+    s = Setup(noncoherent)
+    t = s.mm.translate(s.vma.start)
+    assert t.cache == "NORMAL" and t.cacheable
+    reports = noncoherent.attribute_reports
+    assert len(reports) == 1 and noncoherent.stats.memtype_reports == 1
+    r = reports[0]
+    assert (r["existing"], r["requested"]) == ("NORMAL_NC", "NORMAL")
+    assert (r["start"], r["end"]) == (s.pa, s.pa + 2 * P)
+
+    s.mm.write(s.vma.start, b"U" * 256)
+    assert s.dev_sees(0, 256) == bytes(256)          # stale: still in the CPU cache
+    s.dev.dma_write(s.buf.dma_handle, b"D" * 256)
+    assert s.mm.read(s.vma.start, 256) == b"U" * 256  # stale: the CPU reads its own lines
+    assert noncoherent.phys_read(s.pa, 256) == b"D" * 256
+
+
+def test_helper_mapping_of_same_buffer_is_coherent(noncoherent: dmamap.Machine) -> None:
+    """The same buffer through dma_mmap_coherent is NORMAL_NC, never cached, and
+    raises no report."""
+    dev = noncoherent.add_device("nic")
+    buf = dmamap.dma_alloc_coherent(dev, 2 * P)
+    mm = noncoherent.new_address_space()
+    vma = mm.mmap(2 * P)
+    dmamap.dma_mmap_coherent(dev, vma, *buf)
+    hits = noncoherent.stats.cache_hits + noncoherent.stats.cache_misses
+    mm.write(vma.start, b"U" * 256)
+    assert dev.dma_read(buf.dma_handle, 256) == b"U" * 256
+    dev.dma_write(buf.dma_handle, b"D" * 256)
+    assert mm.read(vma.start, 256) == b"D" * 256
+    assert noncoherent.stats.cache_hits + noncoherent.stats.cache_misses == hits
+    assert noncoherent.attribute_reports == []
+
+
+def test_clean_writes_back_and_keeps_lines(arm: dmamap.Machine) -> None:
+    """clean_dcache_range makes dirty user data visible to the device and keeps the
+    (now clean) lines: a later device write is still hidden from the CPU. Only the
+    cleaned range is written back."""
+    s = Setup(arm)
+    s.mm.write(s.vma.start, b"A" * 2 * LINE)
+    wb = arm.stats.cache_writebacks
+    arm.clean_dcache_range(s.pa, LINE)
+    assert arm.stats.cache_writebacks == wb + 1
+    assert s.dev_sees(0, 2 * LINE) == b"A" * LINE + bytes(LINE)
+    arm.clean_dcache_range(s.pa, LINE)                       # already clean: nothing to do
+    assert arm.stats.cache_writebacks == wb + 1
+    s.dev.dma_write(s.buf.dma_handle, b"B" * LINE)
+    assert s.mm.read(s.vma.start, LINE) == b"A" * LINE       # line kept
+    arm.clean_dcache_range(s.pa + LINE, 1)                   # any byte covers its whole line
+    assert s.dev_sees(LINE, LINE) == b"A" * LINE
+
+
+def test_flush_writes_back_and_drops_lines(arm: dmamap.Machine) -> None:
+    """flush_dcache_range writes dirty lines back and drops them: the device sees the
+    user's data and the CPU then sees the device's."""
+    s = Setup(arm)
+    s.mm.write(s.vma.start + 100, b"hello device")
+    arm.flush_dcache_range(s.pa, 2 * P)
+    assert s.dev_sees(100, 12) == b"hello device"
+    s.dev.dma_write(s.buf.dma_handle + 100, b"hello CPU!!!")
+    assert s.mm.read(s.vma.start + 100, 12) == b"hello CPU!!!"
+
+
+def test_invalidate_drops_dirty_data(arm: dmamap.Machine) -> None:
+    """invalidate_dcache_range discards dirty lines without writing them back: the
+    user's write is lost to both sides, and the CPU now reads what the device
+    wrote."""
+    s = Setup(arm)
+    s.dev.dma_write(s.buf.dma_handle, b"device data")
+    s.mm.write(s.vma.start, b"user writes")
+    wb = arm.stats.cache_writebacks
+    arm.invalidate_dcache_range(s.pa, LINE)
+    assert arm.stats.cache_writebacks == wb
+    assert s.dev_sees(0, 11) == b"device data"
+    assert s.mm.read(s.vma.start, 11) == b"device data"
+
+
+def test_maintenance_outside_range_leaves_lines(arm: dmamap.Machine) -> None:
+    """Maintenance of one range does not touch lines of another."""
+    s = Setup(arm)
+    s.mm.write(s.vma.start, b"first")
+    s.mm.write(s.vma.start + P, b"second")
+    arm.flush_dcache_range(s.pa + P, P)
+    arm.invalidate_dcache_range(s.pa + 2 * P, P)
+    assert s.dev_sees(P, 6) == b"second"
+    assert s.dev_sees(0, 5) == bytes(5)
+    arm.clean_dcache_range(s.pa, P)
+    assert s.dev_sees(0, 5) == b"first"
+
+
+def test_eviction_writes_back_least_recent_lines() -> None:
+    """Writing twice the cache size through the cacheable alias evicts (and writes
+    back) exactly the first half: the device sees it; the second half is still only
+    in the cache until flushed."""
+    with dmamap.Machine("arm", ram=RAM, cache_size=16 * 1024, cache_ways=4) as m:
+        s = Setup(m, npages=8)
+        data = bytes((i * 13 + 1) & 0xFF for i in range(32 * 1024))
+        s.mm.write(s.vma.start, data)
+        assert s.dev_sees(0, 16 * 1024) == data[:16 * 1024]
+        assert s.dev_sees(16 * 1024, 16 * 1024) == bytes(16 * 1024)
+        m.flush_dcache_range(s.pa, 8 * P)
+        assert s.dev_sees(0, 32 * 1024) == data
+
+
+def test_x86_has_no_cache_to_go_stale() -> None:
+    """On x86 DMA snoops: a cacheable alias is coherent and maintenance is harmless."""
+    with dmamap.Machine("x86", ram=RAM) as m:
+        s = Setup(m)
+        assert s.mm.translate(s.vma.start).cache == "WB"
+        s.mm.write(s.vma.start, b"snooped")
+        assert s.dev_sees(0, 7) == b"snooped"
+        m.invalidate_dcache_range(s.pa, P)
+        assert s.dev_sees(0, 7) == b"snooped"
+        m.flush_dcache_range(s.pa, P)
+        m.clean_dcache_range(s.pa, P)
+        assert m.attribute_reports == [] and m.stats.cache_hits == m.stats.cache_misses == 0
+
+
+def test_arm_kernel_pointer_and_bus_address(arm: dmamap.Machine) -> None:
+    """The arm cpu_addr is a NORMAL_NC remap outside the direct map (virt_to_page
+    raises) while dma_coherent_to_page finds the page through the allocator; the
+    dma_handle is the physical address minus the 0x4000_0000 bus offset, and the
+    device reaches the right bytes through it."""
+    dev = arm.add_device("nic")
+    buf = dmamap.dma_alloc_coherent(dev, 3 * P)
+    with pytest.raises(VirtToPageError):
+        dmamap.virt_to_page(buf.cpu_addr)
+    with pytest.raises(VirtToPageError):
+        arm.virt_to_page(buf.cpu_addr + P)
+    page = dmamap.dma_coherent_to_page(dev, buf.cpu_addr, buf.dma_handle)
+    pa = page.phys_addr
+    assert arm.pfn_valid(page.pfn) and page.flags["dma"]
+    assert dmamap.dma_coherent_to_page(dev, buf.cpu_addr, buf.dma_handle, 2 * P).pfn == page.pfn + 2
+    assert buf.dma_handle != pa and pa - buf.dma_handle == 0x4000_0000
+    assert arm.kernel.translate(buf.cpu_addr + 2 * P).pa == pa + 2 * P
+    # the direct-map address of the page is a different (cacheable) alias
+    direct = dmamap.page_address(page)
+    assert int(direct) != int(buf.cpu_addr) and dmamap.virt_to_page(direct) == page
+    dev.dma_write(buf.dma_handle + P + 5, b"bus")
+    assert arm.phys_read(pa + P + 5, 3) == b"bus"
+    assert arm.kernel.read(buf.cpu_addr + P + 5, 3) == b"bus"
+    arm.phys_write(pa + 2 * P, b"phys")
+    assert dev.dma_read(buf.dma_handle + 2 * P, 4) == b"phys"
+    # using the physical address as a bus address misses RAM altogether
+    with pytest.raises(PhysicalAddressError):
+        dev.dma_read(pa, 4)
+
+
+def test_arm_cacheable_direct_map_alias_goes_stale(arm: dmamap.Machine) -> None:
+    """Writing the buffer through page_address() (the cacheable direct map) instead of
+    cpu_addr leaves the device with stale data until the line is cleaned."""
+    dev = arm.add_device("nic")
+    buf = dmamap.dma_alloc_coherent(dev, P)
+    direct = dmamap.page_address(dmamap.dma_coherent_to_page(dev, buf.cpu_addr, buf.dma_handle))
+    arm.kernel.write(direct, b"cached")
+    assert dev.dma_read(buf.dma_handle, 6) == bytes(6)
+    arm.clean_dcache_range(dmamap.virt_to_phys(direct), 6)
+    assert dev.dma_read(buf.dma_handle, 6) == b"cached"
