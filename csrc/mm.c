@@ -193,6 +193,16 @@ static struct vma *vma_get(dmamap_as *as, int id, struct dmamap_err *err)
     return &as->vmas[slot];
 }
 
+/* vma_get for a call about addr: the error of a stale VMA names the address. */
+static struct vma *vma_get_at(dmamap_as *as, int id, uint64_t addr, struct dmamap_err *err)
+{
+    struct vma *v = vma_get(as, id, err);
+    if (!v)
+        dmamap_fail(err, DMAMAP_ENOVMA, addr, "VMA %d at %#llx is not mapped (already unmapped or never created)",
+                    id, (unsigned long long)addr);
+    return v;
+}
+
 static struct vma *vma_find(dmamap_as *as, uint64_t va)
 {
     if (as->last_vma >= 0) {
@@ -281,7 +291,8 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
         return dmamap_fail(err, DMAMAP_EINVAL, addr, "unknown vm_flags %#llx",
                            (unsigned long long)(vm_flags & ~known));
     if ((vm_flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
-        return dmamap_fail(err, DMAMAP_EVMAKIND, addr, "a VMA cannot be both VM_PFNMAP and VM_MIXEDMAP");
+        return dmamap_fail(err, DMAMAP_EVMAKIND, addr, "mmap at %#llx: a VMA cannot be both VM_PFNMAP and "
+                           "VM_MIXEDMAP", (unsigned long long)addr);
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc = 0;
@@ -578,7 +589,7 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
         return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;
@@ -587,8 +598,8 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
         (rc = pfn_range_ok(as, pfn, size >> PAGE_SHIFT, "remap_pfn_range", err)))
         goto out;
     if (v->flags & DMAMAP_VM_MIXEDMAP) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "remap_pfn_range on a VM_MIXEDMAP VMA would make it "
-                         "both VM_PFNMAP and VM_MIXEDMAP");
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "remap_pfn_range at %#llx on a VM_MIXEDMAP VMA would "
+                         "make it both VM_PFNMAP and VM_MIXEDMAP", (unsigned long long)addr);
         goto out;
     }
     if (is_cow_mapping(v) && (addr != v->start || addr + size != v->end)) {
@@ -632,7 +643,7 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
         return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;
@@ -642,22 +653,25 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
         goto out;
     uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
     if (!kind) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn into VMA [%#llx, %#llx) that is neither "
-                         "VM_PFNMAP nor VM_MIXEDMAP", (unsigned long long)v->start, (unsigned long long)v->end);
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn at %#llx into VMA [%#llx, %#llx) that "
+                         "is neither VM_PFNMAP nor VM_MIXEDMAP", (unsigned long long)addr,
+                         (unsigned long long)v->start, (unsigned long long)v->end);
         goto out;
     }
     if (kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn into a VMA with both VM_PFNMAP and "
-                         "VM_MIXEDMAP");
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn at %#llx into a VMA with both VM_PFNMAP "
+                         "and VM_MIXEDMAP", (unsigned long long)addr);
         goto out;
     }
     if ((kind & DMAMAP_VM_PFNMAP) && is_cow_mapping(v)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn into a private (COW) VM_PFNMAP VMA");
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn at %#llx into a private (COW) VM_PFNMAP "
+                         "VMA", (unsigned long long)addr);
         goto out;
     }
     if ((kind & DMAMAP_VM_MIXEDMAP) && dmamap_pfn_is_ram(as->m, pfn)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn of RAM pfn %#llx into a VM_MIXEDMAP VMA: "
-                         "use vmf_insert_mixed or vm_insert_page", (unsigned long long)pfn);
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_pfn at %#llx of RAM pfn %#llx into a "
+                         "VM_MIXEDMAP VMA: use vmf_insert_mixed or vm_insert_page", (unsigned long long)addr,
+                         (unsigned long long)pfn);
         goto out;
     }
     uint64_t *e;
@@ -685,20 +699,20 @@ static int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const cha
 {
     struct page_desc *p = dmamap_page(as->m, pfn);
     if (!p)
-        return dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s: pfn %#llx has no page descriptor (not RAM, "
+        return dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx has no page descriptor (not RAM, "
                            "pfn_valid() is false); map it with a PFN insert or prefault instead", what,
-                           (unsigned long long)pfn);
+                           (unsigned long long)addr, (unsigned long long)pfn);
     int rc = 0;
     LOCK(&as->m->lock);
     if (p->refcount <= 0)
-        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s: pfn %#llx is a free page", what,
-                         (unsigned long long)pfn);
+        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a free page", what,
+                         (unsigned long long)addr, (unsigned long long)pfn);
     else if (p->flags & DMAMAP_PG_ANON)
-        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s: pfn %#llx is an anonymous page", what,
-                         (unsigned long long)pfn);
+        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is an anonymous page", what,
+                         (unsigned long long)addr, (unsigned long long)pfn);
     else if (p->flags & DMAMAP_PG_TABLE)
-        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s: pfn %#llx is a page-table page", what,
-                         (unsigned long long)pfn);
+        rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a page-table page", what,
+                         (unsigned long long)addr, (unsigned long long)pfn);
     UNLOCK(&as->m->lock);
     return rc;
 }
@@ -709,7 +723,7 @@ int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, st
     AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;
@@ -717,7 +731,8 @@ int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, st
     if ((rc = range_in_vma(as, v, addr, PAGE_SIZE, "vm_insert_page", err)))
         goto out;
     if (v->flags & DMAMAP_VM_PFNMAP) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vm_insert_page into a VM_PFNMAP VMA [%#llx, %#llx)",
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vm_insert_page at %#llx into a VM_PFNMAP VMA [%#llx, "
+                         "%#llx)", (unsigned long long)addr,
                          (unsigned long long)v->start, (unsigned long long)v->end);
         goto out;
     }
@@ -744,14 +759,15 @@ int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, 
     AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;
     }
     if (!(v->flags & DMAMAP_VM_MIXEDMAP)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_mixed into VMA [%#llx, %#llx) without "
-                         "VM_MIXEDMAP", (unsigned long long)v->start, (unsigned long long)v->end);
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_mixed at %#llx into VMA [%#llx, %#llx) "
+                         "without VM_MIXEDMAP", (unsigned long long)addr,
+                         (unsigned long long)v->start, (unsigned long long)v->end);
         goto out;
     }
     if (dmamap_pfn_is_ram(as->m, pfn)) {
@@ -774,7 +790,7 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, str
     AS_CHECK(as, err, addr);
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;
@@ -782,7 +798,8 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, str
     if ((rc = range_in_vma(as, v, addr, size, "zap_vma_ptes", err)))
         goto out;
     if (!(v->flags & DMAMAP_VM_PFNMAP)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "zap_vma_ptes on VMA [%#llx, %#llx) that is not VM_PFNMAP",
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "zap_vma_ptes at %#llx on VMA [%#llx, %#llx) that is "
+                         "not VM_PFNMAP", (unsigned long long)addr,
                          (unsigned long long)v->start, (unsigned long long)v->end);
         goto out;
     }
@@ -801,7 +818,7 @@ int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_
         return DMAMAP_EINVAL;
     int rc;
     LOCK(&as->lock);
-    struct vma *v = vma_get(as, id, err);
+    struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
         goto out;

@@ -115,7 +115,7 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
 
 static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n);
 
-int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
+static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
                    int large, int special, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
@@ -182,6 +182,20 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         npages -= n * (step >> PAGE_SHIFT);
     }
     return 0;
+}
+
+/* A fill that fails is rolled back completely, counters included: the state is
+ * as if it had never been tried. */
+int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
+                   int large, int special, struct dmamap_err *err)
+{
+    uint64_t written = as->st.ptes_written, cleared = as->st.ptes_cleared;
+    int rc = pt_fill(as, va, pfn, npages, prot, large, special, err);
+    if (rc) {
+        as->st.ptes_written = written;
+        as->st.ptes_cleared = cleared;
+    }
+    return rc;
 }
 
 /* Take the references that n normal 4 KiB PTEs of RAM pages from pa hold. */
@@ -356,7 +370,7 @@ static void free_tables(dmamap_as *as, uint64_t table, int level)
 
 void dmamap_pt_free_all(dmamap_as *as)
 {
-    if (as->root)
+    if (as->st.table_pages)   /* the root is still allocated; it may be pfn 0, so test the count */
         free_tables(as, as->root, as->m->arch->levels - 1);
     as->root = 0;
 }

@@ -37,8 +37,8 @@ def stash(exc: BaseException) -> None:
 def raise_for(rc: int, err: Any) -> None:
     pending, _local.pending = _local.pending, None
     if pending is not None:
-        if isinstance(pending, DmamapError):
-            raise pending
+        if isinstance(pending, DmamapError) or not isinstance(pending, Exception):
+            raise pending   # KeyboardInterrupt, SystemExit... pass through untouched
         raise HandlerError(f"callback raised {type(pending).__name__}: {pending}") from pending
     msg = ffi.string(err.msg).decode("utf-8", "replace") if err.msg[0] else ""
     cls = CODE_TO_ERROR.get(rc, DmamapError)

@@ -209,7 +209,11 @@ class Vma:
 
     def _info(self) -> Any:
         info = ffi.new("struct dmamap_vma_info *")
-        call(lib.dmamap_vma_info, self.mm._ptr(), self.id, info)
+        try:
+            call(lib.dmamap_vma_info, self.mm._ptr(), self.id, info)
+        except VmaNotMappedError:   # the core forgot the range: name it here
+            raise VmaNotMappedError(f"VMA [{self.start:#x}, {self.end:#x}) is not mapped (already unmapped)",
+                                    self.start) from None
         return info
 
     @property

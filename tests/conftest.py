@@ -1,0 +1,41 @@
+"""Shared fixtures: bare-ISA machines (no platform policy) that are always closed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dmamap
+
+# Make the reference walker (tests/pt_walk.py) importable as ``pt_walk``.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ISAS = ("x86_64", "aarch64")
+SMALL_RAM = 16 << 20
+SMALL_SRAM = 1 << 20
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> str:
+    """Each instruction set in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def machine(isa: str) -> Iterator[dmamap.Machine]:
+    """A bare machine of each ISA (16 MiB RAM, 1 MiB SRAM: memory without page descriptors), closed after
+    the test."""
+    m = dmamap.Machine(isa, ram=SMALL_RAM, sram=SMALL_SRAM)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def mm(machine: dmamap.Machine) -> dmamap.AddressSpace:
+    """A fresh user address space on ``machine``."""
+    return machine.new_address_space()
