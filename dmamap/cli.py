@@ -52,7 +52,7 @@ def info(
             for k, v in data.items():
                 if k == "memory_map":
                     continue
-                table.add_row(k, hex(v) if isinstance(v, int) and not isinstance(v, bool) else str(v))
+                table.add_row(k, hex(v) if k == "page_offset" else str(v))
             console.print(table)
             mt = Table(title="physical memory map")
             for col in ("start", "end", "kind", "owner"):
