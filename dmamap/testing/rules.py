@@ -42,7 +42,7 @@ from dmamap.errors import (
 from dmamap.machine import Machine
 from dmamap.mm import AddressSpace, Vma
 from dmamap.registry import available_backends, get_backend, register_backend
-from dmamap.testing.pagetable import CACHEABLE, DEVICE, RawEntry, walk
+from dmamap.testing.pagetable import DEVICE, RawEntry, walk
 
 __all__ = [
     "ConformanceFailure", "RuleSkipped", "Capabilities", "Target", "Rule", "RULES", "STRATEGY_VARIANTS",
@@ -133,10 +133,14 @@ class Target:
     def __init__(self, backend: str | Backend | type[Backend], *, ram: int = 64 * MiB,
                  page_descriptors: bool | None = None, port_io: bool | None = None,
                  large_pages: bool | None = None, scatter_gather: bool | None = None,
-                 strategies: tuple[str, ...] | None = None) -> None:
+                 strategies: tuple[str, ...] | None = None, model_examples: int = 30, model_steps: int = 30,
+                 model_shrink: bool = True) -> None:
         self.name = resolve_backend(backend)
         self.backend = get_backend(self.name)
         self.ram = ram
+        self.model_examples = model_examples
+        self.model_steps = model_steps
+        self.model_shrink = model_shrink
         if page_descriptors is None:
             page_descriptors = self._detect_page_descriptors()
         if port_io is None:
@@ -319,7 +323,7 @@ def _pattern(seed: object, n: int) -> bytes:
 
 
 def _first_diff(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
@@ -346,7 +350,7 @@ def check_coherent(chk: _Check, dev: Device, mp: Mapping, seed: object) -> None:
         got = mm.read(mp.start, n)
         if got != data:
             i = _first_diff(got, data)
-            bad = sum(x != y for x, y in zip(got, data))
+            bad = sum(x != y for x, y in zip(got, data, strict=True))
             chk.fail(mp.start + i, f"device->CPU: user space read {bad} stale byte(s) of {n} after a device "
                                    f"write with no sync call (first at bus address {mp.bus(i):#x})")
         data = _pattern((seed, "cpu", rnd), n)
@@ -354,7 +358,7 @@ def check_coherent(chk: _Check, dev: Device, mp: Mapping, seed: object) -> None:
         seen = _device_read(dev, mp)
         if seen != data:
             i = _first_diff(seen, data)
-            bad = sum(x != y for x, y in zip(seen, data))
+            bad = sum(x != y for x, y in zip(seen, data, strict=True))
             chk.fail(mp.start + i, f"CPU->device: the device read {bad} stale byte(s) of {n} after a user write "
                                    f"with no sync call (first at bus address {mp.bus(i):#x})")
 
@@ -1050,7 +1054,7 @@ def bad_inputs_rejected(t: Target, variant: str) -> None:
         after = _world(env)
         changed = [k for k in before if before[k] != after.get(k)] + [k for k in after if k not in before]
         if changed:
-            chk.fail(0, f"the refused call changed state: "
+            chk.fail(0, "the refused call changed state: "
                         + "; ".join(f"{k}: {_short(before.get(k))} -> {_short(after.get(k))}" for k in changed))
 
 
@@ -1205,9 +1209,11 @@ def large_pages(t: Target, variant: str) -> None:
 
 
 def _model_based(t: Target, variant: str) -> None:
-    from dmamap.testing.stateful import run_model
-
-    run_model(t)
+    try:
+        from dmamap.testing.stateful import run_model
+    except ImportError as exc:
+        raise RuleSkipped(f"the model-based rule needs hypothesis ({exc}); pip install 'dmamap[test]'") from None
+    run_model(t, max_examples=t.model_examples, steps=t.model_steps, shrink=t.model_shrink)
 
 
 RULES.append(Rule("model_based", "model",

@@ -121,7 +121,7 @@ class DmaModel(RuleBasedStateMachine):
 
     def _compare(self, got: bytes, want: bytes, va: int, bus_of: Any, what: str) -> None:
         if got != want:
-            i = next(i for i, (x, y) in enumerate(zip(got, want)) if x != y)
+            i = next(i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y)
             _fail(va + i, f"{what}: byte {i} of {len(want)} is {got[i]:#04x}, the model says {want[i]:#04x} "
                           f"(bus address {bus_of(i):#x})")
 
