@@ -1042,10 +1042,10 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         *out = t;
         return 0;
     }
-    as->st.tlb_misses++;
-    if (!va_ok(as, va, 1))
+    if (!va_ok(as, va, 1))   /* non-canonical: faults before any TLB lookup */
         return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx outside the %s address range (SIGSEGV)",
                            (unsigned long long)va, as->kernel ? "kernel" : "user");
+    as->st.tlb_misses++;
     const struct dmamap_arch *a = as->m->arch;
     for (int tries = 0; tries < 3; tries++) {
         uint64_t *e;

@@ -2,6 +2,11 @@
 
 Python callbacks (MMIO/port handlers, fault handlers) run inside C calls; an
 exception they raise is stashed here and re-raised when the C call returns.
+
+It is also the last line of argument checking before C: an integer that does
+not fit the C parameter becomes :class:`InvalidArgumentError` (not cffi's
+``OverflowError``), a non-integer a ``TypeError``, and byte buffers are passed
+with their size in bytes whatever their item format.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ import threading
 from typing import Any, Callable
 
 from dmamap._core import ffi, lib
-from dmamap.errors import CODE_TO_ERROR, DmamapError, HandlerError
+from dmamap.errors import CODE_TO_ERROR, DmamapError, HandlerError, InvalidArgumentError, OutOfMemoryError
 
-__all__ = ["ffi", "lib", "call", "stash", "new_err"]
+__all__ = ["ffi", "lib", "call", "stash", "new_err", "raise_for", "in_buffer", "out_buffer", "MAX_HOST_BUFFER"]
+
+#: The largest buffer one read may allocate on the host (bytes).
+MAX_HOST_BUFFER = 1 << 30
 
 
 class _Local(threading.local):
@@ -48,9 +56,45 @@ def raise_for(rc: int, err: Any) -> None:
 def call(fn: Callable[..., int], *args: Any) -> int:
     """Call a C function whose last argument is the error struct; raise on failure."""
     err = _local.err
-    rc = fn(*args, err)
+    try:
+        rc = fn(*args, err)
+    except OverflowError as exc:   # an int that does not fit the C parameter type
+        _local.pending = None
+        raise InvalidArgumentError(f"argument out of range for {getattr(fn, '__name__', 'the C core')}: "
+                                   f"{exc}") from None
     if rc < 0:
         raise_for(rc, err)
     if _local.pending is not None:
         raise_for(-14, err)
     return rc
+
+
+def in_buffer(name: str, data: Any) -> tuple[Any, int]:
+    """``(cdata, nbytes)`` of a bytes-like argument to be read by C.
+
+    Accepts bytes, bytearray and memoryview of any item format; a
+    non-contiguous view is copied.  Anything else is a ``TypeError``.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}")
+    if isinstance(data, memoryview):
+        try:
+            contiguous = data.c_contiguous
+        except ValueError:   # released
+            raise TypeError(f"{name} is a released memoryview") from None
+        if not contiguous:
+            data = data.tobytes()
+        elif data.format != "B" or data.ndim != 1:
+            data = data.cast("B")
+    return ffi.from_buffer(data), len(data)
+
+
+def out_buffer(n: int) -> bytearray:
+    """A zeroed host buffer of ``n`` bytes for C to fill; refuses absurd sizes."""
+    if n > MAX_HOST_BUFFER:
+        raise OutOfMemoryError(f"a single access of {n:#x} bytes exceeds the {MAX_HOST_BUFFER:#x}-byte host "
+                               f"buffer limit; access it in pieces")
+    try:
+        return bytearray(n)
+    except MemoryError:
+        raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None

@@ -3,10 +3,11 @@ callbacks, and a DMA engine that reads and writes memory (never the CPU cache)."
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
-from dmamap._ffi import call, ffi, lib
+from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer
 from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError
 from dmamap.mm import PAGE_SIZE, _addr
 
@@ -65,7 +66,13 @@ class Device:
 
     def __init__(self, machine: Machine, name: str, *, bars: Sequence[BarSpec] = (),
                  ports: Sequence[PortSpec] = (), read: ReadFn | None = None, write: WriteFn | None = None) -> None:
-        if not isinstance(name, str) or not name:
+        from dmamap.machine import Machine
+
+        if not isinstance(machine, Machine):
+            raise TypeError(f"expected a Machine, got {type(machine).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"device name must be a str, not {type(name).__name__}")
+        if not name:
             raise InvalidArgumentError(f"device name must be a non-empty str, not {name!r}")
         if name in machine.devices:
             raise InvalidArgumentError(f"a device named {name!r} already exists on this machine")
@@ -80,6 +87,14 @@ class Device:
         self.dma_debug: _DmaDebug = _DmaDebug(self)
         bar_objs = [b if isinstance(b, Bar) else Bar(_addr("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
+        for cb in (read, write, *(c for o in (*bar_objs, *port_objs) for c in (o.read, o.write))):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"device callbacks must be callable, not {type(cb).__name__}")
+        for b in bar_objs:
+            _addr("bar size", b.size)
+        for p in port_objs:
+            _addr("port base", p.base)
+            _addr("port count", p.count)
         for b in bar_objs:
             if b.size <= 0 or b.size > 1 << 32:
                 raise InvalidArgumentError(f"BAR size {b.size:#x} must be between 1 byte and 4 GiB")
@@ -107,7 +122,9 @@ class Device:
                     machine._mmio_next = base + span
                     b.base = base
                     if b.read is None:
-                        b.regs = bytearray(span + 8)
+                        # a plain register file, up to 4 GiB: anonymous memory the host
+                        # commits only where registers are written
+                        b.regs = mmap.mmap(-1, span + 8)  # type: ignore[assignment]
                     self.bars.append(b)
             except BaseException:
                 for b in self.bars:
@@ -125,9 +142,9 @@ class Device:
         return b.base, b.size
 
     def _check(self) -> None:
+        self.machine._ptr()   # a closed machine's devices are all removed: say why
         if self.removed:
             raise InvalidArgumentError(f"device {self.name!r} was removed")
-        self.machine._ptr()
 
     # ---- register dispatch (called from the C core) ----
     def _mmio(self, bar: int, offset: int, size: int, is_write: bool, value: int) -> int | None:
@@ -147,20 +164,21 @@ class Device:
         """The device reads ``n`` bytes of memory at bus address ``dma_addr``."""
         self._check()
         n = _addr("n", n)
-        buf = bytearray(n)
-        if n:
-            pa = self._bus_to_phys(dma_addr)
-            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(buf), n, 0)
+        pa = self._bus_to_phys(dma_addr)
+        if not n:
+            return b""
+        self.machine._check_phys_span(pa, n)
+        buf = out_buffer(n)
+        call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(buf), n, 0)
         return bytes(buf)
 
     def dma_write(self, dma_addr: int, data: bytes | bytearray | memoryview) -> None:
         """The device writes ``data`` to memory at bus address ``dma_addr``."""
         self._check()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if len(data):
-            pa = self._bus_to_phys(dma_addr)
-            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(data), len(data), 1)
+        cdata, n = in_buffer("data", data)
+        pa = self._bus_to_phys(dma_addr)
+        if n:
+            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, cdata, n, 1)
 
     def _bus_to_phys(self, dma_addr: int) -> int:
         dma_addr = _addr("dma_addr", dma_addr)

@@ -20,6 +20,7 @@ from dmamap.errors import (
     DmaFreeError,
     DmaUseAfterFreeError,
     InvalidArgumentError,
+    OutOfMemoryError,
     StrategyError,
 )
 from dmamap.machine import IOWIN_SIZE, KernelAddress, Machine, Page
@@ -103,6 +104,9 @@ class _DmaDebug:
         self.lock = threading.RLock()
 
     def lookup(self, what: str, cpu_addr: int, dma_handle: int, size: int | None) -> _Record:
+        cpu_addr, dma_handle = _addr("cpu_addr", cpu_addr), _addr("dma_handle", dma_handle)
+        if size is not None:
+            size = _addr("size", size)
         rec = self.live.get(int(cpu_addr))
         if rec is None:
             if int(cpu_addr) in self.freed:
@@ -336,26 +340,47 @@ def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 
         raise InvalidArgumentError("dma_alloc_coherent_sg: max_chunk_pages is zero")
     rng = random.Random(nr_pages if seed is None else seed)
     m = dev.machine
+    be = _backend(dev)
+    # Refuse what cannot possibly fit before allocating (and freeing) anything.
+    kind = getattr(be, "coherent_memory", None)
+    free = sum(n for _, n in m._sram_free) if kind == "sram" else \
+        (m.stats.ram_pages - m.stats.ram_pages_used) if kind in ("ram", "remap") else nr_pages
+    if nr_pages > free:
+        raise OutOfMemoryError(f"dma_alloc_coherent_sg: {nr_pages} pages requested, {free} free")
     entries: list[SgEntry] = []
     guards: list[DmaBuffer] = []
-    try:
-        left = nr_pages
-        while left:
-            n = min(left, rng.randint(1, max_chunk_pages))
-            buf = dma_alloc_coherent(dev, n << PAGE_SHIFT)
-            entries.append(SgEntry(buf.cpu_addr, buf.dma_handle, n))
-            left -= n
-            if left:   # a one-page hole keeps the next chunk discontiguous
-                guards.append(dma_alloc_coherent(dev, PAGE_SIZE))
-    except BaseException:
-        for e in entries:
-            dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
-        raise
-    finally:
-        for g in guards:
-            if not m.closed:
-                dma_free_coherent(dev, g.size, g.cpu_addr, g.dma_handle)
+    debug = dev.dma_debug
+    with debug.lock:
+        freed_before = dict(debug.freed)
+        try:
+            left = nr_pages
+            while left:
+                n = min(left, rng.randint(1, max_chunk_pages))
+                buf = dma_alloc_coherent(dev, n << PAGE_SHIFT)
+                entries.append(SgEntry(buf.cpu_addr, buf.dma_handle, n))
+                left -= n
+                if left:   # a one-page hole keeps the next chunk discontiguous
+                    guards.append(dma_alloc_coherent(dev, PAGE_SIZE))
+        except BaseException:
+            for e in entries:
+                dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
+            _forget(debug, [int(e.cpu_addr) for e in entries], freed_before)
+            raise
+        finally:
+            for g in guards:
+                if not m.closed:
+                    dma_free_coherent(dev, g.size, g.cpu_addr, g.dma_handle)
+            _forget(debug, [int(g.cpu_addr) for g in guards], freed_before)
     return SgTable(entries, dev)
+
+
+def _forget(debug: _DmaDebug, addrs: list[int], freed_before: dict[int, tuple[int, int]]) -> None:
+    """Buffers the caller never saw leave no trace in the freed-buffer history."""
+    for a in addrs:
+        if a in freed_before:
+            debug.freed[a] = freed_before[a]
+        else:
+            debug.freed.pop(a, None)
 
 
 def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
@@ -381,6 +406,8 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
     be = _backend(dev)
     if not isinstance(sglist, SgTable):
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     offset = _addr("offset", offset)
     total = sglist.nr_pages
     if offset >= total:

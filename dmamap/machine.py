@@ -14,11 +14,12 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from dmamap._ffi import call, ffi, lib, stash
+from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer, stash
 from dmamap.errors import (
     BadPageError,
     InvalidArgumentError,
     MachineClosedError,
+    PhysicalAddressError,
     UnclaimedIOError,
     VirtToPageError,
 )
@@ -337,18 +338,28 @@ class Machine:
 
     def phys_read(self, pa: int, n: int) -> bytes:
         """Read physical memory as a device would (not through the CPU cache)."""
-        n = _addr("n", n)
-        buf = bytearray(n)
-        if n:
-            call(lib.dmamap_phys_read, self._ptr(), _addr("pa", pa), ffi.from_buffer(buf), n)
+        n, pa = _addr("n", n), _addr("pa", pa)
+        if not n:
+            return b""
+        self._check_phys_span(pa, n)
+        buf = out_buffer(n)
+        call(lib.dmamap_phys_read, self._ptr(), pa, ffi.from_buffer(buf), n)
         return bytes(buf)
+
+    def _check_phys_span(self, pa: int, n: int) -> None:
+        """Memory (RAM and SRAM) is all a physical access may reach: refuse longer
+        ones before allocating a host buffer for them."""
+        self._ptr()
+        if n > self.ram_size + self.sram_size:
+            raise PhysicalAddressError(f"physical access {pa:#x}+{n:#x} is longer than all memory of the "
+                                       f"machine", pa)
 
     def phys_write(self, pa: int, data: bytes | bytearray | memoryview) -> None:
         """Write physical memory directly (not through the CPU cache)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if len(data):
-            call(lib.dmamap_phys_write, self._ptr(), _addr("pa", pa), ffi.from_buffer(data), len(data))
+        cdata, n = in_buffer("data", data)
+        pa = _addr("pa", pa)
+        if n:
+            call(lib.dmamap_phys_write, self._ptr(), pa, cdata, n)
 
     def pfn_valid(self, pfn: int) -> bool:
         """True only for RAM: the page frames that have page descriptors."""

@@ -10,10 +10,11 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
-from dmamap._ffi import call, ffi, lib, stash
+from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer, stash
 from dmamap.errors import (
     InvalidArgumentError,
     MachineClosedError,
+    SegmentationFault,
     VmaNotMappedError,
 )
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+#: Accesses up to this size go straight to the core; larger ones are checked first.
+_SMALL_ACCESS = 1 << 16
 
 __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
@@ -68,6 +71,8 @@ def cache_names(isa: str) -> list[str]:
 
 
 def cache_id(isa: str, name: str) -> int:
+    if not isinstance(name, str):
+        raise TypeError(f"cache type must be a str, not {type(name).__name__}")
     names = cache_names(isa)
     if name not in names:
         raise InvalidArgumentError(f"unknown {isa} cache type {name!r}; known: {', '.join(dict.fromkeys(names))}")
@@ -267,10 +272,10 @@ class Vma:
         return (self.end - self.start) >> PAGE_SHIFT
 
     def vm_flags_set(self, flags: int) -> None:
-        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, int(flags), 0)
+        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, _addr("flags", flags), 0)
 
     def vm_flags_clear(self, flags: int) -> None:
-        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, 0, int(flags))
+        call(lib.dmamap_vma_set_flags, self.mm._ptr(), self.id, 0, _addr("flags", flags))
 
     def set_fault_handler(self, handler: FaultHandler | None) -> None:
         """Install a Python fault handler (vm_ops->fault); None removes it.
@@ -293,18 +298,22 @@ class Vma:
         kinds = {"page": 1, "pfn": 2}
         if kind not in kinds:
             raise InvalidArgumentError(f"built-in fault kind must be 'page' or 'pfn', not {kind!r}")
-        cl = [(int(p), int(n)) for p, n in chunks]
+        cl = []
+        for c in chunks:
+            if not isinstance(c, (tuple, list)) or len(c) != 2:
+                raise TypeError(f"chunks must be (pfn, npages) pairs, not {c!r}")
+            cl.append((_addr("chunk pfn", c[0]), _addr("chunk npages", c[1])))
         arr = ffi.new("struct dmamap_chunk[]", max(len(cl), 1))
         for i, (p, n) in enumerate(cl):
-            if p < 0 or n <= 0:
+            if n == 0:
                 raise InvalidArgumentError(f"chunk {i} (pfn {p}, {n} pages) is invalid")
             arr[i].pfn, arr[i].npages = p, n
-        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, kinds[kind], arr, len(cl), first_page,
-             fault_around, int(large))
+        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, kinds[kind], arr, len(cl),
+             _addr("first_page", first_page), _addr("fault_around", fault_around), int(bool(large)))
 
     def set_pio_trap(self, port: int) -> None:
         """Make every access to this VMA trap into port space at ``port + offset``."""
-        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, 4, ffi.NULL, 0, port, 0, 0)
+        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, 4, ffi.NULL, 0, _addr("port", port), 0, 0)
 
     def __repr__(self) -> str:
         state = "" if self.live else ", unmapped"
@@ -329,6 +338,10 @@ class AddressSpace:
     """One set of page tables (an mm_struct) with its VMAs and software TLB."""
 
     def __init__(self, machine: Machine, *, kernel: bool = False) -> None:
+        from dmamap.machine import Machine
+
+        if not isinstance(machine, Machine):
+            raise TypeError(f"expected a Machine, got {type(machine).__name__}")
         self.machine = machine
         self.kernel = kernel
         err = ffi.new("struct dmamap_err *")
@@ -392,12 +405,14 @@ class AddressSpace:
         length = _addr("length", length)
         if length == 0:
             raise InvalidArgumentError("mmap length is zero")
-        if not isinstance(prot, str) or set(prot) - set("rwx"):
+        if not isinstance(prot, str):
+            raise TypeError(f"prot must be a str, not {type(prot).__name__}")
+        if set(prot) - set("rwx"):
             raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
         length = (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if length == 0:
-            raise InvalidArgumentError("mmap length wraps")
-        vmf = int(VmFlags(flags)) if flags else 0
+        if length >= 1 << 64:
+            raise InvalidArgumentError("mmap length wraps when rounded up to pages")
+        vmf = _addr("flags", flags)   # unknown bits are refused by the core
         for ch, bit in (("r", VmFlags.VM_READ), ("w", VmFlags.VM_WRITE), ("x", VmFlags.VM_EXEC)):
             if ch in prot:
                 vmf |= bit
@@ -453,20 +468,40 @@ class AddressSpace:
                            executable=bool(x.executable), special=bool(x.special), device=bool(x.device),
                            entry=int(x.entry), entry_pa=int(x.entry_pa), region=_REGION_NAMES.get(x.region))
 
+    def _check_span(self, va: int, n: int) -> None:
+        """A large access must lie in VMAs end to end: refuse it (SIGSEGV at the
+        first gap) before allocating a host buffer or faulting anything."""
+        end = va + n
+        if end > 1 << 64:
+            raise SegmentationFault(f"access {va:#x}+{n:#x} wraps the address space (SIGSEGV)", va)
+        if n <= _SMALL_ACCESS:
+            return
+        p = self._ptr()
+        info = ffi.new("struct dmamap_vma_info *")
+        cur = va
+        while cur < end:
+            vid = lib.dmamap_vma_find(p, cur)
+            if vid < 0 or lib.dmamap_vma_info(p, vid, info, ffi.NULL) != 0:
+                raise SegmentationFault(f"access to {cur:#x}, which no VMA maps (SIGSEGV)", cur)
+            cur = int(info.end)
+
     def read(self, va: int, n: int) -> bytes:
         """Read ``n`` bytes as the CPU would (through TLB, faults, cache)."""
-        n = _addr("n", n)
-        buf = bytearray(n)
-        if n:
-            call(lib.dmamap_access, self._ptr(), _addr("va", va), ffi.from_buffer(buf), n, 0)
+        n, va = _addr("n", n), _addr("va", va)
+        if not n:
+            return b""
+        self._check_span(va, n)
+        buf = out_buffer(n)
+        call(lib.dmamap_access, self._ptr(), va, ffi.from_buffer(buf), n, 0)
         return bytes(buf)
 
     def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` as the CPU would."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if len(data):
-            call(lib.dmamap_access, self._ptr(), _addr("va", va), ffi.from_buffer(data), len(data), 1)
+        cdata, n = in_buffer("data", data)
+        va = _addr("va", va)
+        if n:
+            self._check_span(va, n)
+            call(lib.dmamap_access, self._ptr(), va, cdata, n, 1)
 
     def _read_n(self, va: int, size: int) -> int:
         v = ffi.new("uint64_t *")
@@ -584,6 +619,8 @@ def remap_pfn_range(vma: Vma, addr: int, pfn: int, size: int, prot: int, *, larg
     _check_vma(vma)
     size = _addr("size", size)
     size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if size >= 1 << 64:
+        raise InvalidArgumentError("remap_pfn_range: size wraps when rounded up to pages", vma.start)
     flags = (1 if large else 0) | (0 if track else 2)
     call(lib.dmamap_remap_pfn_range, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("pfn", pfn), size,
          _prot(prot, _isa(vma)), flags)
