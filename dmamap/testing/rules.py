@@ -12,6 +12,7 @@ broken rule cannot poison the next one.
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,12 +101,13 @@ class Capabilities:
                 "strategies": list(self.strategies)}
 
 
-def resolve_backend(backend: str | Backend | type[Backend]) -> str:
-    """The registry name under which ``backend`` can be given to Machine();
-    Backend objects and classes not registered yet are registered."""
+def resolve_backend(backend: str | Backend | type[Backend]) -> tuple[str, bool]:
+    """``(name, registered)``: the registry name under which ``backend`` can be
+    given to Machine(), and whether it had to be registered for that (Backend
+    objects and classes not registered yet are; :meth:`Target.close` undoes it)."""
     if isinstance(backend, str):
         get_backend(backend)   # BackendError names the known ones
-        return backend
+        return backend, False
     if isinstance(backend, type) and issubclass(backend, Backend):
         cls: type[Backend] = backend
         inst: Backend | None = None
@@ -118,12 +120,10 @@ def resolve_backend(backend: str | Backend | type[Backend]) -> str:
     if name in available_backends():
         existing = get_backend(name)
         if existing is inst or (inst is None and type(existing) is cls):
-            return name
+            return name, False
         name = f"{name}@{cls.__module__}.{cls.__qualname__}"
-        if inst is None and name in available_backends() and type(get_backend(name)) is cls:
-            return name
     register_backend(name, inst if inst is not None else cls(), clobber=True)
-    return name
+    return name, True
 
 
 class Target:
@@ -135,7 +135,7 @@ class Target:
                  large_pages: bool | None = None, scatter_gather: bool | None = None,
                  strategies: tuple[str, ...] | None = None, model_examples: int = 30, model_steps: int = 30,
                  model_shrink: bool = True) -> None:
-        self.name = resolve_backend(backend)
+        self.name, self._registered = resolve_backend(backend)
         self.backend = get_backend(self.name)
         self.ram = ram
         self.model_examples = model_examples
@@ -158,6 +158,21 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<conformance Target {self.name!r} {self.caps}>"
+
+    def close(self) -> None:
+        """Unregister the backend if this target registered it."""
+        if self._registered:
+            reg = importlib.import_module("dmamap.registry")   # (the package attribute is the view)
+            with reg._lock:
+                if reg._known.get(self.name) is self.backend:
+                    del reg._known[self.name]
+            self._registered = False
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _detect_page_descriptors(self) -> bool:
         with self.machine() as m:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -109,7 +110,14 @@ def run_conformance(backend: str | Backend | type[Backend], *, rules: Iterable[s
     """
     t0 = time.perf_counter()
     selected = _selected(rules)
-    target = Target(backend, **target_options)
+    with Target(backend, **target_options) as target:
+        report = _run(target, selected, on_start, on_result)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run(target: Target, selected: list[Rule], on_start: Callable[[Rule, str], None] | None,
+         on_result: Callable[[Result], None] | None) -> Report:
     report = Report(target.name, target.caps.as_dict())
     for rule in selected:
         for variant in rule.variants:
@@ -127,7 +135,6 @@ def run_conformance(backend: str | Backend | type[Backend], *, rules: Iterable[s
             report.results.append(res)
             if on_result is not None:
                 on_result(res)
-    report.seconds = time.perf_counter() - t0
     return report
 
 
@@ -139,7 +146,7 @@ _STYLE = {PASSED: "green", FAILED: "bold red", SKIPPED: "yellow"}
 
 def _table(report: Report, detail: bool) -> Table:
     table = Table(title=f"dmamap conformance: {report.backend}", show_lines=False)
-    table.add_column("rule", no_wrap=True)
+    table.add_column("rule", no_wrap=True, min_width=max(len(r.check if detail else r.rule) for r in report.results))
     table.add_column("checks", justify="right")
     table.add_column("result")
     table.add_column("message", overflow="fold")
@@ -147,7 +154,8 @@ def _table(report: Report, detail: bool) -> Table:
         rs = [r for r in report.results if r.rule == name]
         if detail:
             for r in rs:
-                table.add_row(r.check, "1", f"[{_STYLE[r.outcome]}]{r.outcome}[/]", r.message.split("\n")[0])
+                table.add_row(escape(r.check), "1", f"[{_STYLE[r.outcome]}]{r.outcome}[/]",
+                              escape(r.message.split("\n")[0]))
             continue
         outcome = report.rule_outcome(name)
         counts = ", ".join(f"{n} {o}" for o in (PASSED, FAILED, SKIPPED) if (n := sum(r.outcome == o for r in rs)))
@@ -161,7 +169,7 @@ def _table(report: Report, detail: bool) -> Table:
         else:
             skipped = [r.variant for r in rs if r.outcome == SKIPPED]
             msg = f"skipped (see --detail): {', '.join(skipped)}" if skipped else ""
-        table.add_row(name, counts if len(rs) > 1 else "1", f"[{_STYLE[outcome]}]{outcome}[/]", msg)
+        table.add_row(name, counts if len(rs) > 1 else "1", f"[{_STYLE[outcome]}]{outcome}[/]", escape(msg))
     return table
 
 
@@ -182,7 +190,7 @@ def conformance(
     try:
         names = None if not rule else [rule_by_name(n).name for n in rule]
     except KeyError as exc:
-        err.print(f"[red]error:[/red] {exc.args[0]}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc.args[0]))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     total = count_checks(names)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -195,7 +203,7 @@ def conformance(
                 on_start=lambda r, v: progress.update(task, description=f"{r.name}{f'[{v}]' if v else ''}"),
                 on_result=lambda res: progress.advance(task))
     except BackendError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(_table(report, detail))
     caps = report.capabilities
@@ -208,9 +216,9 @@ def conformance(
                   f"{report.count(SKIPPED)} skipped in {report.seconds:.2f} s")
     for r in report.results:
         if r.outcome == FAILED and "\n" in r.message:
-            console.print(f"\n[bold]{r.check}[/]\n{r.message}", highlight=False)
+            console.print(f"\n[bold]{escape(r.check)}[/]\n{escape(r.message)}", highlight=False)
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        console.print(f"results written to {json_file}", highlight=False)
+        console.print(f"results written to {escape(str(json_file))}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)

@@ -16,7 +16,7 @@ used on their own; :class:`BackendConformance` combines them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -50,14 +50,15 @@ class ConformanceBase:
     model_steps: ClassVar[int] = 30
 
     @pytest.fixture(scope="class")
-    def conformance_target(self, request: pytest.FixtureRequest) -> Target:
+    def conformance_target(self, request: pytest.FixtureRequest) -> Iterator[Target]:
         """The backend under test with its capabilities (one per test class)."""
         cls = request.cls
         if cls is None or cls.backend is None:
             raise pytest.UsageError(f"{getattr(cls, '__name__', cls)} must set `backend` to the backend under test")
-        return Target(cls.backend, ram=cls.ram, page_descriptors=cls.page_descriptors, port_io=cls.port_io,
-                      large_pages=cls.large_pages, scatter_gather=cls.scatter_gather, strategies=cls.strategies,
-                      model_examples=cls.model_examples, model_steps=cls.model_steps)
+        with Target(cls.backend, ram=cls.ram, page_descriptors=cls.page_descriptors, port_io=cls.port_io,
+                    large_pages=cls.large_pages, scatter_gather=cls.scatter_gather, strategies=cls.strategies,
+                    model_examples=cls.model_examples, model_steps=cls.model_steps) as target:
+            yield target
 
 
 def _make_test(rule: Rule) -> Callable[..., None]:
