@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
-from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer, stash
+from dmamap._ffi import _local, call, ffi, in_buffer, lib, out_buffer, raise_for, stash
 from dmamap.errors import (
     InvalidArgumentError,
     MachineClosedError,
@@ -25,6 +25,8 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 #: Accesses up to this size go straight to the core; larger ones are checked first.
 _SMALL_ACCESS = 1 << 16
+_U64_LIMIT = 1 << 64
+_SCRATCH_MAX = 16 << 20   # reads up to this size go through a reused per-thread buffer
 
 __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
@@ -334,6 +336,19 @@ def _addr(name: str, v: int) -> int:
     return v
 
 
+def _u64_buffer(obj: object) -> Any:
+    """A cffi ``uint64_t[]`` view of a contiguous buffer of unsigned 64-bit ints, else None."""
+    if isinstance(obj, (list, tuple, range, bytes, bytearray, str)):
+        return None
+    try:
+        mv = memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if mv.ndim != 1 or mv.itemsize != 8 or mv.format.lstrip("@=<") not in ("Q", "L") or not mv.c_contiguous:
+        return None
+    return ffi.from_buffer("uint64_t[]", mv)
+
+
 class AddressSpace:
     """One set of page tables (an mm_struct) with its VMAs and software TLB."""
 
@@ -491,9 +506,21 @@ class AddressSpace:
         if not n:
             return b""
         self._check_span(va, n)
-        buf = out_buffer(n)
-        call(lib.dmamap_access, self._ptr(), va, ffi.from_buffer(buf), n, 0)
-        return bytes(buf)
+        if n > _SCRATCH_MAX:
+            buf = out_buffer(n)
+            call(lib.dmamap_access, self._ptr(), va, ffi.from_buffer(buf), n, 0)
+            return bytes(buf)
+        # Fill a reused per-thread buffer and copy it out once: a fresh zeroed
+        # buffer plus a copy would cost two rounds of host page faults per call.
+        scratch = getattr(_local, "scratch", None)
+        if scratch is None or len(scratch) < n:
+            scratch = ffi.new("uint8_t[]", max(n, 1 << 16))
+        _local.scratch = None   # a callback reading memory re-entrantly gets its own
+        try:
+            call(lib.dmamap_access, self._ptr(), va, scratch, n, 0)
+            return ffi.buffer(scratch, n)[:]
+        finally:
+            _local.scratch = scratch
 
     def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` as the CPU would."""
@@ -503,17 +530,39 @@ class AddressSpace:
             self._check_span(va, n)
             call(lib.dmamap_access, self._ptr(), va, cdata, n, 1)
 
+    # One-register accesses are the hot path of a register-poking driver: no
+    # allocation per call (a per-thread value slot), no generic call() wrapper,
+    # and the full argument checks only for what is not a plain in-range int.
     def _read_n(self, va: int, size: int) -> int:
-        v = ffi.new("uint64_t *")
-        call(lib.dmamap_read_n, self._ptr(), _addr("va", va), size, v)
-        return int(v[0])
+        p = self._as
+        if p is None or self.machine._state.m is None:
+            p = self._ptr()   # raises MachineClosedError
+        if type(va) is not int or not 0 <= va < _U64_LIMIT:
+            va = _addr("va", va)
+        try:
+            v, err = _local.rw
+        except AttributeError:
+            v, err = _local.rw = (ffi.new("uint64_t *"), _local.err)
+        rc = lib.dmamap_read_n(p, va, size, v, err)
+        if rc < 0 or _local.pending is not None:
+            raise_for(rc if rc < 0 else -14, err)
+        return v[0]
 
     def _write_n(self, va: int, size: int, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"value must be an int, not {type(value).__name__}")
-        if not 0 <= value < 1 << (8 * size):
-            raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes", va)
-        call(lib.dmamap_write_n, self._ptr(), _addr("va", va), size, value)
+        if type(value) is not int or not 0 <= value < 1 << (8 * size):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"value must be an int, not {type(value).__name__}")
+            if not 0 <= value < 1 << (8 * size):
+                raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes", va)
+        p = self._as
+        if p is None or self.machine._state.m is None:
+            p = self._ptr()
+        if type(va) is not int or not 0 <= va < _U64_LIMIT:
+            va = _addr("va", va)
+        err = _local.err
+        rc = lib.dmamap_write_n(p, va, size, value, err)
+        if rc < 0 or _local.pending is not None:
+            raise_for(rc if rc < 0 else -14, err)
 
     def read8(self, va: int) -> int:
         return self._read_n(va, 1)
@@ -545,10 +594,16 @@ class AddressSpace:
              int(write))
 
     def touch_list(self, addresses: Iterable[int], *, write: bool = False) -> None:
-        """Touch each address of a list in order, in one C call."""
-        lst = [_addr("address", a) for a in addresses]
-        arr = ffi.new("uint64_t[]", lst)
-        call(lib.dmamap_touch_list, self._ptr(), arr, len(lst), int(write))
+        """Touch each address of a list in order, in one C call.
+
+        A buffer of unsigned 64-bit integers (``array.array("Q")``, a numpy
+        ``uint64`` array) is passed to C as it is, without a Python-level loop.
+        """
+        arr = _u64_buffer(addresses)
+        if arr is None:
+            lst = [_addr("address", a) for a in addresses]
+            arr = ffi.new("uint64_t[]", lst)
+        call(lib.dmamap_touch_list, self._ptr(), arr, len(arr), int(write))
 
     def count_present(self, va: int, size: int) -> int:
         """How many 4 KiB pages of [va, va+size) have a present translation."""

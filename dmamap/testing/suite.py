@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import pytest
 
 from dmamap.backends import Backend
-from dmamap.testing.rules import RULES, Rule, RuleSkipped, Target, run_rule
+from dmamap.testing.rules import RULES, RuleSkipped, Target, rule_by_name, run_rule
 
 __all__ = [
     "ConformanceBase", "CoherencyConformance", "AttributeConformance", "PageDescriptorConformance",
@@ -61,7 +61,10 @@ class ConformanceBase:
             yield target
 
 
-def _make_test(rule: Rule) -> Callable[..., None]:
+def _test(name: str) -> Callable[..., None]:
+    """The pytest test method of rule ``name``."""
+    rule = rule_by_name(name)
+
     def run(target: Target, variant: str) -> None:
         try:
             run_rule(rule, target, variant)
@@ -81,43 +84,64 @@ def _make_test(rule: Rule) -> Callable[..., None]:
     return test
 
 
-def _area(name: str, doc: str, groups: tuple[str, ...]) -> type[ConformanceBase]:
-    ns: dict[str, Any] = {"__doc__": doc, "__module__": __name__}
-    for rule in RULES:
-        if rule.group in groups:
-            ns[f"test_{rule.name}"] = _make_test(rule)
-    return type(name, (ConformanceBase,), ns)
+class CoherencyConformance(ConformanceBase):
+    """Coherent mappings, plain and scatter-gather, both DMA directions, every strategy."""
+
+    test_coherency_mmap = _test("coherency_mmap")
+    test_coherency_mmap_sg = _test("coherency_mmap_sg")
 
 
-CoherencyConformance = _area(
-    "CoherencyConformance", "Coherent mappings, plain and scatter-gather, both DMA directions, every strategy.",
-    ("coherency",))
-AttributeConformance = _area(
-    "AttributeConformance", "User PTE attributes decoded from raw page tables, against the kernel alias; large "
-                            "pages.", ("attributes",))
-PageDescriptorConformance = _area(
-    "PageDescriptorConformance", "Page descriptors for RAM only; dma_coherent_to_page.", ("page descriptors",))
-ScatterGatherConformance = _area(
-    "ScatterGatherConformance", "Every page of a scatter-gather mapping lands on the right chunk and byte.",
-    ("scatter-gather",))
-UnmapConformance = _area(
-    "UnmapConformance", "Unmap clears PTEs and TLB; resources return to baseline.", ("unmap", "resources"))
-BadInputConformance = _area(
-    "BadInputConformance", "Documented bad inputs raise their documented errors and change nothing.",
-    ("bad inputs",))
-IOConformance = _area(
-    "IOConformance", "MMIO width exactness and port I/O reachability.", ("I/O",))
-ModelConformance = _area(
-    "ModelConformance", "Random operation sequences against a reference model (needs hypothesis).", ("model",))
+class AttributeConformance(ConformanceBase):
+    """User PTE attributes decoded from raw page tables, against the kernel alias; large pages."""
+
+    test_user_attribute_matches_kernel = _test("user_attribute_matches_kernel")
+    test_large_pages = _test("large_pages")
 
 
-class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,  # type: ignore[misc,valid-type]
+class PageDescriptorConformance(ConformanceBase):
+    """Page descriptors for RAM only; dma_coherent_to_page."""
+
+    test_page_descriptors_ram_only = _test("page_descriptors_ram_only")
+    test_coherent_to_page = _test("coherent_to_page")
+
+
+class ScatterGatherConformance(ConformanceBase):
+    """Every page of a scatter-gather mapping lands on the right chunk and byte."""
+
+    test_sg_linear_mapping = _test("sg_linear_mapping")
+
+
+class UnmapConformance(ConformanceBase):
+    """Unmap clears PTEs and TLB; resources return to baseline."""
+
+    test_unmap_clears_ptes_and_tlb = _test("unmap_clears_ptes_and_tlb")
+    test_resources_return_to_baseline = _test("resources_return_to_baseline")
+
+
+class BadInputConformance(ConformanceBase):
+    """Documented bad inputs raise their documented errors and change nothing."""
+
+    test_bad_inputs_rejected = _test("bad_inputs_rejected")
+
+
+class IOConformance(ConformanceBase):
+    """MMIO width exactness and port I/O reachability."""
+
+    test_mmio_width_exact = _test("mmio_width_exact")
+    test_pio_reachable = _test("pio_reachable")
+
+
+class ModelConformance(ConformanceBase):
+    """Random operation sequences against a reference model (needs hypothesis)."""
+
+    test_model_based = _test("model_based")
+
+
+class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,
                          ScatterGatherConformance, UnmapConformance, BadInputConformance, IOConformance,
                          ModelConformance):
     """The whole conformance suite: subclass it as ``Test...`` and set ``backend``."""
 
 
-_covered = {r.group for r in RULES}
-_grouped = {"coherency", "attributes", "page descriptors", "scatter-gather", "unmap", "resources", "bad inputs",
-            "I/O", "model"}
-assert _covered <= _grouped, f"rule groups without a conformance class: {_covered - _grouped}"
+_missing = {r.name for r in RULES} - {n[5:] for n in dir(BackendConformance) if n.startswith("test_")}
+assert not _missing, f"conformance rules without a pytest test: {sorted(_missing)}"
