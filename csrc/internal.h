@@ -88,6 +88,8 @@ struct dmamap_machine {
     /* RAM: one region, descriptors and allocator. */
     uint64_t ram_base_pfn, ram_pages;
     uint8_t *ram_host;             /* host address of RAM pfn ram_base_pfn */
+    uint64_t sram_base, sram_size; /* the first SRAM region (never removed), for fast lookups */
+    uint8_t *sram_host;
     struct page_desc *pages;
     uint64_t *bitmap;              /* 1 = allocated */
     uint64_t alloc_hint;
@@ -139,10 +141,10 @@ struct vma {
     uint32_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */
     int nmemtypes, capmemtypes;
-    /* [mt_lo, mt_hi) was found free of memtype conflicts for cache mt_cache at
-     * generation mt_gen (0: nothing cached); spares the fault path the lock. */
-    uint64_t mt_lo, mt_hi, mt_gen;
-    int mt_cache;
+    /* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
+     * protection mt_prot at reservation generation mt_gen - 1 (0: nothing
+     * cached); spares the fault path the machine lock. */
+    uint64_t mt_lo, mt_hi, mt_gen, mt_prot;
 };
 
 struct dmamap_as {
@@ -158,6 +160,19 @@ struct dmamap_as {
     uint64_t wc_tag;
     uint64_t *wc_table;
     uint64_t wc_pa;
+    /* Per-ISA constants, so hot paths make no indirect calls: the output-address
+     * bits of a leaf at each level, and the software "special" bit.  Both ISAs
+     * encode a leaf as (output address | attribute bits). */
+    uint64_t pa_mask[MAX_LEVELS];
+    uint64_t special_bit;
+    /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
+     * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
+    uint64_t dm_attr;
+    int dm_level;
+    uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
+    /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
+    uint64_t lf_prot, lf_base;
+    int lf_ok;
     dmamap_fault_fn fault_fn;
     void *fault_ctx;
     struct dmamap_as_stats st;
@@ -179,6 +194,21 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
                      struct dmamap_err *err);
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
 int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache);
+
+/* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
+static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
+{
+    uint64_t off = pa - (m->ram_base_pfn << PAGE_SHIFT);
+    if (off < (m->ram_pages << PAGE_SHIFT)) {
+        *type = DMAMAP_MEM_RAM;
+        return m->ram_host + off;
+    }
+    if (pa - m->sram_base < m->sram_size) {
+        *type = DMAMAP_MEM_SRAM;
+        return m->sram_host + (pa - m->sram_base);
+    }
+    return dmamap_host_ptr(m, pa, PAGE_SIZE, type);
+}
 
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */
 static inline uint64_t *dmamap_ram_table(dmamap_machine *m, uint64_t pa)
@@ -202,6 +232,8 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
                       struct dmamap_err *err);
 void dmamap_pt_free_all(dmamap_as *as);
 void dmamap_pt_cache_reset(dmamap_as *as);
+int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+                     struct dmamap_err *err);
 
 /* tlb */
 void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);

@@ -293,6 +293,11 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
         m->ram_pages = n;
         m->ram_host = m->backing + r->backing_offset;
     }
+    if (r->type == DMAMAP_MEM_SRAM && !m->sram_host) {
+        m->sram_base = r->base;
+        m->sram_size = r->size;
+        m->sram_host = m->backing + r->backing_offset;
+    }
     m->regions[m->nregions++] = *r;
 out:
     UNLOCK(&m->lock);

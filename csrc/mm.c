@@ -52,6 +52,10 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->kernel = !!kernel;
     as->last_vma = -1;
     dmamap_pt_cache_reset(as);
+    for (int l = 0; l < m->arch->levels && l < MAX_LEVELS; l++)
+        as->pa_mask[l] = m->arch->entry_pa(~0ULL, l);
+    as->special_bit = m->arch->set_special(0);
+    as->dm_level = -1;
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
@@ -176,8 +180,9 @@ void dmamap_tlb_flush_all(dmamap_as *as)
 
 static int va_ok(dmamap_as *as, uint64_t va, uint64_t len)
 {
-    uint64_t lo, hi;
-    dmamap_as_va_range(as, &lo, &hi);
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t lo = as->kernel ? a->kern_lo : a->user_lo;
+    uint64_t hi = as->kernel ? a->kern_hi : a->user_hi;
     if (va < lo || va + len < va)
         return 0;
     return hi == ~0ULL ? 1 : va + len <= hi;
@@ -694,8 +699,11 @@ out:
     return rc;
 }
 
-/* Validate that pfn may be handed out as a page descriptor (insert_page's checks). */
-static int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, struct dmamap_err *err)
+/* Validate that pfn may be handed out as a page descriptor (insert_page's
+ * checks) and, with take_ref,
+ * take the reference and map count a normal PTE holds, under one lock. */
+static int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int take_ref,
+                    struct dmamap_err *err)
 {
     struct page_desc *p = dmamap_page(as->m, pfn);
     if (!p)
@@ -713,8 +721,26 @@ static int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const cha
     else if (p->flags & DMAMAP_PG_TABLE)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a page-table page", what,
                          (unsigned long long)addr, (unsigned long long)pfn);
+    else if (take_ref) {
+        p->mapcount++;
+        p->refcount++;
+    }
     UNLOCK(&as->m->lock);
     return rc;
+}
+
+static int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, struct dmamap_err *err)
+{
+    return page_get(as, addr, pfn, what, 0, err);
+}
+
+static void page_unget(dmamap_as *as, uint64_t pfn)
+{
+    struct page_desc *p = dmamap_page(as->m, pfn);
+    LOCK(&as->m->lock);
+    p->mapcount--;
+    p->refcount--;
+    UNLOCK(&as->m->lock);
 }
 
 int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
@@ -864,17 +890,72 @@ static int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn,
     return rc;
 }
 
+/* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */
+static int chunk_find(const struct vma *v, uint64_t idx)
+{
+    idx += v->first_page;
+    int lo = 0, hi = v->nchunks;
+    if (!hi || idx >= v->chunk_start[hi])
+        return -1;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (v->chunk_start[mid] <= idx)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The memtype check of a fault-path PFN insert.  The VMA remembers the chunk
+ * it last found free of conflicts (for its cache type, at the reservations'
+ * generation), so a run of faults in one chunk takes no machine lock.  idx is
+ * the chunk-list page of pa, or ~0 when pa is not from the chunk list. */
+static int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t idx,
+                               struct dmamap_err *err)
+{
+    dmamap_machine *m = as->m;
+    uint64_t gen = atomic_load_explicit(&m->memtype_gen, memory_order_acquire);
+    if (v->mt_gen == gen + 1 && v->mt_prot == v->prot && pa >= v->mt_lo && pa + size <= v->mt_hi)
+        return 0;
+    int cache = m->arch->prot_cache(v->prot);
+    uint64_t lo = pa, hi = pa + size;
+    int c = idx == ~0ULL ? -1 : chunk_find(v, idx);
+    if (c >= 0 && pa >= v->chunks[c].pfn << PAGE_SHIFT &&
+        pa + size <= (v->chunks[c].pfn + v->chunks[c].npages) << PAGE_SHIFT) {
+        lo = v->chunks[c].pfn << PAGE_SHIFT;
+        hi = (v->chunks[c].pfn + v->chunks[c].npages) << PAGE_SHIFT;
+    }
+    int rc = 0;
+    LOCK(&m->lock);
+    if (!dmamap_memtype_conflict(m, lo, hi - lo, cache)) {
+        v->mt_lo = lo;
+        v->mt_hi = hi;
+        v->mt_prot = v->prot;
+        v->mt_gen = m->memtype_gen + 1;
+    } else {
+        rc = dmamap_memtype_check(m, pa, size, cache, err);   /* reports or fails, as any insert */
+    }
+    UNLOCK(&m->lock);
+    return rc;
+}
+
 static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, int page_mode, int is_write,
-                      struct dmamap_err *err)
+                      uint64_t idx, struct dmamap_err *err)
 {
     uint64_t page = va & PAGE_MASK;
     if (page_mode) {
-        int rc = page_insertable(as, page, pfn, "fault handler returned a page", err);
+        if (is_write && !(v->flags & DMAMAP_VM_SHARED)) {
+            int rc = page_insertable(as, page, pfn, "fault handler returned a page", err);
+            return rc ? rc : cow_page(as, v, page, pfn, 0, err);
+        }
+        int rc = page_get(as, page, pfn, "fault handler returned a page", 1, err);
         if (rc)
             return rc;
-        if (is_write && !(v->flags & DMAMAP_VM_SHARED))
-            return cow_page(as, v, page, pfn, 0, err);
-        return dmamap_pt_fill(as, page, pfn, 1, v->prot, 0, 0, err);
+        rc = dmamap_pt_insert(as, page, pfn, v->prot, 0, err);
+        if (rc)
+            page_unget(as, pfn);
+        return rc;
     }
     if (is_write && !(v->flags & DMAMAP_VM_SHARED)) {
         if (!dmamap_pfn_is_ram(as->m, pfn))
@@ -887,12 +968,10 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
         return dmamap_fail(err, DMAMAP_EVMAKIND, va, "PFN insert at %#llx into VMA [%#llx, %#llx) that is %s",
                            (unsigned long long)va, (unsigned long long)v->start, (unsigned long long)v->end,
                            kind ? "both VM_PFNMAP and VM_MIXEDMAP" : "neither VM_PFNMAP nor VM_MIXEDMAP");
-    LOCK(&as->m->lock);
-    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(v->prot), err);
-    UNLOCK(&as->m->lock);
+    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, err);
     if (rc)
         return rc;
-    return dmamap_pt_fill(as, page, pfn, 1, v->prot, 0, 1, err);
+    return dmamap_pt_insert(as, page, pfn, v->prot, 1, err);
 }
 
 static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
@@ -917,15 +996,12 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
             int level;
             int found = dmamap_pt_walk(as, base, &e, &level);
             if (!found && level >= 1) {
-                LOCK(&as->m->lock);
-                int rc = dmamap_memtype_check(as->m, bpfn << PAGE_SHIFT, span, as->m->arch->prot_cache(v->prot),
-                                              err);
-                UNLOCK(&as->m->lock);
+                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, err);
                 return rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
             }
         }
     }
-    int rc = insert_one(as, v, va, pfn, page_mode, is_write, err);
+    int rc = insert_one(as, v, va, pfn, page_mode, is_write, idx, err);
     if (rc || v->fault_around <= 1 || is_write)
         return rc;
     /* fault-around: map the empty neighbours in the aligned window */
@@ -941,7 +1017,7 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
         if (p == ~0ULL)
             break;
         struct dmamap_err ignored;
-        insert_one(as, v, a, p, page_mode, 0, &ignored);
+        insert_one(as, v, a, p, page_mode, 0, (a - v->start) >> PAGE_SHIFT, &ignored);
     }
     return 0;
 }
@@ -964,7 +1040,7 @@ static int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write,
             return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own fault handler at %#llx",
                                (unsigned long long)va);
         if (r == DMAMAP_VM_FAULT_PAGE)
-            return insert_one(as, v, va, pfn, 1, is_write, err);
+            return insert_one(as, v, va, pfn, 1, is_write, ~0ULL, err);
         if (r == DMAMAP_VM_FAULT_NOPAGE) {
             uint64_t *e;
             int level;
@@ -1052,9 +1128,26 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         int level;
         int found = dmamap_pt_walk(as, va, &e, &level);
         struct vma *v = NULL;
-        if (found && a->is_valid(*e, level)) {
-            struct dmamap_xlate x;
-            fill_xlate(as, va, e, level, &x);
+        uint64_t ent = found ? *e : 0;
+        if (found && (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr)) {
+            /* Decode only what the TLB entry needs (no entry_pa / region lookups as
+             * translate does), and remember it for the next leaf with the same bits. */
+            struct dmamap_xlate d;
+            as->dm_valid = (uint8_t)!!a->is_valid(ent, level);
+            a->decode(ent, level, &d);
+            as->dm_writable = (uint8_t)!!d.writable;
+            as->dm_user = (uint8_t)!!d.user;
+            as->dm_cacheable = a->cache_cacheable[d.cache];
+            as->dm_device = a->cache_device[d.cache];
+            as->dm_attr = ent & ~as->pa_mask[level];
+            as->dm_level = level;
+        }
+        if (found && as->dm_valid) {
+            struct {
+                uint64_t pa;
+                int writable, user, cacheable, device;
+            } x = {(ent & as->pa_mask[level]) + (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
+                   as->dm_user, as->dm_cacheable, as->dm_device};
             if (!as->kernel && !x.user)
                 return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
                                    (unsigned long long)va);
@@ -1080,7 +1173,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             }
             t->vpn = vpn;
             t->pa_page = x.pa & PAGE_MASK;
-            t->host = dmamap_host_ptr(as->m, t->pa_page, PAGE_SIZE, &t->region);
+            t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
             t->writable = (uint8_t)x.writable;
             t->user = (uint8_t)x.user;
             t->cacheable = (uint8_t)x.cacheable;

@@ -184,6 +184,37 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
     return 0;
 }
 
+/* The fault path's insert: fill the one empty 4 KiB PTE of va.  Unlike
+ * dmamap_pt_fill it takes no page references (the caller holds them) and
+ * reuses the walk cache, so a run of faults under one leaf table never walks
+ * from the root. */
+int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+                     struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t *slot, table;
+    int rc = descend(as, va, 0, &slot, &table, err);
+    if (rc) {
+        if (rc != DMAMAP_EBUSY)
+            dmamap_pt_clear(as, va, 1);   /* free the fresh, empty tables on the way */
+        return rc;
+    }
+    if (*slot)
+        return dmamap_fail(err, DMAMAP_EBUSY, va, "prefault into a non-empty PTE at %#llx "
+                           "(partial remap rolled back)", (unsigned long long)va);
+    if (special)
+        prot |= as->special_bit;
+    if (!as->lf_ok || as->lf_prot != prot) {   /* a leaf is (output address | attributes) */
+        as->lf_base = a->leaf(0, prot, 0);
+        as->lf_prot = prot;
+        as->lf_ok = 1;
+    }
+    *slot = as->lf_base | (pfn << PAGE_SHIFT);
+    table_desc(as->m, table)->table_used++;
+    as->st.ptes_written++;
+    return 0;
+}
+
 /* A fill that fails is rolled back completely, counters included: the state is
  * as if it had never been tried. */
 int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
@@ -212,27 +243,39 @@ static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
     UNLOCK(&as->m->lock);
 }
 
-/* Drop the page references a normal (non-special) 4 KiB PTE holds. */
-static void unref_leaf(dmamap_as *as, uint64_t e)
+/* Drop the page references the normal (non-special) 4 KiB PTEs among
+ * t[0..n) hold, under one hold of the machine lock. */
+static void unref_run(dmamap_as *as, const uint64_t *t, uint64_t n)
 {
     const struct dmamap_arch *a = as->m->arch;
-    if (!a->is_valid(e, 0) || (e & a->set_special(0)))
-        return;
-    struct page_desc *p = dmamap_page(as->m, a->entry_pa(e, 0) >> PAGE_SHIFT);
-    if (!p)
-        return;
-    LOCK(&as->m->lock);
-    p->mapcount--;
-    p->refcount--;
-    int freed = p->refcount == 0;
-    UNLOCK(&as->m->lock);
-    if (freed) {   /* last reference of an anonymous (COW) page */
-        struct dmamap_err err;
-        LOCK(&as->m->lock);
-        p->refcount = 1;
-        UNLOCK(&as->m->lock);
-        dmamap_free_pages(as->m, a->entry_pa(e, 0) >> PAGE_SHIFT, 1, &err);
+    dmamap_machine *m = as->m;
+    uint64_t last_attr = ~0ULL;
+    int last_valid = 0;
+    LOCK(&m->lock);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t e = t[i];
+        if (!e || (e & as->special_bit))
+            continue;
+        uint64_t attr = e & ~as->pa_mask[0];
+        if (attr != last_attr) {   /* validity depends on the attribute bits only */
+            last_attr = attr;
+            last_valid = a->is_valid(e, 0);
+        }
+        uint64_t pfn = (e & as->pa_mask[0]) >> PAGE_SHIFT;
+        struct page_desc *p = last_valid ? dmamap_page(m, pfn) : NULL;
+        if (!p)
+            continue;
+        p->mapcount--;
+        p->refcount--;
+        if (p->refcount == 0) {   /* last reference of an anonymous (COW) page */
+            struct dmamap_err err;
+            p->refcount = 1;
+            UNLOCK(&m->lock);
+            dmamap_free_pages(m, pfn, 1, &err);
+            LOCK(&m->lock);
+        }
     }
+    UNLOCK(&m->lock);
 }
 
 static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, uint64_t end)
@@ -247,15 +290,13 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
         uint64_t cnt = (end - va + PAGE_SIZE - 1) >> PAGE_SHIFT;
         if (cnt > ENTRIES - lo)
             cnt = ENTRIES - lo;
-        uint64_t smask = a->set_special(0), used = 0, normal = 0;
+        uint64_t smask = as->special_bit, used = 0, normal = 0;
         for (uint64_t i = lo; i < lo + cnt; i++) {
             used += t[i] != 0;
             normal += (t[i] != 0) & !(t[i] & smask);
         }
         if (normal)
-            for (uint64_t i = lo; i < lo + cnt; i++)
-                if (t[i] && !(t[i] & smask))
-                    unref_leaf(as, t[i]);
+            unref_run(as, &t[lo], cnt);
         memset(&t[lo], 0, cnt * sizeof *t);
         td->table_used -= (uint32_t)used;
         as->st.ptes_cleared += used;

@@ -83,6 +83,7 @@ def demo(
 
 # Commands implemented in their own modules register here, one line each.
 from dmamap.testing.runner import conformance; app.command()(conformance)  # noqa: E402, E702, I001
+from dmamap.benchmark import bench_command; app.command("bench")(bench_command)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":  # pragma: no cover
