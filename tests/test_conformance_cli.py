@@ -98,6 +98,7 @@ def test_target_registers_and_unregisters_backend_objects() -> None:
 def test_runner_without_hypothesis_skips_only_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     monkeypatch.delitem(sys.modules, "dmamap.testing.stateful", raising=False)
+    monkeypatch.delattr(sys.modules["dmamap.testing"], "stateful", raising=False)
     report = run_conformance("x86", rules=["model_based", "mmio_width_exact"])
     (model,) = [r for r in report.results if r.rule == "model_based"]
     assert model.outcome == "skipped" and "pip install 'dmamap[test]'" in model.message
@@ -109,5 +110,6 @@ def test_pytest_classes_without_pytest_say_how_to_get_it(monkeypatch: pytest.Mon
 
     monkeypatch.setitem(sys.modules, "pytest", None)
     monkeypatch.delitem(sys.modules, "dmamap.testing.suite", raising=False)
+    monkeypatch.delattr(dmamap.testing, "suite", raising=False)
     with pytest.raises(ImportError, match=r"needs pytest.*pip install 'dmamap\[test\]'.*dmamap conformance"):
         dmamap.testing.BackendConformance  # noqa: B018
