@@ -326,7 +326,7 @@ def run_model(target: Target, *, max_examples: int = 30, steps: int = 30, shrink
     raises ConformanceFailure with the falsifying steps when the backend
     disagrees with the model.  ``shrink=False`` reports the first failing
     sequence as found (much faster on a broken backend, longer to read)."""
-    phases = tuple(p for p in Phase if shrink or p not in (Phase.shrink, Phase.explain))
+    phases = tuple(p for p in Phase if p is not Phase.explain and (shrink or p is not Phase.shrink))
     conf = settings(max_examples=max_examples, stateful_step_count=steps, deadline=None, database=None,
                     derandomize=True, print_blob=False, report_multiple_bugs=False, phases=phases,
                     suppress_health_check=list(HealthCheck))
