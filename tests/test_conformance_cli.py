@@ -19,6 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broken_backends import NoTlbFlushBackend  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _keep_hypothesis_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command moves hypothesis' home to a temporary directory for its
+    process; in-process here, that would leak into the rest of the session."""
+    monkeypatch.setattr("dmamap.testing.runner._private_hypothesis_home", lambda: None)
+
+
 @pytest.fixture
 def registered_broken() -> Iterator[str]:
     name = NoTlbFlushBackend.name

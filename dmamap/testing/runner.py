@@ -7,7 +7,10 @@ that rule is reported as skipped, with the reason, and everything else runs.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -173,6 +176,18 @@ def _table(report: Report, detail: bool) -> Table:
     return table
 
 
+def _private_hypothesis_home() -> None:
+    """Keep hypothesis' caches out of the user's working directory (the model
+    is derandomized and uses no example database, so nothing is lost)."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
+    home = tempfile.mkdtemp(prefix="dmamap-conformance-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    set_hypothesis_home_dir(home)
+
+
 def conformance(
     backend: Annotated[str, typer.Argument(help="A registered backend (x86, arm, sram or a dmamap.arch entry "
                                                 "point).")],
@@ -193,6 +208,7 @@ def conformance(
         err.print(f"[red]error:[/red] {escape(str(exc.args[0]))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     total = count_checks(names)
+    _private_hypothesis_home()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)
     try:
