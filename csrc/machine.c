@@ -602,6 +602,11 @@ int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct d
                              "double free: pfn %#llx is not allocated", (unsigned long long)(pfn + k));
             goto out;
         }
+        if (p->flags & DMAMAP_PG_TABLE) {   /* only its address space frees a page table */
+            rc = dmamap_fail(err, DMAMAP_EBADPAGE, (pfn + k) << PAGE_SHIFT,
+                             "pfn %#llx is a page-table page in use", (unsigned long long)(pfn + k));
+            goto out;
+        }
         if (p->mapcount > 0 || p->refcount > 1) {
             rc = dmamap_fail(err, DMAMAP_EBUSY, (pfn + k) << PAGE_SHIFT,
                              "pfn %#llx is still mapped (mapcount %d, refcount %d)",
@@ -632,6 +637,9 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     LOCK(&m->lock);
     if (p->refcount <= 0)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on free pfn %#llx",
+                         (unsigned long long)pfn);
+    else if (p->flags & DMAMAP_PG_TABLE)
+        rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on page-table page %#llx",
                          (unsigned long long)pfn);
     else
         p->refcount++;
@@ -693,6 +701,10 @@ void dmamap_free_table_page(dmamap_machine *m, uint64_t pa)
     uint64_t pfn = pa >> PAGE_SHIFT;
     LOCK(&m->lock);
     uint64_t idx = pfn - m->ram_base_pfn;
+    if (idx >= m->ram_pages || !(m->pages[idx].flags & DMAMAP_PG_TABLE)) {
+        UNLOCK(&m->lock);   /* not a table page (any more): never free it twice */
+        return;
+    }
     memset(&m->pages[idx], 0, sizeof m->pages[0]);
     bits_set(m->bitmap, idx, 1, 0);
     m->pages_used--;

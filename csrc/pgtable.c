@@ -42,6 +42,17 @@ static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
     return &m->pages[(table_pa >> PAGE_SHIFT) - m->ram_base_pfn];
 }
 
+/* Whether a table entry leads to a page-table page of this machine.  Tables
+ * live in emulated RAM, where phys_write, device DMA or a PFN mapping of a
+ * table page can scribble over them; an entry pointing anywhere else is
+ * corrupt and is never followed, so no walk leaves the emulated RAM or touches
+ * the bookkeeping of a page that is not a table. */
+static inline int table_ok(dmamap_machine *m, uint64_t table_pa)
+{
+    uint64_t idx = (table_pa >> PAGE_SHIFT) - m->ram_base_pfn;
+    return idx < m->ram_pages && (m->pages[idx].flags & DMAMAP_PG_TABLE);
+}
+
 static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 {
     int rc = dmamap_alloc_table_page(as->m, pa, err);
@@ -53,6 +64,8 @@ static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 static void drop_table(dmamap_as *as, uint64_t pa)
 {
     dmamap_pt_cache_reset(as);
+    if (!table_ok(as->m, pa))
+        return;   /* already freed: reached twice through a corrupt entry */
     dmamap_free_table_page(as->m, pa);
     as->st.table_pages--;
 }
@@ -103,6 +116,10 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
             return dmamap_fail(err, DMAMAP_EBUSY, va, "prefault into a non-empty entry: %#llx is "
                                "already mapped by a %s block", (unsigned long long)va,
                                l == 2 ? "1 GiB" : "2 MiB");
+        } else if (!table_ok(as->m, a->table_pa(*e))) {
+            return dmamap_fail(err, DMAMAP_EBUSY, va, "corrupt level-%d entry %#llx on the way to %#llx: it "
+                               "points at no page-table page", l, (unsigned long long)*e,
+                               (unsigned long long)va);
         }
         table = a->table_pa(*e);
     }
@@ -310,7 +327,11 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
         uint64_t stop = ent_end < end && ent_end > ent_start ? ent_end : end;
         uint64_t *e = &t[pt_index(cur, level)];
         if (*e) {
-            if (level > 0 && a->is_table(*e, level)) {
+            if (level > 0 && a->is_table(*e, level) && !table_ok(as->m, a->table_pa(*e))) {
+                *e = 0;   /* corrupt: not followed, just cleared */
+                if (td->table_used)
+                    td->table_used--;
+            } else if (level > 0 && a->is_table(*e, level)) {
                 uint64_t child = a->table_pa(*e);
                 clear_table(as, child, level - 1, cur, stop);
                 if (table_desc(as->m, child)->table_used == 0) {
@@ -359,6 +380,8 @@ int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_
             return 0;
         if (l > 0 && a->is_table(*e, l)) {
             table = a->table_pa(*e);
+            if (!table_ok(as->m, table))
+                return 0;   /* corrupt entry: translates to nothing */
             if (l == 1)
                 wc_set(as, va, table);
             continue;
@@ -403,7 +426,7 @@ static void free_tables(dmamap_as *as, uint64_t table, int level)
     if (level > 0) {
         uint64_t *t = dmamap_table_ptr(as->m, table);
         for (int i = 0; i < ENTRIES; i++)
-            if (t[i] && a->is_table(t[i], level))
+            if (t[i] && a->is_table(t[i], level) && table_ok(as->m, a->table_pa(t[i])))
                 free_tables(as, a->table_pa(t[i]), level - 1);
     }
     drop_table(as, table);
