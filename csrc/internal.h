@@ -156,10 +156,10 @@ struct dmamap_as {
     int nvmas, capvmas;
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
-    /* walk cache: the leaf (4 KiB-entry) table covering VAs with va >> 21 == wc_tag */
-    uint64_t wc_tag;
-    uint64_t *wc_table;
-    uint64_t wc_pa;
+    /* walk cache: wc_pa[l] is the level-l table covering the VAs with
+     * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
+    uint64_t wc_tag[MAX_LEVELS];
+    uint64_t wc_pa[MAX_LEVELS];
     /* Per-ISA constants, so hot paths make no indirect calls: the output-address
      * bits of a leaf at each level, and the software "special" bit.  Both ISAs
      * encode a leaf as (output address | attribute bits). */
@@ -227,6 +227,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
                    int large, int special, struct dmamap_err *err);
 void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages);
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
+int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
 int dmamap_pt_range_empty(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t *busy_va);
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
                       struct dmamap_err *err);
@@ -234,6 +235,9 @@ void dmamap_pt_free_all(dmamap_as *as);
 void dmamap_pt_cache_reset(dmamap_as *as);
 int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
                      struct dmamap_err *err);
+uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err);
+uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special);
+void dmamap_pt_added(dmamap_as *as, uint64_t table_pa, uint64_t n);
 
 /* tlb */
 void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);

@@ -154,6 +154,7 @@ int dmamap_as_va_range(dmamap_as *as, uint64_t *lo, uint64_t *hi)
 void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size)
 {
     as->st.tlb_flushes++;
+    dmamap_pt_cache_reset(as);   /* invalidation drops paging-structure caches too (INVLPG, TLBI) */
     uint64_t n = size >> PAGE_SHIFT;
     if (n >= TLB_SIZE) {
         for (int i = 0; i < TLB_SIZE; i++)
@@ -910,9 +911,11 @@ static int chunk_find(const struct vma *v, uint64_t idx)
 /* The memtype check of a fault-path PFN insert.  The VMA remembers the chunk
  * it last found free of conflicts (for its cache type, at the reservations'
  * generation), so a run of faults in one chunk takes no machine lock.  idx is
- * the chunk-list page of pa, or ~0 when pa is not from the chunk list. */
+ * the chunk-list page of pa, or ~0 when pa is not from the chunk list.  On a
+ * conflict, report = 1 checks [pa, pa+size) as any insert does (failing or
+ * recording an attribute report); report = 0 just answers nonzero. */
 static int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t idx,
-                               struct dmamap_err *err)
+                               int report, struct dmamap_err *err)
 {
     dmamap_machine *m = as->m;
     uint64_t gen = atomic_load_explicit(&m->memtype_gen, memory_order_acquire);
@@ -934,7 +937,7 @@ static int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64
         v->mt_prot = v->prot;
         v->mt_gen = m->memtype_gen + 1;
     } else {
-        rc = dmamap_memtype_check(m, pa, size, cache, err);   /* reports or fails, as any insert */
+        rc = report ? dmamap_memtype_check(m, pa, size, cache, err) : 1;   /* reports or fails, as any insert */
     }
     UNLOCK(&m->lock);
     return rc;
@@ -968,10 +971,56 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
         return dmamap_fail(err, DMAMAP_EVMAKIND, va, "PFN insert at %#llx into VMA [%#llx, %#llx) that is %s",
                            (unsigned long long)va, (unsigned long long)v->start, (unsigned long long)v->end,
                            kind ? "both VM_PFNMAP and VM_MIXEDMAP" : "neither VM_PFNMAP nor VM_MIXEDMAP");
-    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, err);
+    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, 1, err);
     if (rc)
         return rc;
     return dmamap_pt_insert(as, page, pfn, v->prot, 1, err);
+}
+
+/* Fault-around for n pages from a, backed by pfn.. (one chunk run, one leaf
+ * table): fill the empty PTEs among them, as insert_one would one by one
+ * (errors only skip pages), but with one walk and one hold of the lock. */
+static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, uint64_t n, int page_mode,
+                       uint64_t idx)
+{
+    struct dmamap_err ignored;
+    uint64_t table, cnt = 0;
+    uint64_t *slot = dmamap_pt_slot(as, a, &table, &ignored);
+    if (!slot)
+        return;   /* a block covers it, or no memory for a table */
+    if (page_mode) {
+        dmamap_machine *m = as->m;
+        uint64_t base = dmamap_pt_leaf_base(as, v->prot, 0);
+        LOCK(&m->lock);
+        for (uint64_t i = 0; i < n; i++) {
+            struct page_desc *p = slot[i] ? NULL : dmamap_page(m, pfn + i);
+            /* page_get's rules: RAM, allocated, neither anonymous nor a page table */
+            if (!p || p->refcount <= 0 || (p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)))
+                continue;
+            p->mapcount++;
+            p->refcount++;
+            slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+            cnt++;
+        }
+        UNLOCK(&m->lock);
+    } else {
+        uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
+        if (!kind || kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+            return;
+        if (fault_memtype_check(as, v, pfn << PAGE_SHIFT, n << PAGE_SHIFT, idx, 0, &ignored)) {
+            for (uint64_t i = 0; i < n; i++)   /* a conflict somewhere: page by page, reporting each */
+                if (!slot[i])
+                    insert_one(as, v, a + (i << PAGE_SHIFT), pfn + i, 0, 0, idx + i, &ignored);
+            return;
+        }
+        uint64_t base = dmamap_pt_leaf_base(as, v->prot, 1);
+        for (uint64_t i = 0; i < n; i++)
+            if (!slot[i]) {
+                slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+                cnt++;
+            }
+    }
+    dmamap_pt_added(as, table, cnt);
 }
 
 static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
@@ -996,7 +1045,7 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
             int level;
             int found = dmamap_pt_walk(as, base, &e, &level);
             if (!found && level >= 1) {
-                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, err);
+                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, 1, err);
                 return rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
             }
         }
@@ -1004,20 +1053,19 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     int rc = insert_one(as, v, va, pfn, page_mode, is_write, idx, err);
     if (rc || v->fault_around <= 1 || is_write)
         return rc;
-    /* fault-around: map the empty neighbours in the aligned window */
+    /* fault-around: map the empty neighbours in the aligned window, a chunk run at a time */
     uint64_t win = v->fault_around << PAGE_SHIFT;
     uint64_t lo = (va & ~(win - 1)) < v->start ? v->start : (va & ~(win - 1));
     uint64_t hi = lo + win > v->end ? v->end : lo + win;
-    for (uint64_t a = lo; a < hi; a += PAGE_SIZE) {
-        uint64_t *e;
-        int level;
-        if (a == (va & PAGE_MASK) || dmamap_pt_walk(as, a, &e, &level))
-            continue;
-        uint64_t p = chunk_pfn(v, (a - v->start) >> PAGE_SHIFT, NULL);
+    for (uint64_t a = lo; a < hi;) {
+        uint64_t run, p = chunk_pfn(v, (a - v->start) >> PAGE_SHIFT, &run);
         if (p == ~0ULL)
             break;
-        struct dmamap_err ignored;
-        insert_one(as, v, a, p, page_mode, 0, (a - v->start) >> PAGE_SHIFT, &ignored);
+        uint64_t n = (hi - a) >> PAGE_SHIFT, in_table = ENTRIES - ((a >> PAGE_SHIFT) & (ENTRIES - 1));
+        n = n < run ? n : run;
+        n = n < in_table ? n : in_table;
+        around_run(as, v, a, p, n, page_mode, (a - v->start) >> PAGE_SHIFT);
+        a += n << PAGE_SHIFT;
     }
     return 0;
 }
@@ -1101,7 +1149,7 @@ int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struc
     LOCK(&as->lock);
     uint64_t *e;
     int level;
-    int found = dmamap_pt_walk(as, va, &e, &level) && as->m->arch->is_valid(*e, level);
+    int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(*e, level);
     if (found)
         fill_xlate(as, va, e, level, out);
     UNLOCK(&as->lock);
@@ -1408,15 +1456,25 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
     if (hi != ~0ULL && end > hi)
         end = hi;
     LOCK(&as->lock);
+    const struct dmamap_arch *a = as->m->arch;
     while (cur < end) {
         uint64_t *e;
         int level;
-        int found = dmamap_pt_walk(as, cur, &e, &level);
+        int found = dmamap_pt_walk_mem(as, cur, &e, &level);
+        if (level == 0) {   /* scan the rest of this leaf table in one go */
+            uint64_t next = (cur | ((PAGE_SIZE << 9) - 1)) + 1;
+            if (next > end || next <= cur)
+                next = end;
+            for (uint64_t i = 0; i < (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT; i++)
+                n += e[i] && a->is_valid(e[i], 0);
+            cur = next;
+            continue;
+        }
         uint64_t span = 1ULL << (PAGE_SHIFT + 9 * level);
         uint64_t next = (cur & ~(span - 1)) + span;
         if (next > end || next <= cur)
             next = end;
-        if (found && as->m->arch->is_valid(*e, level))
+        if (found && a->is_valid(*e, level))
             n += (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT;
         cur = next;
     }

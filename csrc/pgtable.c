@@ -18,23 +18,47 @@ uint64_t *dmamap_table_ptr(dmamap_machine *m, uint64_t table_pa)
     return dmamap_ram_table(m, table_pa);
 }
 
-/* The walk cache remembers the last leaf table reached, so runs of 4 KiB
- * entries under one 2 MiB region do not re-walk from the root.  A leaf table
- * only goes away through drop_table (or free_all), which resets the cache. */
-#define WC_SHIFT (PAGE_SHIFT + 9)
-
+/* The walk cache remembers the last table reached at each level, so a run of
+ * entries under one table (4 KiB entries under one 2 MiB region, 2 MiB blocks
+ * under one 1 GiB region) does not re-walk from the root.  A table only goes
+ * away through drop_table (or free_all), which resets the whole cache. */
 void dmamap_pt_cache_reset(dmamap_as *as)
 {
-    as->wc_tag = ~0ULL;
-    as->wc_table = NULL;
-    as->wc_pa = 0;
+    for (int l = 0; l < MAX_LEVELS; l++) {
+        as->wc_tag[l] = ~0ULL;
+        as->wc_pa[l] = 0;
+    }
 }
 
-static inline void wc_set(dmamap_as *as, uint64_t va, uint64_t table_pa)
+static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_pa)
 {
-    as->wc_tag = va >> WC_SHIFT;
-    as->wc_table = dmamap_ram_table(as->m, table_pa);
-    as->wc_pa = table_pa;
+    as->wc_tag[level] = va >> (PAGE_SHIFT + 9 * (uint64_t)(level + 1));
+    as->wc_pa[level] = table_pa;
+}
+
+/* The deepest cached table at or below min_level on the way to va (*table),
+ * and its level; the root when nothing is cached. */
+static int wc_find_up(dmamap_as *as, uint64_t va, int min_level, uint64_t *table);
+
+static inline int wc_find(dmamap_as *as, uint64_t va, int min_level, uint64_t *table)
+{
+    if (min_level == 0 && (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case */
+        *table = as->wc_pa[0];
+        return 0;
+    }
+    return wc_find_up(as, va, min_level ? min_level : 1, table);
+}
+
+static int wc_find_up(dmamap_as *as, uint64_t va, int min_level, uint64_t *table)
+{
+    int top = as->m->arch->levels - 1;
+    for (int l = min_level; l < top; l++)
+        if ((va >> (PAGE_SHIFT + 9 * (uint64_t)(l + 1))) == as->wc_tag[l]) {
+            *table = as->wc_pa[l];
+            return l;
+        }
+    *table = as->root;
+    return top;
 }
 
 static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
@@ -97,13 +121,8 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
                    struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
-    if (level == 0 && (va >> WC_SHIFT) == as->wc_tag) {
-        *slot = &as->wc_table[pt_index(va, 0)];
-        *table_out = as->wc_pa;
-        return 0;
-    }
-    uint64_t table = as->root;
-    for (int l = a->levels - 1; l > level; l--) {
+    uint64_t table;
+    for (int l = wc_find(as, va, level, &table); l > level; l--) {
         uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
         if (*e == 0) {
             uint64_t child;
@@ -122,9 +141,8 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
                                (unsigned long long)va);
         }
         table = a->table_pa(*e);
+        wc_set(as, l - 1, va, table);
     }
-    if (level == 0)
-        wc_set(as, va, table);
     *slot = &dmamap_table_ptr(as->m, table)[pt_index(va, level)];
     *table_out = table;
     return 0;
@@ -246,6 +264,37 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
     return rc;
 }
 
+/* For batched fault-path inserts (fault-around): the level-0 slot of va with
+ * the tables on the way created (NULL and err on failure, e.g. EBUSY under a
+ * block), the 4 KiB leaf encoding of pfn 0 with prot, and the accounting of
+ * entries the caller wrote into the leaf table. */
+uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
+{
+    uint64_t *slot;
+    int rc = descend(as, va, 0, &slot, table_pa, err);
+    if (rc && rc != DMAMAP_EBUSY)
+        dmamap_pt_clear(as, va & PAGE_MASK, 1);   /* free the fresh, empty tables on the way */
+    return rc ? NULL : slot;
+}
+
+uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special)
+{
+    if (special)
+        prot |= as->special_bit;
+    if (!as->lf_ok || as->lf_prot != prot) {   /* a leaf is (output address | attributes) */
+        as->lf_base = as->m->arch->leaf(0, prot, 0);
+        as->lf_prot = prot;
+        as->lf_ok = 1;
+    }
+    return as->lf_base;
+}
+
+void dmamap_pt_added(dmamap_as *as, uint64_t table_pa, uint64_t n)
+{
+    table_desc(as->m, table_pa)->table_used += (uint32_t)n;
+    as->st.ptes_written += n;
+}
+
 /* Take the references that n normal 4 KiB PTEs of RAM pages from pa hold. */
 static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
 {
@@ -362,17 +411,11 @@ void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
     clear_table(as, as->root, as->m->arch->levels - 1, va, va + (npages << PAGE_SHIFT));
 }
 
-int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
+static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t **entry_out, int *level_out,
+                     int cache)
 {
     const struct dmamap_arch *a = as->m->arch;
-    if ((va >> WC_SHIFT) == as->wc_tag) {
-        uint64_t *e = &as->wc_table[pt_index(va, 0)];
-        *entry_out = e;
-        *level_out = 0;
-        return *e != 0;
-    }
-    uint64_t table = as->root;
-    for (int l = a->levels - 1; l >= 0; l--) {
+    for (; l >= 0; l--) {
         uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
         *entry_out = e;
         *level_out = l;
@@ -382,13 +425,35 @@ int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_
             table = a->table_pa(*e);
             if (!table_ok(as->m, table))
                 return 0;   /* corrupt entry: translates to nothing */
-            if (l == 1)
-                wc_set(as, va, table);
+            if (cache)
+                wc_set(as, l - 1, va, table);
             continue;
         }
         return 1;
     }
     return 0;
+}
+
+/* The MMU's walk, with its paging-structure (walk) cache: what faults and
+ * accesses use.  The cache is flushed with the TLB, as hardware's is. */
+int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
+{
+    if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case: a cached leaf table */
+        uint64_t *e = &dmamap_ram_table(as->m, as->wc_pa[0])[pt_index(va, 0)];
+        *entry_out = e;
+        *level_out = 0;
+        return *e != 0;
+    }
+    uint64_t table;
+    int l = wc_find_up(as, va, 1, &table);
+    return walk_from(as, va, l, table, entry_out, level_out, 1);
+}
+
+/* A walk of the tables as they are in memory now, from the root, touching no
+ * cache: for translate() and count_present(), which show the memory's truth. */
+int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
+{
+    return walk_from(as, va, as->m->arch->levels - 1, as->root, entry_out, level_out, 0);
 }
 
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)

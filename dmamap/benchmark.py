@@ -803,11 +803,13 @@ def bench_command(
     )
     columns = (TextColumn("[progress.description]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    # No auto-refresh: a rendering thread running during the timed C calls would skew them.
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as progress:
         task = progress.add_task("starting", total=_steps(cfg) + (TARGET_STEPS if targets else 0))
 
         def advance(what: str) -> None:
             progress.update(task, description=what, advance=1)
+            progress.refresh()
 
         res = run_sweep(cfg, advance)
         if targets:

@@ -68,8 +68,15 @@ _CACHED = {"x86_64": "WB", "aarch64": "NORMAL"}
 
 def cache_names(isa: str) -> list[str]:
     """The ISA's cache-type names, indexed by the core's cache id."""
-    i = _ISA_IDS[isa]
-    return [ffi.string(lib.dmamap_cache_name(i, c)).decode() for c in range(lib.dmamap_cache_count(i))]
+    names = _CACHE_NAMES.get(isa)
+    if names is None:   # fixed per ISA: ask the core once
+        i = _ISA_IDS[isa]
+        names = _CACHE_NAMES[isa] = tuple(ffi.string(lib.dmamap_cache_name(i, c)).decode()
+                                          for c in range(lib.dmamap_cache_count(i)))
+    return list(names)
+
+
+_CACHE_NAMES: dict[str, tuple[str, ...]] = {}
 
 
 def cache_id(isa: str, name: str) -> int:
