@@ -619,12 +619,17 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
         goto out;
     }
     int track = !(flags & DMAMAP_REMAP_NOTRACK);
+    uint64_t reports = as->m->nreports;
     if (track && (rc = track_pfn(as, v, pfn << PAGE_SHIFT, size, prot, err)))
         goto out;
     rc = dmamap_pt_fill(as, addr, pfn, size >> PAGE_SHIFT, prot, flags & DMAMAP_REMAP_LARGE, 1, err);
     if (rc) {
-        if (track)
+        if (track) {
             untrack_last(as, v);
+            LOCK(&as->m->lock);
+            as->m->nreports = reports;   /* a refused remap leaves no attribute report either */
+            UNLOCK(&as->m->lock);
+        }
         goto out;
     }
     v->flags |= DMAMAP_VM_IO | DMAMAP_VM_PFNMAP | DMAMAP_VM_DONTEXPAND | DMAMAP_VM_DONTDUMP;

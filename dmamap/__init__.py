@@ -51,7 +51,7 @@ from dmamap.mm import (
     vmf_insert_pfn_prot,
     zap_vma_ptes,
 )
-from dmamap.registry import available_backends, get_backend, register_backend, registry
+from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
 
 try:
     __version__ = version("dmamap")
@@ -95,5 +95,5 @@ __all__ = [
     "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection", "pgprot_noncached",
     "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached", "virt_to_page", "virt_to_phys",
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
-    "registry",
+    "unregister_backend", "registry",
 ]

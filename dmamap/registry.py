@@ -21,7 +21,8 @@ _known: dict[str, str | Backend] = {}
 _lock = threading.Lock()
 _scanned = False
 
-__all__ = ["ENTRY_POINT_GROUP", "available_backends", "get_backend", "register_backend", "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "available_backends", "get_backend", "register_backend", "unregister_backend",
+           "registry"]
 
 
 def _scan() -> None:
@@ -54,6 +55,15 @@ def register_backend(name: str, backend: str | Backend, *, clobber: bool = False
         if name in _known and not clobber and _known[name] != backend:
             raise BackendError(f"backend {name!r} is already registered (pass clobber=True to replace it)")
         _known[name] = backend
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a backend registered under ``name`` (entry points come back on a rescan)."""
+    _scan()
+    with _lock:
+        if name not in _known:
+            raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(sorted(_known))}")
+        del _known[name]
 
 
 def available_backends() -> list[str]:
