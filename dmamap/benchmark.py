@@ -749,9 +749,14 @@ def plot(res: SweepResult, path: str) -> None:
     for i, plat in enumerate(plats):
         for j, size in enumerate(sizes):
             ax = axes[i][j]
+            ax.set_title(f"{plat}, {fmt_size(size)}", fontsize=9)
+            if not any(r.platform == plat and r.size == size for r in res.runs):
+                ax.text(0.5, 0.5, "not run\n(see skipped)", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_title(f"{plat}, {fmt_size(size)}", fontsize=9)
             for order, style in (("seq", "-"), ("random", "--")):
                 for strat in res.config.strategies:
                     pts = sorted((r.density, r.ns_per_mapped) for r in res.runs
