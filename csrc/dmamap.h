@@ -265,6 +265,8 @@ int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err 
 int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_chunk *chunks,
                          int nchunks, uint64_t first_page, uint64_t fault_around, int large,
                          struct dmamap_err *err);
+/* Trapped port I/O: access at start + i reaches port + i, for i < count. */
+int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, struct dmamap_err *err);
 int dmamap_vma_find(dmamap_as *as, uint64_t va);
 
 /* Kernel-named primitives. */

@@ -137,6 +137,7 @@ struct vma {
     uint64_t fault_around;
     int large;
     uint64_t pio_port;
+    uint64_t pio_count;   /* ports reachable from the VMA start */
     int id;
     uint32_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */

@@ -497,12 +497,29 @@ int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_ch
         v->fault_kind = kind;
         v->first_page = kind == DMAMAP_FAULT_PIO ? 0 : first_page;
         v->pio_port = kind == DMAMAP_FAULT_PIO ? first_page : 0;
+        v->pio_count = kind == DMAMAP_FAULT_PIO ? v->end - v->start : 0;
         v->fault_around = fault_around;
         v->large = large;
     } else {
         free(c);
         free(cs);
     }
+    UNLOCK(&as->lock);
+    return v ? 0 : DMAMAP_ENOVMA;
+}
+
+int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, struct dmamap_err *err)
+{
+    if (count == 0 || port > 0xffff || count > 0x10000 - port)
+        return dmamap_fail(err, DMAMAP_EINVAL, port, "ports %#llx+%llu are outside the 64 KiB port space",
+                           (unsigned long long)port, (unsigned long long)count);
+    int rc = dmamap_vma_set_fault(as, id, DMAMAP_FAULT_PIO, NULL, 0, port, 0, 0, err);
+    if (rc)
+        return rc;
+    LOCK(&as->lock);
+    struct vma *v = vma_get(as, id, err);
+    if (v && count < v->pio_count)
+        v->pio_count = count;
     UNLOCK(&as->lock);
     return v ? 0 : DMAMAP_ENOVMA;
 }
@@ -1260,9 +1277,9 @@ static int pio_trap(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t
     struct vma *v = vma_find(as, va);
     as->st.pio_traps++;
     uint64_t off = va - v->start;
-    if (off + (uint64_t)size > v->end - v->start)
-        return dmamap_fail(err, DMAMAP_ERANGE, va, "port access at %#llx runs past the mapping",
-                           (unsigned long long)va);
+    if (off + (uint64_t)size > v->pio_count)
+        return dmamap_fail(err, DMAMAP_ERANGE, va, "port access at %#llx runs past the %llu ports mapped",
+                           (unsigned long long)va, (unsigned long long)v->pio_count);
     return dmamap_port_access(as->m, v->pio_port + off, size, is_write, value, err);
 }
 

@@ -480,7 +480,7 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
     if count > len(vma):
         raise InvalidArgumentError(f"pio_map: {count} ports do not fit the VMA's {len(vma)} bytes", vma.start)
     if not m.has_io_window:
-        vma.set_pio_trap(port)
+        vma.set_pio_trap(port, count)
         return
     size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     win = _iowin_alloc(m, size)

@@ -249,13 +249,14 @@ class Vma:
 
     @property
     def vm_page_prot(self) -> PgProt:
+        """The protection new PTEs of this VMA get (vma->vm_page_prot)."""
         return PgProt(self._info().page_prot, self.mm.machine.isa)
 
-    page_prot = vm_page_prot
-
-    @page_prot.setter
-    def page_prot(self, prot: int) -> None:
+    @vm_page_prot.setter
+    def vm_page_prot(self, prot: int) -> None:
         call(lib.dmamap_vma_set_prot, self.mm._ptr(), self.id, _prot(prot, self.mm.machine.isa))
+
+    page_prot = vm_page_prot
 
     @property
     def pfnmap(self) -> bool:
@@ -320,9 +321,13 @@ class Vma:
         call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, kinds[kind], arr, len(cl),
              _addr("first_page", first_page), _addr("fault_around", fault_around), int(bool(large)))
 
-    def set_pio_trap(self, port: int) -> None:
-        """Make every access to this VMA trap into port space at ``port + offset``."""
-        call(lib.dmamap_vma_set_fault, self.mm._ptr(), self.id, 4, ffi.NULL, 0, _addr("port", port), 0, 0)
+    def set_pio_trap(self, port: int, count: int | None = None) -> None:
+        """Make accesses at ``start + i`` trap into port ``port + i``, for ``i < count``
+        (default: the whole VMA, clipped to the port space)."""
+        port = _addr("port", port)
+        if count is None:
+            count = min(len(self), max(0x10000 - port, 1))
+        call(lib.dmamap_vma_set_pio, self.mm._ptr(), self.id, port, _addr("count", count))
 
     def __repr__(self) -> str:
         state = "" if self.live else ", unmapped"
