@@ -6,6 +6,10 @@
 #include <stdatomic.h>
 #include "dmamap.h"
 
+/* Everything declared from here on is internal to the shared object: hidden
+ * symbols are called directly, not through the PLT as exported ones are. */
+#pragma GCC visibility push(hidden)
+
 #define PAGE_SHIFT 12
 #define PAGE_SIZE (1ULL << PAGE_SHIFT)
 #define PAGE_MASK (~(PAGE_SIZE - 1))
@@ -245,5 +249,7 @@ void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);
 
 #define LOCK(l) pthread_mutex_lock(l)
 #define UNLOCK(l) pthread_mutex_unlock(l)
+
+#pragma GCC visibility pop
 
 #endif
