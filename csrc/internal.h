@@ -170,6 +170,7 @@ struct dmamap_as {
      * encode a leaf as (output address | attribute bits). */
     uint64_t pa_mask[MAX_LEVELS];
     uint64_t special_bit;
+    uint64_t va_lo, va_hi;         /* the address space's VA range, as dmamap_as_va_range */
     /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;

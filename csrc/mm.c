@@ -55,6 +55,8 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     for (int l = 0; l < m->arch->levels && l < MAX_LEVELS; l++)
         as->pa_mask[l] = m->arch->entry_pa(~0ULL, l);
     as->special_bit = m->arch->set_special(0);
+    as->va_lo = as->kernel ? m->arch->kern_lo : m->arch->user_lo;
+    as->va_hi = as->kernel ? m->arch->kern_hi : m->arch->user_hi;
     as->dm_level = -1;
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
@@ -181,9 +183,7 @@ void dmamap_tlb_flush_all(dmamap_as *as)
 
 static int va_ok(dmamap_as *as, uint64_t va, uint64_t len)
 {
-    const struct dmamap_arch *a = as->m->arch;
-    uint64_t lo = as->kernel ? a->kern_lo : a->user_lo;
-    uint64_t hi = as->kernel ? a->kern_hi : a->user_hi;
+    uint64_t lo = as->va_lo, hi = as->va_hi;
     if (va < lo || va + len < va)
         return 0;
     return hi == ~0ULL ? 1 : va + len <= hi;
