@@ -237,6 +237,7 @@ int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *le
 int dmamap_pt_range_empty(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t *busy_va);
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
                       struct dmamap_err *err);
+int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err);
 void dmamap_pt_free_all(dmamap_as *as);
 void dmamap_pt_cache_reset(dmamap_as *as);
 int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,

@@ -852,6 +852,9 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, str
                          (unsigned long long)v->start, (unsigned long long)v->end);
         goto out;
     }
+    /* a partial zap of a large page needs a table: get it first, or change nothing */
+    if ((rc = dmamap_pt_split_edges(as, addr, addr + size, err)))
+        goto out;
     dmamap_pt_clear(as, addr, size >> PAGE_SHIFT);
     dmamap_tlb_flush_range(as, addr, size);
 out:
@@ -872,7 +875,8 @@ int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_
         rc = DMAMAP_ENOVMA;
         goto out;
     }
-    if ((rc = range_in_vma(as, v, addr, size, "change_protection", err)))
+    if ((rc = range_in_vma(as, v, addr, size, "change_protection", err)) ||
+        (rc = dmamap_pt_split_edges(as, addr, addr + size, err)))   /* all or nothing */
         goto out;
     if ((rc = dmamap_pt_protect(as, addr, size >> PAGE_SHIFT, prot, err)) == 0 && addr == v->start &&
         addr + size == v->end)

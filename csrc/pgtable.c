@@ -485,6 +485,44 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
     return 0;
 }
 
+/* Split the large blocks that straddle either edge of [va, end), so that
+ * clearing or re-protecting the range never needs a table page part-way
+ * through.  All or nothing: if a split runs out of memory, the splits already
+ * done are merged back and the tables are as they were. */
+int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    struct {
+        uint64_t *e;
+        uint64_t block;
+    } undo[2 * MAX_LEVELS];
+    int n = 0;
+    uint64_t edges[2] = {va, end};
+    for (int k = 0; k < 2; k++) {
+        for (;;) {
+            uint64_t *e;
+            int level;
+            if (!dmamap_pt_walk_mem(as, edges[k], &e, &level) || level == 0 ||
+                !(edges[k] & ((1ULL << level_shift(level)) - 1)) || n == 2 * MAX_LEVELS)
+                break;
+            uint64_t block = *e;
+            int rc = split_block(as, e, level, err);
+            if (rc) {
+                while (n--) {
+                    uint64_t child = a->table_pa(*undo[n].e);
+                    *undo[n].e = undo[n].block;
+                    drop_table(as, child);
+                }
+                return rc;
+            }
+            undo[n].e = e;
+            undo[n].block = block;
+            n++;
+        }
+    }
+    return 0;
+}
+
 static void free_tables(dmamap_as *as, uint64_t table, int level)
 {
     const struct dmamap_arch *a = as->m->arch;

@@ -157,6 +157,7 @@ class ApiFuzz(RuleBasedStateMachine):
                      self.m.add_device("d1", bars=[dmamap.Bar(PAGE_SIZE, read=self._dev_read)],
                                        ports=[dmamap.PortRange(0x400, 8, read=self._dev_read)])]
         self.reads = 0
+        self.made_vmas: list[dmamap.Vma] = []
         self.live_bufs: list[tuple[Any, dmamap.DmaBuffer]] = []
         self.live_sgs: list[tuple[Any, dmamap.SgTable]] = []
         self.live_pages: list[tuple[dmamap.Page, int]] = []
@@ -219,7 +220,10 @@ class ApiFuzz(RuleBasedStateMachine):
         if data.draw(st.integers(0, 4), "flags?") == 0:
             kw["flags"] = data.draw(ints(0x400, 0x4000, 0x10000000, 0x10000400), "flags")
         r = self._atomic(s.mmap, length, **kw)
-        return r if isinstance(r, dmamap.Vma) else None
+        if isinstance(r, dmamap.Vma):
+            self.made_vmas.append(r)
+            return r
+        return None
 
     @rule(vma=consumes(vmas))
     def munmap(self, vma: Any) -> None:
@@ -581,9 +585,9 @@ class ApiFuzz(RuleBasedStateMachine):
     def _release_everything(self) -> None:
         for s in self.spaces[1:]:
             s.close()
-        for v in list(self.m.kernel.vmas):
-            if v.start != self.m.page_offset:
-                pass   # kernel VMAs belong to DMA buffers: freed with them
+        for v in self.made_vmas:   # the kernel's own VMAs (direct map, DMA remaps) are not ours
+            if v.live:
+                v.mm.munmap(v)
         for dev, t in list(self.live_sgs):
             dmamap.dma_free_coherent_sg(dev, t)
         for dev, b in list(self.live_bufs):
