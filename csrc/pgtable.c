@@ -408,6 +408,9 @@ void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
 {
     if (npages == 0)
         return;
+    /* Tables may go, or (with scribbled memory) be cut loose without going:
+     * start the walk cache afresh either way. */
+    dmamap_pt_cache_reset(as);
     clear_table(as, as->root, as->m->arch->levels - 1, va, va + (npages << PAGE_SHIFT));
 }
 
