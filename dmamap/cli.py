@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,  # noqa: UP007
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,  # noqa: UP007
                                                     help="Show the version and exit.")] = None,
 ) -> None:
     """dmamap command line."""
@@ -67,7 +67,7 @@ def info(
 
 @app.command()
 def demo(
-    platforms: Annotated[Optional[list[str]], typer.Option("--platform", "-p",  # noqa: UP007
+    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
                                                            help="Platforms to run (default: x86, arm, sram).")] = None,
 ) -> None:
     """Replay the original bug: three drivers on each platform."""

@@ -4,14 +4,14 @@ every platform."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
 
 import dmamap
-from dmamap import PAGE_SHIFT, PAGE_SIZE, DmaBuffer, Device, Machine, Vma, VmFault
+from dmamap import PAGE_SHIFT, PAGE_SIZE, Device, DmaBuffer, Machine, Vma, VmFault
 from dmamap.errors import DmamapError
 
 BUF_PAGES = 4
@@ -71,10 +71,10 @@ def exercise(platform: str, driver: Callable[[Device, Vma, DmaBuffer], None]) ->
             return Outcome("error", f"{type(exc).__name__}")
         problems = []
         if seen != pattern:
-            bad = sum(a != b for a, b in zip(seen, pattern))
+            bad = sum(a != b for a, b in zip(seen, pattern, strict=False))
             problems.append(f"device read {bad} stale bytes")
         if got != reply:
-            bad = sum(a != b for a, b in zip(got, reply))
+            bad = sum(a != b for a, b in zip(got, reply, strict=False))
             problems.append(f"CPU read {bad} stale bytes")
         reports = m.attribute_reports
         if problems:

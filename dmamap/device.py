@@ -4,8 +4,9 @@ callbacks, and a DMA engine that reads and writes memory (never the CPU cache)."
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer
 from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError
@@ -44,8 +45,8 @@ class PortRange:
     regs: bytearray = field(default_factory=bytearray, repr=False)
 
 
-BarSpec = Union[int, Bar]
-PortSpec = Union[tuple[int, int], PortRange]
+BarSpec = int | Bar
+PortSpec = tuple[int, int] | PortRange
 
 
 def _pow2_at_least(n: int) -> int:
@@ -87,7 +88,8 @@ class Device:
         self.dma_debug: _DmaDebug = _DmaDebug(self)
         bar_objs = [b if isinstance(b, Bar) else Bar(_addr("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
-        for cb in (read, write, *(c for o in (*bar_objs, *port_objs) for c in (o.read, o.write))):
+        ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]
+        for cb in (read, write, *(c for o in ranges for c in (o.read, o.write))):
             if cb is not None and not callable(cb):
                 raise TypeError(f"device callbacks must be callable, not {type(cb).__name__}")
         for b in bar_objs:
@@ -217,7 +219,8 @@ class Device:
         self.removed = True
 
     def __repr__(self) -> str:
-        return f"<Device {self.name!r} bars={[hex(b.base) for b in self.bars]} ports={[hex(p.base) for p in self.ports]}>"
+        bars = [hex(b.base) for b in self.bars]
+        return f"<Device {self.name!r} bars={bars} ports={[hex(p.base) for p in self.ports]}>"
 
 
 def _dispatch(read: ReadFn | None, write: WriteFn | None, regs: bytearray, offset: int, size: int,

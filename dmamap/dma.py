@@ -24,8 +24,17 @@ from dmamap.errors import (
     StrategyError,
 )
 from dmamap.machine import IOWIN_SIZE, KernelAddress, Machine, Page
-from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, VmFlags, _addr, pgprot_noncached, \
-    pgprot_writecombine, remap_pfn_range
+from dmamap.mm import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PgProt,
+    Vma,
+    VmFlags,
+    _addr,
+    pgprot_noncached,
+    pgprot_writecombine,
+    remap_pfn_range,
+)
 
 if TYPE_CHECKING:
     from dmamap.device import Device

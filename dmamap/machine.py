@@ -11,8 +11,9 @@ import mmap
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer, stash
 from dmamap.errors import (

@@ -7,8 +7,9 @@ driver writer recognises ``remap_pfn_range(vma, addr, pfn, size, prot)``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from dmamap._ffi import _local, call, ffi, in_buffer, lib, out_buffer, raise_for, stash
 from dmamap.errors import (
