@@ -436,6 +436,8 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
         recs = [dev.dma_debug.lookup("dma_mmap_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
                 for e in sglist.entries]
         _check_vma_room(vma, vma.nr_pages, "dma_mmap_coherent_sg")
+        if vma.machine is not dev.machine:
+            raise InvalidArgumentError("dma_mmap_coherent_sg: VMA belongs to another machine", vma.start)
         is_ram = all(r.alloc.is_ram for r in recs)
         strat = _pick_strategy(be, strategy, is_ram)
         prot = be.dma_pgprot(dev, vma.page_prot)

@@ -581,6 +581,7 @@ def test_dma_helpers_refuse(w: World) -> None:
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, nr_pages=2))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, offset=5, nr_pages=2))
     w.refuses(VmaNotMappedError, lambda: dmamap.dma_mmap_coherent_sg(dev, w.gone, w.sg))
+    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, w.other_vma, w.sg, nr_pages=1))
     w.refuses(StrategyError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, strategy="x"))
     # MMIO and port I/O
     bar = dev.bar(0)[0]
