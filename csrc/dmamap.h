@@ -275,6 +275,11 @@ int dmamap_vma_find(dmamap_as *as, uint64_t va);
 enum { DMAMAP_REMAP_LARGE = 1, DMAMAP_REMAP_NOTRACK = 2 };
 int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t size,
                            uint64_t prot, int flags, struct dmamap_err *err);
+/* remap_pfn_range of pages [first_page, first_page + nr_pages) of a chunk list,
+ * linearly from addr, in one call; all or nothing. */
+int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
+                            uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
+                            struct dmamap_err *err);
 int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t prot,
                                struct dmamap_err *err);
 int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);

@@ -655,6 +655,66 @@ out:
     return rc;
 }
 
+int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
+                            uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
+                            struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
+    if (!chunks || nchunks <= 0 || nr_pages == 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "remap of a chunk list needs chunks and nr_pages > 0");
+    int rc = 0;
+    LOCK(&as->lock);
+    struct vma *v = vma_get(as, id, err);
+    if (!v) {
+        UNLOCK(&as->lock);
+        return DMAMAP_ENOVMA;
+    }
+    uint64_t old_flags = v->flags, reports = as->m->nreports;
+    int old_tracked = v->nmemtypes;
+    uint64_t cur = addr, skip = first_page, left = nr_pages;
+    for (int i = 0; i < nchunks && left && !rc; i++) {
+        uint64_t n = chunks[i].npages;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        uint64_t take = n - skip < left ? n - skip : left;
+        if (take > (~0ULL >> PAGE_SHIFT) || chunks[i].pfn + skip < chunks[i].pfn) {
+            rc = dmamap_fail(err, DMAMAP_EINVAL, cur, "chunk %d (pfn %#llx, %llu pages) wraps", i,
+                             (unsigned long long)chunks[i].pfn, (unsigned long long)n);
+            break;
+        }
+        rc = dmamap_remap_pfn_range(as, id, cur, chunks[i].pfn + skip, take << PAGE_SHIFT, prot, flags, err);
+        if (!rc) {
+            cur += take << PAGE_SHIFT;
+            left -= take;
+            skip = 0;
+        }
+    }
+    if (!rc && left)
+        rc = dmamap_fail(err, DMAMAP_EINVAL, addr, "chunk list ends %llu pages short of first page %llu + "
+                         "%llu pages", (unsigned long long)left, (unsigned long long)first_page,
+                         (unsigned long long)nr_pages);
+    if (rc) {   /* roll back every chunk already mapped */
+        v = vma_get(as, id, NULL);
+        if (v) {
+            if (cur > addr) {
+                dmamap_pt_clear(as, addr, (cur - addr) >> PAGE_SHIFT);
+                dmamap_tlb_flush_range(as, addr, cur - addr);
+            }
+            while (v->nmemtypes > old_tracked)
+                untrack_last(as, v);
+            v->flags = old_flags;
+        }
+        LOCK(&as->m->lock);
+        as->m->nreports = reports;
+        UNLOCK(&as->m->lock);
+    }
+    UNLOCK(&as->lock);
+    return rc;
+}
+
 static int pte_slot(dmamap_as *as, uint64_t addr, uint64_t **e)
 {
     int level;

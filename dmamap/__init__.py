@@ -26,6 +26,7 @@ from dmamap.dma import (
 )
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
 from dmamap.errors import DmamapError
+from dmamap.errors import __all__ as _error_names
 from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region, resolve_machine
 from dmamap.mm import (
     PAGE_SHIFT,
@@ -97,3 +98,4 @@ __all__ = [
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
     "unregister_backend", "registry",
 ]
+__all__ += _error_names

@@ -33,6 +33,7 @@ from dmamap.mm import (
     _addr,
     pgprot_noncached,
     pgprot_writecombine,
+    remap_pfn_chunks,
     remap_pfn_range,
 )
 
@@ -248,17 +249,7 @@ def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pag
     vma.page_prot = prot
     try:
         if strategy.startswith("prefault"):
-            addr = vma.start
-            try:
-                for pfn, n in window:
-                    remap_pfn_range(vma, addr, pfn, n << PAGE_SHIFT, prot, large=strategy == "prefault-large")
-                    addr += n << PAGE_SHIFT
-            except BaseException:
-                if addr > vma.start:
-                    from dmamap.mm import zap_vma_ptes
-
-                    zap_vma_ptes(vma, vma.start, addr - vma.start)
-                raise
+            remap_pfn_chunks(vma, vma.start, window, 0, nr_pages, prot, large=strategy == "prefault-large")
             return
         page_mode = strategy in ("fault-page", "fault-around") and is_ram or (strategy == "fault" and is_ram)
         if not page_mode:

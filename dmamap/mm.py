@@ -32,8 +32,8 @@ _SCRATCH_MAX = 16 << 20   # reads up to this size go through a reused per-thread
 __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
     "AsStats", "VM_FAULT_NOPAGE", "VM_FAULT_SIGBUS", "remap_pfn_range", "vmf_insert_pfn",
-    "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection",
-    "pgprot_noncached", "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached",
+    "vmf_insert_pfn_prot", "remap_pfn_chunks", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes",
+    "change_protection", "pgprot_noncached", "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached",
 ]
 
 
@@ -692,6 +692,19 @@ def remap_pfn_range(vma: Vma, addr: int, pfn: int, size: int, prot: int, *, larg
     flags = (1 if large else 0) | (0 if track else 2)
     call(lib.dmamap_remap_pfn_range, vma.mm._ptr(), vma.id, _addr("addr", addr), _addr("pfn", pfn), size,
          _prot(prot, _isa(vma)), flags)
+
+
+def remap_pfn_chunks(vma: Vma, addr: int, chunks: Iterable[tuple[int, int]], first_page: int, nr_pages: int,
+                     prot: int, *, large: bool = False) -> None:
+    """remap_pfn_range of pages [first_page, first_page+nr_pages) of a (pfn, npages)
+    chunk list, laid out linearly from ``addr``, in one C call; all or nothing."""
+    _check_vma(vma)
+    cl = [(_addr("chunk pfn", p), _addr("chunk pages", n)) for p, n in chunks]
+    if not cl:
+        raise InvalidArgumentError("remap_pfn_chunks: empty chunk list", addr)
+    arr = ffi.new("struct dmamap_chunk[]", cl)
+    call(lib.dmamap_remap_pfn_chunks, vma.mm._ptr(), vma.id, _addr("addr", addr), arr, len(cl),
+         _addr("first_page", first_page), _addr("nr_pages", nr_pages), _prot(prot, _isa(vma)), 1 if large else 0)
 
 
 def vmf_insert_pfn_prot(vma: Vma, addr: int, pfn: int, prot: int) -> int:
