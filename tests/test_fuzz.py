@@ -27,7 +27,7 @@ import dmamap
 from dmamap import PAGE_SIZE, DmamapError
 from dmamap._ffi import ffi, lib
 
-EXAMPLES = int(os.environ.get("DMAMAP_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("DMAMAP_FUZZ_EXAMPLES", "50"))
 STEPS = int(os.environ.get("DMAMAP_FUZZ_STEPS", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
@@ -737,7 +737,7 @@ def test_c_entry_points_fuzz(isa: str, data: st.DataObject) -> None:
 
 # ---- page tables scribbled over ----
 
-@settings(max_examples=EXAMPLES * 4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES * 20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(platform=st.sampled_from(["x86_64", "aarch64"]), data=st.data())
 def test_scribbled_page_tables_never_crash_the_core(platform: str, data: st.DataObject) -> None:
     """Garbage written into live page-table pages (phys_write, device DMA, a PFN
