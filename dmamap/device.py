@@ -140,6 +140,10 @@ class Device:
 
     def bar(self, i: int = 0) -> tuple[int, int]:
         """(physical base, size) of BAR ``i``."""
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"BAR index must be an int, not {type(i).__name__}")
+        if not 0 <= i < len(self.bars):
+            raise InvalidArgumentError(f"device {self.name!r} has no BAR{i} (it has {len(self.bars)})")
         b = self.bars[i]
         return b.base, b.size
 

@@ -89,6 +89,7 @@ class SgTable:
 
     def locate(self, page: int) -> tuple[SgEntry, int]:
         """(chunk, page within chunk) of linear page ``page``."""
+        page = _addr("page", page)
         for e in self.entries:
             if page < e.nr_pages:
                 return e, page

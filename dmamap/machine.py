@@ -101,7 +101,9 @@ class KernelAddress(int):
     machine: Machine
 
     def __new__(cls, value: int, machine: Machine) -> KernelAddress:
-        obj = super().__new__(cls, value)
+        if not isinstance(machine, Machine):
+            raise TypeError(f"expected a Machine, got {type(machine).__name__}")
+        obj = super().__new__(cls, _addr("kernel address", value))
         obj.machine = machine
         return obj
 
@@ -115,8 +117,10 @@ class Page:
     __slots__ = ("machine", "pfn")
 
     def __init__(self, machine: Machine, pfn: int) -> None:
+        if not isinstance(machine, Machine):
+            raise TypeError(f"expected a Machine, got {type(machine).__name__}")
         self.machine = machine
-        self.pfn = pfn
+        self.pfn = _addr("pfn", pfn)
 
     def _info(self) -> Any:
         info = ffi.new("struct dmamap_page_info *")
@@ -486,6 +490,10 @@ class Machine:
         return Device(self, name, **kwargs)
 
     def remove_device(self, dev: Device | str) -> None:
+        from dmamap.device import Device
+
+        if not isinstance(dev, (str, Device)):
+            raise TypeError(f"expected a Device or its name, not {type(dev).__name__}")
         d = self.devices.get(dev) if isinstance(dev, str) else dev
         if d is None or d.machine is not self:
             raise InvalidArgumentError(f"no device {dev!r} on this machine")

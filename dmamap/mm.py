@@ -69,8 +69,12 @@ _CACHED = {"x86_64": "WB", "aarch64": "NORMAL"}
 
 def cache_names(isa: str) -> list[str]:
     """The ISA's cache-type names, indexed by the core's cache id."""
-    names = _CACHE_NAMES.get(isa)
+    names = _CACHE_NAMES.get(isa) if isinstance(isa, str) else None
     if names is None:   # fixed per ISA: ask the core once
+        if not isinstance(isa, str):
+            raise TypeError(f"ISA must be a str, not {type(isa).__name__}")
+        if isa not in _ISA_IDS:
+            raise InvalidArgumentError(f"unknown ISA {isa!r}; one of {', '.join(_ISA_IDS)}")
         i = _ISA_IDS[isa]
         names = _CACHE_NAMES[isa] = tuple(ffi.string(lib.dmamap_cache_name(i, c)).decode()
                                           for c in range(lib.dmamap_cache_count(i)))
@@ -97,6 +101,8 @@ class PgProt(int):
     def __new__(cls, value: int, isa: str) -> PgProt:
         if isa not in _ISA_IDS:
             raise InvalidArgumentError(f"unknown ISA {isa!r}")
+        if type(value) is not int or not 0 <= value < 1 << 64:
+            value = _addr("prot", value)
         obj = super().__new__(cls, value)
         obj.isa = isa
         return obj
@@ -104,6 +110,7 @@ class PgProt(int):
     @classmethod
     def make(cls, isa: str, *, read: bool = True, write: bool = False, exec: bool = False,
              user: bool = True, cache: str | None = None) -> PgProt:
+        cache_names(isa)   # a known ISA (TypeError / InvalidArgumentError otherwise)
         flags = (1 if read else 0) | (2 if write else 0) | (4 if exec else 0) | (8 if user else 0)
         c = cache_id(isa, cache or _CACHED[isa])
         return cls(lib.dmamap_prot_make(_ISA_IDS[isa], flags, c), isa)
@@ -137,24 +144,30 @@ def _prot(prot: int, isa: str) -> PgProt:
     return PgProt(prot, isa)
 
 
+def _pgprot(prot: PgProt) -> PgProt:
+    if not isinstance(prot, PgProt):
+        raise TypeError(f"expected a PgProt, got {type(prot).__name__}")
+    return prot
+
+
 def pgprot_noncached(prot: PgProt) -> PgProt:
     """Uncached: x86 UC-, AArch64 DEVICE_nGnRnE (as Linux)."""
-    return prot.with_cache(_NONCACHED[prot.isa])
+    return _pgprot(prot).with_cache(_NONCACHED[prot.isa])
 
 
 def pgprot_writecombine(prot: PgProt) -> PgProt:
     """Write-combining: x86 WC, AArch64 NORMAL_NC."""
-    return prot.with_cache(_WRITECOMBINE[prot.isa])
+    return _pgprot(prot).with_cache(_WRITECOMBINE[prot.isa])
 
 
 def pgprot_dmacoherent(prot: PgProt) -> PgProt:
     """The attribute of coherent DMA memory on a non-coherent device: AArch64 NORMAL_NC."""
-    return prot.with_cache(_DMACOHERENT[prot.isa])
+    return _pgprot(prot).with_cache(_DMACOHERENT[prot.isa])
 
 
 def pgprot_cached(prot: PgProt) -> PgProt:
     """Normal write-back cacheable memory."""
-    return prot.with_cache(_CACHED[prot.isa])
+    return _pgprot(prot).with_cache(_CACHED[prot.isa])
 
 
 @dataclass(frozen=True)

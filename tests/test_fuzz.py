@@ -13,6 +13,7 @@ The run is short by default (a few seconds per test); set
 
 from __future__ import annotations
 
+import enum
 import os
 import struct
 from typing import Any
@@ -450,8 +451,8 @@ class ApiFuzz(RuleBasedStateMachine):
     def page_ops(self, data: st.DataObject) -> None:
         op = data.draw(st.sampled_from(["free", "get", "put", "info", "bogus_free"]), "op")
         if op == "bogus_free":
-            call(self.m.free_pages, dmamap.Page(self.m, data.draw(ints(*self._pfns()), "pfn")),
-                 data.draw(ints(1), "n"))
+            pfn, n = data.draw(ints(*self._pfns()), "pfn"), data.draw(ints(1), "n")
+            call(lambda: self.m.free_pages(dmamap.Page(self.m, pfn), n))
             return
         if not self.live_pages:
             return
@@ -795,3 +796,57 @@ def test_scribbled_page_tables_never_crash_the_core(platform: str, data: st.Data
         mm.close()
     finally:
         m.close()
+
+
+# ---- every public callable, random arguments ----
+
+#: Public callables that change process-wide state, not a machine's.
+GLOBAL_STATE = {"register_backend"}
+
+
+def _world() -> dict[str, Any]:
+    m = dmamap.Machine("arm", ram=1 << 20)
+    mm = m.new_address_space()
+    dev = m.add_device("d", bars=[PAGE_SIZE], ports=[(0x300, 8)])
+    buf = dmamap.dma_alloc_coherent(dev, 2 * PAGE_SIZE)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 3, seed=0)
+    vma = mm.mmap(2 * PAGE_SIZE)
+    dead = mm.mmap(PAGE_SIZE)
+    mm.munmap(dead)
+    return {"machine": m, "mm": mm, "dev": dev, "buf": buf, "sg": sg, "vma": vma, "dead": dead,
+            "page": m.alloc_pages(1), "prot": vma.page_prot, "kaddr": buf.cpu_addr}
+
+
+def _callables(w: dict[str, Any]) -> dict[str, Any]:
+    out = {f"dmamap.{n}": getattr(dmamap, n) for n in dmamap.__all__
+           if callable(getattr(dmamap, n)) and n not in GLOBAL_STATE
+           and not isinstance(getattr(dmamap, n), enum.EnumMeta)}   # VmFlags(junk) is the enum module's ValueError
+    for label in ("machine", "mm", "dev", "vma", "page", "sg", "prot"):
+        obj = w[label]
+        for n in dir(obj):
+            if isinstance(obj, int) and hasattr(int, n):
+                continue   # int's own methods (to_bytes, ...) are not dmamap's API
+            if not n.startswith("_") and callable(getattr(obj, n, None)) and not isinstance(getattr(obj, n), type):
+                out[f"{label}.{n}"] = getattr(obj, n)
+    return out
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_every_public_callable_with_random_arguments(data: st.DataObject) -> None:
+    """Any public function, method or constructor, given arguments of any type
+    (this machine's objects, another's, freed ones, hostile ints, junk), raises
+    only DmamapError or TypeError."""
+    w = _world()
+    try:
+        fns = _callables(w)
+        pool = list(w.values()) + EDGES[:12] + NOT_INTS + [w["machine"].ram_base, w["vma"].start, "x86", "rw",
+                                                           "prefault", dmamap.VmFlags.VM_IO]
+        for _ in range(data.draw(st.integers(1, 4), "calls")):
+            name = data.draw(st.sampled_from(sorted(fns)), "fn")
+            args = data.draw(st.lists(st.sampled_from(pool), max_size=5), "args")
+            r = call(fns[name], *args)
+            if isinstance(r, dmamap.Machine) and r is not w["machine"]:
+                r.close()
+    finally:
+        w["machine"].close()
