@@ -13,7 +13,9 @@ import pytest
 import dmamap
 import dmamap.errors as errors
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "errors.md"
+README = ROOT / "README.md"
 ROW = re.compile(r"^\|\s*`(\w+)`\s*\|\s*`(\w+)`\s*\|\s*(?:`(\w+)`|—)\s*\|\s*(.+?)\s*\|\s*$")
 #: Classes never raised as such: their examples raise a subclass.
 BASES = {"DmamapError", "AccessFault", "BusError", "DmaApiError"}
@@ -23,9 +25,9 @@ def _classes() -> dict[str, type[errors.DmamapError]]:
     return {n: c for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.DmamapError)}
 
 
-def _table() -> dict[str, tuple[str, str | None, str]]:
+def _table(doc: Path = DOC) -> dict[str, tuple[str, str | None, str]]:
     rows = {}
-    for line in DOC.read_text().splitlines():
+    for line in doc.read_text().splitlines():
         m = ROW.match(line)
         if m:
             name, parent, builtin, rule = m.groups()
@@ -72,6 +74,11 @@ def test_table_row_matches_the_class(name: str) -> None:
         assert issubclass(cls, getattr(builtins, builtin))
     assert rule == cls.rule
     assert getattr(dmamap, name) is cls, f"{name} is not exported by dmamap"
+
+
+def test_readme_errors_table_matches_the_docs() -> None:
+    """The README's errors table is the same table, so it matches the code too."""
+    assert _table(README) == _table()
 
 
 def test_every_class_has_one_example_section() -> None:
