@@ -553,3 +553,23 @@ def test_resources_return_to_baseline(m: dmamap.Machine) -> None:
         assert s.ram_pages_used == base.ram_pages_used
         assert s.table_pages == base.table_pages
         assert mm.stats.table_pages == as_base.table_pages
+
+
+@pytest.mark.parametrize("platform", ["x86", "arm"])
+def test_coherent_ram_is_naturally_aligned_so_large_pages_apply(platform: str) -> None:
+    """Coherent RAM is aligned to its power-of-two size (as the buddy allocator
+    gives it), so a 2 MiB buffer maps with one 2 MiB entry under prefault-large."""
+    with dmamap.Machine(platform, ram=64 << 20) as m:
+        dev = m.add_device("dev", bars=[0x1000])
+        dmamap.dma_alloc_coherent(dev, 3 * dmamap.PAGE_SIZE)   # knock the allocator off alignment
+        buf = dmamap.dma_alloc_coherent(dev, 2 << 20)
+        pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
+        assert (pfn << dmamap.PAGE_SHIFT) % (2 << 20) == 0
+        odd = dmamap.dma_alloc_coherent(dev, 5 * dmamap.PAGE_SIZE)
+        assert dmamap.dma_coherent_to_pfn(dev, odd.cpu_addr, odd.dma_handle) % 8 == 0
+        mm = m.new_address_space()
+        vma = mm.mmap(buf.size)
+        dmamap.dma_mmap_coherent(dev, vma, *buf, strategy="prefault-large")
+        t = mm.translate(vma.start)
+        assert t is not None and t.page_size == 2 << 20
+        assert mm.stats.ptes_written == 1

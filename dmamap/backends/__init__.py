@@ -90,7 +90,7 @@ class Backend:
                 _sram_free(m, pfn, npages)
                 raise
             return CoherentAlloc(pfn, npages, cpu, False, kvma)
-        page = m.alloc_pages(npages, dma=True)
+        page = _alloc_aligned(m, npages)
         pa, size = page.phys_addr, npages << PAGE_SHIFT
         try:
             if kind == "remap":
@@ -155,6 +155,22 @@ class Backend:
             "default strategy": self.default_strategy,
             "pio": "trapped port space" if self.pio == "trap" else "memory-mapped I/O window",
         }
+
+
+#: Like the buddy allocator behind dma_direct_alloc, coherent RAM is aligned to
+#: its size rounded up to a power of two, up to MAX_ORDER (4 MiB): a 2 MiB buffer
+#: can then be mapped with a 2 MiB entry.
+MAX_ORDER_PAGES = 1024
+
+
+def _alloc_aligned(m: Machine, npages: int) -> Page:
+    align = min(1 << (npages - 1).bit_length(), MAX_ORDER_PAGES)
+    try:
+        return m.alloc_pages(npages, align=align, dma=True)
+    except OutOfMemoryError:
+        if align == 1:
+            raise
+        return m.alloc_pages(npages, dma=True)   # fragmented: any contiguous run will do
 
 
 def _kernel_remap(m: Machine, pfn: int, npages: int, cache: str) -> tuple[KernelAddress, Vma]:
