@@ -722,6 +722,25 @@ static int pte_slot(dmamap_as *as, uint64_t addr, uint64_t **e)
     return found ? level : -1;
 }
 
+/* Insert one special PTE (the common tail of vmf_insert_pfn and
+ * vmf_insert_mixed); the same pfn already there is VM_FAULT_NOPAGE. */
+static int insert_special(dmamap_as *as, uint64_t addr, uint64_t pfn, uint64_t prot, struct dmamap_err *err)
+{
+    uint64_t *e;
+    int level = pte_slot(as, addr, &e);
+    if (level >= 0) {
+        if (as->m->arch->entry_pa(*e, level) + (addr & ((1ULL << (12 + 9 * level)) - 1) & PAGE_MASK) ==
+            pfn << PAGE_SHIFT)
+            return 0;
+        return dmamap_fail(err, DMAMAP_EBUSY, addr, "PFN insert at %#llx: PTE already maps another pfn",
+                           (unsigned long long)addr);
+    }
+    LOCK(&as->m->lock);
+    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(prot), err);
+    UNLOCK(&as->m->lock);
+    return rc ? rc : dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
+}
+
 int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t prot,
                                struct dmamap_err *err)
 {
@@ -762,21 +781,7 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
                          (unsigned long long)pfn);
         goto out;
     }
-    uint64_t *e;
-    int level = pte_slot(as, addr, &e);
-    if (level >= 0) {
-        if (as->m->arch->entry_pa(*e, level) + (addr & ((1ULL << (12 + 9 * level)) - 1) & PAGE_MASK) ==
-            pfn << PAGE_SHIFT)
-            goto out;   /* already there: VM_FAULT_NOPAGE */
-        rc = dmamap_fail(err, DMAMAP_EBUSY, addr, "vmf_insert_pfn at %#llx: PTE already maps another pfn",
-                         (unsigned long long)addr);
-        goto out;
-    }
-    LOCK(&as->m->lock);
-    rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(prot), err);
-    UNLOCK(&as->m->lock);
-    if (rc == 0)
-        rc = dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
+    rc = insert_special(as, addr, pfn, prot, err);
 out:
     UNLOCK(&as->lock);
     return rc;
@@ -883,11 +888,10 @@ int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, 
         UNLOCK(&as->lock);
         return dmamap_vm_insert_page(as, id, addr, pfn, err);
     }
-    v->flags &= ~(uint64_t)DMAMAP_VM_MIXEDMAP;
-    v->flags |= DMAMAP_VM_PFNMAP;
-    rc = dmamap_vmf_insert_pfn_prot(as, id, addr, pfn, v->prot, err);
-    v->flags &= ~(uint64_t)DMAMAP_VM_PFNMAP;
-    v->flags |= DMAMAP_VM_MIXEDMAP;
+    if ((rc = range_in_vma(as, v, addr, PAGE_SIZE, "vmf_insert_mixed", err)) ||
+        (rc = pfn_range_ok(as, pfn, 1, "vmf_insert_mixed", err)))
+        goto out;
+    rc = insert_special(as, addr, pfn, v->prot, err);
 out:
     UNLOCK(&as->lock);
     return rc;
