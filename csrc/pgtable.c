@@ -388,9 +388,7 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
                     td->table_used--;
                     drop_table(as, child);
                 }
-            } else if (level == 0 || (cur == ent_start && stop == ent_end)) {
-                if (level == 0)
-                    unref_leaf(as, *e);
+            } else if (cur == ent_start && stop == ent_end) {   /* a whole block (level > 0 here) */
                 *e = 0;
                 td->table_used--;
                 as->st.ptes_cleared++;
