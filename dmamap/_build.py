@@ -28,7 +28,8 @@ def _cdef() -> str:
 
 
 def _flags() -> tuple[list[str], list[str]]:
-    cflags = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror=implicit-function-declaration"]
+    cflags = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter",
+              "-Werror=implicit-function-declaration"]
     ldflags = ["-lpthread"]
     sanitize = os.environ.get("DMAMAP_SANITIZE", "").strip()
     if sanitize:

@@ -12,7 +12,8 @@ with their size in bytes whatever their item format.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dmamap._core import ffi, lib
 from dmamap.errors import CODE_TO_ERROR, DmamapError, HandlerError, InvalidArgumentError, OutOfMemoryError

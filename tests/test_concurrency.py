@@ -155,7 +155,7 @@ def test_faults_maps_and_dma_at_once(platform: str, round_: int) -> None:
         def mapper(seed: int) -> Callable[[], None]:
             def run() -> None:
                 r = random.Random(seed)
-                for it in range(MAP_ITERS):
+                for _it in range(MAP_ITERS):
                     n = r.randint(1, 6)
                     buf = dmamap.dma_alloc_coherent(dev, n * PAGE_SIZE)
                     vma = mm.mmap(n * PAGE_SIZE)
