@@ -201,6 +201,13 @@ int dmamap_cache_by_pat_index(int isa, int index);
 dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size,
                                    int coherent, struct dmamap_err *err);
 void dmamap_machine_free(dmamap_machine *m);
+/* Backing memory: map a memfd; retire (closing: pages back to the host, range
+ * stays readable as zeros); unmap (at free).  dmamap_machine_close refuses
+ * every later call with DMAMAP_ECLOSED but frees nothing. */
+int dmamap_backing_map(int fd, uint64_t size, void **out, struct dmamap_err *err);
+void dmamap_backing_retire(void *p, uint64_t size);
+void dmamap_backing_unmap(void *p, uint64_t size);
+void dmamap_machine_close(dmamap_machine *m);
 void dmamap_machine_set_io(dmamap_machine *m, dmamap_io_fn fn, void *ctx);
 int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct dmamap_err *err);
 void dmamap_machine_set_memtype_policy(dmamap_machine *m, int policy);

@@ -168,6 +168,48 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m);
 }
 
+/* ---- backing memory and closing ----
+ * The backing is a shared mapping of a memfd.  Closing a machine retires it:
+ * the range is replaced by anonymous, never-committed memory, so the memfd's
+ * pages go back to the host at once while a call still running on another
+ * thread reads zeros instead of touching unmapped memory.  The small C state
+ * is freed later, when no caller can hold it (dmamap_machine_free). */
+
+int dmamap_backing_map(int fd, uint64_t size, void **out, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    if (!out || fd < 0 || size == 0 || (size & (PAGE_SIZE - 1)))
+        return dmamap_fail(err, DMAMAP_EINVAL, size, "backing needs a file descriptor, an out pointer and a "
+                           "non-zero page-multiple size");
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED)
+        return dmamap_fail(err, DMAMAP_ENOMEM, size, "host mmap of %#llx bytes of backing failed: %s",
+                           (unsigned long long)size, strerror(errno));
+    *out = p;
+    return 0;
+}
+
+void dmamap_backing_retire(void *p, uint64_t size)
+{
+    if (p && size)
+        mmap(p, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+}
+
+void dmamap_backing_unmap(void *p, uint64_t size)
+{
+    if (p && size)
+        munmap(p, size);
+}
+
+void dmamap_machine_close(dmamap_machine *m)
+{
+    if (!m)
+        return;
+    LOCK(&m->lock);
+    m->closed = 1;
+    UNLOCK(&m->lock);
+}
+
 void dmamap_machine_set_io(dmamap_machine *m, dmamap_io_fn fn, void *ctx)
 {
     if (!m)

@@ -7,7 +7,6 @@ until it is touched.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 import weakref
@@ -155,16 +154,28 @@ class Page:
 
 
 class _State:
-    """C-side resources, released by close() or at garbage collection."""
+    """C-side resources.  close() retires them (host memory back at once, every
+    later call refused); release(), at garbage collection, frees them, when no
+    call on another thread can still be using them."""
 
     def __init__(self) -> None:
         self.m: Any = None
         self.buf: Any = None
-        self.mm: mmap.mmap | None = None
-        self.fd = -1
+        self.size = 0
+        self.closed = False
         self.as_ptrs: set[Any] = set()   # C address spaces; never the Python objects
 
+    def retire(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.m is not None:
+            lib.dmamap_machine_close(self.m)
+        if self.buf is not None:
+            lib.dmamap_backing_retire(self.buf, self.size)
+
     def release(self) -> None:
+        self.retire()
         for p in self.as_ptrs:
             lib.dmamap_as_free(p)
         self.as_ptrs.clear()
@@ -172,14 +183,8 @@ class _State:
             lib.dmamap_machine_free(self.m)
             self.m = None
         if self.buf is not None:
-            ffi.release(self.buf)
+            lib.dmamap_backing_unmap(self.buf, self.size)
             self.buf = None
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 _open_machines: weakref.WeakSet[Machine] = weakref.WeakSet()
@@ -243,10 +248,14 @@ class Machine:
         self._state = st
         self._finalizer = weakref.finalize(self, st.release)
         size = ram + sram
-        st.fd = os.memfd_create(f"dmamap-{self.name}", os.MFD_CLOEXEC)
-        os.ftruncate(st.fd, size)
-        st.mm = mmap.mmap(st.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        st.buf = ffi.from_buffer("uint8_t[]", st.mm, require_writable=True)
+        fd = os.memfd_create(f"dmamap-{self.name}", os.MFD_CLOEXEC)
+        try:   # the mapping keeps the memfd alive; no descriptor stays open
+            os.ftruncate(fd, size)
+            out = ffi.new("void **")
+            call(lib.dmamap_backing_map, fd, size, out)
+        finally:
+            os.close(fd)
+        st.buf, st.size = ffi.cast("uint8_t *", out[0]), size
         err = ffi.new("struct dmamap_err *")
         st.m = lib.dmamap_machine_new(ISAS[isa], st.buf, size, int(self.dma_coherent), err)
         if st.m == ffi.NULL:
@@ -281,24 +290,27 @@ class Machine:
 
     # ---- lifetime ----
     def _ptr(self) -> Any:
-        m = self._state.m
-        if m is None:
+        st = self._state
+        if st.closed or st.m is None:
             raise MachineClosedError(f"machine {self.name} is closed")
-        return m
+        return st.m
 
     @property
     def closed(self) -> bool:
-        return self._state.m is None
+        return self._state.closed
 
     def close(self) -> None:
-        """Release the machine's host memory; every later use raises MachineClosedError."""
-        if self._state.m is None:
+        """Give the machine's memory back to the host; every later use raises
+        MachineClosedError.  Safe while another thread is inside a call on this
+        machine: that call finishes on zeroed memory, and the small C state is
+        freed at garbage collection."""
+        if self._state.closed:
             return
         for dev in list(self.devices.values()):
             dev._closing()
         for space in list(self._address_spaces):
-            space.close()
-        self._finalizer()
+            space._detach()
+        self._state.retire()
         _open_machines.discard(self)
 
     def __enter__(self) -> Machine:

@@ -417,6 +417,12 @@ class AddressSpace:
             self._vmas.clear()
         self.machine._address_spaces.discard(self)
 
+    def _detach(self) -> None:
+        """The machine is closing: refuse later calls; the C state goes with the machine's."""
+        self._as = None
+        self._vmas.clear()
+        self.machine._address_spaces.discard(self)
+
     @property
     def closed(self) -> bool:
         return self._as is None
@@ -523,6 +529,7 @@ class AddressSpace:
         while cur < end:
             vid = lib.dmamap_vma_find(p, cur)
             if vid < 0 or lib.dmamap_vma_info(p, vid, info, ffi.NULL) != 0:
+                self._ptr()   # closed meanwhile (by another thread): say so
                 raise SegmentationFault(f"access to {cur:#x}, which no VMA maps (SIGSEGV)", cur)
             cur = int(info.end)
 
@@ -561,7 +568,7 @@ class AddressSpace:
     # and the full argument checks only for what is not a plain in-range int.
     def _read_n(self, va: int, size: int) -> int:
         p = self._as
-        if p is None or self.machine._state.m is None:
+        if p is None or self.machine._state.closed:
             p = self._ptr()   # raises MachineClosedError
         if type(va) is not int or not 0 <= va < _U64_LIMIT:
             va = _addr("va", va)
@@ -581,7 +588,7 @@ class AddressSpace:
             if not 0 <= value < 1 << (8 * size):
                 raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes", va)
         p = self._as
-        if p is None or self.machine._state.m is None:
+        if p is None or self.machine._state.closed:
             p = self._ptr()
         if type(va) is not int or not 0 <= va < _U64_LIMIT:
             va = _addr("va", va)

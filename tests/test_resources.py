@@ -257,8 +257,10 @@ def _busy_machine(platform: str) -> dmamap.Machine:
 
 
 def _released(m: dmamap.Machine) -> bool:
+    """Closed: calls refused and the backing retired (the memfd mapping is gone);
+    the small C state waits for the garbage collector."""
     st = m._state
-    return st.m is None and st.buf is None and st.mm is None and st.fd == -1 and not st.as_ptrs
+    return st.closed and m.closed
 
 
 @pytest.mark.parametrize("how", ["close", "context", "gc"])
@@ -268,22 +270,58 @@ def test_closing_releases_host_memory(platform: str, how: str) -> None:
     fds, maps = _fds(), _memfd_maps()
     if how == "close":
         m = _busy_machine(platform)
-        assert len(_fds()) > len(fds) and _memfd_maps() == maps + 1   # (mmap keeps a dup of the fd)
+        assert _fds() == fds and _memfd_maps() == maps + 1   # the mapping holds the memfd, no fd stays open
         m.close()
-        assert _released(m) and m.closed
+        assert _released(m)
+        assert _memfd_maps() == maps, "close() kept the backing mapping"
+        with pytest.raises(dmamap.MachineClosedError):
+            m.phys_read(m.ram_base, 1)
+        state = m._state
+        del m
+        gc.collect()
+        assert state.m is None and state.buf is None and not state.as_ptrs, "C state not freed at GC"
     elif how == "context":
         with _busy_machine(platform) as m:
             assert _memfd_maps() == maps + 1
-        assert _released(m) and m.closed
+        assert _released(m)
+        assert _memfd_maps() == maps, "leaving the context kept the backing mapping"
     else:
         m = _busy_machine(platform)
         state = m._state
         assert _memfd_maps() == maps + 1
         del m
         gc.collect()
-        assert state.m is None and state.mm is None and state.fd == -1, "garbage-collected machine kept its memory"
+        assert state.m is None and state.buf is None and state.closed, "garbage-collected machine kept its memory"
     assert _fds() == fds, "memfd leaked"
     assert _memfd_maps() == maps, "backing mapping leaked"
+
+
+def test_close_while_another_thread_is_inside_a_call() -> None:
+    """close() racing a long C call on another thread: the call ends (on zeroed
+    memory or with MachineClosedError), the interpreter survives, memory goes back."""
+    import threading
+
+    for _ in range(5):
+        m = dmamap.Machine("x86", ram=256 << 20)
+        mm = m.new_address_space()
+        vma = mm.mmap(128 << 20)
+        dmamap.remap_pfn_range(vma, vma.start, m.ram_base >> dmamap.PAGE_SHIFT, 128 << 20, vma.page_prot)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for _ in range(20):
+                    mm.read(vma.start, 64 << 20)
+            except dmamap.DmamapError as exc:   # refused once closed: fine
+                errors.append(exc)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        m.close()
+        t.join(60)
+        assert not t.is_alive()
+        assert all(isinstance(e, dmamap.MachineClosedError) for e in errors), errors
+        assert m.closed
 
 
 def test_a_thousand_machines_keep_rss_flat() -> None:
@@ -306,3 +344,42 @@ def test_a_thousand_machines_keep_rss_flat() -> None:
     print(f"RSS after 1000 machines: {grown:+d} KiB")
     assert _fds() == fds
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 1000 machines"
+
+
+def test_close_while_a_fault_handler_runs_on_another_thread() -> None:
+    """Deterministic form of the race: the machine is closed while another thread
+    is inside a C fault (parked in its Python fault handler).  The fault finishes
+    on retired memory, no C state is freed under it, and the caller is refused
+    afterwards.  (Freeing at close() deadlocks or uses freed memory here.)"""
+    import threading
+
+    m = dmamap.Machine("x86", ram=16 << 20)
+    mm = m.new_address_space()
+    vma = mm.mmap(4 * PAGE_SIZE)
+    page = m.alloc_pages(1)
+    inside, closed = threading.Event(), threading.Event()
+
+    def handler(vmf: dmamap.VmFault) -> dmamap.Page:
+        inside.set()
+        assert closed.wait(30)
+        return page
+
+    vma.set_fault_handler(handler)
+    outcome: list[object] = []
+
+    def toucher() -> None:
+        try:
+            outcome.append(mm.read8(vma.start))
+        except dmamap.DmamapError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=toucher)
+    t.start()
+    assert inside.wait(30)
+    m.close()
+    closed.set()
+    t.join(30)
+    assert not t.is_alive(), "close() blocked on, or broke, the running fault"
+    assert outcome and (outcome[0] == 0 or isinstance(outcome[0], dmamap.MachineClosedError)), outcome
+    with pytest.raises(dmamap.MachineClosedError):
+        mm.read8(vma.start)
