@@ -1,4 +1,5 @@
-"""Shared fixtures: bare-ISA machines (no platform policy) that are always closed."""
+"""Shared fixtures: bare-ISA machines (no platform policy) and small machines of
+each seed platform, always closed."""
 
 from __future__ import annotations
 
@@ -39,3 +40,20 @@ def machine(isa: str) -> Iterator[dmamap.Machine]:
 def mm(machine: dmamap.Machine) -> dmamap.AddressSpace:
     """A fresh user address space on ``machine``."""
     return machine.new_address_space()
+
+
+PLATFORMS = ("x86", "arm", "sram")
+PLATFORM_RAM = 16 << 20
+
+
+@pytest.fixture(params=PLATFORMS)
+def plat(request: pytest.FixtureRequest) -> str:
+    """Each seed platform in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def m(plat: str) -> Iterator[dmamap.Machine]:
+    """A small machine of the platform, always closed."""
+    with dmamap.Machine(plat, ram=PLATFORM_RAM) as machine:
+        yield machine

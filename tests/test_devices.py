@@ -4,8 +4,6 @@ platform's user attribute; memtype rules for BARs; machine.port_read/write."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import dmamap
@@ -24,19 +22,6 @@ PLATFORMS = ("x86", "arm", "sram")
 MMIO_CACHE = {("x86", "uc"): "UC-", ("x86", "wc"): "WC",
               ("arm", "uc"): "DEVICE_nGnRnE", ("arm", "wc"): "NORMAL_NC",
               ("sram", "uc"): "DEVICE_nGnRnE", ("sram", "wc"): "NORMAL_NC"}
-
-
-@pytest.fixture(params=PLATFORMS)
-def plat(request: pytest.FixtureRequest) -> str:
-    """Each seed platform in turn."""
-    return str(request.param)
-
-
-@pytest.fixture
-def m(plat: str) -> Iterator[dmamap.Machine]:
-    """A small machine of the platform, always closed."""
-    with dmamap.Machine(plat, ram=RAM) as machine:
-        yield machine
 
 
 class Regs:

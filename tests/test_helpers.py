@@ -5,8 +5,6 @@ checks, unmapping and resource accounting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import dmamap
@@ -31,19 +29,6 @@ PLATFORMS = ("x86", "arm", "sram")
 USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC"}
 BUS_OFFSET = {"x86": 0, "arm": 0x4000_0000, "sram": 0}
 LEGAL = [(p, s) for p in PLATFORMS for s in STRATEGIES if not (p == "sram" and s == "fault-page")]
-
-
-@pytest.fixture(params=PLATFORMS)
-def plat(request: pytest.FixtureRequest) -> str:
-    """Each seed platform in turn."""
-    return str(request.param)
-
-
-@pytest.fixture
-def m(plat: str) -> Iterator[dmamap.Machine]:
-    """A small machine of the platform, always closed."""
-    with dmamap.Machine(plat, ram=RAM) as machine:
-        yield machine
 
 
 def pattern(n: int, seed: int) -> bytes:

@@ -4,8 +4,6 @@ platform and strategy; DMA-API-debug checks on scatter lists."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import dmamap
@@ -25,19 +23,6 @@ RAM = 16 << 20
 PLATFORMS = ("x86", "arm", "sram")
 USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC"}
 LEGAL = [(p, s) for p in PLATFORMS for s in STRATEGIES if not (p == "sram" and s == "fault-page")]
-
-
-@pytest.fixture(params=PLATFORMS)
-def plat(request: pytest.FixtureRequest) -> str:
-    """Each seed platform in turn."""
-    return str(request.param)
-
-
-@pytest.fixture
-def m(plat: str) -> Iterator[dmamap.Machine]:
-    """A small machine of the platform, always closed."""
-    with dmamap.Machine(plat, ram=RAM) as machine:
-        yield machine
 
 
 def chunk_pa(dev: dmamap.Device, e: dmamap.SgEntry) -> int:
