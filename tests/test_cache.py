@@ -211,3 +211,24 @@ def test_arm_cacheable_direct_map_alias_goes_stale(arm: dmamap.Machine) -> None:
     assert dev.dma_read(buf.dma_handle, 6) == bytes(6)
     arm.clean_dcache_range(dmamap.virt_to_phys(direct), 6)
     assert dev.dma_read(buf.dma_handle, 6) == b"cached"
+
+
+@pytest.mark.parametrize("platform", ["arm", "sram"])
+def test_strict_memtype_refuses_mismatched_attributes_on_arm(platform: str) -> None:
+    """With strict_memtype=True an ARM machine refuses the cacheable alias of an
+    uncached coherent buffer (as x86 PAT does) instead of recording it, and the
+    refused remap leaves no PTE and no report."""
+    with dmamap.Machine(platform, ram=16 << 20, strict_memtype=True) as m:
+        dev = m.add_device("d", bars=[0x1000])
+        buf = dmamap.dma_alloc_coherent(dev, 2 * dmamap.PAGE_SIZE)
+        mm = m.new_address_space()
+        vma = mm.mmap(buf.size)
+        pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
+        with pytest.raises(dmamap.MemtypeConflictError) as info:
+            dmamap.remap_pfn_range(vma, vma.start, pfn, buf.size, vma.page_prot)
+        assert info.value.addr == pfn << dmamap.PAGE_SHIFT
+        assert mm.count_present(vma.start, buf.size) == 0
+        assert m.attribute_reports == []
+        dmamap.dma_mmap_coherent(dev, vma, *buf)   # the right attribute is still accepted
+        mm.write(vma.start, b"ok")
+        assert dev.dma_read(buf.dma_handle, 2) == b"ok"
