@@ -524,13 +524,13 @@ int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, str
     return v ? 0 : DMAMAP_ENOVMA;
 }
 
-/* pfn backing page `idx` of the VMA's chunk list, or ~0 past its end. */
-static uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
+/* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */
+static int chunk_find(const struct vma *v, uint64_t idx)
 {
     idx += v->first_page;
     int lo = 0, hi = v->nchunks;
-    if (idx >= v->chunk_start[hi])
-        return ~0ULL;
+    if (!hi || idx >= v->chunk_start[hi])
+        return -1;
     while (hi - lo > 1) {
         int mid = (lo + hi) / 2;
         if (v->chunk_start[mid] <= idx)
@@ -538,9 +538,19 @@ static uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
         else
             hi = mid;
     }
+    return lo;
+}
+
+/* pfn backing page `idx` of the VMA's chunk list, or ~0 past its end. */
+static uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
+{
+    int c = chunk_find(v, idx);
+    if (c < 0)
+        return ~0ULL;
+    idx += v->first_page;
     if (run)
-        *run = v->chunk_start[lo + 1] - idx;
-    return v->chunks[lo].pfn + (idx - v->chunk_start[lo]);
+        *run = v->chunk_start[c + 1] - idx;
+    return v->chunks[c].pfn + (idx - v->chunk_start[c]);
 }
 
 /* ---- the kernel's rules ---- */
@@ -981,22 +991,6 @@ static int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn,
     return rc;
 }
 
-/* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */
-static int chunk_find(const struct vma *v, uint64_t idx)
-{
-    idx += v->first_page;
-    int lo = 0, hi = v->nchunks;
-    if (!hi || idx >= v->chunk_start[hi])
-        return -1;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (v->chunk_start[mid] <= idx)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
 
 /* The memtype check of a fault-path PFN insert.  The VMA remembers the chunk
  * it last found free of conflicts (for its cache type, at the reservations'
