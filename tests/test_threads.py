@@ -14,6 +14,16 @@ import dmamap
 from dmamap import PAGE_SIZE, Page, VmFault, VmFlags, vmf_insert_pfn
 
 THREADS = 8
+
+
+def run_threads(worker: Callable[[int], None]) -> None:
+    """Run worker(0..THREADS-1) on THREADS threads at once; none may hang."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a faulting thread hung"
 NPAGES = 256
 
 
@@ -34,12 +44,7 @@ def hammer(mm: dmamap.AddressSpace, vma: dmamap.Vma, *, write: bool = False) -> 
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a faulting thread hung"
+    run_threads(worker)
     assert not errors, errors
 
 
@@ -121,11 +126,7 @@ def test_concurrent_faults_in_separate_vmas(machine: dmamap.Machine, mm: dmamap.
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    run_threads(worker)
     assert not errors
     for vma, run in zip(vmas, runs, strict=True):
         for i in range(64):
