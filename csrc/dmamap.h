@@ -102,7 +102,7 @@ enum { DMAMAP_MEMTYPE_STRICT = 0, DMAMAP_MEMTYPE_REPORT = 1 };
 
 typedef int (*dmamap_io_fn)(void *ctx, int kind, int owner, int bar, uint64_t offset,
                             int size, int is_write, uint64_t *value);
-typedef int (*dmamap_fault_fn)(void *ctx, int vma_id, uint64_t va, int is_write,
+typedef int (*dmamap_fault_fn)(void *ctx, int64_t vma_id, uint64_t va, int is_write,
                                uint64_t *pfn_out);
 
 struct dmamap_region {
@@ -252,6 +252,9 @@ int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out,
 
 /* ---- address spaces ---- */
 dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err);
+/* Close: tear down the mappings, refuse later calls (idempotent, thread-safe).
+ * Free: release the structure, once no caller can hold it. */
+void dmamap_as_close(dmamap_as *as);
 void dmamap_as_free(dmamap_as *as);
 uint64_t dmamap_as_root(dmamap_as *as);
 void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx);
@@ -259,40 +262,40 @@ void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out);
 int dmamap_as_va_range(dmamap_as *as, uint64_t *lo, uint64_t *hi);
 
 int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
-                uint64_t align, int *id_out, struct dmamap_err *err);
-int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err);
+                uint64_t align, int64_t *id_out, struct dmamap_err *err);
+int dmamap_munmap(dmamap_as *as, int64_t id, struct dmamap_err *err);
 /* DMAMAP_MUNMAP_NOFLUSH leaves the TLB to the caller (a port batching shootdowns
  * calls dmamap_tlb_flush_all); the conformance suite uses it to model a port
  * that forgets the flush. */
 enum { DMAMAP_MUNMAP_NOFLUSH = 1 };
-int dmamap_munmap_flags(dmamap_as *as, int id, int flags, struct dmamap_err *err);
-int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct dmamap_err *err);
-int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, struct dmamap_err *err);
-int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err *err);
-int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_chunk *chunks,
+int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err *err);
+int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err);
+int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err);
+int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_err *err);
+int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks,
                          int nchunks, uint64_t first_page, uint64_t fault_around, int large,
                          struct dmamap_err *err);
 /* Trapped port I/O: access at start + i reaches port + i, for i < count. */
-int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, struct dmamap_err *err);
-int dmamap_vma_find(dmamap_as *as, uint64_t va);
+int dmamap_vma_set_pio(dmamap_as *as, int64_t id, uint64_t port, uint64_t count, struct dmamap_err *err);
+int64_t dmamap_vma_find(dmamap_as *as, uint64_t va);
 
 /* Kernel-named primitives. */
 /* flags: DMAMAP_REMAP_LARGE uses 2 MiB / 1 GiB entries where aligned;
  * DMAMAP_REMAP_NOTRACK skips memtype tracking (the kernel's direct map). */
 enum { DMAMAP_REMAP_LARGE = 1, DMAMAP_REMAP_NOTRACK = 2 };
-int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t size,
+int dmamap_remap_pfn_range(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, uint64_t size,
                            uint64_t prot, int flags, struct dmamap_err *err);
 /* remap_pfn_range of pages [first_page, first_page + nr_pages) of a chunk list,
  * linearly from addr, in one call; all or nothing. */
-int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
+int dmamap_remap_pfn_chunks(dmamap_as *as, int64_t id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
                             uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
                             struct dmamap_err *err);
-int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t prot,
+int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, uint64_t prot,
                                struct dmamap_err *err);
-int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
-int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
-int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, struct dmamap_err *err);
-int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_t prot,
+int dmamap_vmf_insert_mixed(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
+int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
+int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, struct dmamap_err *err);
+int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uint64_t prot,
                     struct dmamap_err *err);
 
 /* Walks and accesses. */

@@ -47,6 +47,7 @@ struct dmamap_arch {
     unsigned (*prot_flags)(uint64_t prot);
     uint64_t (*leaf_prot)(uint64_t e, int level);   /* leaf -> 4 KiB-format prot */
     uint64_t (*set_special)(uint64_t prot);
+    int faulting_store_partial;   /* a store that faults part-way may have written its first bytes */
 };
 
 extern const struct dmamap_arch dmamap_arch_x86_64;
@@ -84,7 +85,7 @@ struct dmamap_machine {
     uint8_t *backing;
     uint64_t backing_size;
     int coherent;
-    int closed;
+    _Atomic int closed;
     pthread_mutex_t lock;          /* allocator, descriptors, memtype, regions */
     pthread_mutex_t cache_lock;
     struct dmamap_region regions[MAX_REGIONS];
@@ -142,8 +143,8 @@ struct vma {
     int large;
     uint64_t pio_port;
     uint64_t pio_count;   /* ports reachable from the VMA start */
-    int id;
-    uint32_t gen;
+    int64_t id;
+    uint64_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */
     int nmemtypes, capmemtypes;
     /* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
@@ -155,6 +156,7 @@ struct vma {
 struct dmamap_as {
     dmamap_machine *m;
     int kernel;
+    _Atomic int closed;          /* dmamap_as_close ran: every later call is refused */
     pthread_mutex_t lock;        /* recursive: fault callbacks re-enter */
     uint64_t root;
     struct vma *vmas;
@@ -220,6 +222,15 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
 static inline uint64_t *dmamap_ram_table(dmamap_machine *m, uint64_t pa)
 {
     return (uint64_t *)(m->ram_host + (pa - (m->ram_base_pfn << PAGE_SHIFT)));
+}
+
+/* The machine entry points' epilogue: a call that failed because the machine
+ * was closed under it says so, whatever it tripped over on the way. */
+static inline int dmamap_m_done(dmamap_machine *m, int rc, struct dmamap_err *err)
+{
+    if (rc < 0 && rc != DMAMAP_ECLOSED && m && atomic_load_explicit(&m->closed, memory_order_acquire))
+        rc = dmamap_fail(err, DMAMAP_ECLOSED, err ? err->addr : 0, "machine was closed during the call");
+    return rc;
 }
 
 /* cache.c */

@@ -343,7 +343,7 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
     m->regions[m->nregions++] = *r;
 out:
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *err)
@@ -367,7 +367,7 @@ int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *er
         break;
     }
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_region_count(dmamap_machine *m)
@@ -449,12 +449,12 @@ static int phys_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is
 
 int dmamap_phys_read(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, struct dmamap_err *err)
 {
-    return phys_rw(m, pa, buf, n, 0, err);
+    return dmamap_m_done(m, phys_rw(m, pa, buf, n, 0, err), err);
 }
 
 int dmamap_phys_write(dmamap_machine *m, uint64_t pa, const void *buf, uint64_t n, struct dmamap_err *err)
 {
-    return phys_rw(m, pa, (void *)buf, n, 1, err);
+    return dmamap_m_done(m, phys_rw(m, pa, (void *)buf, n, 1, err), err);
 }
 
 /* ---- page descriptors and allocator ---- */
@@ -610,7 +610,7 @@ int dmamap_alloc_pages(dmamap_machine *m, uint64_t npages, uint64_t align_pages,
     LOCK(&m->lock);
     int rc = alloc_locked(m, npages, align_pages, flags, pfn_out, err);
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 static void scrub(dmamap_machine *m, uint64_t pfn, uint64_t npages)
@@ -663,7 +663,7 @@ int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct d
     scrub(m, pfn, npages);
 out:
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
@@ -686,7 +686,7 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     else
         p->refcount++;
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
@@ -706,7 +706,7 @@ int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     else
         p->refcount--;
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err)
@@ -785,10 +785,10 @@ int dmamap_port_access(dmamap_machine *m, uint64_t port, int size, int is_write,
     m->port_accesses++;
     int rc = m->io_fn(m->io_ctx, DMAMAP_IO_PORT, -1, -1, port, size, is_write, value);
     if (rc == DMAMAP_EIO)
-        return dmamap_fail(err, rc, port, "no device claims port %#llx", (unsigned long long)port);
-    if (rc)
-        return dmamap_fail(err, rc, port, "port %#llx handler failed", (unsigned long long)port);
-    return 0;
+        rc = dmamap_fail(err, rc, port, "no device claims port %#llx", (unsigned long long)port);
+    else if (rc)
+        rc = dmamap_fail(err, rc, port, "port %#llx handler failed", (unsigned long long)port);
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_iowin_map(dmamap_machine *m, uint64_t pa, uint64_t size, uint64_t port, struct dmamap_err *err)
@@ -822,7 +822,7 @@ int dmamap_iowin_map(dmamap_machine *m, uint64_t pa, uint64_t size, uint64_t por
         m->iowin[slot] = (struct iowin_slot){.pa = pa, .size = size, .port = port, .live = 1};
 out:
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_iowin_unmap(dmamap_machine *m, uint64_t pa, struct dmamap_err *err)
@@ -841,7 +841,7 @@ int dmamap_iowin_unmap(dmamap_machine *m, uint64_t pa, struct dmamap_err *err)
         }
     }
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uint64_t *value,
@@ -999,7 +999,7 @@ int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int ca
     m->memtype_gen++;
 out:
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
@@ -1025,7 +1025,7 @@ int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache
         }
     }
     UNLOCK(&m->lock);
-    return rc;
+    return dmamap_m_done(m, rc, err);
 }
 
 int dmamap_memtype_lookup(dmamap_machine *m, uint64_t pa)

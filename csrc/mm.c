@@ -6,16 +6,50 @@
 #include "internal.h"
 
 #define ID_SLOT_BITS 20
-#define ID_SLOT(id) ((id) & ((1 << ID_SLOT_BITS) - 1))
+#define ID_SLOT(id) ((int)((id) & ((1 << ID_SLOT_BITS) - 1)))
+#define ID_GEN_MASK ((1ULL << (63 - ID_SLOT_BITS)) - 1)
 
-/* Entry points accept any pointer the caller holds, including NULL. */
-#define AS_OK(as) ((as) && (as)->m && !(as)->m->closed)
+/* Entry points accept any pointer the caller holds, including NULL.  An
+ * address space lives until dmamap_as_free (called when no caller can hold it
+ * any more); closing it only tears its mappings down and marks it closed, so a
+ * call racing a close finds a closed address space, never freed memory. */
+static inline int as_dead(const dmamap_as *as)
+{
+    return atomic_load_explicit(&as->closed, memory_order_acquire) ||
+           atomic_load_explicit(&as->m->closed, memory_order_acquire);
+}
+
+#define AS_OK(as) ((as) && (as)->m && !as_dead(as))
 #define AS_CHECK(as, err, addr)                                                         \
     do {                                                                                \
         if (!AS_OK(as))                                                                 \
             return dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is " \
                                "closed (NULL)");                                        \
     } while (0)
+
+/* The entry points' prologue: take the lock, then check again that the address
+ * space is live (a close on another thread may have won the race for it). */
+#define AS_LOCK(as, err, addr)                                                          \
+    do {                                                                                \
+        LOCK(&(as)->lock);                                                              \
+        if (as_dead(as)) {                                                              \
+            UNLOCK(&(as)->lock);                                                        \
+            return dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is " \
+                               "closed");                                               \
+        }                                                                               \
+    } while (0)
+
+/* ...and the epilogue: a call that failed because the address space or the
+ * machine was closed under it (from a callback, or by another thread while
+ * the machine retired its memory) says so, whatever it tripped over. */
+static int as_unlock(dmamap_as *as, int rc, struct dmamap_err *err)
+{
+    if (rc < 0 && rc != DMAMAP_ECLOSED && as_dead(as))
+        rc = dmamap_fail(err, DMAMAP_ECLOSED, err ? err->addr : 0, "address space or machine was closed "
+                         "during the call");
+    UNLOCK(&as->lock);
+    return rc;
+}
 
 /* A protection value must hold attribute bits only: no output-address bits (nor
  * AArch64's RES0 bits 49:48), and it must not encode physical page 0 as an
@@ -91,22 +125,48 @@ static void untrack(dmamap_as *as, struct vma *v)
     v->nmemtypes = 0;
 }
 
-void dmamap_as_free(dmamap_as *as)
+/* Tear down every mapping and free the page tables; later calls get
+ * DMAMAP_ECLOSED.  Idempotent, and safe from a fault or I/O callback running
+ * inside a call on this address space (the lock is recursive): that call ends
+ * with DMAMAP_ECLOSED.  On a closed machine nothing is torn down: its memory is
+ * gone already. */
+void dmamap_as_close(dmamap_as *as)
 {
     if (!as)
         return;
     LOCK(&as->lock);
-    for (int i = 0; i < as->nvmas; i++) {
-        struct vma *v = &as->vmas[i];
-        if (!v->live)
-            continue;
-        dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
-        untrack(as, v);
-        vma_release(v);
+    if (!atomic_load_explicit(&as->closed, memory_order_relaxed)) {
+        atomic_store_explicit(&as->closed, 1, memory_order_release);
+        if (!atomic_load_explicit(&as->m->closed, memory_order_acquire)) {
+            for (int i = 0; i < as->nvmas; i++) {
+                struct vma *v = &as->vmas[i];
+                if (!v->live)
+                    continue;
+                dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
+                untrack(as, v);
+            }
+            dmamap_pt_free_all(as);
+        }
+        for (int i = 0; i < as->nvmas; i++) {   /* the generations stay: ids never repeat */
+            uint64_t gen = as->vmas[i].gen;
+            vma_release(&as->vmas[i]);
+            as->vmas[i].gen = gen;
+        }
+        as->last_vma = -1;
+        dmamap_tlb_flush_range(as, 0, (uint64_t)TLB_SIZE << PAGE_SHIFT);
     }
-    dmamap_pt_free_all(as);
-    free(as->vmas);
     UNLOCK(&as->lock);
+}
+
+/* Free the address space itself (closing it first if needed).  The caller
+ * guarantees no call on it is running or can start: in Python, when the
+ * AddressSpace object is garbage, or when its machine's C state is released. */
+void dmamap_as_free(dmamap_as *as)
+{
+    if (!as)
+        return;
+    dmamap_as_close(as);
+    free(as->vmas);
     pthread_mutex_destroy(&as->lock);
     free(as);
 }
@@ -189,23 +249,24 @@ static int va_ok(dmamap_as *as, uint64_t va, uint64_t len)
     return hi == ~0ULL ? 1 : va + len <= hi;
 }
 
-static struct vma *vma_get(dmamap_as *as, int id, struct dmamap_err *err)
+static struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err)
 {
     int slot = ID_SLOT(id);
     if (id < 0 || slot >= as->nvmas || !as->vmas[slot].live || as->vmas[slot].id != id) {
-        dmamap_fail(err, DMAMAP_ENOVMA, 0, "VMA %d is not mapped (already unmapped or never created)", id);
+        dmamap_fail(err, DMAMAP_ENOVMA, 0, "VMA %lld is not mapped (already unmapped or never created)",
+                    (long long)id);
         return NULL;
     }
     return &as->vmas[slot];
 }
 
 /* vma_get for a call about addr: the error of a stale VMA names the address. */
-static struct vma *vma_get_at(dmamap_as *as, int id, uint64_t addr, struct dmamap_err *err)
+static struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err)
 {
     struct vma *v = vma_get(as, id, err);
     if (!v)
-        dmamap_fail(err, DMAMAP_ENOVMA, addr, "VMA %d at %#llx is not mapped (already unmapped or never created)",
-                    id, (unsigned long long)addr);
+        dmamap_fail(err, DMAMAP_ENOVMA, addr, "VMA %lld at %#llx is not mapped (already unmapped or "
+                    "never created)", (long long)id, (unsigned long long)addr);
     return v;
 }
 
@@ -226,13 +287,13 @@ static struct vma *vma_find(dmamap_as *as, uint64_t va)
     return NULL;
 }
 
-int dmamap_vma_find(dmamap_as *as, uint64_t va)
+int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)
 {
-    if (!as)
+    if (!AS_OK(as))
         return -1;
     LOCK(&as->lock);
-    struct vma *v = vma_find(as, va);
-    int id = v ? v->id : -1;
+    struct vma *v = as_dead(as) ? NULL : vma_find(as, va);
+    int64_t id = v ? v->id : -1;
     UNLOCK(&as->lock);
     return id;
 }
@@ -277,7 +338,7 @@ static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *ou
 }
 
 int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
-                uint64_t align, int *id_out, struct dmamap_err *err)
+                uint64_t align, int64_t *id_out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
@@ -302,7 +363,7 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc = 0;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     if (addr) {
         if ((addr & (PAGE_SIZE - 1)) || (addr & (align - 1)) || !va_ok(as, addr, length)) {
             rc = dmamap_fail(err, DMAMAP_ERANGE, addr, "fixed mmap address %#llx+%#llx is misaligned or "
@@ -345,10 +406,10 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
         slot = as->nvmas++;
     }
     struct vma *v = &as->vmas[slot];
-    uint32_t gen = v->gen + 1;
+    uint64_t gen = v->gen + 1;
     memset(v, 0, sizeof *v);
-    v->gen = gen & 0x3ff;
-    v->id = slot | (int)(v->gen << ID_SLOT_BITS);
+    v->gen = gen & ID_GEN_MASK;   /* 2^43 reuses of one slot before an id repeats */
+    v->id = (int64_t)((uint64_t)slot | (v->gen << ID_SLOT_BITS));
     v->start = addr;
     v->end = addr + length;
     v->flags = vm_flags;
@@ -356,20 +417,19 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
     v->live = 1;
     *id_out = v->id;
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_munmap(dmamap_as *as, int id, struct dmamap_err *err)
+int dmamap_munmap(dmamap_as *as, int64_t id, struct dmamap_err *err)
 {
     return dmamap_munmap_flags(as, id, 0, err);
 }
 
-int dmamap_munmap_flags(dmamap_as *as, int id, int flags, struct dmamap_err *err)
+int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     int rc = v ? 0 : DMAMAP_ENOVMA;
     if (v) {
@@ -377,29 +437,27 @@ int dmamap_munmap_flags(dmamap_as *as, int id, int flags, struct dmamap_err *err
         if (!(flags & DMAMAP_MUNMAP_NOFLUSH))
             dmamap_tlb_flush_range(as, v->start, v->end - v->start);
         untrack(as, v);
-        uint32_t gen = v->gen;
+        uint64_t gen = v->gen;
         vma_release(v);
         v->gen = gen;
     }
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_vma_info(dmamap_as *as, int id, struct dmamap_vma_info *out, struct dmamap_err *err)
+int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
     if (!out)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     if (v)
         *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1};
-    UNLOCK(&as->lock);
-    return v ? 0 : DMAMAP_ENOVMA;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
 }
 
-int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, struct dmamap_err *err)
+int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
@@ -409,7 +467,7 @@ int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, st
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown vm_flags %#llx",
                            (unsigned long long)((set | clear) & ~known));
     int rc = 0;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -421,25 +479,23 @@ int dmamap_vma_set_flags(dmamap_as *as, int id, uint64_t set, uint64_t clear, st
         else
             v->flags = f;
     }
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_vma_set_prot(dmamap_as *as, int id, uint64_t prot, struct dmamap_err *err)
+int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     if (v)
         v->prot = prot;
-    UNLOCK(&as->lock);
-    return v ? 0 : DMAMAP_ENOVMA;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
 }
 
-int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_chunk *chunks, int nchunks,
+int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks, int nchunks,
                          uint64_t first_page, uint64_t fault_around, int large, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
@@ -486,7 +542,7 @@ int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_ch
                                (unsigned long long)first_page, (unsigned long long)total);
         }
     }
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     if (v) {
         free(v->chunks);
@@ -504,11 +560,10 @@ int dmamap_vma_set_fault(dmamap_as *as, int id, int kind, const struct dmamap_ch
         free(c);
         free(cs);
     }
-    UNLOCK(&as->lock);
-    return v ? 0 : DMAMAP_ENOVMA;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
 }
 
-int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, struct dmamap_err *err)
+int dmamap_vma_set_pio(dmamap_as *as, int64_t id, uint64_t port, uint64_t count, struct dmamap_err *err)
 {
     if (count == 0 || port > 0xffff || count > 0x10000 - port)
         return dmamap_fail(err, DMAMAP_EINVAL, port, "ports %#llx+%llu are outside the 64 KiB port space",
@@ -516,12 +571,11 @@ int dmamap_vma_set_pio(dmamap_as *as, int id, uint64_t port, uint64_t count, str
     int rc = dmamap_vma_set_fault(as, id, DMAMAP_FAULT_PIO, NULL, 0, port, 0, 0, err);
     if (rc)
         return rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     struct vma *v = vma_get(as, id, err);
     if (v && count < v->pio_count)
         v->pio_count = count;
-    UNLOCK(&as->lock);
-    return v ? 0 : DMAMAP_ENOVMA;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
 }
 
 /* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */
@@ -613,7 +667,7 @@ static void untrack_last(dmamap_as *as, struct vma *v)
     dmamap_memtype_free(as->m, t->start, t->end - t->start, t->cache, &e);
 }
 
-int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t size, uint64_t prot,
+int dmamap_remap_pfn_range(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, uint64_t size, uint64_t prot,
                            int flags, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
@@ -621,7 +675,7 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -661,11 +715,10 @@ int dmamap_remap_pfn_range(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, u
     }
     v->flags |= DMAMAP_VM_IO | DMAMAP_VM_PFNMAP | DMAMAP_VM_DONTEXPAND | DMAMAP_VM_DONTDUMP;
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
+int dmamap_remap_pfn_chunks(dmamap_as *as, int64_t id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
                             uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
                             struct dmamap_err *err)
 {
@@ -674,7 +727,7 @@ int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct d
     if (!chunks || nchunks <= 0 || nr_pages == 0)
         return dmamap_fail(err, DMAMAP_EINVAL, addr, "remap of a chunk list needs chunks and nr_pages > 0");
     int rc = 0;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get(as, id, err);
     if (!v) {
         UNLOCK(&as->lock);
@@ -721,8 +774,7 @@ int dmamap_remap_pfn_chunks(dmamap_as *as, int id, uint64_t addr, const struct d
         as->m->nreports = reports;
         UNLOCK(&as->m->lock);
     }
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 static int pte_slot(dmamap_as *as, uint64_t addr, uint64_t **e)
@@ -751,7 +803,7 @@ static int insert_special(dmamap_as *as, uint64_t addr, uint64_t pfn, uint64_t p
     return rc ? rc : dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
 }
 
-int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, uint64_t prot,
+int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, uint64_t prot,
                                struct dmamap_err *err)
 {
     dmamap_err_clear(err);
@@ -759,7 +811,7 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -793,8 +845,7 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int id, uint64_t addr, uint64_t pf
     }
     rc = insert_special(as, addr, pfn, prot, err);
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 /* Validate that pfn may be handed out as a page descriptor (insert_page's
@@ -841,12 +892,12 @@ static void page_unget(dmamap_as *as, uint64_t pfn)
     UNLOCK(&as->m->lock);
 }
 
-int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
+int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -873,16 +924,15 @@ int dmamap_vm_insert_page(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, st
     if (rc == 0)
         v->flags |= DMAMAP_VM_MIXEDMAP;
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
+int dmamap_vmf_insert_mixed(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -903,16 +953,15 @@ int dmamap_vmf_insert_mixed(dmamap_as *as, int id, uint64_t addr, uint64_t pfn, 
         goto out;
     rc = insert_special(as, addr, pfn, v->prot, err);
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, struct dmamap_err *err)
+int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -932,18 +981,17 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int id, uint64_t addr, uint64_t size, str
     dmamap_pt_clear(as, addr, size >> PAGE_SHIFT);
     dmamap_tlb_flush_range(as, addr, size);
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
-int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_t prot, struct dmamap_err *err)
+int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uint64_t prot, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, addr);
     struct vma *v = vma_get_at(as, id, addr, err);
     if (!v) {
         rc = DMAMAP_ENOVMA;
@@ -957,8 +1005,7 @@ int dmamap_mprotect(dmamap_as *as, int id, uint64_t addr, uint64_t size, uint64_
         v->prot = prot;
     dmamap_tlb_flush_range(as, addr, size);
 out:
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 /* ---- the fault path ---- */
@@ -1164,15 +1211,26 @@ static int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write,
     case DMAMAP_FAULT_PYTHON: {
         if (!as->fault_fn)
             return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "VMA has a Python fault handler but no callback");
-        int id = v->id;
+        int64_t id = v->id;
         uint64_t pfn = 0;
         int r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, is_write, &pfn);
+        if (as_dead(as))   /* the handler closed its own address space (or the machine went) */
+            return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by the fault handler at %#llx",
+                               (unsigned long long)va);
         v = vma_get(as, id, NULL);
         if (!v)
             return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own fault handler at %#llx",
                                (unsigned long long)va);
-        if (r == DMAMAP_VM_FAULT_PAGE)
+        if (r == DMAMAP_VM_FAULT_PAGE) {
+            /* finish_fault: a handler that installed the PTE itself (vm_insert_page)
+             * and returned a page as well wins the race with itself; the returned
+             * page is dropped and the access goes on through the PTE present. */
+            uint64_t *e;
+            int level;
+            if (dmamap_pt_walk(as, va, &e, &level))
+                return 0;
             return insert_one(as, v, va, pfn, 1, is_write, ~0ULL, err);
+        }
         if (r == DMAMAP_VM_FAULT_NOPAGE) {
             uint64_t *e;
             int level;
@@ -1230,14 +1288,13 @@ int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struc
     if (!va_ok(as, va, 1))
         return dmamap_fail(err, DMAMAP_ERANGE, va, "%#llx is outside the %s address range",
                            (unsigned long long)va, as->kernel ? "kernel" : "user");
-    LOCK(&as->lock);
+    AS_LOCK(as, err, va);
     uint64_t *e;
     int level;
     int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(*e, level);
     if (found)
         fill_xlate(as, va, e, level, out);
-    UNLOCK(&as->lock);
-    return found;
+    return as_unlock(as, found, err);
 }
 
 /* Resolve va for an access, faulting as needed; returns a TLB entry. */
@@ -1256,6 +1313,9 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
     as->st.tlb_misses++;
     const struct dmamap_arch *a = as->m->arch;
     for (int tries = 0; tries < 3; tries++) {
+        if (as_dead(as))   /* closed by a callback of this very access: no tables to walk */
+            return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed during the access at %#llx",
+                               (unsigned long long)va);
         uint64_t *e;
         int level;
         int found = dmamap_pt_walk(as, va, &e, &level);
@@ -1442,10 +1502,9 @@ int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_writ
     if (va + n < va)
         return dmamap_fail(err, DMAMAP_ESEGV, va, "access %#llx+%#llx wraps the address space (SIGSEGV)",
                            (unsigned long long)va, (unsigned long long)n);
-    LOCK(&as->lock);
+    AS_LOCK(as, err, va);
     int rc = access_locked(as, va, buf, n, is_write, err);
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 static int rw_n(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err)
@@ -1459,7 +1518,7 @@ static int rw_n(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *va
     if (va + (uint64_t)size < va)
         return dmamap_fail(err, DMAMAP_ESEGV, va, "access at %#llx wraps (SIGSEGV)", (unsigned long long)va);
     int rc;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, va);
     if ((va & (PAGE_SIZE - 1)) + (uint64_t)size <= PAGE_SIZE) {
         uint64_t v = is_write ? *value : 0;
         rc = access_one(as, va, size, is_write, &v, err);
@@ -1467,15 +1526,20 @@ static int rw_n(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *va
             *value = v;
     } else {   /* crosses a page: only legal for memory, done bytewise */
         uint8_t tmp[8];
+        struct tlb_entry *t;
         memcpy(tmp, value, 8);
+        /* One store instruction: where the ISA gives a faulting instruction no
+         * effect (x86), both pages must be writable before any byte is written. */
+        if (is_write && !as->m->arch->faulting_store_partial &&
+            ((rc = resolve(as, va, 1, &t, err)) || (rc = resolve(as, (va | (PAGE_SIZE - 1)) + 1, 1, &t, err))))
+            return as_unlock(as, rc, err);
         rc = access_locked(as, va, tmp, (uint64_t)size, is_write, err);
         if (!rc && !is_write) {
             *value = 0;
             memcpy(value, tmp, (size_t)size);
         }
     }
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct dmamap_err *err)
@@ -1505,11 +1569,10 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
         return dmamap_fail(err, DMAMAP_EINVAL, va, "touch of %llu addresses with stride %llu wraps",
                            (unsigned long long)count, (unsigned long long)stride);
     int rc = 0;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, va);
     for (uint64_t i = 0; i < count && !rc; i++)
         rc = touch_one(as, va + i * stride, is_write, err);
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
@@ -1519,11 +1582,10 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
     if (count && !vas)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL address list");
     int rc = 0;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, 0);
     for (uint64_t i = 0; i < count && !rc; i++)
         rc = touch_one(as, vas[i], is_write, err);
-    UNLOCK(&as->lock);
-    return rc;
+    return as_unlock(as, rc, err);
 }
 
 int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *out, struct dmamap_err *err)
@@ -1539,7 +1601,7 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
         cur = lo;
     if (hi != ~0ULL && end > hi)
         end = hi;
-    LOCK(&as->lock);
+    AS_LOCK(as, err, va);
     const struct dmamap_arch *a = as->m->arch;
     while (cur < end) {
         uint64_t *e;

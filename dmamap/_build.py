@@ -45,7 +45,7 @@ ffibuilder.cdef(
     _cdef()
     + """
 extern "Python" int _dmamap_io_cb(void *, int, int, int, uint64_t, int, int, uint64_t *);
-extern "Python" int _dmamap_fault_cb(void *, int, uint64_t, int, uint64_t *);
+extern "Python" int _dmamap_fault_cb(void *, int64_t, uint64_t, int, uint64_t *);
 """
 )
 _cflags, _ldflags = _flags()

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer
-from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError
+from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError, OutOfMemoryError
 from dmamap.mm import PAGE_SIZE, _addr
 
 if TYPE_CHECKING:
-    from dmamap.dma import _DmaDebug
+    from dmamap.dma_debug import DmaDebug
     from dmamap.machine import Machine
 
 ReadFn = Callable[[int, int], int]
@@ -75,17 +75,15 @@ class Device:
             raise TypeError(f"device name must be a str, not {type(name).__name__}")
         if not name:
             raise InvalidArgumentError(f"device name must be a non-empty str, not {name!r}")
-        if name in machine.devices:
-            raise InvalidArgumentError(f"a device named {name!r} already exists on this machine")
         machine._ptr()
         self.machine = machine
         self.name = name
         self.bars: list[Bar] = []
         self.ports: list[PortRange] = []
         self.removed = False
-        from dmamap.dma import _DmaDebug
+        from dmamap.dma_debug import DmaDebug
 
-        self.dma_debug: _DmaDebug = _DmaDebug(self)
+        self.dma_debug: DmaDebug = DmaDebug(self)
         bar_objs = [b if isinstance(b, Bar) else Bar(_addr("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
         ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]
@@ -100,43 +98,50 @@ class Device:
         for b in bar_objs:
             if b.size <= 0 or b.size > 1 << 32:
                 raise InvalidArgumentError(f"BAR size {b.size:#x} must be between 1 byte and 4 GiB")
-            b.read, b.write = b.read or read, b.write or write
         for p in port_objs:
             if not (0 <= p.base and p.count > 0 and p.base + p.count <= 0x10000):
                 raise InvalidArgumentError(f"ports {p.base:#x}+{p.count} outside the 64 KiB port space", p.base)
-            for lo, hi, other in machine._ports:
-                if p.base < hi and lo < p.base + p.count:
-                    raise InvalidArgumentError(f"ports {p.base:#x}+{p.count} overlap device {other.name!r}", p.base)
-            p.read, p.write = p.read or read, p.write or write
-            if p.read is None:
-                p.regs = bytearray(p.count + 8)
-        with machine._lock:
-            self.id = machine._next_dev_id
-            machine._next_dev_id += 1
-            machine._owner_names[self.id] = name
-            try:
-                for i, b in enumerate(bar_objs):
-                    span = _pow2_at_least(b.size)
-                    base = (machine._mmio_next + span - 1) & ~(span - 1)
-                    if base + span > machine.layout.mmio_base + machine.layout.mmio_size:
-                        raise InvalidArgumentError(f"MMIO window exhausted placing BAR{i} of {name!r}")
-                    machine._add_region(3, base, span, 0, owner=self.id, bar=i)
-                    machine._mmio_next = base + span
-                    b.base = base
-                    if b.read is None:
-                        # a plain register file, up to 4 GiB: anonymous memory the host
-                        # commits only where registers are written
-                        b.regs = mmap.mmap(-1, span + 8)  # type: ignore[assignment]
-                    self.bars.append(b)
-            except BaseException:
-                for b in self.bars:
-                    lib.dmamap_remove_region(machine._ptr(), b.base, ffi.NULL)
-                raise
+        self.id = machine.bus.reserve(name)
+        # Everything below is given back if any step is refused: a refused add
+        # leaves the MMIO window, the memory map and the port space as they were.
+        placed: list[tuple[int, int]] = []
+        claimed = False
+        try:
+            for i, b in enumerate(bar_objs):
+                span = _pow2_at_least(b.size)
+                try:
+                    base = machine.mmio_window.alloc(span, align=span)
+                except OutOfMemoryError:
+                    raise InvalidArgumentError(f"MMIO window exhausted placing BAR{i} of {name!r} "
+                                               f"({span:#x} bytes)") from None
+                placed.append((base, span))
+                machine._add_region(3, base, span, 0, owner=self.id, bar=i)
+                placed[-1] = (base, -span)   # the region exists too
+            machine.port_space.claim([(p.base, p.count) for p in port_objs], self, name)
+            claimed = True
+            for b, (base, _) in zip(bar_objs, placed):
+                b.read, b.write = b.read or read, b.write or write
+                b.base = base
+                if b.read is None:
+                    # a plain register file, up to 4 GiB: anonymous memory the host
+                    # commits only where registers are written
+                    b.regs = mmap.mmap(-1, _pow2_at_least(b.size) + 8)  # type: ignore[assignment]
+                self.bars.append(b)
             for p in port_objs:
-                machine._ports.append((p.base, p.base + p.count, self))
+                p.read, p.write = p.read or read, p.write or write
+                if p.read is None:
+                    p.regs = bytearray(p.count + 8)
                 self.ports.append(p)
-            machine.devices[name] = self
-            machine._devices_by_id[self.id] = self
+            machine.bus.attach(self)
+        except BaseException:
+            self.bars, self.ports = [], []
+            if claimed:
+                machine.port_space.release(self)
+            for base, span in placed:
+                if span < 0 and not machine.closed:
+                    lib.dmamap_remove_region(machine._state.m, base, ffi.NULL)
+                machine.mmio_window.free(base, abs(span))
+            raise
 
     def bar(self, i: int = 0) -> tuple[int, int]:
         """(physical base, size) of BAR ``i``."""
@@ -197,30 +202,37 @@ class Device:
     # ---- lifetime ----
     def remove(self, *, force: bool = False) -> None:
         """Detach the device; refuses (DmaLeakError) while DMA buffers are still
-        allocated or mapped, unless ``force``."""
-        if self.removed:
-            return
+        allocated or mapped, unless ``force``.  Its BARs' MMIO space, its ports
+        and its name are given back."""
         if self.machine.closed:
+            if self.removed:
+                return
             raise MachineClosedError(f"machine {self.machine.name} is closed")
-        leaks = self.dma_debug.outstanding()
-        if leaks and not force:
-            raise DmaLeakError(f"device {self.name!r} removed with DMA buffers still allocated or mapped: "
-                               + "; ".join(leaks), 0)
-        self._detach()
+        with self.dma_debug.lock:   # no allocation may slip in between the check and the detach
+            if self.removed:
+                return
+            leaks = self.dma_debug.outstanding()
+            if leaks and not force:
+                raise DmaLeakError(f"device {self.name!r} removed with DMA buffers still allocated or mapped: "
+                                   + "; ".join(leaks), 0)
+            self._detach()
 
     def _closing(self) -> None:
-        self._detach()
+        with self.dma_debug.lock:
+            self._detach()
 
     def _detach(self) -> None:
-        m = self.machine
-        with m._lock:
-            if not m.closed:
-                for b in self.bars:
-                    lib.dmamap_remove_region(m._state.m, b.base, ffi.NULL)
-            m._ports = [t for t in m._ports if t[2] is not self]
-            m.devices.pop(self.name, None)
-            m._devices_by_id.pop(self.id, None)
+        if self.removed:
+            return
         self.removed = True
+        m = self.machine
+        m.bus.detach(self)
+        m.port_space.release(self)
+        for b in self.bars:
+            span = _pow2_at_least(b.size)
+            if not m.closed:
+                lib.dmamap_remove_region(m._state.m, b.base, ffi.NULL)
+            m.mmio_window.free(b.base, span)
 
     def __repr__(self) -> str:
         bars = [hex(b.base) for b in self.bars]

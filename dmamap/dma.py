@@ -9,12 +9,12 @@ style checks catch misuse (kernel/dma/debug.c).
 from __future__ import annotations
 
 import random
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from dmamap._ffi import call, ffi, lib
-from dmamap.backends import STRATEGIES, Backend, CoherentAlloc
+from dmamap.backends import STRATEGIES, Backend
+from dmamap.dma_debug import DmaRecord
 from dmamap.errors import (
     DmaDoubleFreeError,
     DmaFreeError,
@@ -23,7 +23,7 @@ from dmamap.errors import (
     OutOfMemoryError,
     StrategyError,
 )
-from dmamap.machine import IOWIN_SIZE, KernelAddress, Machine, Page
+from dmamap.machine import IOWIN_SIZE, KernelAddress, Page
 from dmamap.mm import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -97,52 +97,6 @@ class SgTable:
         raise InvalidArgumentError(f"page {page} is past the end of the scatter list")
 
 
-@dataclass
-class _Record:
-    alloc: CoherentAlloc
-    size: int
-    dma_handle: int
-    vmas: set[Vma] = field(default_factory=set)
-
-
-class _DmaDebug:
-    """Per-device bookkeeping of coherent allocations (CONFIG_DMA_API_DEBUG)."""
-
-    def __init__(self, dev: Device) -> None:
-        self.dev = dev
-        self.live: dict[int, _Record] = {}
-        self.freed: dict[int, tuple[int, int]] = {}
-        self.lock = threading.RLock()
-
-    def lookup(self, what: str, cpu_addr: int, dma_handle: int, size: int | None) -> _Record:
-        cpu_addr, dma_handle = _addr("cpu_addr", cpu_addr), _addr("dma_handle", dma_handle)
-        if size is not None:
-            size = _addr("size", size)
-        rec = self.live.get(int(cpu_addr))
-        if rec is None:
-            if int(cpu_addr) in self.freed:
-                cls = DmaDoubleFreeError if what.startswith("dma_free_coherent") else DmaUseAfterFreeError
-                raise cls(f"{what}: buffer at cpu_addr {int(cpu_addr):#x} of device {self.dev.name!r} was "
-                          f"already freed", int(cpu_addr))
-            raise DmaFreeError(f"{what}: device {self.dev.name!r} never allocated a coherent buffer at "
-                               f"cpu_addr {int(cpu_addr):#x}", int(cpu_addr))
-        if dma_handle != rec.dma_handle:
-            raise DmaFreeError(f"{what}: wrong dma_handle {dma_handle:#x} for cpu_addr {int(cpu_addr):#x} "
-                               f"(allocated with {rec.dma_handle:#x})", int(cpu_addr))
-        if size is not None and size != rec.size:
-            raise DmaFreeError(f"{what}: wrong size {size:#x} for cpu_addr {int(cpu_addr):#x} "
-                               f"(allocated {rec.size:#x})", int(cpu_addr))
-        return rec
-
-    def outstanding(self) -> list[str]:
-        out = []
-        for cpu, rec in self.live.items():
-            mapped = [v for v in rec.vmas if v.live]
-            state = f"mapped by {len(mapped)} VMA(s)" if mapped else "allocated"
-            out.append(f"{rec.size:#x} bytes at cpu_addr {cpu:#x} {state}")
-        return out
-
-
 def _device(dev: Device) -> Device:
     from dmamap.device import Device
 
@@ -177,9 +131,13 @@ def dma_alloc_coherent(dev: Device, size: int) -> DmaBuffer:
     npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
     alloc = be.alloc_coherent(dev, npages)
     handle = be.phys_to_dma(dev, alloc.pfn << PAGE_SHIFT)
-    with dev.dma_debug.lock:
-        dev.dma_debug.live[int(alloc.cpu_addr)] = _Record(alloc, size, handle)
-        dev.dma_debug.freed.pop(int(alloc.cpu_addr), None)
+    with dev.dma_debug.lock:   # Device.remove holds it from its leak check to the detach
+        removed = dev.removed
+        if not removed:
+            dev.dma_debug.add(alloc, size, handle)
+    if removed:   # removed by another thread meanwhile: the buffer never existed
+        be.free_coherent(dev, alloc)
+        dev._check()
     return DmaBuffer(alloc.cpu_addr, handle, size)
 
 
@@ -189,13 +147,12 @@ def dma_free_coherent(dev: Device, size: int, cpu_addr: int, dma_handle: int) ->
     dev = _device(dev)
     with dev.dma_debug.lock:
         rec = dev.dma_debug.lookup("dma_free_coherent", cpu_addr, dma_handle, size)
-        mapped = [v for v in rec.vmas if v.live]
+        mapped = rec.mapped()
         if mapped:
             raise DmaFreeError(f"dma_free_coherent: buffer at {int(cpu_addr):#x} is still mapped to user space "
                                f"at {', '.join(hex(v.start) for v in mapped)}; munmap first", int(cpu_addr))
         _backend(dev).free_coherent(dev, rec.alloc)
-        del dev.dma_debug.live[int(cpu_addr)]
-        dev.dma_debug.freed[int(cpu_addr)] = (rec.size, rec.dma_handle)
+        dev.dma_debug.remove(cpu_addr)
 
 
 def dma_coherent_to_page(dev: Device, cpu_addr: int, dma_handle: int, offset: int = 0) -> Page:
@@ -304,15 +261,8 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
         _track_mapping(dev, [rec], vma)
 
 
-def _track_mapping(dev: Device, recs: list[_Record], vma: Vma) -> None:
-    for r in recs:
-        r.vmas.add(vma)
-
-    def untrack() -> None:
-        for r in recs:
-            r.vmas.discard(vma)
-
-    vma._on_unmap.append(untrack)
+def _track_mapping(dev: Device, recs: list[DmaRecord], vma: Vma) -> None:
+    vma._add_unmap_callback(dev.dma_debug.track(recs, vma))
 
 
 def dma_munmap_coherent(vma: Vma) -> None:
@@ -344,7 +294,7 @@ def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 
     be = _backend(dev)
     # Refuse what cannot possibly fit before allocating (and freeing) anything.
     kind = getattr(be, "coherent_memory", None)
-    free = sum(n for _, n in m._sram_free) if kind == "sram" else \
+    free = m.sram_pool.avail >> PAGE_SHIFT if kind == "sram" else \
         (m.stats.ram_pages - m.stats.ram_pages_used) if kind in ("ram", "remap") else nr_pages
     if nr_pages > free:
         raise OutOfMemoryError(f"dma_alloc_coherent_sg: {nr_pages} pages requested, {free} free")
@@ -365,23 +315,14 @@ def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 
         except BaseException:
             for e in entries:
                 dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
-            _forget(debug, [int(e.cpu_addr) for e in entries], freed_before)
+            debug.forget([int(e.cpu_addr) for e in entries], freed_before)
             raise
         finally:
             for g in guards:
                 if not m.closed:
                     dma_free_coherent(dev, g.size, g.cpu_addr, g.dma_handle)
-            _forget(debug, [int(g.cpu_addr) for g in guards], freed_before)
+            debug.forget([int(g.cpu_addr) for g in guards], freed_before)
     return SgTable(entries, dev)
-
-
-def _forget(debug: _DmaDebug, addrs: list[int], freed_before: dict[int, tuple[int, int]]) -> None:
-    """Buffers the caller never saw leave no trace in the freed-buffer history."""
-    for a in addrs:
-        if a in freed_before:
-            debug.freed[a] = freed_before[a]
-        else:
-            debug.freed.pop(a, None)
 
 
 def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
@@ -390,9 +331,14 @@ def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
     if not isinstance(sglist, SgTable):
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
     with dev.dma_debug.lock:
+        seen: set[int] = set()
         for e in sglist.entries:   # check all before freeing any
             rec = dev.dma_debug.lookup("dma_free_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
-            if any(v.live for v in rec.vmas):
+            if int(e.cpu_addr) in seen:
+                raise DmaDoubleFreeError(f"dma_free_coherent_sg: chunk at cpu_addr {int(e.cpu_addr):#x} is listed "
+                                         f"twice in the scatter list; nothing was freed", int(e.cpu_addr))
+            seen.add(int(e.cpu_addr))
+            if rec.mapped():
                 raise DmaFreeError(f"dma_free_coherent_sg: chunk at {int(e.cpu_addr):#x} is still mapped to "
                                    f"user space; munmap first", int(e.cpu_addr))
         for e in sglist.entries:
@@ -486,42 +432,31 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         vma.set_pio_trap(port, count)
         return
     size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    win = _iowin_alloc(m, size)
-    call(lib.dmamap_iowin_map, m._ptr(), win, count, port)   # only ports [port, port + count)
+    try:
+        win = m.io_window.alloc(size)
+    except OutOfMemoryError:
+        raise InvalidArgumentError(f"pio_map: the {IOWIN_SIZE:#x}-byte I/O window has no {size:#x} bytes "
+                                   f"free") from None
     old_prot = vma.page_prot
     try:
-        prot = pgprot_noncached(old_prot)
-        vma.page_prot = prot
-        remap_pfn_range(vma, vma.start, win >> PAGE_SHIFT, size, prot)
+        call(lib.dmamap_iowin_map, m._ptr(), win, count, port)   # only ports [port, port + count)
+        try:
+            prot = pgprot_noncached(old_prot)
+            vma.page_prot = prot
+            remap_pfn_range(vma, vma.start, win >> PAGE_SHIFT, size, prot)
+        except BaseException:
+            if vma.live:
+                vma.page_prot = old_prot
+            if not m.closed:
+                lib.dmamap_iowin_unmap(m._ptr(), win, ffi.NULL)
+            raise
     except BaseException:
-        vma.page_prot = old_prot
-        call(lib.dmamap_iowin_unmap, m._ptr(), win)
-        _iowin_release(m, win, size)
+        m.io_window.free(win, size)
         raise
 
     def release() -> None:
         if not m.closed:
-            lib.dmamap_iowin_unmap(m._ptr(), win, ffi.NULL)
-        _iowin_release(m, win, size)
+            lib.dmamap_iowin_unmap(m._state.m, win, ffi.NULL)
+        m.io_window.free(win, size)
 
-    vma._on_unmap.append(release)
-
-
-def _iowin_alloc(m: Machine, size: int) -> int:
-    used = m._iowin_used
-    base = m.layout.iowin_base
-    cand = base
-    for s, n in sorted(used):
-        if cand + size <= s:
-            break
-        cand = max(cand, s + n)
-    if cand + size > base + IOWIN_SIZE:
-        raise InvalidArgumentError(f"pio_map: the {IOWIN_SIZE:#x}-byte I/O window has no {size:#x} bytes free")
-    used.append((cand, size))
-    return cand
-
-
-def _iowin_release(m: Machine, win: int, size: int) -> None:
-    used = m._iowin_used
-    if (win, size) in used:
-        used.remove((win, size))
+    vma._add_unmap_callback(release)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer, stash
+from dmamap.bus import DeviceBus
 from dmamap.errors import (
     BadPageError,
     InvalidArgumentError,
@@ -23,6 +24,8 @@ from dmamap.errors import (
     UnclaimedIOError,
     VirtToPageError,
 )
+from dmamap.genalloc import GenPool
+from dmamap.ioport import PortSpace
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, AddressSpace, PgProt, _addr
 
 if TYPE_CHECKING:
@@ -154,31 +157,57 @@ class Page:
 
 
 class _State:
-    """C-side resources.  close() retires them (host memory back at once, every
-    later call refused); release(), at garbage collection, frees them, when no
-    call on another thread can still be using them."""
+    """C-side resources.  close() first refuses every later call (close_core),
+    then retires the backing (host memory back at once); release(), at garbage
+    collection, frees the C state, when no call on another thread can still be
+    using it.  A C address space is freed by its own AddressSpace's finalizer
+    (free_space) or, whichever comes first, here."""
 
     def __init__(self) -> None:
         self.m: Any = None
         self.buf: Any = None
         self.size = 0
         self.closed = False
+        self.retired = False
+        self.lock = threading.Lock()
         self.as_ptrs: set[Any] = set()   # C address spaces; never the Python objects
 
-    def retire(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+    def close_core(self) -> bool:
+        """Refuse every later call; False if that was done already."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = True
         if self.m is not None:
             lib.dmamap_machine_close(self.m)
+        return True
+
+    def retire(self) -> None:
+        self.close_core()
+        with self.lock:
+            if self.retired:
+                return
+            self.retired = True
         if self.buf is not None:
             lib.dmamap_backing_retire(self.buf, self.size)
 
+    def add_space(self, p: Any) -> None:
+        with self.lock:
+            self.as_ptrs.add(p)
+
+    def free_space(self, p: Any) -> None:
+        with self.lock:
+            if p not in self.as_ptrs:
+                return
+            self.as_ptrs.discard(p)
+        lib.dmamap_as_free(p)
+
     def release(self) -> None:
         self.retire()
-        for p in self.as_ptrs:
+        with self.lock:
+            ptrs, self.as_ptrs = list(self.as_ptrs), set()
+        for p in ptrs:
             lib.dmamap_as_free(p)
-        self.as_ptrs.clear()
         if self.m is not None:
             lib.dmamap_machine_free(self.m)
             self.m = None
@@ -188,6 +217,7 @@ class _State:
 
 
 _open_machines: weakref.WeakSet[Machine] = weakref.WeakSet()
+_open_lock = threading.Lock()
 
 
 class Machine:
@@ -233,16 +263,16 @@ class Machine:
         self.sram_base = self.layout.sram_base
         self.sram_size = sram
         self.page_offset = self.layout.page_offset
-        self.devices: dict[str, Device] = {}
-        self._devices_by_id: dict[int, Device] = {}
-        self._ports: list[tuple[int, int, Device]] = []
-        self._next_dev_id = 0
-        self._mmio_next = self.layout.mmio_base
-        self._iowin_used: list[tuple[int, int]] = []
-        self._sram_free: list[tuple[int, int]] = []
-        self._lock = threading.RLock()
+        #: The machine's subsystems, each the only owner of its state, each with its own lock.
+        self.bus = DeviceBus()
+        self.port_space = PortSpace()
+        self.mmio_window = GenPool("MMIO window", self.layout.mmio_base, self.layout.mmio_size,
+                                   granule=PAGE_SIZE)
+        self.sram_pool = GenPool("SRAM pool", self.layout.sram_base, sram, granule=PAGE_SIZE,
+                                 hint="give the machine more with Machine(..., sram=BYTES)")
+        self.io_window = GenPool("I/O window", self.layout.iowin_base, IOWIN_SIZE, granule=PAGE_SIZE)
+        self._spaces_lock = threading.Lock()
         self._address_spaces: set[AddressSpace] = set()
-        self._owner_names: dict[int, str] = {}
 
         st = _State()
         self._state = st
@@ -284,7 +314,8 @@ class Machine:
         remap_pfn_range(vma, vma.start, self.ram_base >> PAGE_SHIFT, ram,
                         PgProt.make(isa, write=True, user=False), large=True, track=False)
         self._direct_map = vma
-        _open_machines.add(self)
+        with _open_lock:
+            _open_machines.add(self)
         if backend is not None:
             backend.setup(self)
 
@@ -304,14 +335,34 @@ class Machine:
         MachineClosedError.  Safe while another thread is inside a call on this
         machine: that call finishes on zeroed memory, and the small C state is
         freed at garbage collection."""
-        if self._state.closed:
+        if not self._state.close_core():   # the core refuses every call from here on
             return
-        for dev in list(self.devices.values()):
+        for dev in self.bus.devices().values():
             dev._closing()
-        for space in list(self._address_spaces):
+        with self._spaces_lock:
+            spaces, self._address_spaces = list(self._address_spaces), set()
+        for space in spaces:
             space._detach()
         self._state.retire()
-        _open_machines.discard(self)
+        with _open_lock:
+            _open_machines.discard(self)
+
+    def _add_space(self, space: AddressSpace, ptr: Any) -> None:
+        """Track a new address space (its C state is freed by its finalizer or with ours)."""
+        with self._spaces_lock:
+            if self._state.closed:
+                raise MachineClosedError(f"machine {self.name} is closed")
+            self._address_spaces.add(space)
+            self._state.add_space(ptr)
+
+    def _forget_space(self, space: AddressSpace) -> None:
+        with self._spaces_lock:
+            self._address_spaces.discard(space)
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        """A snapshot of the attached devices, by name."""
+        return self.bus.devices()
 
     def __enter__(self) -> Machine:
         return self
@@ -339,7 +390,7 @@ class Machine:
             lib.dmamap_region_get(m, i, r)
             owner = None
             if r.type == 3:
-                owner = self._owner_names.get(r.owner, f"device {r.owner}") + f" BAR{r.bar}"
+                owner = (self.bus.name_of(r.owner) or f"device {r.owner}") + f" BAR{r.bar}"
             out.append(Region(_REGION_TYPES[r.type], int(r.base), int(r.size), owner))
         return sorted(out, key=lambda x: x.base)
 
@@ -506,7 +557,7 @@ class Machine:
 
         if not isinstance(dev, (str, Device)):
             raise TypeError(f"expected a Device or its name, not {type(dev).__name__}")
-        d = self.devices.get(dev) if isinstance(dev, str) else dev
+        d = self.bus.by_name(dev) if isinstance(dev, str) else dev
         if d is None or d.machine is not self:
             raise InvalidArgumentError(f"no device {dev!r} on this machine")
         d.remove()
@@ -514,14 +565,12 @@ class Machine:
     def _io(self, kind: int, owner: int, bar: int, offset: int, size: int, is_write: bool,
             value: int) -> int | None:
         if kind == 0:
-            dev = self._devices_by_id.get(owner)
+            dev = self.bus.by_id(owner)
             if dev is None:
                 raise UnclaimedIOError(f"MMIO access to removed device {owner}")
             return dev._mmio(bar, offset, size, is_write, value)
-        for lo, hi, dev in self._ports:
-            if lo <= offset < hi:
-                return dev._pio(offset, size, is_write, value)
-        return None
+        dev = self.port_space.owner_of(offset)
+        return None if dev is None else dev._pio(offset, size, is_write, value)
 
     def port_read(self, port: int, size: int = 1) -> int:
         """An in{b,w,l} instruction: read a port directly (kernel mode)."""
@@ -566,7 +615,8 @@ def _dmamap_io_cb(ctx: Any, kind: int, owner: int, bar: int, offset: int, size: 
 
 
 def open_machines() -> Iterator[Machine]:
-    return iter(list(_open_machines))
+    with _open_lock:
+        return iter(list(_open_machines))
 
 
 def resolve_machine(value: object, machine: Machine | None) -> Machine:
@@ -576,7 +626,8 @@ def resolve_machine(value: object, machine: Machine | None) -> Machine:
     carried = getattr(value, "machine", None)
     if carried is not None:
         return carried
-    live = [m for m in _open_machines if not m.closed]
+    with _open_lock:
+        live = [m for m in _open_machines if not m.closed]
     if len(live) == 1:
         return live[0]
     raise InvalidArgumentError(f"cannot tell which machine {value!r} belongs to ({len(live)} open): pass machine=")

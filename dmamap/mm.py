@@ -7,6 +7,8 @@ driver writer recognises ``remap_pfn_range(vma, addr, pfn, size, prot)``.
 from __future__ import annotations
 
 import enum
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
@@ -234,6 +236,19 @@ class Vma:
         self.fault_handler: FaultHandler | None = None
         self.private_data: Any = None
         self._on_unmap: list[Callable[[], None]] = []
+        self._unmap_lock = threading.Lock()
+
+    def _add_unmap_callback(self, cb: Callable[[], None]) -> None:
+        """Run ``cb`` once when this VMA goes (munmap or its address space closing)."""
+        with self._unmap_lock:
+            self._on_unmap.append(cb)
+
+    def _unmapped(self) -> None:
+        """The VMA is gone: run its unmap callbacks, each exactly once."""
+        with self._unmap_lock:
+            cbs, self._on_unmap = self._on_unmap, []
+        for cb in cbs:
+            cb()
 
     def _info(self) -> Any:
         info = ffi.new("struct dmamap_vma_info *")
@@ -250,8 +265,6 @@ class Vma:
 
     @property
     def live(self) -> bool:
-        if self.mm._as is None:
-            return False
         info = ffi.new("struct dmamap_vma_info *")
         return lib.dmamap_vma_info(self.mm._as, self.id, info, ffi.NULL) == 0
 
@@ -355,8 +368,12 @@ def _check_vma(vma: Vma) -> Vma:
 
 
 def _addr(name: str, v: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    """``v`` as a plain int in [0, 2**64): bools and non-ints are a TypeError; an
+    int subclass is taken at its true value, whatever its comparisons say."""
+    if type(v) is not int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+        v = int.__index__(v)
     if not 0 <= v < 1 << 64:
         raise InvalidArgumentError(f"{name} {v:#x} is not a 64-bit unsigned value", v if v >= 0 else 0)
     return v
@@ -391,41 +408,53 @@ class AddressSpace:
             from dmamap._ffi import raise_for
 
             raise_for(err.code, err)
+        # The C state lives as long as this object (never None), so a call racing
+        # a close meets a closed address space, never freed memory.
         self._as: Any = ptr
+        self._closed = False
+        self._lock = threading.Lock()   # guards _vmas and _closed
         self._vmas: dict[int, Vma] = {}
         self._handle = ffi.new_handle(self)
         lib.dmamap_as_set_fault_cb(ptr, lib._dmamap_fault_cb, self._handle)
-        machine._address_spaces.add(self)
-        machine._state.as_ptrs.add(ptr)
+        state = machine._state
+        try:
+            machine._add_space(self, ptr)
+        except BaseException:
+            lib.dmamap_as_free(ptr)
+            raise
+        weakref.finalize(self, state.free_space, ptr)
 
     def _ptr(self) -> Any:
-        if self._as is None:
+        if self._closed:
             raise MachineClosedError("address space is closed")
         self.machine._ptr()
         return self._as
 
     def close(self) -> None:
-        """Tear down every mapping and free the page tables."""
-        if self._as is not None:
-            if not self.machine.closed:
-                for vma in list(self._vmas.values()):
-                    for cb in vma._on_unmap:
-                        cb()
-                lib.dmamap_as_free(self._as)
-                self.machine._state.as_ptrs.discard(self._as)
-            self._as = None
-            self._vmas.clear()
-        self.machine._address_spaces.discard(self)
+        """Tear down every mapping and free the page tables; later calls raise
+        MachineClosedError.  Idempotent and thread-safe; a call on another
+        thread finishes first or gets MachineClosedError, and a fault handler
+        that closes its own address space ends its fault with it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            vmas, self._vmas = list(self._vmas.values()), {}
+        if not self.machine.closed:
+            lib.dmamap_as_close(self._as)
+        for vma in vmas:
+            vma._unmapped()
+        self.machine._forget_space(self)
 
     def _detach(self) -> None:
         """The machine is closing: refuse later calls; the C state goes with the machine's."""
-        self._as = None
-        self._vmas.clear()
-        self.machine._address_spaces.discard(self)
+        with self._lock:
+            self._closed = True
+            self._vmas = {}
 
     @property
     def closed(self) -> bool:
-        return self._as is None
+        return self._closed
 
     @property
     def root(self) -> int:
@@ -470,12 +499,15 @@ class AddressSpace:
                          exec="x" in prot, user=not self.kernel)
         if align is None:
             align = 1 << 21 if length >= 1 << 21 else PAGE_SIZE
-        out = ffi.new("int *")
+        out = ffi.new("int64_t *")
         call(lib.dmamap_mmap, self._ptr(), _addr("addr", addr), length, vmf, pp, _addr("align", align), out)
         info = ffi.new("struct dmamap_vma_info *")
         call(lib.dmamap_vma_info, self._as, out[0], info)
-        vma = Vma(self, out[0], int(info.start), int(info.end))
-        self._vmas[vma.id] = vma
+        vma = Vma(self, int(out[0]), int(info.start), int(info.end))
+        with self._lock:
+            if self._closed:   # closed by another thread meanwhile: the core forgot the VMA
+                raise MachineClosedError("address space is closed")
+            self._vmas[vma.id] = vma
         return vma
 
     def _own(self, vma: Vma) -> Vma:
@@ -495,10 +527,9 @@ class AddressSpace:
             call(lib.dmamap_munmap, self._ptr(), vma.id)
         else:
             call(lib.dmamap_munmap_flags, self._ptr(), vma.id, 1)
-        self._vmas.pop(vma.id, None)
-        for cb in vma._on_unmap:
-            cb()
-        vma._on_unmap.clear()
+        with self._lock:
+            self._vmas.pop(vma.id, None)
+        vma._unmapped()
 
     def find_vma(self, va: int) -> Vma | None:
         vid = lib.dmamap_vma_find(self._ptr(), _addr("va", va))
@@ -651,7 +682,7 @@ class AddressSpace:
     def _fault(self, vid: int, va: int, write: bool, pfn_out: Any) -> int:
         from dmamap.machine import Page
 
-        vma = self._vmas.get(vid)
+        vma = self._vmas.get(vid)   # one dict read: atomic
         if vma is None or vma.fault_handler is None:
             return -5
         res = vma.fault_handler(VmFault(vma, va, (va - vma.start) >> PAGE_SHIFT, write))
@@ -674,7 +705,7 @@ class AddressSpace:
         self.close()
 
     def __repr__(self) -> str:
-        if self._as is None:
+        if self._closed:
             return "<AddressSpace closed>"
         return f"<AddressSpace {'kernel' if self.kernel else 'user'} root={self.root:#x} vmas={len(self._vmas)}>"
 

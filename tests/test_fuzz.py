@@ -669,7 +669,7 @@ def _c_call(name: str, m: Any, as_: Any, data: st.DataObject, ids: list[int]) ->
                                                              data.draw(st.sampled_from([0x27, 0x8000000000000067,
                                                                                         0x6e7, 0]), "prot"),
                                                              u("align"), idp, err),
-                                             idp != N and lib.dmamap_munmap(ap, idp[0], err)))(out("int *")),
+                                             idp != N and lib.dmamap_munmap(ap, idp[0], err)))(out("int64_t *")),
         "vma_ops": lambda: (lib.dmamap_vma_info(ap, i("id"), out("struct dmamap_vma_info *"), err),
                             lib.dmamap_vma_set_flags(ap, i("id"), u("set"), u("clear"), err),
                             lib.dmamap_vma_set_prot(ap, i("id"), u("prot"), err),

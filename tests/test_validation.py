@@ -700,7 +700,7 @@ def test_c_entry_points_accept_null_handles() -> None:
         assert lib.dmamap_memtype_reserve(N, 0, 4096, 0, err) == closed
         assert lib.dmamap_memtype_free(N, 0, 4096, 0, err) == closed
         assert lib.dmamap_as_new(N, 0, err) == N
-        assert lib.dmamap_mmap(N, 0, 4096, 0, 0x27, 0, ffi.new("int *"), err) == closed
+        assert lib.dmamap_mmap(N, 0, 4096, 0, 0x27, 0, ffi.new("int64_t *"), err) == closed
         assert lib.dmamap_munmap(N, 0, err) == closed
         assert lib.dmamap_vma_info(N, 0, ffi.new("struct dmamap_vma_info *"), err) == closed
         assert lib.dmamap_vma_set_flags(N, 0, 0, 0, err) == closed
@@ -787,7 +787,7 @@ def test_c_entry_points_refuse_null_out_params(raw: dmamap.Machine) -> None:
                                           err) == inval   # unknown flags
         assert lib.dmamap_vma_set_flags(as_, vma.id, 1 << 40, 0, err) == inval
         assert lib.dmamap_vma_set_flags(as_, vma.id, 0, 1 << 63, err) == inval
-        assert lib.dmamap_mmap(as_, 0, PAGE_SIZE, 1 << 50, int(vma.page_prot), 0, ffi.new("int *"), err) == inval
+        assert lib.dmamap_mmap(as_, 0, PAGE_SIZE, 1 << 50, int(vma.page_prot), 0, ffi.new("int64_t *"), err) == inval
         assert lib.dmamap_as_va_range(as_, N, N) == 0
         for bad_id in (-1, 1 << 30, vma.id + 1, -(1 << 31)):
             assert lib.dmamap_munmap(as_, bad_id, err) == lib.DMAMAP_ENOVMA

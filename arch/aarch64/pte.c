@@ -158,4 +158,5 @@ const struct dmamap_arch dmamap_arch_aarch64 = {
     .prot_flags = prot_flags,
     .leaf_prot = leaf_prot,
     .set_special = set_special,
+    .faulting_store_partial = 1,
 };

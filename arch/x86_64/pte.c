@@ -170,4 +170,5 @@ const struct dmamap_arch dmamap_arch_x86_64 = {
     .prot_flags = prot_flags,
     .leaf_prot = leaf_prot,
     .set_special = set_special,
+    .faulting_store_partial = 0,
 };

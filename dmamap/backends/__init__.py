@@ -63,8 +63,6 @@ class Backend:
     # ---- hooks ----
     def setup(self, machine: Machine) -> None:
         """Called once the machine's memory map and kernel direct map exist."""
-        machine._sram_free = [(machine.sram_base >> PAGE_SHIFT, machine.sram_size >> PAGE_SHIFT)] \
-            if machine.sram_size else []
 
     def phys_to_dma(self, dev: Device, pa: int) -> int:
         return pa - self.dma_offset
@@ -83,11 +81,11 @@ class Backend:
         m = dev.machine
         kind = self.coherent_memory
         if kind == "sram":
-            pfn = _sram_alloc(m, npages)
+            pfn = m.sram_pool.alloc(npages << PAGE_SHIFT) >> PAGE_SHIFT   # a gen_pool, as Linux's SRAM driver
             try:
                 cpu, kvma = _kernel_remap(m, pfn, npages, self.kernel_cache)
             except BaseException:
-                _sram_free(m, pfn, npages)
+                m.sram_pool.free(pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
                 raise
             return CoherentAlloc(pfn, npages, cpu, False, kvma)
         page = _alloc_aligned(m, npages)
@@ -120,7 +118,7 @@ class Backend:
             pa, size = alloc.pfn << PAGE_SHIFT, alloc.npages << PAGE_SHIFT
             m.invalidate_dcache_range(pa, size)
             m.phys_write(pa, bytes(size))
-            _sram_free(m, alloc.pfn, alloc.npages)
+            m.sram_pool.free(pa, size)
 
     def coherent_to_page(self, dev: Device, alloc: CoherentAlloc, index: int) -> Page:
         """The page descriptor of page ``index`` of a coherent buffer: from the
@@ -183,29 +181,3 @@ def _kernel_remap(m: Machine, pfn: int, npages: int, cache: str) -> tuple[Kernel
         m.kernel.munmap(kvma)
         raise
     return KernelAddress(kvma.start, m), kvma
-
-
-def _sram_alloc(m: Machine, npages: int) -> int:
-    """First fit in the SRAM pool (a gen_pool)."""
-    free: list[tuple[int, int]] = m._sram_free
-    for i, (pfn, n) in enumerate(free):
-        if n >= npages:
-            free[i] = (pfn + npages, n - npages)
-            if free[i][1] == 0:
-                del free[i]
-            return pfn
-    raise OutOfMemoryError(f"SRAM pool exhausted: no run of {npages} pages "
-                           f"({sum(n for _, n in free)} pages free)")
-
-
-def _sram_free(m: Machine, pfn: int, npages: int) -> None:
-    free: list[tuple[int, int]] = m._sram_free
-    free.append((pfn, npages))
-    free.sort()
-    merged: list[tuple[int, int]] = []
-    for p, n in free:
-        if merged and merged[-1][0] + merged[-1][1] == p:
-            merged[-1] = (merged[-1][0], merged[-1][1] + n)
-        else:
-            merged.append((p, n))
-    free[:] = merged

@@ -674,8 +674,8 @@ def _snapshot(m: Machine) -> dict[str, int]:
         "RAM pages in use": s.ram_pages_used,
         "page-table pages": s.table_pages,
         "kernel page-table pages": m.kernel.stats.table_pages,
-        "SRAM pool pages free": sum(n for _, n in m._sram_free),
-        "I/O window bytes in use": sum(n for _, n in m._iowin_used),
+        "SRAM pool pages free": m.sram_pool.avail >> PAGE_SHIFT,
+        "I/O window bytes in use": m.io_window.size - m.io_window.avail,
     }
 
 
