@@ -45,6 +45,9 @@ enum {
 /* Instruction sets. */
 enum { DMAMAP_ISA_X86_64 = 1, DMAMAP_ISA_AARCH64 = 2 };
 
+/* Size of the physical memory map. */
+enum { DMAMAP_MAX_REGIONS = 64 };
+
 /* Physical region types. */
 enum {
     DMAMAP_MEM_RAM = 1,      /* has page descriptors; pfn_valid() */
@@ -215,6 +218,8 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
 int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *err);
 int dmamap_region_count(dmamap_machine *m);
 int dmamap_region_get(dmamap_machine *m, int i, struct dmamap_region *out);
+/* The whole memory map at one instant (up to max regions); returns how many. */
+int dmamap_regions(dmamap_machine *m, struct dmamap_region *out, int max);
 int dmamap_region_of(dmamap_machine *m, uint64_t pa);
 void dmamap_machine_stats(dmamap_machine *m, struct dmamap_machine_stats *out);
 
@@ -255,6 +260,7 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err);
 /* Close: tear down the mappings, refuse later calls (idempotent, thread-safe).
  * Free: release the structure, once no caller can hold it. */
 void dmamap_as_close(dmamap_as *as);
+int dmamap_as_closed(dmamap_as *as);   /* 1 once closed (or its machine is; or NULL) */
 void dmamap_as_free(dmamap_as *as);
 uint64_t dmamap_as_root(dmamap_as *as);
 void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx);

@@ -15,7 +15,7 @@
 #define PAGE_MASK (~(PAGE_SIZE - 1))
 #define ENTRIES 512
 #define MAX_LEVELS 4
-#define MAX_REGIONS 64
+#define MAX_REGIONS DMAMAP_MAX_REGIONS
 #define MAX_IOWIN 64
 #define MAX_MEMTYPE_REPORTS 64
 
@@ -86,7 +86,8 @@ struct dmamap_machine {
     uint64_t backing_size;
     int coherent;
     _Atomic int closed;
-    pthread_mutex_t lock;          /* allocator, descriptors, memtype, regions */
+    pthread_mutex_t lock;          /* allocator, descriptors, memtype, I/O window */
+    pthread_mutex_t region_lock;   /* the memory map (regions, nregions): readers copy under it */
     pthread_mutex_t cache_lock;
     struct dmamap_region regions[MAX_REGIONS];
     int nregions;
@@ -193,7 +194,7 @@ void dmamap_err_clear(struct dmamap_err *err);
 
 /* machine.c */
 uint8_t *dmamap_host_ptr(dmamap_machine *m, uint64_t pa, uint64_t n, int *type);
-const struct dmamap_region *dmamap_region_find(dmamap_machine *m, uint64_t pa);
+int dmamap_region_lookup(dmamap_machine *m, uint64_t pa, struct dmamap_region *out);
 int dmamap_pfn_is_ram(dmamap_machine *m, uint64_t pfn);
 struct page_desc *dmamap_page(dmamap_machine *m, uint64_t pfn);
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err);

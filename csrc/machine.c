@@ -150,6 +150,7 @@ dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size
     m->backing_size = backing_size;
     m->coherent = coherent;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->region_lock, NULL);
     pthread_mutex_init(&m->cache_lock, NULL);
     return m;
 }
@@ -164,6 +165,7 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m->table_cache);
     free(m->cache);
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->region_lock);
     pthread_mutex_destroy(&m->cache_lock);
     free(m);
 }
@@ -256,22 +258,41 @@ int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct 
 
 /* ---- physical memory map ---- */
 
-const struct dmamap_region *dmamap_region_find(dmamap_machine *m, uint64_t pa)
+/* The region holding pa, copied out under the region lock: a device removed
+ * on another thread can never tear the entry read here. */
+int dmamap_region_lookup(dmamap_machine *m, uint64_t pa, struct dmamap_region *out)
 {
+    int found = 0;
     if (!m)
-        return NULL;
+        return 0;
+    LOCK(&m->region_lock);
     for (int i = 0; i < m->nregions; i++) {
         const struct dmamap_region *r = &m->regions[i];
-        if (pa >= r->base && pa - r->base < r->size)
-            return r;
+        if (pa >= r->base && pa - r->base < r->size) {
+            *out = *r;
+            found = 1;
+            break;
+        }
     }
-    return NULL;
+    UNLOCK(&m->region_lock);
+    return found;
 }
 
 int dmamap_region_of(dmamap_machine *m, uint64_t pa)
 {
-    const struct dmamap_region *r = dmamap_region_find(m, pa);
-    return r ? r->type : 0;
+    struct dmamap_region r;
+    return dmamap_region_lookup(m, pa, &r) ? r.type : 0;
+}
+
+int dmamap_regions(dmamap_machine *m, struct dmamap_region *out, int max)
+{
+    if (!m || !out || max <= 0)
+        return 0;
+    LOCK(&m->region_lock);
+    int n = m->nregions < max ? m->nregions : max;
+    memcpy(out, m->regions, (size_t)n * sizeof *out);
+    UNLOCK(&m->region_lock);
+    return n;
 }
 
 int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct dmamap_err *err)
@@ -340,7 +361,9 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
         m->sram_size = r->size;
         m->sram_host = m->backing + r->backing_offset;
     }
+    LOCK(&m->region_lock);
     m->regions[m->nregions++] = *r;
+    UNLOCK(&m->region_lock);
 out:
     UNLOCK(&m->lock);
     return dmamap_m_done(m, rc, err);
@@ -360,8 +383,10 @@ int dmamap_remove_region(dmamap_machine *m, uint64_t base, struct dmamap_err *er
             rc = dmamap_fail(err, DMAMAP_EINVAL, base, "only MMIO regions can be removed");
             break;
         }
+        LOCK(&m->region_lock);
         memmove(&m->regions[i], &m->regions[i + 1], (size_t)(m->nregions - i - 1) * sizeof m->regions[0]);
         m->nregions--;
+        UNLOCK(&m->region_lock);
         dmamap_err_clear(err);
         rc = 0;
         break;
@@ -374,9 +399,9 @@ int dmamap_region_count(dmamap_machine *m)
 {
     if (!m)
         return 0;
-    LOCK(&m->lock);
+    LOCK(&m->region_lock);
     int n = m->nregions;
-    UNLOCK(&m->lock);
+    UNLOCK(&m->region_lock);
     return n;
 }
 
@@ -385,12 +410,12 @@ int dmamap_region_get(dmamap_machine *m, int i, struct dmamap_region *out)
     if (!m || !out)
         return DMAMAP_EINVAL;
     int rc = DMAMAP_EINVAL;
-    LOCK(&m->lock);
+    LOCK(&m->region_lock);
     if (i >= 0 && i < m->nregions) {
         *out = m->regions[i];
         rc = 0;
     }
-    UNLOCK(&m->lock);
+    UNLOCK(&m->region_lock);
     return rc;
 }
 
@@ -404,14 +429,15 @@ uint8_t *dmamap_host_ptr(dmamap_machine *m, uint64_t pa, uint64_t n, int *type)
             *type = DMAMAP_MEM_RAM;
         return m->ram_host + roff;
     }
-    const struct dmamap_region *r = dmamap_region_find(m, pa);
+    struct dmamap_region r;
+    int found = dmamap_region_lookup(m, pa, &r);
     if (type)
-        *type = r ? r->type : 0;
-    if (!r || (r->type != DMAMAP_MEM_RAM && r->type != DMAMAP_MEM_SRAM))
+        *type = found ? r.type : 0;
+    if (!found || (r.type != DMAMAP_MEM_RAM && r.type != DMAMAP_MEM_SRAM))
         return NULL;
-    if (n > r->size - (pa - r->base))
+    if (n > r.size - (pa - r.base))
         return NULL;
-    return m->backing + r->backing_offset + (pa - r->base);
+    return m->backing + r.backing_offset + (pa - r.base);
 }
 
 static int phys_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is_write,
@@ -427,13 +453,14 @@ static int phys_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is
                            (unsigned long long)pa, (unsigned long long)n);
     uint8_t *b = buf;
     while (n) {
-        int type;
-        const struct dmamap_region *r = dmamap_region_find(m, pa);
-        uint8_t *host = dmamap_host_ptr(m, pa, 1, &type);
+        struct dmamap_region r;
+        int found = dmamap_region_lookup(m, pa, &r);
+        uint8_t *host = found && (r.type == DMAMAP_MEM_RAM || r.type == DMAMAP_MEM_SRAM)
+                            ? m->backing + r.backing_offset + (pa - r.base) : NULL;
         if (!host)
             return dmamap_fail(err, DMAMAP_EPHYS, pa, "physical address %#llx is not memory (%s)",
-                               (unsigned long long)pa, r ? "MMIO or I/O window" : "no region");
-        uint64_t chunk = r->size - (pa - r->base);
+                               (unsigned long long)pa, found ? "MMIO or I/O window" : "no region");
+        uint64_t chunk = r.size - (pa - r.base);
         if (chunk > n)
             chunk = n;
         if (is_write)
@@ -796,7 +823,7 @@ int dmamap_iowin_map(dmamap_machine *m, uint64_t pa, uint64_t size, uint64_t por
     dmamap_err_clear(err);
     if (!m || m->closed)
         return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
-    const struct dmamap_region *r = dmamap_region_find(m, pa);
+    struct dmamap_region reg, *r = dmamap_region_lookup(m, pa, &reg) ? &reg : NULL;
     if (!r || r->type != DMAMAP_MEM_IOWIN || size == 0 || size > r->size - (pa - r->base))
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "%#llx+%#llx is not inside the I/O window",
                            (unsigned long long)pa, (unsigned long long)size);
@@ -847,7 +874,7 @@ int dmamap_iowin_unmap(dmamap_machine *m, uint64_t pa, struct dmamap_err *err)
 int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uint64_t *value,
                      struct dmamap_err *err)
 {
-    const struct dmamap_region *r = dmamap_region_find(m, pa);
+    struct dmamap_region reg, *r = dmamap_region_lookup(m, pa, &reg) ? &reg : NULL;
     if (!r)
         return dmamap_fail(err, DMAMAP_EPHYS, pa, "physical address %#llx is in no region",
                            (unsigned long long)pa);

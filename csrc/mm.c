@@ -158,6 +158,11 @@ void dmamap_as_close(dmamap_as *as)
     UNLOCK(&as->lock);
 }
 
+int dmamap_as_closed(dmamap_as *as)
+{
+    return !AS_OK(as);
+}
+
 /* Free the address space itself (closing it first if needed).  The caller
  * guarantees no call on it is running or can start: in Python, when the
  * AddressSpace object is garbage, or when its machine's C state is released. */
@@ -1254,15 +1259,10 @@ static int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write,
 
 /* ---- translation and access ---- */
 
+/* Physical address of a table slot (tables always live in RAM). */
 static uint64_t slot_pa(dmamap_machine *m, const uint64_t *slot)
 {
-    uint64_t off = (uint64_t)((const uint8_t *)slot - m->backing);
-    for (int i = 0; i < m->nregions; i++) {
-        const struct dmamap_region *r = &m->regions[i];
-        if (r->type == DMAMAP_MEM_RAM && off >= r->backing_offset && off - r->backing_offset < r->size)
-            return r->base + off - r->backing_offset;
-    }
-    return 0;
+    return (m->ram_base_pfn << PAGE_SHIFT) + (uint64_t)((const uint8_t *)slot - m->ram_host);
 }
 
 static void fill_xlate(dmamap_as *as, uint64_t va, uint64_t *e, int level, struct dmamap_xlate *x)

@@ -45,7 +45,7 @@ def stash(exc: BaseException) -> None:
 
 def raise_for(rc: int, err: Any) -> None:
     pending, _local.pending = _local.pending, None
-    if pending is not None:
+    if pending is not None and rc != lib.DMAMAP_ECLOSED:   # a close under the call explains all
         if isinstance(pending, DmamapError) or not isinstance(pending, Exception):
             raise pending   # KeyboardInterrupt, SystemExit... pass through untouched
         raise HandlerError(f"callback raised {type(pending).__name__}: {pending}") from pending

@@ -228,6 +228,7 @@ def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
     if not vma.live:
         from dmamap.errors import VmaNotMappedError
 
+        vma.mm._check_open()   # a closed address space or machine says so
         raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start)
     if vma.nr_pages > nr_pages:
         raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
@@ -437,8 +438,8 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
     except OutOfMemoryError:
         raise InvalidArgumentError(f"pio_map: the {IOWIN_SIZE:#x}-byte I/O window has no {size:#x} bytes "
                                    f"free") from None
-    old_prot = vma.page_prot
     try:
+        old_prot = vma.page_prot
         call(lib.dmamap_iowin_map, m._ptr(), win, count, port)   # only ports [port, port + count)
         try:
             prot = pgprot_noncached(old_prot)

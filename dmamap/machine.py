@@ -384,10 +384,9 @@ class Machine:
     @property
     def memory_map(self) -> list[Region]:
         out = []
-        r = ffi.new("struct dmamap_region *")
-        m = self._ptr()
-        for i in range(lib.dmamap_region_count(m)):
-            lib.dmamap_region_get(m, i, r)
+        regs = ffi.new("struct dmamap_region[]", lib.DMAMAP_MAX_REGIONS)
+        for i in range(lib.dmamap_regions(self._ptr(), regs, lib.DMAMAP_MAX_REGIONS)):   # one snapshot
+            r = regs[i]
             owner = None
             if r.type == 3:
                 owner = (self.bus.name_of(r.owner) or f"device {r.owner}") + f" BAR{r.bar}"

@@ -236,16 +236,22 @@ class Vma:
         self.fault_handler: FaultHandler | None = None
         self.private_data: Any = None
         self._on_unmap: list[Callable[[], None]] = []
+        self._gone = False
         self._unmap_lock = threading.Lock()
 
     def _add_unmap_callback(self, cb: Callable[[], None]) -> None:
-        """Run ``cb`` once when this VMA goes (munmap or its address space closing)."""
+        """Run ``cb`` once when this VMA goes (munmap or its address space
+        closing), or at once if it has gone already (a close on another thread)."""
         with self._unmap_lock:
-            self._on_unmap.append(cb)
+            if not self._gone:
+                self._on_unmap.append(cb)
+                return
+        cb()
 
     def _unmapped(self) -> None:
         """The VMA is gone: run its unmap callbacks, each exactly once."""
         with self._unmap_lock:
+            self._gone = True
             cbs, self._on_unmap = self._on_unmap, []
         for cb in cbs:
             cb()
@@ -430,18 +436,25 @@ class AddressSpace:
         self.machine._ptr()
         return self._as
 
+    def _check_open(self) -> None:
+        """Raise MachineClosedError if this space or its machine is closed, even
+        while a close on another thread is still running (the core knows first)."""
+        self._ptr()
+        if lib.dmamap_as_closed(self._as):
+            raise MachineClosedError("address space is closed")
+
     def close(self) -> None:
         """Tear down every mapping and free the page tables; later calls raise
         MachineClosedError.  Idempotent and thread-safe; a call on another
         thread finishes first or gets MachineClosedError, and a fault handler
         that closes its own address space ends its fault with it."""
+        if not self.machine.closed:
+            lib.dmamap_as_close(self._as)   # idempotent; waits for calls inside the core to finish
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             vmas, self._vmas = list(self._vmas.values()), {}
-        if not self.machine.closed:
-            lib.dmamap_as_close(self._as)
         for vma in vmas:
             vma._unmapped()
         self.machine._forget_space(self)
