@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import dmamap
@@ -32,7 +36,8 @@ def main(
     """dmamap command line."""
 
 
-def fail(exc: DmamapError) -> None:
+def fail(exc: DmamapError) -> NoReturn:
+    """A library error: one red line naming its class, exit status 1."""
     err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -81,9 +86,51 @@ def demo(
         raise typer.Exit(1)
 
 
-# Commands implemented in their own modules register here, one line each.
-from dmamap.testing.runner import conformance; app.command()(conformance)  # noqa: E402, E702, I001
-from dmamap.benchmark import bench_command; app.command("bench")(bench_command)  # noqa: E402, E702, I001
+def error_line(message: str) -> NoReturn:
+    """One red ``error:`` line on stderr, exit status 1."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def conformance(
+    backend: Annotated[str, typer.Argument(help="A registered backend (x86, arm, sram or a dmamap.arch entry "
+                                                "point).")],
+    json_file: Annotated[Path | None, typer.Option("--json", metavar="FILE",  # noqa: UP007
+                                                   help="Also write the results as JSON to FILE.")] = None,
+    rule: Annotated[list[str] | None, typer.Option("--rule", "-r",  # noqa: UP007
+                                                   help="Run only this rule (repeatable).")] = None,
+    detail: Annotated[bool, typer.Option("--detail", help="One row per check instead of per rule.")] = False,
+    examples: Annotated[int, typer.Option(help="Examples for the model-based rule.")] = 30,
+    shrink: Annotated[bool, typer.Option(help="Shrink a model-based failure to a minimal sequence.")] = True,
+) -> None:
+    """Run the conformance suite against BACKEND; exit status 1 on any failure."""
+    from dmamap.testing import runner
+    from dmamap.testing.render import render_report
+    from dmamap.testing.rules import rule_by_name
+
+    try:
+        names = None if not rule else [rule_by_name(n).name for n in rule]
+    except KeyError as exc:
+        error_line(str(exc.args[0]))
+    runner.isolate_hypothesis_home()
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    try:
+        with progress:
+            task = progress.add_task(f"conformance {backend}", total=runner.count_checks(names))
+            report = runner.run_conformance(
+                backend, rules=names, model_examples=examples, model_shrink=shrink,
+                on_start=lambda r, v: progress.update(task, description=f"{r.name}{f'[{v}]' if v else ''}"),
+                on_result=lambda res: progress.advance(task))
+    except DmamapError as exc:
+        fail(exc)
+    render_report(console, report, detail=detail)
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"results written to {escape(str(json_file))}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
