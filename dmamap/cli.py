@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 import dmamap
+from dmamap.bench.config import SWEEP_STRATEGIES
 from dmamap.errors import DmamapError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -131,6 +132,66 @@ def conformance(
         console.print(f"results written to {escape(str(json_file))}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small preset (4 KiB, 1 MiB, 64 MiB; one repeat): "
+                                                        "well under 30 s.")] = False,
+    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
+                                                           help="Platforms (default x86, arm, sram).")] = None,
+    sizes: Annotated[list[str] | None, typer.Option("--size", "-s",  # noqa: UP007
+                                                       help="Buffer sizes, e.g. 4K 64K 1M 16M 256M 1G.")] = None,
+    densities: Annotated[list[float] | None, typer.Option("--density", "-d",  # noqa: UP007
+                                                             help="Touched fraction of pages, 0 < d ≤ 1.")] = None,
+    orders: Annotated[list[str] | None, typer.Option("--order", help="seq and/or random.")] = None,  # noqa: UP007
+    strategies: Annotated[list[str] | None, typer.Option(  # noqa: UP007
+        "--strategy", help=f"Strategies: {', '.join(SWEEP_STRATEGIES)}.")] = None,
+    repeat: Annotated[int | None, typer.Option(min=1, help="Repeats per point (best is kept).")] = None,  # noqa: UP007
+    targets: Annotated[bool, typer.Option(help="Measure the issue's targets too.")] = True,
+    json_file: Annotated[str | None, typer.Option("--json",  # noqa: UP007
+                                                  help="Write all results to this JSON file.")] = None,
+    plot_file: Annotated[str | None, typer.Option("--plot",  # noqa: UP007
+                                                  help="Draw cost against density (PNG).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random touch orders.")] = 1,
+) -> None:
+    """Prefault versus lazy fault across sizes, densities and orders, against the store-loop limit and the host
+    kernel."""
+    from dmamap import bench as b
+
+    if plot_file:
+        try:
+            b.check_matplotlib()
+        except RuntimeError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    try:
+        cfg = b.make_config(quick=quick, platforms=platforms, sizes=sizes, densities=densities, orders=orders,
+                            strategies=strategies, repeat=repeat, seed=seed)
+    except b.ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    columns = (TextColumn("[progress.description]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        # No auto-refresh: a rendering thread running during the timed C calls would skew them.
+        with Progress(*columns, console=console, transient=True, auto_refresh=False) as progress:
+            task = progress.add_task("starting", total=b.bench_steps(cfg, targets))
+
+            def advance(what: str) -> None:
+                progress.update(task, description=what, advance=1)
+                progress.refresh()
+
+            res = b.run_bench(cfg, targets=targets, advance=advance)
+    except DmamapError as exc:
+        fail(exc)
+    b.render(console, res)
+    if json_file:
+        with open(json_file, "w") as f:
+            json.dump(b.to_json(res), f, indent=1)
+        console.print(f"results written to {json_file}")
+    if plot_file:
+        b.plot(res, plot_file)
+        console.print(f"plot written to {plot_file}")
 
 
 if __name__ == "__main__":  # pragma: no cover
