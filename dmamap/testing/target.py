@@ -4,7 +4,6 @@ outcomes a rule can raise besides passing."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dmamap.backends import Backend
 from dmamap.errors import BackendError, BadPageError
 from dmamap.machine import Machine
 from dmamap.policy import PioMethod
-from dmamap.registry import available_backends, get_backend, register_backend
+from dmamap.registry import available_backends, get_backend, register_backend, unregister_backend
 from dmamap.strategy import STRATEGIES
 
 __all__ = [
@@ -134,11 +133,12 @@ class Target:
     def close(self) -> None:
         """Unregister the backend if this target registered it."""
         if self._registered:
-            reg = importlib.import_module("dmamap.registry")   # (the package attribute is the view)
-            with reg._lock:
-                if reg._known.get(self.name) is self.backend:
-                    del reg._known[self.name]
             self._registered = False
+            try:
+                if get_backend(self.name) is self.backend:
+                    unregister_backend(self.name)
+            except BackendError:   # someone else unregistered it already
+                pass
 
     def __enter__(self) -> Target:
         return self

@@ -87,6 +87,7 @@ def coherent_to_page(t: Target, variant: str) -> None:
                               f"pa {pfn << PAGE_SHIFT:#x}")
             if m.virt_addr_valid(cpu) and dmamap.virt_to_page(cpu, machine=m) != page:
                 chk.fail(cpu, "cpu_addr is in the direct map but virt_to_page disagrees with dma_coherent_to_page")
-            if dev._bus_to_phys(buf.dma_handle + off) != pfn << PAGE_SHIFT:
+            pa = t.backend.dma_to_phys(dev, buf.dma_handle + off)
+            if pa != pfn << PAGE_SHIFT:
                 chk.fail(cpu, f"dma_handle {buf.dma_handle + off:#x} does not reach the page at "
-                              f"{pfn << PAGE_SHIFT:#x} (dma_to_phys gives {dev._bus_to_phys(buf.dma_handle + off):#x})")
+                              f"{pfn << PAGE_SHIFT:#x} (dma_to_phys gives {pa:#x})")
