@@ -9,7 +9,7 @@ from benchutil import GiB, MiB, Timed, rounds
 
 import dmamap
 from dmamap._ffi import ffi, lib
-from dmamap.benchmark import BASE_VA, StoreLimit
+from dmamap.bench import BASE_VA, StoreLimit
 from dmamap.mm import PAGE_SHIFT
 
 pytestmark = pytest.mark.benchmark(group="prefault")

@@ -9,7 +9,7 @@ import pytest
 from benchutil import MiB, Timed, rounds
 
 import dmamap
-from dmamap.benchmark import BASE_VA
+from dmamap.bench import BASE_VA
 from dmamap.mm import PAGE_SHIFT
 
 pytestmark = pytest.mark.benchmark(group="sg")

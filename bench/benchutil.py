@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dmamap
-from dmamap.benchmark import BASE_VA, aligned_coherent, bench_machine, populate
+from dmamap.bench import BASE_VA, aligned_coherent, bench_machine, populate
 from dmamap.mm import PAGE_SHIFT
 
 GiB = 1 << 30

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import dmamap
+from dmamap.bench.config import SWEEP_STRATEGIES
 from dmamap.errors import DmamapError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -32,7 +37,8 @@ def main(
     """dmamap command line."""
 
 
-def fail(exc: DmamapError) -> None:
+def fail(exc: DmamapError) -> NoReturn:
+    """A library error: one red line naming its class, exit status 1."""
     err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -81,9 +87,111 @@ def demo(
         raise typer.Exit(1)
 
 
-# Commands implemented in their own modules register here, one line each.
-from dmamap.testing.runner import conformance; app.command()(conformance)  # noqa: E402, E702, I001
-from dmamap.benchmark import bench_command; app.command("bench")(bench_command)  # noqa: E402, E702, I001
+def error_line(message: str) -> NoReturn:
+    """One red ``error:`` line on stderr, exit status 1."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def conformance(
+    backend: Annotated[str, typer.Argument(help="A registered backend (x86, arm, sram or a dmamap.arch entry "
+                                                "point).")],
+    json_file: Annotated[Path | None, typer.Option("--json", metavar="FILE",  # noqa: UP007
+                                                   help="Also write the results as JSON to FILE.")] = None,
+    rule: Annotated[list[str] | None, typer.Option("--rule", "-r",  # noqa: UP007
+                                                   help="Run only this rule (repeatable).")] = None,
+    detail: Annotated[bool, typer.Option("--detail", help="One row per check instead of per rule.")] = False,
+    examples: Annotated[int, typer.Option(help="Examples for the model-based rule.")] = 30,
+    shrink: Annotated[bool, typer.Option(help="Shrink a model-based failure to a minimal sequence.")] = True,
+) -> None:
+    """Run the conformance suite against BACKEND; exit status 1 on any failure."""
+    from dmamap.testing import runner
+    from dmamap.testing.render import render_report
+    from dmamap.testing.rules import rule_by_name
+
+    try:
+        names = None if not rule else [rule_by_name(n).name for n in rule]
+    except KeyError as exc:
+        error_line(str(exc.args[0]))
+    runner.isolate_hypothesis_home()
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    try:
+        with progress:
+            task = progress.add_task(f"conformance {backend}", total=runner.count_checks(names))
+            report = runner.run_conformance(
+                backend, rules=names, model_examples=examples, model_shrink=shrink,
+                on_start=lambda r, v: progress.update(task, description=f"{r.name}{f'[{v}]' if v else ''}"),
+                on_result=lambda res: progress.advance(task))
+    except DmamapError as exc:
+        fail(exc)
+    render_report(console, report, detail=detail)
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"results written to {escape(str(json_file))}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small preset (4 KiB, 1 MiB, 64 MiB; one repeat): "
+                                                        "well under 30 s.")] = False,
+    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
+                                                           help="Platforms (default x86, arm, sram).")] = None,
+    sizes: Annotated[list[str] | None, typer.Option("--size", "-s",  # noqa: UP007
+                                                       help="Buffer sizes, e.g. 4K 64K 1M 16M 256M 1G.")] = None,
+    densities: Annotated[list[float] | None, typer.Option("--density", "-d",  # noqa: UP007
+                                                             help="Touched fraction of pages, 0 < d ≤ 1.")] = None,
+    orders: Annotated[list[str] | None, typer.Option("--order", help="seq and/or random.")] = None,  # noqa: UP007
+    strategies: Annotated[list[str] | None, typer.Option(  # noqa: UP007
+        "--strategy", help=f"Strategies: {', '.join(SWEEP_STRATEGIES)}.")] = None,
+    repeat: Annotated[int | None, typer.Option(min=1, help="Repeats per point (best is kept).")] = None,  # noqa: UP007
+    targets: Annotated[bool, typer.Option(help="Measure the issue's targets too.")] = True,
+    json_file: Annotated[str | None, typer.Option("--json",  # noqa: UP007
+                                                  help="Write all results to this JSON file.")] = None,
+    plot_file: Annotated[str | None, typer.Option("--plot",  # noqa: UP007
+                                                  help="Draw cost against density (PNG).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random touch orders.")] = 1,
+) -> None:
+    """Prefault versus lazy fault across sizes, densities and orders, against the store-loop limit and the host
+    kernel."""
+    from dmamap import bench as b
+
+    if plot_file:
+        try:
+            b.check_matplotlib()
+        except RuntimeError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    try:
+        cfg = b.make_config(quick=quick, platforms=platforms, sizes=sizes, densities=densities, orders=orders,
+                            strategies=strategies, repeat=repeat, seed=seed)
+    except b.ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.param) from None
+    columns = (TextColumn("[progress.description]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        # No auto-refresh: a rendering thread running during the timed C calls would skew them.
+        with Progress(*columns, console=console, transient=True, auto_refresh=False) as progress:
+            task = progress.add_task("starting", total=b.bench_steps(cfg, targets))
+
+            def advance(what: str) -> None:
+                progress.update(task, description=what, advance=1)
+                progress.refresh()
+
+            res = b.run_bench(cfg, targets=targets, advance=advance)
+    except DmamapError as exc:
+        fail(exc)
+    b.render(console, res)
+    if json_file:
+        with open(json_file, "w") as f:
+            json.dump(b.to_json(res), f, indent=1)
+        console.print(f"results written to {json_file}")
+    if plot_file:
+        b.plot(res, plot_file)
+        console.print(f"plot written to {plot_file}")
 
 
 if __name__ == "__main__":  # pragma: no cover

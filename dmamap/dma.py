@@ -36,6 +36,7 @@ from dmamap.mm import (
     remap_pfn_chunks,
     remap_pfn_range,
 )
+from dmamap.policy import RAM_BACKED, CoherentMemory
 
 if TYPE_CHECKING:
     from dmamap.device import Device
@@ -173,11 +174,11 @@ def dma_coherent_to_pfn(dev: Device, cpu_addr: int, dma_handle: int, offset: int
 def _pick_strategy(be: Backend, strategy: str | None, is_ram: bool) -> str:
     if strategy is None:
         strategy = be.strategy_for(is_ram)
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-    if strategy == "fault-page" and not is_ram:
-        raise StrategyError("strategy 'fault-page' hands out page descriptors, but this memory has none "
-                            "(not RAM): use 'fault-pfn' or 'prefault'")
+    if not STRATEGIES[strategy].allowed_for(is_ram):
+        raise StrategyError(f"strategy {strategy!r} hands out page descriptors, but this memory has none "
+                            f"(not RAM): use 'fault-pfn' or 'prefault'")
     return strategy
 
 
@@ -205,17 +206,17 @@ def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pag
     window = _window(chunks, first_page, nr_pages)
     old_prot = vma.page_prot
     vma.page_prot = prot
+    rec = STRATEGIES[strategy]
     try:
-        if strategy.startswith("prefault"):
-            remap_pfn_chunks(vma, vma.start, window, 0, nr_pages, prot, large=strategy == "prefault-large")
+        if rec.prefault:
+            remap_pfn_chunks(vma, vma.start, window, 0, nr_pages, prot, large=rec.large)
             return
-        page_mode = strategy in ("fault-page", "fault-around") and is_ram or (strategy == "fault" and is_ram)
+        page_mode = rec.uses_pages(is_ram)
         if not page_mode:
             vma.vm_flags_set(VmFlags.VM_IO | VmFlags.VM_PFNMAP | VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
         # Only the window is handed to the fault handler: a fault past it is SIGBUS.
         vma.set_builtin_fault("page" if page_mode else "pfn", window, first_page=0,
-                              fault_around=16 if strategy == "fault-around" else 1,
-                              large=strategy == "fault-large")
+                              fault_around=rec.fault_around, large=rec.large)
     except BaseException:
         if vma.live:
             vma.page_prot = old_prot
@@ -295,8 +296,8 @@ def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 
     be = _backend(dev)
     # Refuse what cannot possibly fit before allocating (and freeing) anything.
     kind = getattr(be, "coherent_memory", None)
-    free = m.sram_pool.avail >> PAGE_SHIFT if kind == "sram" else \
-        (m.stats.ram_pages - m.stats.ram_pages_used) if kind in ("ram", "remap") else nr_pages
+    free = m.sram_pool.avail >> PAGE_SHIFT if kind == CoherentMemory.SRAM else \
+        (m.stats.ram_pages - m.stats.ram_pages_used) if kind in RAM_BACKED else nr_pages
     if nr_pages > free:
         raise OutOfMemoryError(f"dma_alloc_coherent_sg: {nr_pages} pages requested, {free} free")
     entries: list[SgEntry] = []

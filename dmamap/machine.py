@@ -27,6 +27,7 @@ from dmamap.errors import (
 from dmamap.genalloc import GenPool
 from dmamap.ioport import PortSpace
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, AddressSpace, PgProt, _addr
+from dmamap.policy import PioMethod
 
 if TYPE_CHECKING:
     from dmamap.backends import Backend
@@ -303,9 +304,9 @@ class Machine:
         self._add_region(1, self.ram_base, ram, 0)
         if sram:
             self._add_region(2, self.sram_base, sram, ram)
-        if backend is None or backend.pio == "window":
+        if backend is None or backend.pio == PioMethod.WINDOW:
             self._add_region(4, self.layout.iowin_base, IOWIN_SIZE, 0)
-        self.has_io_window = backend is None or backend.pio == "window"
+        self.has_io_window = backend is None or backend.pio == PioMethod.WINDOW
         self.kernel = self.new_address_space(kernel=True)
         # The direct map: all of RAM at PAGE_OFFSET, write-back, with large pages.
         vma = self.kernel.mmap(ram, addr=self.page_offset, prot="rw", align=PAGE_SIZE)

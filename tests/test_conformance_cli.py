@@ -23,7 +23,7 @@ from broken_backends import NoTlbFlushBackend  # noqa: E402
 def _keep_hypothesis_home(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command moves hypothesis' home to a temporary directory for its
     process; in-process here, that would leak into the rest of the session."""
-    monkeypatch.setattr("dmamap.testing.runner._private_hypothesis_home", lambda: None)
+    monkeypatch.setattr("dmamap.testing.runner.isolate_hypothesis_home", lambda: None)
 
 
 @pytest.fixture

@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dmamap.errors import BadPageError, OutOfMemoryError
 from dmamap.machine import KernelAddress, Page
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, remap_pfn_range
+from dmamap.policy import CoherentMemory, PioMethod
+from dmamap.strategy import STRATEGIES
 
 if TYPE_CHECKING:
     from dmamap.device import Device
     from dmamap.machine import Machine
 
 __all__ = ["Backend", "CoherentAlloc", "STRATEGIES"]
-
-#: Mapping strategies the helpers accept.
-STRATEGIES = ("prefault", "prefault-large", "fault", "fault-page", "fault-pfn", "fault-around", "fault-large")
 
 
 @dataclass
@@ -46,10 +45,10 @@ class Backend:
     dma_coherent: ClassVar[bool] = True
     #: Conflicting cache types raise (x86 PAT) rather than being reported (ARM).
     strict_memtype: ClassVar[bool] = True
-    #: "trap" (x86 port space) or "window" (memory-mapped I/O window).
-    pio: ClassVar[str] = "trap"
-    #: "ram" (direct-mapped RAM), "remap" (RAM remapped uncached), "sram" (no page descriptors).
-    coherent_memory: ClassVar[str] = "ram"
+    #: A PioMethod: TRAP (x86 port space) or WINDOW (memory-mapped I/O window); plain strings work too.
+    pio: ClassVar[str] = PioMethod.TRAP
+    #: A CoherentMemory: RAM (direct-mapped), REMAP (RAM remapped uncached), SRAM (no page descriptors).
+    coherent_memory: ClassVar[str] = CoherentMemory.RAM
     #: Cache type of the kernel alias of coherent memory.
     kernel_cache: ClassVar[str] = "WB"
     #: Cache type of user mappings of coherent memory (dma_pgprot).
@@ -80,7 +79,7 @@ class Backend:
     def alloc_coherent(self, dev: Device, npages: int) -> CoherentAlloc:
         m = dev.machine
         kind = self.coherent_memory
-        if kind == "sram":
+        if kind == CoherentMemory.SRAM:
             pfn = m.sram_pool.alloc(npages << PAGE_SHIFT) >> PAGE_SHIFT   # a gen_pool, as Linux's SRAM driver
             try:
                 cpu, kvma = _kernel_remap(m, pfn, npages, self.kernel_cache)
@@ -91,7 +90,7 @@ class Backend:
         page = _alloc_aligned(m, npages)
         pa, size = page.phys_addr, npages << PAGE_SHIFT
         try:
-            if kind == "remap":
+            if kind == CoherentMemory.REMAP:
                 # dma_prep_coherent: no dirty line of the cacheable direct map may
                 # later land on top of what the device wrote.
                 m.flush_dcache_range(pa, size)
@@ -147,11 +146,10 @@ class Backend:
         return {
             "isa": self.isa,
             "dma_coherent": "yes (snooping)" if self.dma_coherent else "no",
-            "coherent memory": {"ram": "direct-mapped RAM", "remap": "RAM remapped uncached",
-                                "sram": "on-bus SRAM, no page descriptor"}[self.coherent_memory],
+            "coherent memory": CoherentMemory(self.coherent_memory).description,
             "user attribute": self.user_cache,
             "default strategy": self.default_strategy,
-            "pio": "trapped port space" if self.pio == "trap" else "memory-mapped I/O window",
+            "pio": PioMethod(self.pio).description,
         }
 
 

@@ -7,6 +7,7 @@ data cache is not snooped by DMA.  Devices see RAM at bus address
 from __future__ import annotations
 
 from dmamap.backends import Backend
+from dmamap.policy import CoherentMemory, PioMethod
 
 
 class ArmBackend(Backend):
@@ -14,8 +15,8 @@ class ArmBackend(Backend):
     isa = "aarch64"
     dma_coherent = False
     strict_memtype = False   # mismatched attributes are reported, as the architecture does not trap them
-    pio = "window"
-    coherent_memory = "remap"
+    pio = PioMethod.WINDOW
+    coherent_memory = CoherentMemory.REMAP
     kernel_cache = "NORMAL_NC"
     user_cache = "NORMAL_NC"
     default_strategy = "prefault"

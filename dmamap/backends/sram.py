@@ -5,6 +5,7 @@ page-returning faults.  The SRAM is uncached; user mappings are NORMAL_NC."""
 from __future__ import annotations
 
 from dmamap.backends import Backend
+from dmamap.policy import CoherentMemory, PioMethod
 
 
 class SramBackend(Backend):
@@ -12,8 +13,8 @@ class SramBackend(Backend):
     isa = "aarch64"
     dma_coherent = False
     strict_memtype = False
-    pio = "window"
-    coherent_memory = "sram"
+    pio = PioMethod.WINDOW
+    coherent_memory = CoherentMemory.SRAM
     kernel_cache = "NORMAL_NC"
     user_cache = "NORMAL_NC"
     default_strategy = "fault"

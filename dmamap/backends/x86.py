@@ -5,6 +5,7 @@ is a separate, trapped address space."""
 from __future__ import annotations
 
 from dmamap.backends import Backend
+from dmamap.policy import CoherentMemory, PioMethod
 
 
 class X86Backend(Backend):
@@ -12,8 +13,8 @@ class X86Backend(Backend):
     isa = "x86_64"
     dma_coherent = True
     strict_memtype = True
-    pio = "trap"
-    coherent_memory = "ram"
+    pio = PioMethod.TRAP
+    coherent_memory = CoherentMemory.RAM
     kernel_cache = "WB"
     user_cache = "WB"
     default_strategy = "prefault"

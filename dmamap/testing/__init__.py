@@ -7,9 +7,12 @@ by running the same rules the in-tree x86, arm and sram backends pass:
   and set ``backend``;
 * without pytest -- :func:`run_conformance` or ``dmamap conformance BACKEND``.
 
-The rules themselves live in :mod:`dmamap.testing.rules` (plain functions),
-the independent page-table walker in :mod:`dmamap.testing.pagetable`, the
-hypothesis model in :mod:`dmamap.testing.stateful`.  See docs/backends.md.
+The rules live one module per area in :mod:`dmamap.testing.areas` (plain
+functions, gathered by :mod:`dmamap.testing.rules`), built from the public
+check helpers of :mod:`dmamap.testing.checks`; the target and its
+capabilities are in :mod:`dmamap.testing.target`, the independent page-table
+walker in :mod:`dmamap.testing.pagetable`, the hypothesis model in
+:mod:`dmamap.testing.stateful`.  See docs/backends.md.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ observable result against a plain-Python reference model (one ``bytearray``
 per buffer).
 
 Needs hypothesis (the ``test`` extra).  :func:`model_for` gives the state
-machine class for one :class:`~dmamap.testing.rules.Target`; :func:`run_model`
+machine class for one :class:`~dmamap.testing.target.Target`; :func:`run_model`
 runs it with bounded, derandomized examples and raises
-:class:`~dmamap.testing.rules.ConformanceFailure` with the falsifying steps.
+:class:`~dmamap.testing.target.ConformanceFailure` with the falsifying steps.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dmamap import PAGE_SHIFT, PAGE_SIZE
 from dmamap.dma import DmaBuffer, SgTable
 from dmamap.errors import AccessFault, DmaFreeError, DmaUseAfterFreeError
 from dmamap.mm import Vma
-from dmamap.testing.rules import ConformanceFailure, Target, _buffer_pages, _sg_pages, _snapshot
+from dmamap.testing.checks import buffer_pages, resource_snapshot, sg_pages
+from dmamap.testing.target import ConformanceFailure, Target
 
 __all__ = ["DmaModel", "model_for", "run_model"]
 
@@ -76,7 +77,7 @@ class DmaModel(RuleBasedStateMachine):
         t = self.target
         self.m = dmamap.Machine(t.name, ram=t.ram)
         self.dev = self.m.add_device("model")
-        self.base = _snapshot(self.m)
+        self.base = resource_snapshot(self.m)
         self.mm = self.m.new_address_space()
         self.mm_tables = self.mm.stats.table_pages
         self.bufs: list[_Buf] = []
@@ -131,7 +132,7 @@ class DmaModel(RuleBasedStateMachine):
         self._step()
         size = max(1, pages * PAGE_SIZE - short)
         buf = dmamap.dma_alloc_coherent(self.dev, size)
-        b = _Buf(buf, _buffer_pages(self.dev, buf), bytearray(pages * PAGE_SIZE))
+        b = _Buf(buf, buffer_pages(self.dev, buf), bytearray(pages * PAGE_SIZE))
         self.bufs.append(b)
         got = self._dma_read(b, 0, size)
         if any(got):
@@ -144,7 +145,7 @@ class DmaModel(RuleBasedStateMachine):
     def alloc_sg(self, pages: int, max_chunk: int, seed: int) -> None:
         self._step()
         sg = dmamap.dma_alloc_coherent_sg(self.dev, pages, max_chunk_pages=max_chunk, seed=seed)
-        b = _Buf(sg, _sg_pages(self.dev, sg), bytearray(pages * PAGE_SIZE))
+        b = _Buf(sg, sg_pages(self.dev, sg), bytearray(pages * PAGE_SIZE))
         self.bufs.append(b)
         if any(self._dma_read(b, 0, len(b.data))):
             _fail(sg.entries[0].dma_handle, "dma_alloc_coherent_sg returned chunks that are not zeroed")
@@ -307,7 +308,7 @@ class DmaModel(RuleBasedStateMachine):
                 _fail(self.mm.root, f"{self.mm.stats.table_pages} page-table pages remain after every unmap "
                                     f"(started with {self.mm_tables})")
             self.mm.close()
-            after = _snapshot(self.m)
+            after = resource_snapshot(self.m)
             diff = [f"{k}: {self.base[k]} -> {after[k]}" for k in self.base if self.base[k] != after[k]]
             if diff:
                 _fail(0, "resources did not return to baseline after unmapping and freeing everything: "

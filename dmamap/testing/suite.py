@@ -11,7 +11,9 @@ named ``test_<rule>`` (parametrized by strategy / case where it has variants)::
 
 Capabilities the backend does not claim are skipped with the reason, never
 failed.  The per-area classes (:class:`CoherencyConformance`, ...) can be
-used on their own; :class:`BackendConformance` combines them all.
+used on their own; :class:`BackendConformance` combines them all.  A per-area
+class names its rule groups (``Rule.group``) as a class keyword, and gets one
+test per rule registered under them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from dmamap.backends import Backend
-from dmamap.testing.rules import RULES, RuleSkipped, Target, rule_by_name, run_rule
+from dmamap.testing.rules import RULES, Rule, RuleSkipped, Target, run_rule
 
 __all__ = [
     "ConformanceBase", "CoherencyConformance", "AttributeConformance", "PageDescriptorConformance",
@@ -31,39 +33,8 @@ __all__ = [
 ]
 
 
-class ConformanceBase:
-    """Fixtures and knobs shared by every conformance class."""
-
-    #: The backend under test: registry name, Backend instance or subclass.  Required.
-    backend: ClassVar[str | Backend | type[Backend] | None] = None
-    #: Capability claims; None detects (see dmamap.testing.rules.Capabilities).
-    page_descriptors: ClassVar[bool | None] = None
-    port_io: ClassVar[bool | None] = None
-    large_pages: ClassVar[bool | None] = None
-    scatter_gather: ClassVar[bool | None] = None
-    #: Strategies to test; None = every strategy the capabilities allow.
-    strategies: ClassVar[tuple[str, ...] | None] = None
-    #: Emulated RAM of each test machine.
-    ram: ClassVar[int] = 64 << 20
-    #: Bounds of the model-based test (derandomized).
-    model_examples: ClassVar[int] = 30
-    model_steps: ClassVar[int] = 30
-
-    @pytest.fixture(scope="class")
-    def conformance_target(self, request: pytest.FixtureRequest) -> Iterator[Target]:
-        """The backend under test with its capabilities (one per test class)."""
-        cls = request.cls
-        if cls is None or cls.backend is None:
-            raise pytest.UsageError(f"{getattr(cls, '__name__', cls)} must set `backend` to the backend under test")
-        with Target(cls.backend, ram=cls.ram, page_descriptors=cls.page_descriptors, port_io=cls.port_io,
-                    large_pages=cls.large_pages, scatter_gather=cls.scatter_gather, strategies=cls.strategies,
-                    model_examples=cls.model_examples, model_steps=cls.model_steps) as target:
-            yield target
-
-
-def _test(name: str) -> Callable[..., None]:
-    """The pytest test method of rule ``name``."""
-    rule = rule_by_name(name)
+def _test(rule: Rule) -> Callable[..., None]:
+    """The pytest test method of ``rule``."""
 
     def run(target: Target, variant: str) -> None:
         try:
@@ -84,57 +55,74 @@ def _test(name: str) -> Callable[..., None]:
     return test
 
 
-class CoherencyConformance(ConformanceBase):
+class ConformanceBase:
+    """Fixtures and knobs shared by every conformance class."""
+
+    #: The backend under test: registry name, Backend instance or subclass.  Required.
+    backend: ClassVar[str | Backend | type[Backend] | None] = None
+    #: Capability claims; None detects (see dmamap.testing.target.Capabilities).
+    page_descriptors: ClassVar[bool | None] = None
+    port_io: ClassVar[bool | None] = None
+    large_pages: ClassVar[bool | None] = None
+    scatter_gather: ClassVar[bool | None] = None
+    #: Strategies to test; None = every strategy the capabilities allow.
+    strategies: ClassVar[tuple[str, ...] | None] = None
+    #: Emulated RAM of each test machine.
+    ram: ClassVar[int] = 64 << 20
+    #: Bounds of the model-based test (derandomized).
+    model_examples: ClassVar[int] = 30
+    model_steps: ClassVar[int] = 30
+    def __init_subclass__(cls, groups: tuple[str, ...] = (), **kwargs: Any) -> None:
+        """``class XConformance(ConformanceBase, groups=(...))`` defines a test per rule of those groups."""
+        super().__init_subclass__(**kwargs)
+        for r in RULES:
+            if r.group in groups:
+                setattr(cls, f"test_{r.name}", _test(r))
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_target(cls, request: pytest.FixtureRequest) -> Iterator[Target]:
+        """The backend under test with its capabilities (one per test class)."""
+        test_cls = request.cls or cls
+        if test_cls.backend is None:
+            raise pytest.UsageError(f"{test_cls.__name__} must set `backend` to the backend under test")
+        with Target(test_cls.backend, ram=test_cls.ram, page_descriptors=test_cls.page_descriptors,
+                    port_io=test_cls.port_io, large_pages=test_cls.large_pages,
+                    scatter_gather=test_cls.scatter_gather, strategies=test_cls.strategies,
+                    model_examples=test_cls.model_examples, model_steps=test_cls.model_steps) as target:
+            yield target
+
+
+class CoherencyConformance(ConformanceBase, groups=("coherency",)):
     """Coherent mappings, plain and scatter-gather, both DMA directions, every strategy."""
 
-    test_coherency_mmap = _test("coherency_mmap")
-    test_coherency_mmap_sg = _test("coherency_mmap_sg")
 
-
-class AttributeConformance(ConformanceBase):
+class AttributeConformance(ConformanceBase, groups=("attributes",)):
     """User PTE attributes decoded from raw page tables, against the kernel alias; large pages."""
 
-    test_user_attribute_matches_kernel = _test("user_attribute_matches_kernel")
-    test_large_pages = _test("large_pages")
 
-
-class PageDescriptorConformance(ConformanceBase):
+class PageDescriptorConformance(ConformanceBase, groups=("page descriptors",)):
     """Page descriptors for RAM only; dma_coherent_to_page."""
 
-    test_page_descriptors_ram_only = _test("page_descriptors_ram_only")
-    test_coherent_to_page = _test("coherent_to_page")
 
-
-class ScatterGatherConformance(ConformanceBase):
+class ScatterGatherConformance(ConformanceBase, groups=("scatter-gather",)):
     """Every page of a scatter-gather mapping lands on the right chunk and byte."""
 
-    test_sg_linear_mapping = _test("sg_linear_mapping")
 
-
-class UnmapConformance(ConformanceBase):
+class UnmapConformance(ConformanceBase, groups=("unmap", "resources")):
     """Unmap clears PTEs and TLB; resources return to baseline."""
 
-    test_unmap_clears_ptes_and_tlb = _test("unmap_clears_ptes_and_tlb")
-    test_resources_return_to_baseline = _test("resources_return_to_baseline")
 
-
-class BadInputConformance(ConformanceBase):
+class BadInputConformance(ConformanceBase, groups=("bad inputs",)):
     """Documented bad inputs raise their documented errors and change nothing."""
 
-    test_bad_inputs_rejected = _test("bad_inputs_rejected")
 
-
-class IOConformance(ConformanceBase):
+class IOConformance(ConformanceBase, groups=("I/O",)):
     """MMIO width exactness and port I/O reachability."""
 
-    test_mmio_width_exact = _test("mmio_width_exact")
-    test_pio_reachable = _test("pio_reachable")
 
-
-class ModelConformance(ConformanceBase):
+class ModelConformance(ConformanceBase, groups=("model",)):
     """Random operation sequences against a reference model (needs hypothesis)."""
-
-    test_model_based = _test("model_based")
 
 
 class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,

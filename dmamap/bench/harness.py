@@ -1,0 +1,149 @@
+"""The measuring harness shared by the sweep, the targets and the
+pytest-benchmark files in bench/: machines sized for a buffer, 2 MiB-aligned
+coherent buffers with their host pages committed, touch patterns, and one
+timed map-touch-unmap cycle.
+
+All touching runs in C (``AddressSpace.touch`` / ``touch_list``: one call per
+pattern); the emulated memory behind the buffer gets its host pages before
+timing, so it does not pay for first-touch faults of the host.
+"""
+
+from __future__ import annotations
+
+import array
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dmamap
+from dmamap._ffi import call, ffi, lib, new_err, raise_for
+from dmamap.bench.config import BASE_VA, SRAM_POOL, MiB
+from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
+from dmamap.policy import CoherentMemory
+from dmamap.registry import get_backend
+from dmamap.strategy import STRATEGIES
+
+__all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_machine", "fits", "sram_pool", "time_run",
+           "call_c"]
+
+
+def populate(machine: dmamap.Machine, pfn: int, npages: int) -> None:
+    """Give the host pages behind emulated memory their backing, contents unchanged (bench.c)."""
+    call(lib.dmamap_bench_populate, machine._ptr(), pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
+
+
+def aligned_coherent(dev: dmamap.Device, size: int) -> dmamap.DmaBuffer:
+    """``dma_alloc_coherent`` whose RAM lands 2 MiB-aligned where the allocator allows, as a
+    buddy allocator's naturally aligned blocks would, so that large pages can be used."""
+    m = dev.machine
+    pads: list[tuple[dmamap.Page, int]] = []
+    if size >= 2 * MiB and m.backend is not None and m.backend.coherent_memory != CoherentMemory.SRAM:
+        try:
+            probe = m.alloc_pages(1)       # the allocator is next-fit: what follows the probe is next
+            pads.append((probe, 1))
+            pad = (-(probe.pfn + 1)) % 512
+            if pad:
+                pads.append((m.alloc_pages(pad), pad))
+        except dmamap.DmamapError:
+            pass
+    try:
+        return dmamap.dma_alloc_coherent(dev, size)
+    finally:
+        for page, n in pads:
+            m.free_pages(page, n)
+
+
+def _touched(pages: int, density: float) -> int:
+    return max(1, min(pages, round(pages * density)))
+
+
+def call_c(fn: Callable[..., int], *args: Any) -> None:
+    """Call a C entry point directly (no Python wrapper in the timed section); raise as call() does."""
+    err = new_err()
+    rc = fn(*args, err)
+    if rc < 0:
+        raise_for(rc, err)
+
+
+@dataclass
+class Pattern:
+    """Which pages one run touches: strided (``arr`` None) or an explicit VA list."""
+
+    count: int
+    stride: int
+    arr: Any = None      # array('Q') of VAs at BASE_VA
+
+    def touch(self, mm: dmamap.AddressSpace) -> None:
+        """All the touches in one C call (dmamap_touch / dmamap_touch_list, i.e. AddressSpace.touch[_list])."""
+        if self.arr is None:
+            call_c(lib.dmamap_touch, mm._ptr(), BASE_VA, self.count, self.stride, 0)
+        else:
+            call_c(lib.dmamap_touch_list, mm._ptr(), ffi.from_buffer("uint64_t[]", self.arr), self.count, 0)
+
+
+def make_pattern(pages: int, density: float, order: str, rng: random.Random) -> Pattern:
+    """Touch ``density`` of ``pages``: evenly strided ascending (seq), or a random sample in random order."""
+    n = _touched(pages, density)
+    if order == "seq":
+        return Pattern(n, (pages // n) * PAGE_SIZE)
+    picks = rng.sample(range(pages), n)
+    return Pattern(n, PAGE_SIZE, array.array("Q", [BASE_VA + (p << PAGE_SHIFT) for p in picks]))
+
+
+def sram_pool(platform: str) -> bool:
+    """Does the platform allocate coherent memory from its (bounded) SRAM pool?"""
+    return get_backend(platform).coherent_memory == CoherentMemory.SRAM
+
+
+@contextmanager
+def bench_machine(platform: str, max_size: int) -> Iterator[tuple[dmamap.Machine, dmamap.Device]]:
+    """A machine of ``platform`` with room for a buffer of ``max_size`` bytes, and one device."""
+    kw: dict[str, Any] = {"ram": max(2 * max_size + 256 * MiB, 512 * MiB)}
+    if sram_pool(platform):
+        kw = {"ram": 256 * MiB, "sram": SRAM_POOL}
+    with dmamap.Machine(platform, **kw) as m:
+        yield m, m.add_device("bench")
+
+
+def fits(platform: str, size: int) -> bool:
+    """Does a buffer of ``size`` fit the platform's coherent memory (the SRAM pool bounds it)?"""
+    return not sram_pool(platform) or size <= SRAM_POOL
+
+
+def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer, strategy: str,
+             pattern: Pattern) -> tuple[int, int, int, int, int, int]:
+    """(map_ns, touch_ns, unmap_ns, faults, ptes, helper_ns) of one map-touch-unmap cycle.
+
+    The buffer is mapped with ``dma_mmap_coherent`` (helper_ns: the whole helper,
+    Python included); map_ns then times the helper's C work alone, redone with a
+    direct call: the remap_pfn_range of a prefault (after zapping what the helper
+    filled), the installation of the built-in fault handler of a lazy strategy.
+    The host reference is timed in C too, so the two compare like for like.
+    """
+    rec = STRATEGIES[strategy]
+    vma = mm.mmap(buf.size, addr=BASE_VA)
+    t0 = time.perf_counter_ns()
+    dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=strategy)
+    helper_ns = time.perf_counter_ns() - t0
+    asp, pfn, pages = mm._ptr(), dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle), buf.size >> PAGE_SHIFT
+    if rec.prefault:
+        dmamap.zap_vma_ptes(vma, BASE_VA, buf.size)
+        args: tuple[Any, ...] = (lib.dmamap_remap_pfn_range, asp, vma.id, BASE_VA, pfn, buf.size,
+                                 int(vma.vm_page_prot), int(rec.large))
+    else:
+        chunk = ffi.new("struct dmamap_chunk[1]", [(pfn, pages)])
+        args = (lib.dmamap_vma_set_fault, asp, vma.id, int(vma._info().fault_kind), chunk, 1, 0,
+                rec.fault_around, int(rec.large))
+    s0 = mm.stats
+    t0 = time.perf_counter_ns()
+    call_c(*args)
+    t1 = time.perf_counter_ns()
+    pattern.touch(mm)
+    t2 = time.perf_counter_ns()
+    s1 = mm.stats
+    dmamap.dma_munmap_coherent(vma)
+    t3 = time.perf_counter_ns()
+    return t1 - t0, t2 - t1, t3 - t2, s1.faults - s0.faults, s1.ptes_written - s0.ptes_written, helper_ns
