@@ -39,10 +39,11 @@ class DeviceBus:
             self._by_id[dev.id] = dev
 
     def detach(self, dev: Any) -> None:
+        name, i = dev.name, dev.id
         with self._lock:
-            if self._by_name.get(dev.name) is dev:
-                del self._by_name[dev.name]
-            self._by_id.pop(dev.id, None)
+            if self._by_name.get(name) is dev:
+                del self._by_name[name]
+            self._by_id.pop(i, None)
 
     def by_id(self, i: int) -> Any:
         return self._by_id.get(i)

@@ -119,7 +119,7 @@ class Device:
                 placed[-1] = (base, -span)   # the region exists too
             machine.port_space.claim([(p.base, p.count) for p in port_objs], self, name)
             claimed = True
-            for b, (base, _) in zip(bar_objs, placed):
+            for b, (base, _) in zip(bar_objs, placed, strict=True):
                 b.read, b.write = b.read or read, b.write or write
                 b.base = base
                 if b.read is None:

@@ -18,7 +18,6 @@ from dmamap.dma_debug import DmaRecord
 from dmamap.errors import (
     DmaDoubleFreeError,
     DmaFreeError,
-    DmaUseAfterFreeError,
     InvalidArgumentError,
     OutOfMemoryError,
     StrategyError,

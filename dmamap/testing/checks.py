@@ -198,13 +198,7 @@ def resource_snapshot(m: Machine) -> dict[str, int]:
         "RAM pages in use": s.ram_pages_used,
         "page-table pages": s.table_pages,
         "kernel page-table pages": m.kernel.stats.table_pages,
-        **resource_snapshot(m),
-    }
-
-
-def resource_snapshot(m: Machine) -> dict[str, int]:
-    """The pools a coherent allocation or a port mapping draws from."""
-    return {
+        # the pools a coherent allocation, a BAR or a port mapping draws from
         "SRAM pool pages free": m.sram_pool.avail >> PAGE_SHIFT,
         "I/O window bytes in use": m.io_window.size - m.io_window.avail,
         "MMIO window bytes free": m.mmio_window.avail,
