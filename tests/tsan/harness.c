@@ -1,0 +1,231 @@
+/* ThreadSanitizer harness for the dmamap C core.
+ *
+ * CPython is not instrumented, so TSan cannot watch the core from the Python
+ * tests; this program drives the core's entry points from plain threads the
+ * way the Python soak does -- private and shared address spaces, built-in
+ * page and PFN faults, remaps of SRAM and MMIO, accesses through the cache
+ * model, zaps, munmaps, device DMA, region lookups, an address space closed
+ * under the threads using it and, last, the machine closed under them all.
+ * Errors are expected (a closed space refuses calls); data races are not: any
+ * TSan report fails the run (TSAN_OPTIONS=halt_on_error=1).
+ *
+ * Built and run by .ci/run:  gcc -fsanitize=thread ... tests/tsan/harness.c csrc/ *.c arch/ * / *.c
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "dmamap.h"
+
+#define THREADS 4
+#define ITERS 300
+#define PAGE 4096ULL
+#define RAM (32ULL << 20)
+#define SRAM (1ULL << 20)
+
+struct layout {
+    int isa;
+    uint64_t ram_base, sram_base, mmio_base, iowin_base;
+};
+
+static const struct layout layouts[] = {
+    {DMAMAP_ISA_X86_64, 0, 0x7000000000ULL, 0x7100000000ULL, 0x7200000000ULL},
+    {DMAMAP_ISA_AARCH64, 0x40000000ULL, 0x04000000ULL, 0x10000000ULL, 0x3eff0000ULL},
+};
+
+static dmamap_machine *m;
+static const struct layout *L;
+static dmamap_as *shared;
+static pthread_barrier_t start;
+static _Atomic int stop_machine;
+static _Atomic unsigned long touched, remapped, refused;   /* what ran, to show the harness did work */
+
+static int io_cb(void *ctx, int kind, int owner, int bar, uint64_t offset, int size, int is_write, uint64_t *value)
+{
+    (void)ctx, (void)kind, (void)owner, (void)bar, (void)size;
+    if (!is_write)
+        *value = offset ^ 0x5a;
+    return 0;
+}
+
+static uint64_t user_prot(int writable)
+{
+    return dmamap_prot_make(L->isa, DMAMAP_PROT_READ | (writable ? DMAMAP_PROT_WRITE : 0) | DMAMAP_PROT_USER, 0);
+}
+
+static void private_space(unsigned seed)
+{
+    struct dmamap_err err;
+    dmamap_as *as = dmamap_as_new(m, 0, &err);
+    if (!as)
+        return;
+    uint64_t pfn;
+    if (dmamap_alloc_pages(m, 8, 1, 0, &pfn, &err) == 0) {
+        int64_t id;
+        if (dmamap_mmap(as, 0, 8 * PAGE, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, user_prot(1), 0, &id,
+                        &err) == 0) {
+            struct dmamap_chunk c = {pfn, 8};
+            dmamap_vma_set_fault(as, id, (seed & 1) ? DMAMAP_FAULT_PAGE : DMAMAP_FAULT_PFN, &c, 1, 0,
+                                 (seed & 2) ? 4 : 1, 0, &err);
+            if (!(seed & 1))
+                dmamap_vma_set_flags(as, id, DMAMAP_VM_PFNMAP | DMAMAP_VM_IO, 0, &err);
+            struct dmamap_vma_info info;
+            if (dmamap_vma_info(as, id, &info, &err) == 0) {
+                if (dmamap_touch(as, info.start, 8, PAGE, 1, &err) == 0)
+                    touched++;
+                else
+                    refused++;
+                uint64_t v;
+                dmamap_write_n(as, info.start + 8, 8, seed, &err);
+                dmamap_read_n(as, info.start + 8, 8, &v, &err);
+            }
+            dmamap_munmap(as, id, &err);
+        }
+        dmamap_free_pages(m, pfn, 8, &err);
+    }
+    dmamap_as_close(as);
+    dmamap_as_free(as);
+}
+
+static void shared_space(dmamap_as *as, unsigned seed)
+{
+    struct dmamap_err err;
+    int64_t id;
+    if (dmamap_mmap(as, 0, 4 * PAGE, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, user_prot(1), 0, &id,
+                    &err)) {
+        refused += err.code == DMAMAP_ECLOSED;
+        return;
+    }
+    struct dmamap_vma_info info;
+    if (dmamap_vma_info(as, id, &info, &err) == 0) {
+        int mmio = seed % 3 == 0;
+        uint64_t pa = mmio ? L->mmio_base : L->sram_base + (seed % 16) * 4 * PAGE;
+        uint64_t prot = dmamap_prot_set_cache(L->isa, user_prot(1), L->isa == DMAMAP_ISA_X86_64 ? 2 : 3);
+        if (dmamap_remap_pfn_range(as, id, info.start, pa >> 12, 4 * PAGE, prot, 0, &err) == 0) {
+            uint64_t v = 0;
+            remapped++;
+            dmamap_write_n(as, info.start + 16, 4, seed, &err);
+            dmamap_read_n(as, info.start + 16, 4, &v, &err);
+            struct dmamap_xlate x;
+            dmamap_translate(as, info.start, &x, &err);
+            dmamap_zap_vma_ptes(as, id, info.start, PAGE, &err);
+            dmamap_count_present(as, info.start, 4 * PAGE, &v, &err);
+        }
+    }
+    dmamap_munmap(as, id, &err);
+}
+
+static void *worker(void *arg)
+{
+    unsigned k = (unsigned)(uintptr_t)arg;
+    struct dmamap_err err;
+    struct dmamap_machine_stats st;
+    struct dmamap_region regs[DMAMAP_MAX_REGIONS];
+    uint8_t buf[256];
+    pthread_barrier_wait(&start);
+    for (unsigned i = 0; i < ITERS; i++) {
+        unsigned seed = k * 1000003u + i;
+        private_space(seed);
+        shared_space(shared, seed);
+        dmamap_dma_rw(m, L->ram_base + (RAM >> 1) + k * PAGE, buf, sizeof buf, (int)(i & 1), &err);
+        dmamap_flush_dcache_range(m, L->ram_base + (RAM >> 1), 16 * PAGE, &err);
+        dmamap_machine_stats(m, &st);
+        dmamap_regions(m, regs, DMAMAP_MAX_REGIONS);
+        dmamap_region_of(m, L->mmio_base + 8);
+        if (k == 0 && i == ITERS / 2)
+            dmamap_as_close(shared);   /* under the other threads' feet: they get ECLOSED from here on */
+        if (k == 1 && i == ITERS - 20)
+            stop_machine = 1;
+    }
+    return NULL;
+}
+
+static int run(const struct layout *lay)
+{
+    struct dmamap_err err;
+    L = lay;
+    uint64_t size = RAM + SRAM;
+    void *backing = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (backing == MAP_FAILED)
+        return 1;
+    m = dmamap_machine_new(lay->isa, backing, size, lay->isa == DMAMAP_ISA_X86_64, &err);
+    if (!m) {
+        fprintf(stderr, "machine_new: %s\n", err.msg);
+        return 1;
+    }
+    if (lay->isa == DMAMAP_ISA_AARCH64 && dmamap_machine_set_cache(m, 32 * 1024, 4, &err))
+        return 1;
+    dmamap_machine_set_io(m, io_cb, NULL);
+    dmamap_machine_set_memtype_policy(m, DMAMAP_MEMTYPE_REPORT);
+    struct dmamap_region r[] = {
+        {DMAMAP_MEM_RAM, -1, 0, lay->ram_base, RAM, 0},
+        {DMAMAP_MEM_SRAM, -1, 0, lay->sram_base, SRAM, RAM},
+        {DMAMAP_MEM_MMIO, 0, 0, lay->mmio_base, PAGE, 0},
+        {DMAMAP_MEM_IOWIN, -1, 0, lay->iowin_base, 0x10000, 0},
+    };
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+        if (dmamap_add_region(m, &r[i], &err)) {
+            fprintf(stderr, "add_region: %s\n", err.msg);
+            return 1;
+        }
+    shared = dmamap_as_new(m, 0, &err);
+    if (!shared)
+        return 1;
+    stop_machine = 0;
+    touched = remapped = refused = 0;
+    pthread_t t[THREADS + 1];
+    pthread_barrier_init(&start, NULL, THREADS);
+    for (uintptr_t k = 0; k < THREADS; k++)
+        pthread_create(&t[k], NULL, worker, (void *)k);
+    while (!stop_machine)
+        sched_yield();
+    dmamap_machine_close(m);   /* the rest of the calls race the close */
+    for (int k = 0; k < THREADS; k++)
+        pthread_join(t[k], NULL);
+    pthread_barrier_destroy(&start);
+    dmamap_as_free(shared);
+    dmamap_machine_free(m);
+    munmap(backing, size);
+    printf("tsan harness %s: %lu private touches, %lu shared remaps, %lu calls refused\n",
+           lay->isa == DMAMAP_ISA_X86_64 ? "x86_64" : "aarch64", (unsigned long)touched,
+           (unsigned long)remapped, (unsigned long)refused);
+    if (touched < THREADS * ITERS / 2 || !remapped || !refused) {
+        fprintf(stderr, "the harness did too little work to mean anything\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* A deliberate data race: .ci/run checks that TSan reports it, so a clean run
+ * of the harness means something. */
+static long canary_counter;
+
+static void *canary_thread(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 100000; i++)
+        canary_counter++;
+    return NULL;
+}
+
+static int canary(void)
+{
+    pthread_t a, b;
+    pthread_create(&a, NULL, canary_thread, NULL);
+    pthread_create(&b, NULL, canary_thread, NULL);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    return canary_counter == 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "canary"))
+        return canary();
+    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
+        if (run(&layouts[i]))
+            return 1;
+    puts("tsan harness: done");
+    return 0;
+}
