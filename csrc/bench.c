@@ -129,3 +129,10 @@ int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride
     close(fd);
     return t;
 }
+
+uint64_t dmamap_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}

@@ -91,7 +91,8 @@ struct dmamap_machine {
     pthread_mutex_t cache_lock;
     struct dmamap_region regions[MAX_REGIONS];
     int nregions;
-    /* RAM: one region, descriptors and allocator. */
+
+/* RAM: one region, descriptors and allocator. */
     uint64_t ram_base_pfn, ram_pages;
     uint8_t *ram_host;             /* host address of RAM pfn ram_base_pfn */
     uint64_t sram_base, sram_size; /* the first SRAM region (never removed), for fast lookups */
@@ -103,22 +104,26 @@ struct dmamap_machine {
     uint64_t table_pages;
     uint64_t *table_cache;         /* recently freed (zeroed, host-backed) table pfns, LIFO */
     int ntable_cache, captable_cache;
-    /* I/O */
+
+/* I/O */
     dmamap_io_fn io_fn;
     void *io_ctx;
     struct iowin_slot iowin[MAX_IOWIN];
-    /* memtype */
+
+/* memtype */
     struct memtype_entry *memtypes;
     int nmemtypes, capmemtypes;
     int memtype_policy;
     _Atomic uint64_t memtype_gen;  /* bumped on every reservation change */
     struct dmamap_memtype_report reports[MAX_MEMTYPE_REPORTS];
     uint64_t nreports;
-    /* cache model (NULL when DMA snoops) */
+
+/* cache model (NULL when DMA snoops) */
     struct cache_line *cache;
     int cache_sets, cache_ways;
     uint64_t cache_clock;
-    /* stats */
+
+/* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb;
     _Atomic uint64_t mmio_accesses, port_accesses;
 };
@@ -148,7 +153,8 @@ struct vma {
     uint64_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */
     int nmemtypes, capmemtypes;
-    /* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
+
+/* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
      * protection mt_prot at reservation generation mt_gen - 1 (0: nothing
      * cached); spares the fault path the machine lock. */
     uint64_t mt_lo, mt_hi, mt_gen, mt_prot;
@@ -164,22 +170,26 @@ struct dmamap_as {
     int nvmas, capvmas;
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
-    /* walk cache: wc_pa[l] is the level-l table covering the VAs with
+
+/* walk cache: wc_pa[l] is the level-l table covering the VAs with
      * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
-    /* Per-ISA constants, so hot paths make no indirect calls: the output-address
+
+/* Per-ISA constants, so hot paths make no indirect calls: the output-address
      * bits of a leaf at each level, and the software "special" bit.  Both ISAs
      * encode a leaf as (output address | attribute bits). */
     uint64_t pa_mask[MAX_LEVELS];
     uint64_t special_bit;
     uint64_t va_lo, va_hi;         /* the address space's VA range, as dmamap_as_va_range */
-    /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
+
+/* decode memo of the TLB-miss path: what the last leaf attribute bits seen
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
-    /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
+
+/* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;
     dmamap_fault_fn fault_fn;
@@ -192,18 +202,116 @@ int dmamap_fail(struct dmamap_err *err, int code, uint64_t addr, const char *fmt
     __attribute__((format(printf, 4, 5)));
 void dmamap_err_clear(struct dmamap_err *err);
 
-/* machine.c */
+/* arch.c */
+const struct dmamap_arch *dmamap_arch_get(int isa);
+
+/* physmap.c */
 uint8_t *dmamap_host_ptr(dmamap_machine *m, uint64_t pa, uint64_t n, int *type);
 int dmamap_region_lookup(dmamap_machine *m, uint64_t pa, struct dmamap_region *out);
+
+/* page_alloc.c */
 int dmamap_pfn_is_ram(dmamap_machine *m, uint64_t pfn);
 struct page_desc *dmamap_page(dmamap_machine *m, uint64_t pfn);
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err);
 void dmamap_free_table_page(dmamap_machine *m, uint64_t pa);
+
+/* io.c */
 int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uint64_t *value,
                      struct dmamap_err *err);
+
+/* cache.c */
+void dmamap_cache_read(dmamap_machine *m, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
+void dmamap_cache_write(dmamap_machine *m, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
+void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
+
+/* memtype.c */
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
 int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache);
+int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t idx,
+    int report, struct dmamap_err *err);
+int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t prot,
+    struct dmamap_err *err);
+void untrack(dmamap_as *as, struct vma *v);
+void untrack_last(dmamap_as *as, struct vma *v);
+    
+/* pgtable.c, pgtable_edit.c */
+uint64_t *dmamap_table_ptr(dmamap_machine *m, uint64_t table_pa);
+int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
+                   int large, int special, struct dmamap_err *err);
+void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages);
+int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
+int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
+int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
+                      struct dmamap_err *err);
+int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err);
+void dmamap_pt_free_all(dmamap_as *as);
+void dmamap_pt_cache_reset(dmamap_as *as);
+int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+                     struct dmamap_err *err);
+uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err);
+uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special);
+void dmamap_pt_added(dmamap_as *as, uint64_t table_pa, uint64_t n);
+void drop_table(dmamap_as *as, uint64_t pa);
+int split_block(dmamap_as *as, uint64_t *e, int level, struct dmamap_err *err);
 
+static inline uint64_t level_shift(int level)
+{
+    return PAGE_SHIFT + 9 * (uint64_t)level;
+}
+
+static inline int pt_index(uint64_t va, int level)
+{
+    return (int)((va >> level_shift(level)) & (ENTRIES - 1));
+}
+
+static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
+{
+    return &m->pages[(table_pa >> PAGE_SHIFT) - m->ram_base_pfn];
+}
+
+/* Whether a table entry leads to a page-table page of this machine.  Tables
+ * live in emulated RAM, where phys_write, device DMA or a PFN mapping of a
+ * table page can scribble over them; an entry pointing anywhere else is
+ * corrupt and is never followed, so no walk leaves the emulated RAM or touches
+ * the bookkeeping of a page that is not a table. */
+static inline int table_ok(dmamap_machine *m, uint64_t table_pa)
+{
+    uint64_t idx = (table_pa >> PAGE_SHIFT) - m->ram_base_pfn;
+    return idx < m->ram_pages && (m->pages[idx].flags & DMAMAP_PG_TABLE);
+}
+
+/* tlb.c */
+void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);
+
+/* as.c */
+int as_unlock(dmamap_as *as, int rc, struct dmamap_err *err);
+
+/* mmap.c */
+int chunk_find(const struct vma *v, uint64_t idx);
+uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run);
+int va_ok(dmamap_as *as, uint64_t va, uint64_t len);
+struct vma *vma_find(dmamap_as *as, uint64_t va);
+struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err);
+struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err);
+void vma_release(struct vma *v);
+
+/* memory.c */
+int is_cow_mapping(const struct vma *v);
+int pfn_range_ok(dmamap_as *as, uint64_t pfn, uint64_t npages, const char *what, struct dmamap_err *err);
+int prot_check(dmamap_as *as, uint64_t prot, struct dmamap_err *err);
+int range_in_vma(dmamap_as *as, const struct vma *v, uint64_t addr, uint64_t size, const char *what,
+    struct dmamap_err *err);
+
+/* insert.c */
+int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int take_ref,
+    struct dmamap_err *err);
+int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, struct dmamap_err *err);
+void page_unget(dmamap_as *as, uint64_t pfn);
+
+/* fault.c */
+int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
+    struct dmamap_err *err);
+int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
 {
@@ -234,35 +342,51 @@ static inline int dmamap_m_done(dmamap_machine *m, int rc, struct dmamap_err *er
     return rc;
 }
 
-/* cache.c */
-void dmamap_cache_read(dmamap_machine *m, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
-void dmamap_cache_write(dmamap_machine *m, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
-void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
-
-/* pgtable.c */
-uint64_t *dmamap_table_ptr(dmamap_machine *m, uint64_t table_pa);
-int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
-                   int large, int special, struct dmamap_err *err);
-void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages);
-int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
-int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
-int dmamap_pt_range_empty(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t *busy_va);
-int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
-                      struct dmamap_err *err);
-int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err);
-void dmamap_pt_free_all(dmamap_as *as);
-void dmamap_pt_cache_reset(dmamap_as *as);
-int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
-                     struct dmamap_err *err);
-uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err);
-uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special);
-void dmamap_pt_added(dmamap_as *as, uint64_t table_pa, uint64_t n);
-
-/* tlb */
-void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size);
-
 #define LOCK(l) pthread_mutex_lock(l)
 #define UNLOCK(l) pthread_mutex_unlock(l)
+
+/* ---- the entry points' prologue and epilogue ----
+ * Entry points accept any pointer the caller holds, including NULL.  An
+ * address space lives until dmamap_as_free (called when no caller can hold it
+ * any more); closing it only tears its mappings down and marks it closed, so a
+ * call racing a close finds a closed address space, never freed memory. */
+static inline int as_dead(const dmamap_as *as)
+{
+    return atomic_load_explicit(&as->closed, memory_order_acquire) ||
+           atomic_load_explicit(&as->m->closed, memory_order_acquire);
+}
+
+#define AS_OK(as) ((as) && (as)->m && !as_dead(as))
+#define AS_CHECK(as, err, addr)                                                         \
+    do {                                                                                \
+        if (!AS_OK(as))                                                                 \
+            return dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is " \
+                               "closed (NULL)");                                        \
+    } while (0)
+
+/* Take the lock, then check again that the address space is live (a close on
+ * another thread may have won the race for it); as_unlock is the epilogue. */
+#define AS_LOCK(as, err, addr)                                                          \
+    do {                                                                                \
+        LOCK(&(as)->lock);                                                              \
+        if (as_dead(as)) {                                                              \
+            UNLOCK(&(as)->lock);                                                        \
+            return dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is " \
+                               "closed");                                               \
+        }                                                                               \
+    } while (0)
+
+/* The machine entry points' check: a live machine. */
+#define M_CHECK(m, err, addr)                                                           \
+    do {                                                                                \
+        if (!(m) || atomic_load_explicit(&(m)->closed, memory_order_acquire))          \
+            return dmamap_fail(err, DMAMAP_ECLOSED, addr, "machine is closed");         \
+    } while (0)
+
+/* VMA ids: slot | generation << ID_SLOT_BITS, never repeating in practice. */
+#define ID_SLOT_BITS 20
+#define ID_SLOT(id) ((int)((id) & ((1 << ID_SLOT_BITS) - 1)))
+#define ID_GEN_MASK ((1ULL << (63 - ID_SLOT_BITS)) - 1)
 
 #pragma GCC visibility pop
 

@@ -1,0 +1,210 @@
+/* The fault path: built-in page and PFN handlers (with fault-around and huge
+ * faults), Python handlers with finish_fault semantics, and copy-on-write. */
+#include <string.h>
+#include "internal.h"
+
+int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
+                    struct dmamap_err *err)
+{
+    uint64_t pfn;
+    int rc = dmamap_alloc_pages(as->m, 1, 1, DMAMAP_PG_ANON, &pfn, err);
+    if (rc)
+        return rc;
+    uint8_t *dst = dmamap_host_ptr(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
+    uint8_t *src = dmamap_host_ptr(as->m, src_pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
+    if (src)
+        memcpy(dst, src, PAGE_SIZE);
+    uint64_t page = va & PAGE_MASK;
+    if (replace) {
+        dmamap_pt_clear(as, page, 1);
+        dmamap_tlb_flush_range(as, page, PAGE_SIZE);
+    }
+    const struct dmamap_arch *a = as->m->arch;
+    unsigned f = a->prot_flags(v->prot) | DMAMAP_PROT_WRITE;
+    uint64_t prot = a->prot_make(f, a->prot_cache(v->prot));
+    rc = dmamap_pt_fill(as, page, pfn, 1, prot, 0, 0, err);
+    /* the PTE now holds the reference the allocation gave us */
+    LOCK(&as->m->lock);
+    dmamap_page(as->m, pfn)->refcount--;
+    UNLOCK(&as->m->lock);
+    as->st.cow_faults++;
+    return rc;
+}
+
+static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, int page_mode, int is_write,
+                      uint64_t idx, struct dmamap_err *err)
+{
+    uint64_t page = va & PAGE_MASK;
+    if (page_mode) {
+        if (is_write && !(v->flags & DMAMAP_VM_SHARED)) {
+            int rc = page_insertable(as, page, pfn, "fault handler returned a page", err);
+            return rc ? rc : cow_page(as, v, page, pfn, 0, err);
+        }
+        int rc = page_get(as, page, pfn, "fault handler returned a page", 1, err);
+        if (rc)
+            return rc;
+        rc = dmamap_pt_insert(as, page, pfn, v->prot, 0, err);
+        if (rc)
+            page_unget(as, pfn);
+        return rc;
+    }
+    if (is_write && !(v->flags & DMAMAP_VM_SHARED)) {
+        if (!dmamap_pfn_is_ram(as->m, pfn))
+            return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault at %#llx on non-RAM pfn %#llx: "
+                               "SIGBUS, not a copy", (unsigned long long)va, (unsigned long long)pfn);
+        return cow_page(as, v, page, pfn, 0, err);
+    }
+    uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
+    if (!kind || kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+        return dmamap_fail(err, DMAMAP_EVMAKIND, va, "PFN insert at %#llx into VMA [%#llx, %#llx) that is %s",
+                           (unsigned long long)va, (unsigned long long)v->start, (unsigned long long)v->end,
+                           kind ? "both VM_PFNMAP and VM_MIXEDMAP" : "neither VM_PFNMAP nor VM_MIXEDMAP");
+    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, 1, err);
+    if (rc)
+        return rc;
+    return dmamap_pt_insert(as, page, pfn, v->prot, 1, err);
+}
+
+/* Fault-around for n pages from a, backed by pfn.. (one chunk run, one leaf
+ * table): fill the empty PTEs among them, as insert_one would one by one
+ * (errors only skip pages), but with one walk and one hold of the lock. */
+static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, uint64_t n, int page_mode,
+                       uint64_t idx)
+{
+    struct dmamap_err ignored;
+    uint64_t table, cnt = 0;
+    uint64_t *slot = dmamap_pt_slot(as, a, &table, &ignored);
+    if (!slot)
+        return;   /* a block covers it, or no memory for a table */
+    if (page_mode) {
+        dmamap_machine *m = as->m;
+        uint64_t base = dmamap_pt_leaf_base(as, v->prot, 0);
+        LOCK(&m->lock);
+        for (uint64_t i = 0; i < n; i++) {
+            struct page_desc *p = slot[i] ? NULL : dmamap_page(m, pfn + i);
+            /* page_get's rules: RAM, allocated, neither anonymous nor a page table */
+            if (!p || p->refcount <= 0 || (p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)))
+                continue;
+            p->mapcount++;
+            p->refcount++;
+            slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+            cnt++;
+        }
+        UNLOCK(&m->lock);
+    } else {
+        uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
+        if (!kind || kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+            return;
+        if (fault_memtype_check(as, v, pfn << PAGE_SHIFT, n << PAGE_SHIFT, idx, 0, &ignored)) {
+            for (uint64_t i = 0; i < n; i++)   /* a conflict somewhere: page by page, reporting each */
+                if (!slot[i])
+                    insert_one(as, v, a + (i << PAGE_SHIFT), pfn + i, 0, 0, idx + i, &ignored);
+            return;
+        }
+        uint64_t base = dmamap_pt_leaf_base(as, v->prot, 1);
+        for (uint64_t i = 0; i < n; i++)
+            if (!slot[i]) {
+                slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+                cnt++;
+            }
+    }
+    dmamap_pt_added(as, table, cnt);
+}
+
+static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
+{
+    int page_mode = v->fault_kind == DMAMAP_FAULT_PAGE;
+    uint64_t idx = (va - v->start) >> PAGE_SHIFT;
+    uint64_t run;
+    uint64_t pfn = chunk_pfn(v, idx, &run);
+    if (pfn == ~0ULL)
+        return dmamap_fail(err, DMAMAP_ESIGBUS, va, "fault at %#llx beyond the end of the mapped buffer "
+                           "(SIGBUS)", (unsigned long long)va);
+    /* huge fault: a 2 MiB block when the chunk and the VMA allow */
+    if (v->large && !page_mode) {
+        uint64_t span = 1ULL << 21;
+        uint64_t base = va & ~(span - 1);
+        uint64_t bidx = (base - v->start) >> PAGE_SHIFT;
+        uint64_t brun;
+        uint64_t bpfn = base >= v->start ? chunk_pfn(v, bidx, &brun) : ~0ULL;
+        if (base >= v->start && base + span <= v->end && bpfn != ~0ULL && brun >= 512 &&
+            !((bpfn << PAGE_SHIFT) & (span - 1)) && !(is_write && !(v->flags & DMAMAP_VM_SHARED))) {
+            uint64_t *e;
+            int level;
+            int found = dmamap_pt_walk(as, base, &e, &level);
+            if (!found && level >= 1) {
+                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, 1, err);
+                return rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
+            }
+        }
+    }
+    int rc = insert_one(as, v, va, pfn, page_mode, is_write, idx, err);
+    if (rc || v->fault_around <= 1 || is_write)
+        return rc;
+    /* fault-around: map the empty neighbours in the aligned window, a chunk run at a time */
+    uint64_t win = v->fault_around << PAGE_SHIFT;
+    uint64_t lo = (va & ~(win - 1)) < v->start ? v->start : (va & ~(win - 1));
+    uint64_t hi = lo + win > v->end ? v->end : lo + win;
+    for (uint64_t a = lo; a < hi;) {
+        uint64_t run, p = chunk_pfn(v, (a - v->start) >> PAGE_SHIFT, &run);
+        if (p == ~0ULL)
+            break;
+        uint64_t n = (hi - a) >> PAGE_SHIFT, in_table = ENTRIES - ((a >> PAGE_SHIFT) & (ENTRIES - 1));
+        n = n < run ? n : run;
+        n = n < in_table ? n : in_table;
+        around_run(as, v, a, p, n, page_mode, (a - v->start) >> PAGE_SHIFT);
+        a += n << PAGE_SHIFT;
+    }
+    return 0;
+}
+
+int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
+{
+    as->st.faults++;
+    switch (v->fault_kind) {
+    case DMAMAP_FAULT_PAGE:
+    case DMAMAP_FAULT_PFN:
+        return builtin_fault(as, v, va, is_write, err);
+    case DMAMAP_FAULT_PYTHON: {
+        if (!as->fault_fn)
+            return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "VMA has a Python fault handler but no callback");
+        int64_t id = v->id;
+        uint64_t pfn = 0;
+        int r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, is_write, &pfn);
+        if (as_dead(as))   /* the handler closed its own address space (or the machine went) */
+            return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by the fault handler at %#llx",
+                               (unsigned long long)va);
+        v = vma_get(as, id, NULL);
+        if (!v)
+            return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own fault handler at %#llx",
+                               (unsigned long long)va);
+        if (r == DMAMAP_VM_FAULT_PAGE) {
+            /* finish_fault: a handler that installed the PTE itself (vm_insert_page)
+             * and returned a page as well wins the race with itself; the returned
+             * page is dropped and the access goes on through the PTE present. */
+            uint64_t *e;
+            int level;
+            if (dmamap_pt_walk(as, va, &e, &level))
+                return 0;
+            return insert_one(as, v, va, pfn, 1, is_write, ~0ULL, err);
+        }
+        if (r == DMAMAP_VM_FAULT_NOPAGE) {
+            uint64_t *e;
+            int level;
+            if (!dmamap_pt_walk(as, va, &e, &level))
+                return dmamap_fail(err, DMAMAP_ESIGBUS, va, "fault handler returned VM_FAULT_NOPAGE without "
+                                   "inserting a PTE at %#llx", (unsigned long long)va);
+            return 0;
+        }
+        if (r == DMAMAP_VM_FAULT_SIGBUS)
+            return dmamap_fail(err, DMAMAP_ESIGBUS, va, "fault handler returned VM_FAULT_SIGBUS at %#llx",
+                               (unsigned long long)va);
+        return dmamap_fail(err, r < 0 ? r : DMAMAP_EHANDLER, va, "fault handler failed at %#llx",
+                           (unsigned long long)va);
+    }
+    default:
+        return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "not-present page at %#llx in VMA [%#llx, %#llx) "
+                           "with no fault handler (SIGBUS)", (unsigned long long)va,
+                           (unsigned long long)v->start, (unsigned long long)v->end);
+    }
+}

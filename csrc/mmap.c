@@ -1,0 +1,379 @@
+/* VMAs (mm/mmap.c): ids that never repeat, lookup, placement, mmap and munmap,
+ * and a VMA's flags, protection, fault handler and chunk list. */
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+int va_ok(dmamap_as *as, uint64_t va, uint64_t len)
+{
+    uint64_t lo = as->va_lo, hi = as->va_hi;
+    if (va < lo || va + len < va)
+        return 0;
+    return hi == ~0ULL ? 1 : va + len <= hi;
+}
+
+struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err)
+{
+    int slot = ID_SLOT(id);
+    if (id < 0 || slot >= as->nvmas || !as->vmas[slot].live || as->vmas[slot].id != id) {
+        dmamap_fail(err, DMAMAP_ENOVMA, 0, "VMA %lld is not mapped (already unmapped or never created)",
+                    (long long)id);
+        return NULL;
+    }
+    return &as->vmas[slot];
+}
+
+/* vma_get for a call about addr: the error of a stale VMA names the address. */
+struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err)
+{
+    struct vma *v = vma_get(as, id, err);
+    if (!v)
+        dmamap_fail(err, DMAMAP_ENOVMA, addr, "VMA %lld at %#llx is not mapped (already unmapped or "
+                    "never created)", (long long)id, (unsigned long long)addr);
+    return v;
+}
+
+struct vma *vma_find(dmamap_as *as, uint64_t va)
+{
+    if (as->last_vma >= 0) {
+        struct vma *v = &as->vmas[as->last_vma];
+        if (v->live && va >= v->start && va < v->end)
+            return v;
+    }
+    for (int i = 0; i < as->nvmas; i++) {
+        struct vma *v = &as->vmas[i];
+        if (v->live && va >= v->start && va < v->end) {
+            as->last_vma = i;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)
+{
+    if (!AS_OK(as))
+        return -1;
+    LOCK(&as->lock);
+    struct vma *v = as_dead(as) ? NULL : vma_find(as, va);
+    int64_t id = v ? v->id : -1;
+    UNLOCK(&as->lock);
+    return id;
+}
+
+static int overlaps(dmamap_as *as, uint64_t start, uint64_t end)
+{
+    for (int i = 0; i < as->nvmas; i++) {
+        struct vma *v = &as->vmas[i];
+        if (v->live && start < v->end && v->start < end)
+            return 1;
+    }
+    return 0;
+}
+
+static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t lo = as->kernel ? a->vmalloc_start : 0x10000000ULL;
+    uint64_t hi = as->kernel ? a->vmalloc_end : a->user_hi;
+    if (lo + align - 1 < lo)
+        return 0;   /* the alignment alone wraps the address space */
+    uint64_t cand = (lo + align - 1) & ~(align - 1);
+    for (;;) {
+        if (cand < lo || cand + length < cand || cand + length > hi)
+            return 0;
+        uint64_t bump = 0;
+        for (int i = 0; i < as->nvmas; i++) {
+            struct vma *v = &as->vmas[i];
+            /* a guard page between neighbours keeps overruns visible */
+            if (v->live && cand < v->end + PAGE_SIZE && v->start < cand + length + PAGE_SIZE && v->end > bump)
+                bump = v->end;
+        }
+        if (!bump) {
+            *out = cand;
+            return 1;
+        }
+        uint64_t next = (bump + PAGE_SIZE + align - 1) & ~(align - 1);
+        if (next <= cand || bump + PAGE_SIZE + align - 1 < bump)
+            return 0;   /* wrapped */
+        cand = next;
+    }
+}
+
+void vma_release(struct vma *v)
+{
+    free(v->chunks);
+    free(v->chunk_start);
+    free(v->memtypes);
+    memset(v, 0, sizeof *v);
+}
+
+int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
+                uint64_t align, int64_t *id_out, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
+    if (!id_out)
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "NULL id_out");
+    if (length == 0 || (length & (PAGE_SIZE - 1)))
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "mmap length %#llx is zero or not page-aligned",
+                           (unsigned long long)length);
+    if (align < PAGE_SIZE)
+        align = PAGE_SIZE;
+    if (align & (align - 1))
+        return dmamap_fail(err, DMAMAP_EINVAL, align, "mmap alignment %#llx is not a power of two",
+                           (unsigned long long)align);
+    uint64_t known = DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_EXEC | DMAMAP_VM_SHARED | DMAMAP_VM_IO |
+                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP;
+    if (vm_flags & ~known)
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "unknown vm_flags %#llx",
+                           (unsigned long long)(vm_flags & ~known));
+    if ((vm_flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+        return dmamap_fail(err, DMAMAP_EVMAKIND, addr, "mmap at %#llx: a VMA cannot be both VM_PFNMAP and "
+                           "VM_MIXEDMAP", (unsigned long long)addr);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
+    int rc = 0;
+    AS_LOCK(as, err, addr);
+    if (addr) {
+        if ((addr & (PAGE_SIZE - 1)) || (addr & (align - 1)) || !va_ok(as, addr, length)) {
+            rc = dmamap_fail(err, DMAMAP_ERANGE, addr, "fixed mmap address %#llx+%#llx is misaligned or "
+                             "outside the %s address range", (unsigned long long)addr,
+                             (unsigned long long)length, as->kernel ? "kernel" : "user");
+            goto out;
+        }
+        if (overlaps(as, addr, addr + length)) {
+            rc = dmamap_fail(err, DMAMAP_EBUSY, addr, "fixed mmap at %#llx overlaps an existing VMA",
+                             (unsigned long long)addr);
+            goto out;
+        }
+    } else if (!find_gap(as, length, align, &addr)) {
+        rc = dmamap_fail(err, DMAMAP_ENOMEM, length, "no free virtual range of %#llx bytes",
+                         (unsigned long long)length);
+        goto out;
+    }
+    int slot = -1;
+    for (int i = 0; i < as->nvmas; i++)
+        if (!as->vmas[i].live) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        if (as->nvmas >= (1 << ID_SLOT_BITS)) {
+            rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "too many VMAs");
+            goto out;
+        }
+        if (as->nvmas == as->capvmas) {
+            int cap = as->capvmas ? as->capvmas * 2 : 16;
+            struct vma *n = realloc(as->vmas, (size_t)cap * sizeof *n);
+            if (!n) {
+                rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "host out of memory for VMAs");
+                goto out;
+            }
+            memset(n + as->capvmas, 0, (size_t)(cap - as->capvmas) * sizeof *n);
+            as->vmas = n;
+            as->capvmas = cap;
+        }
+        slot = as->nvmas++;
+    }
+    struct vma *v = &as->vmas[slot];
+    uint64_t gen = v->gen + 1;
+    memset(v, 0, sizeof *v);
+    v->gen = gen & ID_GEN_MASK;   /* 2^43 reuses of one slot before an id repeats */
+    v->id = (int64_t)((uint64_t)slot | (v->gen << ID_SLOT_BITS));
+    v->start = addr;
+    v->end = addr + length;
+    v->flags = vm_flags;
+    v->prot = prot;
+    v->live = 1;
+    *id_out = v->id;
+out:
+    return as_unlock(as, rc, err);
+}
+
+int dmamap_munmap(dmamap_as *as, int64_t id, struct dmamap_err *err)
+{
+    return dmamap_munmap_flags(as, id, 0, err);
+}
+
+int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    int rc = v ? 0 : DMAMAP_ENOVMA;
+    if (v) {
+        dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
+        if (!(flags & DMAMAP_MUNMAP_NOFLUSH))
+            dmamap_tlb_flush_range(as, v->start, v->end - v->start);
+        untrack(as, v);
+        uint64_t gen = v->gen;
+        vma_release(v);
+        v->gen = gen;
+    }
+    return as_unlock(as, rc, err);
+}
+
+int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (!out)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    if (v)
+        *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1};
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+}
+
+int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    uint64_t known = DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_EXEC | DMAMAP_VM_SHARED | DMAMAP_VM_IO |
+                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP;
+    if ((set | clear) & ~known)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown vm_flags %#llx",
+                           (unsigned long long)((set | clear) & ~known));
+    int rc = 0;
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    if (!v) {
+        rc = DMAMAP_ENOVMA;
+    } else {
+        uint64_t f = (v->flags | set) & ~clear;
+        if ((f & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+            rc = dmamap_fail(err, DMAMAP_EVMAKIND, v->start, "VMA [%#llx, %#llx) cannot be both VM_PFNMAP "
+                             "and VM_MIXEDMAP", (unsigned long long)v->start, (unsigned long long)v->end);
+        else
+            v->flags = f;
+    }
+    return as_unlock(as, rc, err);
+}
+
+int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (prot_check(as, prot, err))
+        return DMAMAP_EINVAL;
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    if (v)
+        v->prot = prot;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+}
+
+int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks, int nchunks,
+                         uint64_t first_page, uint64_t fault_around, int large, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (kind < DMAMAP_FAULT_NONE || kind > DMAMAP_FAULT_PIO)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown fault handler kind %d", kind);
+    int needs_chunks = kind == DMAMAP_FAULT_PAGE || kind == DMAMAP_FAULT_PFN;
+    if (needs_chunks && (nchunks <= 0 || !chunks))
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "a built-in fault handler needs at least one chunk");
+    if (nchunks < 0 || fault_around > 512)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "fault_around %llu is above 512 pages",
+                           (unsigned long long)fault_around);
+    if (kind == DMAMAP_FAULT_PIO && first_page > 0xffff)
+        return dmamap_fail(err, DMAMAP_EINVAL, first_page, "port %#llx outside the port space",
+                           (unsigned long long)first_page);
+    struct dmamap_chunk *c = NULL;
+    uint64_t *cs = NULL;
+    if (needs_chunks) {
+        c = malloc((size_t)nchunks * sizeof *c);
+        cs = malloc(((size_t)nchunks + 1) * sizeof *cs);
+        if (!c || !cs) {
+            free(c);
+            free(cs);
+            return dmamap_fail(err, DMAMAP_ENOMEM, 0, "host out of memory for chunks");
+        }
+        cs[0] = 0;
+        for (int i = 0; i < nchunks; i++) {
+            if (chunks[i].npages == 0 || chunks[i].pfn + chunks[i].npages < chunks[i].pfn ||
+                chunks[i].pfn + chunks[i].npages > (1ULL << 36) || cs[i] + chunks[i].npages < cs[i]) {
+                free(c);
+                free(cs);
+                return dmamap_fail(err, DMAMAP_EINVAL, chunks[i].pfn << PAGE_SHIFT, "chunk %d (pfn %#llx, "
+                                   "%llu pages) is empty or outside the physical address space", i,
+                                   (unsigned long long)chunks[i].pfn, (unsigned long long)chunks[i].npages);
+            }
+            c[i] = chunks[i];
+            cs[i + 1] = cs[i] + chunks[i].npages;
+        }
+        uint64_t total = cs[nchunks];
+        if (first_page >= total) {
+            free(c);
+            free(cs);
+            return dmamap_fail(err, DMAMAP_EINVAL, 0, "first page %llu is past the %llu chunk pages",
+                               (unsigned long long)first_page, (unsigned long long)total);
+        }
+    }
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    if (v) {
+        free(v->chunks);
+        free(v->chunk_start);
+        v->chunks = c;
+        v->chunk_start = cs;
+        v->nchunks = needs_chunks ? nchunks : 0;
+        v->fault_kind = kind;
+        v->first_page = kind == DMAMAP_FAULT_PIO ? 0 : first_page;
+        v->pio_port = kind == DMAMAP_FAULT_PIO ? first_page : 0;
+        v->pio_count = kind == DMAMAP_FAULT_PIO ? v->end - v->start : 0;
+        v->fault_around = fault_around;
+        v->large = large;
+    } else {
+        free(c);
+        free(cs);
+    }
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+}
+
+int dmamap_vma_set_pio(dmamap_as *as, int64_t id, uint64_t port, uint64_t count, struct dmamap_err *err)
+{
+    if (count == 0 || port > 0xffff || count > 0x10000 - port)
+        return dmamap_fail(err, DMAMAP_EINVAL, port, "ports %#llx+%llu are outside the 64 KiB port space",
+                           (unsigned long long)port, (unsigned long long)count);
+    int rc = dmamap_vma_set_fault(as, id, DMAMAP_FAULT_PIO, NULL, 0, port, 0, 0, err);
+    if (rc)
+        return rc;
+    AS_LOCK(as, err, 0);
+    struct vma *v = vma_get(as, id, err);
+    if (v && count < v->pio_count)
+        v->pio_count = count;
+    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+}
+
+/* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */
+int chunk_find(const struct vma *v, uint64_t idx)
+{
+    idx += v->first_page;
+    int lo = 0, hi = v->nchunks;
+    if (!hi || idx >= v->chunk_start[hi])
+        return -1;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (v->chunk_start[mid] <= idx)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* pfn backing page `idx` of the VMA's chunk list, or ~0 past its end. */
+uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
+{
+    int c = chunk_find(v, idx);
+    if (c < 0)
+        return ~0ULL;
+    idx += v->first_page;
+    if (run)
+        *run = v->chunk_start[c + 1] - idx;
+    return v->chunks[c].pfn + (idx - v->chunk_start[c]);
+}
