@@ -33,98 +33,6 @@ void dmamap_err_clear(struct dmamap_err *err)
     }
 }
 
-const struct dmamap_arch *dmamap_arch_get(int isa)
-{
-    switch (isa) {
-    case DMAMAP_ISA_X86_64:
-        return &dmamap_arch_x86_64;
-    case DMAMAP_ISA_AARCH64:
-        return &dmamap_arch_aarch64;
-    default:
-        return NULL;
-    }
-}
-
-/* ---- arch queries ---- */
-
-int dmamap_isa_levels(int isa)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    return a ? a->levels : DMAMAP_EINVAL;
-}
-
-int dmamap_isa_va_bits(int isa)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    return a ? a->va_bits : DMAMAP_EINVAL;
-}
-
-const char *dmamap_cache_name(int isa, int cache)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || cache < 0 || cache >= a->ncache)
-        return NULL;
-    return a->cache_names[cache];
-}
-
-int dmamap_cache_count(int isa)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    return a ? a->ncache : DMAMAP_EINVAL;
-}
-
-int dmamap_cache_is_cacheable(int isa, int cache)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || cache < 0 || cache >= a->ncache)
-        return DMAMAP_EINVAL;
-    return a->cache_cacheable[cache];
-}
-
-int dmamap_cache_is_device(int isa, int cache)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || cache < 0 || cache >= a->ncache)
-        return DMAMAP_EINVAL;
-    return a->cache_device[cache];
-}
-
-uint64_t dmamap_prot_make(int isa, unsigned flags, int cache)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || cache < 0 || cache >= a->ncache)
-        return 0;
-    return a->prot_make(flags, cache);
-}
-
-int dmamap_prot_cache(int isa, uint64_t prot)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    return a ? a->prot_cache(prot) : DMAMAP_EINVAL;
-}
-
-uint64_t dmamap_prot_set_cache(int isa, uint64_t prot, int cache)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || cache < 0 || cache >= a->ncache)
-        return prot;
-    return a->prot_set_cache(prot, cache);
-}
-
-unsigned dmamap_prot_flags(int isa, uint64_t prot)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    return a ? a->prot_flags(prot) : 0;
-}
-
-int dmamap_cache_by_pat_index(int isa, int index)
-{
-    const struct dmamap_arch *a = dmamap_arch_get(isa);
-    if (!a || index < 0 || index >= a->ncache)
-        return DMAMAP_EINVAL;
-    return a->prot_cache(a->prot_set_cache(0, index));
-}
-
 /* ---- machine lifetime ---- */
 
 dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size, int coherent,
@@ -163,6 +71,7 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m->memtypes);
     free(m->table_cache);
     free(m->cache);
+    free(m->users);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->cache_lock);
     free(m);
@@ -928,15 +837,7 @@ int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int c
 
 static int memtype_compatible(dmamap_machine *m, int a, int b)
 {
-    if (a == b)
-        return 1;
-    if (m->arch->isa == DMAMAP_ISA_X86_64)
-        return 0;   /* PAT: any differing type conflicts */
-    /* ARM: mismatched attributes are about cacheability and Normal vs Device. */
-    const struct dmamap_arch *ar = m->arch;
-    if (ar->cache_cacheable[a] && ar->cache_cacheable[b])
-        return 1;
-    return ar->cache_device[a] && ar->cache_device[b];
+    return m->arch->memtype_compatible(m->arch, a, b);
 }
 
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
@@ -972,7 +873,7 @@ int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int ca
     if (size == 0 || pa + size < pa)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "bad memtype range %#llx+%#llx", (unsigned long long)pa,
                            (unsigned long long)size);
-    cache = m->arch->prot_cache(m->arch->prot_set_cache(0, cache));
+    cache = m->arch->prot_cache(m->arch, m->arch->prot_set_cache(m->arch, 0, cache));
     int rc = 0;
     LOCK(&m->lock);
     rc = dmamap_memtype_check(m, pa, size, cache, err);
@@ -1009,7 +910,7 @@ int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache
         return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     if (cache < 0 || cache >= m->arch->ncache)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "unknown cache type %d", cache);
-    cache = m->arch->prot_cache(m->arch->prot_set_cache(0, cache));
+    cache = m->arch->prot_cache(m->arch, m->arch->prot_set_cache(m->arch, 0, cache));
     int rc = dmamap_fail(err, DMAMAP_EINVAL, pa, "no memtype reservation [%#llx, %#llx) of that type",
                          (unsigned long long)pa, (unsigned long long)(pa + size));
     LOCK(&m->lock);

@@ -17,16 +17,19 @@
                                "closed (NULL)");                                        \
     } while (0)
 
-/* A protection value must hold attribute bits only: no output-address bits (nor
- * AArch64's RES0 bits 49:48), and it must not encode physical page 0 as an
- * empty entry at any level. */
+/* A protection value must hold attribute bits only: no output-address bits,
+ * none of the ISA's reserved bits (AArch64 RES0 49:48, Sv39 60:54), a memory
+ * type the ISA defines, and it must not encode physical page 0 as an empty
+ * entry at any level. */
 static int prot_check(dmamap_as *as, uint64_t prot, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
-    uint64_t res0 = a->isa == DMAMAP_ISA_AARCH64 ? (3ULL << 48) : 0;
-    if (a->entry_pa(prot, 0) || (prot & res0))
+    if ((prot & a->oa_mask) || (prot & a->reserved))
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx has physical-address or reserved bits "
                            "set", (unsigned long long)prot);
+    if (a->prot_cache(a, prot) < 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx encodes a reserved memory type",
+                           (unsigned long long)prot);
     for (int l = 0; l <= a->max_block_level; l++)
         if (a->leaf(0, prot, l) == 0)
             return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx encodes no attribute bits",
@@ -52,8 +55,9 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->kernel = !!kernel;
     as->last_vma = -1;
     dmamap_pt_cache_reset(as);
+    as->pfn_shift = m->arch->pfn_shift;
     for (int l = 0; l < m->arch->levels && l < MAX_LEVELS; l++)
-        as->pa_mask[l] = m->arch->entry_pa(~0ULL, l);
+        as->pa_mask[l] = m->arch->oa_mask & ~((1ULL << (as->pfn_shift + 9 * l)) - 1);
     as->special_bit = m->arch->set_special(0);
     as->va_lo = as->kernel ? m->arch->kern_lo : m->arch->user_lo;
     as->va_hi = as->kernel ? m->arch->kern_hi : m->arch->user_hi;
@@ -71,6 +75,12 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
         return NULL;
     }
     as->st.table_pages = 1;
+    if (dmamap_pt_user_attach(as, err)) {
+        dmamap_pt_free_all(as);
+        pthread_mutex_destroy(&as->lock);
+        free(as);
+        return NULL;
+    }
     return as;
 }
 
@@ -104,6 +114,7 @@ void dmamap_as_free(dmamap_as *as)
         untrack(as, v);
         vma_release(v);
     }
+    dmamap_pt_user_detach(as);
     dmamap_pt_free_all(as);
     free(as->vmas);
     UNLOCK(&as->lock);
@@ -113,7 +124,7 @@ void dmamap_as_free(dmamap_as *as)
 
 uint64_t dmamap_as_root(dmamap_as *as)
 {
-    return as ? as->root : 0;
+    return as && as->m ? as->m->arch->root_value(as->root) : 0;
 }
 
 void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx)
@@ -591,7 +602,7 @@ static int pfn_range_ok(dmamap_as *as, uint64_t pfn, uint64_t npages, const char
 static int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t prot,
                      struct dmamap_err *err)
 {
-    int cache = as->m->arch->prot_cache(prot);
+    int cache = as->m->arch->prot_cache(as->m->arch, prot);
     if (v->nmemtypes == v->capmemtypes) {
         int cap = v->capmemtypes ? v->capmemtypes * 2 : 4;
         struct memtype_entry *n = realloc(v->memtypes, (size_t)cap * sizeof *n);
@@ -746,7 +757,7 @@ static int insert_special(dmamap_as *as, uint64_t addr, uint64_t pfn, uint64_t p
                            (unsigned long long)addr);
     }
     LOCK(&as->m->lock);
-    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(prot), err);
+    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(as->m->arch, prot), err);
     UNLOCK(&as->m->lock);
     return rc ? rc : dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
 }
@@ -981,7 +992,7 @@ static int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn,
     }
     const struct dmamap_arch *a = as->m->arch;
     unsigned f = a->prot_flags(v->prot) | DMAMAP_PROT_WRITE;
-    uint64_t prot = a->prot_make(f, a->prot_cache(v->prot));
+    uint64_t prot = a->prot_make(a, f, a->prot_cache(a, v->prot));
     rc = dmamap_pt_fill(as, page, pfn, 1, prot, 0, 0, err);
     /* the PTE now holds the reference the allocation gave us */
     LOCK(&as->m->lock);
@@ -1005,7 +1016,7 @@ static int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64
     uint64_t gen = atomic_load_explicit(&m->memtype_gen, memory_order_acquire);
     if (v->mt_gen == gen + 1 && v->mt_prot == v->prot && pa >= v->mt_lo && pa + size <= v->mt_hi)
         return 0;
-    int cache = m->arch->prot_cache(v->prot);
+    int cache = m->arch->prot_cache(m->arch, v->prot);
     uint64_t lo = pa, hi = pa + size;
     int c = idx == ~0ULL ? -1 : chunk_find(v, idx);
     if (c >= 0 && pa >= v->chunks[c].pfn << PAGE_SHIFT &&
@@ -1083,7 +1094,7 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
                 continue;
             p->mapcount++;
             p->refcount++;
-            slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+            slot[i] = base | ((pfn + i) << as->pfn_shift);
             cnt++;
         }
         UNLOCK(&m->lock);
@@ -1100,7 +1111,7 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
         uint64_t base = dmamap_pt_leaf_base(as, v->prot, 1);
         for (uint64_t i = 0; i < n; i++)
             if (!slot[i]) {
-                slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+                slot[i] = base | ((pfn + i) << as->pfn_shift);
                 cnt++;
             }
     }
@@ -1215,7 +1226,7 @@ static void fill_xlate(dmamap_as *as, uint64_t va, uint64_t *e, int level, struc
     x->pa = a->entry_pa(*e, level) + (va & (x->page_size - 1));
     x->entry = *e;
     x->entry_pa = slot_pa(as->m, e);
-    a->decode(*e, level, x);
+    a->decode(a, *e, level, x);
     x->cacheable = a->cache_cacheable[x->cache];
     x->device = a->cache_device[x->cache];
     x->region = dmamap_region_of(as->m, x->pa);
@@ -1233,7 +1244,7 @@ int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struc
     LOCK(&as->lock);
     uint64_t *e;
     int level;
-    int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(*e, level);
+    int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(as->m->arch, *e, level);
     if (found)
         fill_xlate(as, va, e, level, out);
     UNLOCK(&as->lock);
@@ -1265,8 +1276,8 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             /* Decode only what the TLB entry needs (no entry_pa / region lookups as
              * translate does), and remember it for the next leaf with the same bits. */
             struct dmamap_xlate d;
-            as->dm_valid = (uint8_t)!!a->is_valid(ent, level);
-            a->decode(ent, level, &d);
+            as->dm_valid = (uint8_t)!!a->is_valid(a, ent, level);
+            a->decode(a, ent, level, &d);
             as->dm_writable = (uint8_t)!!d.writable;
             as->dm_user = (uint8_t)!!d.user;
             as->dm_cacheable = a->cache_cacheable[d.cache];
@@ -1278,7 +1289,8 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             struct {
                 uint64_t pa;
                 int writable, user, cacheable, device;
-            } x = {(ent & as->pa_mask[level]) + (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
+            } x = {((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
+                   (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
                    as->dm_user, as->dm_cacheable, as->dm_device};
             if (!as->kernel && !x.user)
                 return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
@@ -1348,7 +1360,7 @@ static int pio_trap(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t
 static int check_device_align(dmamap_as *as, const struct tlb_entry *t, uint64_t va, int size,
                               struct dmamap_err *err)
 {
-    if (t->device && as->m->arch->isa == DMAMAP_ISA_AARCH64 && (va & (uint64_t)(size - 1)))
+    if (t->device && as->m->arch->device_align_fault && (va & (uint64_t)(size - 1)))
         return dmamap_fail(err, DMAMAP_EALIGN, va, "unaligned %d-byte access to Device memory at %#llx "
                            "(alignment fault)", size, (unsigned long long)va);
     return 0;
@@ -1550,7 +1562,7 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
             if (next > end || next <= cur)
                 next = end;
             for (uint64_t i = 0; i < (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT; i++)
-                n += e[i] && a->is_valid(e[i], 0);
+                n += e[i] && a->is_valid(a, e[i], 0);
             cur = next;
             continue;
         }
@@ -1558,7 +1570,7 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
         uint64_t next = (cur & ~(span - 1)) + span;
         if (next > end || next <= cur)
             next = end;
-        if (found && a->is_valid(*e, level))
+        if (found && a->is_valid(a, *e, level))
             n += (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT;
         cur = next;
     }

@@ -1,5 +1,6 @@
 /* Page tables in emulated RAM: fill, clear, protect and walk, generic over the
  * ISA formats in arch/.  Levels are numbered from the leaf (0 = 4 KiB). */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -186,6 +187,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         if (level == 0 && npages < n)
             n = npages;
         uint64_t step = 1ULL << level_shift(level);
+        uint64_t estep = (step >> PAGE_SHIFT) << as->pfn_shift;   /* the entry's output address per step */
         uint64_t e = a->leaf(pa, prot, level);
         /* Two branch-free passes (check, then store) instead of one loop with
          * an early exit: both run at store-loop speed. */
@@ -196,7 +198,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
             for (ok = 0; !slot[ok]; ok++)
                 ;
         for (uint64_t i = 0; i < ok; i++)
-            slot[i] = e + i * step;
+            slot[i] = e + i * estep;
         if (ok < n) {
             uint64_t i = ok;
             if (!special)
@@ -223,7 +225,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
  * dmamap_pt_fill it takes no page references (the caller holds them) and
  * reuses the walk cache, so a run of faults under one leaf table never walks
  * from the root. */
-int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+static int pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
                      struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
@@ -244,10 +246,18 @@ int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, in
         as->lf_prot = prot;
         as->lf_ok = 1;
     }
-    *slot = as->lf_base | (pfn << PAGE_SHIFT);
+    *slot = as->lf_base | (pfn << as->pfn_shift);
     table_desc(as->m, table)->table_used++;
     as->st.ptes_written++;
     return 0;
+}
+
+int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+                     struct dmamap_err *err)
+{
+    int rc = pt_insert(as, va, pfn, prot, special, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
 }
 
 /* A fill that fails is rolled back completely, counters included: the state is
@@ -261,6 +271,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         as->st.ptes_written = written;
         as->st.ptes_cleared = cleared;
     }
+    dmamap_pt_kernel_sync(as);
     return rc;
 }
 
@@ -268,13 +279,20 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
  * the tables on the way created (NULL and err on failure, e.g. EBUSY under a
  * block), the 4 KiB leaf encoding of pfn 0 with prot, and the accounting of
  * entries the caller wrote into the leaf table. */
-uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
+static uint64_t *pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
 {
     uint64_t *slot;
     int rc = descend(as, va, 0, &slot, table_pa, err);
     if (rc && rc != DMAMAP_EBUSY)
         dmamap_pt_clear(as, va & PAGE_MASK, 1);   /* free the fresh, empty tables on the way */
     return rc ? NULL : slot;
+}
+
+uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
+{
+    uint64_t *slot = pt_slot(as, va, table_pa, err);
+    dmamap_pt_kernel_sync(as);
+    return slot;
 }
 
 uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special)
@@ -325,9 +343,9 @@ static void unref_run(dmamap_as *as, const uint64_t *t, uint64_t n)
         uint64_t attr = e & ~as->pa_mask[0];
         if (attr != last_attr) {   /* validity depends on the attribute bits only */
             last_attr = attr;
-            last_valid = a->is_valid(e, 0);
+            last_valid = a->is_valid(a, e, 0);
         }
-        uint64_t pfn = (e & as->pa_mask[0]) >> PAGE_SHIFT;
+        uint64_t pfn = (e & as->pa_mask[0]) >> as->pfn_shift;
         struct page_desc *p = last_valid ? dmamap_page(m, pfn) : NULL;
         if (!p)
             continue;
@@ -402,14 +420,36 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
     }
 }
 
-void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
+/* The root entries [lo, hi) this address space owns: a user root holds the
+ * kernel's shared half too, which it must never clear, free or count. */
+static int own_hi(dmamap_as *as)
+{
+    int half = as->m->arch->kernel_half;
+    return !as->kernel && half > 0 ? half : ENTRIES;
+}
+
+static void pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
 {
     if (npages == 0)
         return;
+    int top = as->m->arch->levels - 1;
+    uint64_t limit = (uint64_t)own_hi(as) << level_shift(top);
+    if (own_hi(as) < ENTRIES) {   /* user VAs are below the kernel half; never reach into it */
+        if (va >= limit)
+            return;
+        if (npages > (limit - va) >> PAGE_SHIFT)
+            npages = (limit - va) >> PAGE_SHIFT;
+    }
     /* Tables may go, or (with scribbled memory) be cut loose without going:
      * start the walk cache afresh either way. */
     dmamap_pt_cache_reset(as);
     clear_table(as, as->root, as->m->arch->levels - 1, va, va + (npages << PAGE_SHIFT));
+}
+
+void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
+{
+    pt_clear(as, va, npages);
+    dmamap_pt_kernel_sync(as);
 }
 
 static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t **entry_out, int *level_out,
@@ -457,7 +497,7 @@ int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *le
     return walk_from(as, va, as->m->arch->levels - 1, as->root, entry_out, level_out, 0);
 }
 
-int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
+static int pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t end = va + (npages << PAGE_SHIFT);
@@ -477,7 +517,7 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
                 continue;
             }
             struct dmamap_xlate x;
-            a->decode(*e, level, &x);
+            a->decode(a, *e, level, &x);
             uint64_t p = x.special ? a->set_special(prot) : prot;
             *e = a->leaf(a->entry_pa(*e, level), p, level);
         }
@@ -486,11 +526,18 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
     return 0;
 }
 
+int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
+{
+    int rc = pt_protect(as, va, npages, prot, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
+}
+
 /* Split the large blocks that straddle either edge of [va, end), so that
  * clearing or re-protecting the range never needs a table page part-way
  * through.  All or nothing: if a split runs out of memory, the splits already
  * done are merged back and the tables are as they were. */
-int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
+static int pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
     struct {
@@ -524,14 +571,21 @@ int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmama
     return 0;
 }
 
-static void free_tables(dmamap_as *as, uint64_t table, int level)
+int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
+{
+    int rc = pt_split_edges(as, va, end, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
+}
+
+static void free_tables(dmamap_as *as, uint64_t table, int level, int nentries)
 {
     const struct dmamap_arch *a = as->m->arch;
     if (level > 0) {
         uint64_t *t = dmamap_table_ptr(as->m, table);
-        for (int i = 0; i < ENTRIES; i++)
+        for (int i = 0; i < nentries; i++)
             if (t[i] && a->is_table(t[i], level) && table_ok(as->m, a->table_pa(t[i])))
-                free_tables(as, a->table_pa(t[i]), level - 1);
+                free_tables(as, a->table_pa(t[i]), level - 1, ENTRIES);
     }
     drop_table(as, table);
 }
@@ -539,6 +593,86 @@ static void free_tables(dmamap_as *as, uint64_t table, int level)
 void dmamap_pt_free_all(dmamap_as *as)
 {
     if (as->st.table_pages)   /* the root is still allocated; it may be pfn 0, so test the count */
-        free_tables(as, as->root, as->m->arch->levels - 1);
+        free_tables(as, as->root, as->m->arch->levels - 1, own_hi(as));
     as->root = 0;
+}
+
+/* ---- the kernel half every user root shares (x86-64, RISC-V) ----
+ * As Linux's pgd_alloc, a new user root gets a copy of the kernel root's
+ * entries [kernel_half, 512).  Where x86-64 Linux pre-populates every kernel
+ * PGD entry so the copies never go stale, this core publishes instead: after
+ * each change to the first kernel address space's tables, the changed shared
+ * entries are copied to every user root (and to the shadow new roots copy). */
+
+int dmamap_pt_user_attach(dmamap_as *as, struct dmamap_err *err)
+{
+    dmamap_machine *m = as->m;
+    int half = m->arch->kernel_half;
+    if (half <= 0)
+        return 0;
+    int rc = 0;
+    LOCK(&m->lock);
+    if (as->kernel) {
+        if (!m->kern_as) {
+            m->kern_as = as;
+            memset(m->kshadow, 0, sizeof m->kshadow);
+        }
+        goto out;
+    }
+    if (m->nusers == m->capusers) {
+        int cap = m->capusers ? 2 * m->capusers : 8;
+        dmamap_as **n = realloc(m->users, (size_t)cap * sizeof *n);
+        if (!n) {
+            rc = dmamap_fail(err, DMAMAP_ENOMEM, 0, "host out of memory for the user address space list");
+            goto out;
+        }
+        m->users = n;
+        m->capusers = cap;
+    }
+    m->users[m->nusers++] = as;
+    memcpy(dmamap_table_ptr(m, as->root) + half, m->kshadow + half, (size_t)(ENTRIES - half) * sizeof(uint64_t));
+out:
+    UNLOCK(&m->lock);
+    return rc;
+}
+
+void dmamap_pt_user_detach(dmamap_as *as)
+{
+    dmamap_machine *m = as->m;
+    int half = m->arch->kernel_half;
+    if (half <= 0)
+        return;
+    size_t n = (size_t)(ENTRIES - half) * sizeof(uint64_t);
+    LOCK(&m->lock);
+    if (as == m->kern_as) {   /* its tables go: no user root may keep pointing at them */
+        for (int i = 0; i < m->nusers; i++)
+            memset(dmamap_table_ptr(m, m->users[i]->root) + half, 0, n);
+        memset(m->kshadow, 0, sizeof m->kshadow);
+        m->kern_as = NULL;
+    }
+    for (int i = 0; i < m->nusers; i++)
+        if (m->users[i] == as) {
+            m->users[i] = m->users[--m->nusers];
+            memset(dmamap_table_ptr(m, as->root) + half, 0, n);
+            break;
+        }
+    UNLOCK(&m->lock);
+}
+
+void dmamap_pt_kernel_sync(dmamap_as *as)
+{
+    dmamap_machine *m = as->m;
+    int half = m->arch->kernel_half;
+    if (!as->kernel || half <= 0 || m->kern_as != as)
+        return;
+    const uint64_t *root = dmamap_table_ptr(m, as->root);
+    size_t n = (size_t)(ENTRIES - half) * sizeof(uint64_t);
+    /* Only this address space (under its lock) writes the shadow. */
+    if (!memcmp(root + half, m->kshadow + half, n))
+        return;
+    LOCK(&m->lock);
+    memcpy(m->kshadow + half, root + half, n);
+    for (int i = 0; i < m->nusers; i++)
+        memcpy(dmamap_table_ptr(m, m->users[i]->root) + half, root + half, n);
+    UNLOCK(&m->lock);
 }

@@ -9,15 +9,8 @@ from pathlib import Path
 from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [
-    "csrc/machine.c",
-    "csrc/cache.c",
-    "csrc/pgtable.c",
-    "csrc/mm.c",
-    "csrc/bench.c",
-    "arch/x86_64/pte.c",
-    "arch/aarch64/pte.c",
-]
+#: The core, and every ISA descriptor file (arch/<isa>/*.c, listed in arch/arches.h).
+SOURCES = sorted(str(p.relative_to(ROOT)) for p in (*ROOT.glob("csrc/*.c"), *ROOT.glob("arch/*/*.c")))
 
 
 def _cdef() -> str:

@@ -3,16 +3,11 @@ each seed platform, always closed."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import dmamap
-
-# Make the reference walker (tests/pt_walk.py) importable as ``pt_walk``.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ISAS = ("x86_64", "aarch64")
 SMALL_RAM = 16 << 20

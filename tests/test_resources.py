@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pt_walk import snapshot
 
 import dmamap
 from dmamap import PAGE_SIZE, OutOfMemoryError
+from dmamap.testing.pagetable import snapshot
 
 ISAS = ("x86_64", "aarch64")
 PLATFORMS = ("x86", "arm", "sram")
