@@ -9,7 +9,7 @@ import pytest
 
 import dmamap
 
-ISAS = ("x86_64", "aarch64")
+ISAS = ("x86_64", "aarch64")   # riscv64: tests/test_riscv.py (these tests spell out bits per ISA)
 SMALL_RAM = 16 << 20
 SMALL_SRAM = 1 << 20
 
@@ -37,7 +37,7 @@ def mm(machine: dmamap.Machine) -> dmamap.AddressSpace:
     return machine.new_address_space()
 
 
-PLATFORMS = ("x86", "arm", "sram")
+PLATFORMS = ("x86", "arm", "sram", "riscv")
 PLATFORM_RAM = 16 << 20
 
 

@@ -12,7 +12,7 @@ from dmamap.testing import pagetable
 
 MiB = 1 << 20
 #: Where RAM sits: x86 from 0, AArch64 (QEMU virt) at 1 GiB.
-RAM_BASE = {"x86_64": 0, "aarch64": 0x4000_0000}
+RAM_BASE = {"x86_64": 0, "aarch64": 0x4000_0000, "riscv64": 0x8000_0000}
 
 
 def test_memory_map(machine: dmamap.Machine) -> None:
