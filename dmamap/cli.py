@@ -39,7 +39,8 @@ def fail(exc: DmamapError) -> None:
 
 @app.command()
 def info(
-    platform: Annotated[str, typer.Argument(help="Backend (x86, arm, sram, ...) or ISA (x86_64, aarch64).")] = "x86",
+    platform: Annotated[str, typer.Argument(
+        help="Backend (x86, arm, sram, riscv, ...) or ISA (x86_64, aarch64, riscv64).")] = "x86",
     ram: Annotated[int, typer.Option(help="Emulated RAM in MiB.")] = 256,
 ) -> None:
     """Print a machine's configuration and physical memory map."""
@@ -68,13 +69,13 @@ def info(
 @app.command()
 def demo(
     platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
-                                                           help="Platforms to run (default: x86, arm, sram).")] = None,
+                                                           help="Platforms to run (default: all four).")] = None,
 ) -> None:
     """Replay the original bug: three drivers on each platform."""
     from dmamap.demo import run_demo
 
     try:
-        ok = run_demo(platforms or ["x86", "arm", "sram"], console)
+        ok = run_demo(platforms or ["x86", "arm", "sram", "riscv"], console)
     except DmamapError as exc:
         fail(exc)
     if not ok:
