@@ -31,8 +31,8 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             /* Decode only what the TLB entry needs (no entry_pa / region lookups as
              * translate does), and remember it for the next leaf with the same bits. */
             struct dmamap_xlate d;
-            as->dm_valid = (uint8_t)!!a->is_valid(ent, level);
-            a->decode(ent, level, &d);
+            as->dm_valid = (uint8_t)!!a->is_valid(a, ent, level);
+            a->decode(a, ent, level, &d);
             as->dm_writable = (uint8_t)!!d.writable;
             as->dm_user = (uint8_t)!!d.user;
             as->dm_cacheable = a->cache_cacheable[d.cache];
@@ -44,7 +44,8 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             struct {
                 uint64_t pa;
                 int writable, user, cacheable, device;
-            } x = {(ent & as->pa_mask[level]) + (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
+            } x = {((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
+                   (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
                    as->dm_user, as->dm_cacheable, as->dm_device};
             if (!as->kernel && !x.user)
                 return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
@@ -114,7 +115,7 @@ static int pio_trap(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t
 static int check_device_align(dmamap_as *as, const struct tlb_entry *t, uint64_t va, int size,
                               struct dmamap_err *err)
 {
-    if (t->device && as->m->arch->isa == DMAMAP_ISA_AARCH64 && (va & (uint64_t)(size - 1)))
+    if (t->device && as->m->arch->device_align_fault && (va & (uint64_t)(size - 1)))
         return dmamap_fail(err, DMAMAP_EALIGN, va, "unaligned %d-byte access to Device memory at %#llx "
                            "(alignment fault)", size, (unsigned long long)va);
     return 0;

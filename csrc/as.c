@@ -32,8 +32,9 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->kernel = !!kernel;
     as->last_vma = -1;
     dmamap_pt_cache_reset(as);
+    as->pfn_shift = m->arch->pfn_shift;
     for (int l = 0; l < m->arch->levels && l < MAX_LEVELS; l++)
-        as->pa_mask[l] = m->arch->entry_pa(~0ULL, l);
+        as->pa_mask[l] = m->arch->oa_mask & ~((1ULL << (as->pfn_shift + 9 * l)) - 1);
     as->special_bit = m->arch->set_special(0);
     as->va_lo = as->kernel ? m->arch->kern_lo : m->arch->user_lo;
     as->va_hi = as->kernel ? m->arch->kern_hi : m->arch->user_hi;
@@ -51,6 +52,12 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
         return NULL;
     }
     as->st.table_pages = 1;
+    if (dmamap_pt_user_attach(as, err)) {
+        dmamap_pt_free_all(as);
+        pthread_mutex_destroy(&as->lock);
+        free(as);
+        return NULL;
+    }
     return as;
 }
 
@@ -66,6 +73,7 @@ void dmamap_as_close(dmamap_as *as)
     LOCK(&as->lock);
     if (!atomic_load_explicit(&as->closed, memory_order_relaxed)) {
         atomic_store_explicit(&as->closed, 1, memory_order_release);
+        dmamap_pt_user_detach(as);   /* no longer shares (or publishes) the kernel half */
         if (!atomic_load_explicit(&as->m->closed, memory_order_acquire)) {
             for (int i = 0; i < as->nvmas; i++) {
                 struct vma *v = &as->vmas[i];
@@ -107,7 +115,7 @@ void dmamap_as_free(dmamap_as *as)
 
 uint64_t dmamap_as_root(dmamap_as *as)
 {
-    return as ? as->root : 0;
+    return as && as->m ? as->m->arch->root_value(as->root) : 0;
 }
 
 void dmamap_as_set_fault_cb(dmamap_as *as, dmamap_fault_fn fn, void *ctx)

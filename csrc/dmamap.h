@@ -42,8 +42,10 @@ enum {
     DMAMAP_ERANGE = -19          /* address range outside the VMA / address space */
 };
 
-/* Instruction sets. */
-enum { DMAMAP_ISA_X86_64 = 1, DMAMAP_ISA_AARCH64 = 2 };
+/* Instruction sets built in (arch/arches.h); run-time variants get ids from
+ * DMAMAP_ISA_VARIANT_FIRST on. */
+enum { DMAMAP_ISA_X86_64 = 1, DMAMAP_ISA_AARCH64 = 2, DMAMAP_ISA_RISCV64 = 3, DMAMAP_ISA_VARIANT_FIRST = 64 };
+enum { DMAMAP_ISA_NAME_MAX = 24, DMAMAP_CACHE_MAX = 8 };
 
 /* Size of the physical memory map. */
 enum { DMAMAP_MAX_REGIONS = 64 };
@@ -187,7 +189,51 @@ struct dmamap_memtype_report {
     int requested;
 };
 
-/* ---- arch: PTE encode/decode ---- */
+/* One ISA as the core describes it: what Python builds its ISA list, layouts
+ * and kernel cache names from.  Cache fields are cache ids (dmamap_cache_name). */
+struct dmamap_isa_info {
+    int id;
+    char name[24];
+    int base;                    /* the ISA a variant derives from; id itself otherwise */
+    int levels;
+    int va_bits;
+    int ncache;
+    int noncached, writecombine, dmacoherent, cached;
+    int device_align_fault;
+    int faulting_store_partial;
+    int kernel_half;
+    uint64_t user_lo, user_hi, kern_lo, kern_hi;
+    uint64_t page_offset, vmalloc_start, vmalloc_end;
+    uint64_t ram_base, ram_max, sram_base, sram_max, mmio_base, mmio_size, iowin_base;
+    uint64_t mt_field;           /* bits a variant may use for memory types (0: no variants) */
+    uint64_t mt_mask;
+};
+
+/* One memory type of a run-time ISA variant. */
+struct dmamap_memtype_desc {
+    char name[24];
+    uint64_t bits;               /* the type's encoding: its bits within the variant's mt_mask */
+    int cacheable;
+    int device;
+};
+
+/* A variant of an ISA that differs only in how PTEs encode memory types
+ * (e.g. T-Head XTheadMae on riscv64).  Cache fields index cache[]. */
+struct dmamap_isa_variant {
+    char name[24];
+    int base;                    /* ISA id; its mt_field must hold mt_mask */
+    uint64_t mt_mask;
+    int ncache;
+    struct dmamap_memtype_desc cache[8];
+    int noncached, writecombine, dmacoherent, cached;
+};
+
+/* ---- arch: the ISA table and PTE encode/decode ---- */
+int dmamap_isa_count(void);
+int dmamap_isa_info(int index, struct dmamap_isa_info *out);
+/* Registers a variant and returns its id (> 0), or the id of an identical one
+ * registered before; a negative DMAMAP_E* code and err on a bad description. */
+int dmamap_isa_register_variant(const struct dmamap_isa_variant *v, struct dmamap_err *err);
 int dmamap_isa_levels(int isa);
 int dmamap_isa_va_bits(int isa);
 const char *dmamap_cache_name(int isa, int cache);

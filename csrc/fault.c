@@ -21,7 +21,7 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
     }
     const struct dmamap_arch *a = as->m->arch;
     unsigned f = a->prot_flags(v->prot) | DMAMAP_PROT_WRITE;
-    uint64_t prot = a->prot_make(f, a->prot_cache(v->prot));
+    uint64_t prot = a->prot_make(a, f, a->prot_cache(a, v->prot));
     rc = dmamap_pt_fill(as, page, pfn, 1, prot, 0, 0, err);
     /* the PTE now holds the reference the allocation gave us */
     LOCK(&as->m->lock);
@@ -87,7 +87,7 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
                 continue;
             p->mapcount++;
             p->refcount++;
-            slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+            slot[i] = base | ((pfn + i) << as->pfn_shift);
             cnt++;
         }
         UNLOCK(&m->lock);
@@ -104,7 +104,7 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
         uint64_t base = dmamap_pt_leaf_base(as, v->prot, 1);
         for (uint64_t i = 0; i < n; i++)
             if (!slot[i]) {
-                slot[i] = base | ((pfn + i) << PAGE_SHIFT);
+                slot[i] = base | ((pfn + i) << as->pfn_shift);
                 cnt++;
             }
     }

@@ -23,7 +23,7 @@ static int insert_special(dmamap_as *as, uint64_t addr, uint64_t pfn, uint64_t p
                            (unsigned long long)addr);
     }
     LOCK(&as->m->lock);
-    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(prot), err);
+    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(as->m->arch, prot), err);
     UNLOCK(&as->m->lock);
     return rc ? rc : dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
 }

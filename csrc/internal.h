@@ -19,7 +19,11 @@
 #define MAX_IOWIN 64
 #define MAX_MEMTYPE_REPORTS 64
 
-/* Per-ISA page-table format.  Levels are numbered from the leaf: 0 = 4 KiB. */
+/* One ISA (or ISA variant): everything ISA-specific, as data and a few
+ * encode/decode functions.  Levels are numbered from the leaf: 0 = 4 KiB.
+ * Adding an ISA is one file in arch/ defining one of these plus one line in
+ * arch/arches.h; a variant of an ISA with a data-driven memory-type field is
+ * registered at run time (dmamap_isa_register_variant), no C needed. */
 struct dmamap_arch {
     int isa;
     const char *name;
@@ -30,29 +34,50 @@ struct dmamap_arch {
     uint64_t kern_lo, kern_hi;  /* kernel VA range */
     uint64_t page_offset;       /* direct map base */
     uint64_t vmalloc_start, vmalloc_end;
+    /* default physical layout; RAM is capped at ram_max so regions never overlap */
+    uint64_t ram_base, ram_max, sram_base, sram_max, mmio_base, mmio_size, iowin_base;
+    /* entry format: output address bits of a 4 KiB leaf, and where the pfn sits
+     * in them (entry bits = pfn << pfn_shift | attributes) */
+    uint64_t oa_mask;
+    int pfn_shift;
+    uint64_t reserved;          /* attribute bits no protection may carry */
+    int device_align_fault;     /* unaligned accesses to Device memory fault */
+    int faulting_store_partial; /* a faulting store may have written part of its bytes */
+    int kernel_half;            /* first root index of the kernel half that every user root
+                                 * shares (x86 / RISC-V pgd_alloc); 0: separate roots (TTBR1) */
+    /* memory types: names, classes and which ones the kernel's pgprot_* pick */
     int ncache;
     const char *const *cache_names;
     const unsigned char *cache_cacheable;
     const unsigned char *cache_device;
+    int noncached, writecombine, dmacoherent, cached;
+    int (*memtype_compatible)(const struct dmamap_arch *a, int x, int y);
+    /* data-driven memory-type field (ISAs that allow variants): prot & mt_mask
+     * is mt_enc[cache]; a variant may use any bits of mt_field */
+    uint64_t mt_field, mt_mask;
+    const uint64_t *mt_enc;
     uint64_t (*table_entry)(uint64_t table_pa, int kernel);
     uint64_t (*leaf)(uint64_t pa, uint64_t prot, int level);
-    int (*is_valid)(uint64_t e, int level);
+    int (*is_valid)(const struct dmamap_arch *a, uint64_t e, int level);
     int (*is_table)(uint64_t e, int level);
     uint64_t (*entry_pa)(uint64_t e, int level);   /* output address of a leaf/block */
     uint64_t (*table_pa)(uint64_t e);              /* next-level table of a table entry */
-    void (*decode)(uint64_t e, int level, struct dmamap_xlate *out);
-    uint64_t (*prot_make)(unsigned flags, int cache);
-    int (*prot_cache)(uint64_t prot);
-    uint64_t (*prot_set_cache)(uint64_t prot, int cache);
+    void (*decode)(const struct dmamap_arch *a, uint64_t e, int level, struct dmamap_xlate *out);
+    uint64_t (*prot_make)(const struct dmamap_arch *a, unsigned flags, int cache);
+    int (*prot_cache)(const struct dmamap_arch *a, uint64_t prot);   /* -1: no valid memory type */
+    uint64_t (*prot_set_cache)(const struct dmamap_arch *a, uint64_t prot, int cache);
     unsigned (*prot_flags)(uint64_t prot);
     uint64_t (*leaf_prot)(uint64_t e, int level);   /* leaf -> 4 KiB-format prot */
     uint64_t (*set_special)(uint64_t prot);
-    int faulting_store_partial;   /* a store that faults part-way may have written its first bytes */
+    uint64_t (*root_value)(uint64_t root_pa);      /* CR3 / TTBR0 / satp of a root table */
 };
 
-extern const struct dmamap_arch dmamap_arch_x86_64;
-extern const struct dmamap_arch dmamap_arch_aarch64;
+/* arch.c: the table of ISAs (arch/arches.h) and run-time variants */
 const struct dmamap_arch *dmamap_arch_get(int isa);
+int dmamap_memtype_exact(const struct dmamap_arch *a, int x, int y);
+int dmamap_memtype_by_class(const struct dmamap_arch *a, int x, int y);
+int dmamap_mt_prot_cache(const struct dmamap_arch *a, uint64_t prot);
+uint64_t dmamap_mt_prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache);
 
 struct page_desc {
     uint32_t flags;
@@ -91,8 +116,7 @@ struct dmamap_machine {
     pthread_mutex_t cache_lock;
     struct dmamap_region regions[MAX_REGIONS];
     int nregions;
-
-/* RAM: one region, descriptors and allocator. */
+    /* RAM: one region, descriptors and allocator. */
     uint64_t ram_base_pfn, ram_pages;
     uint8_t *ram_host;             /* host address of RAM pfn ram_base_pfn */
     uint64_t sram_base, sram_size; /* the first SRAM region (never removed), for fast lookups */
@@ -104,26 +128,29 @@ struct dmamap_machine {
     uint64_t table_pages;
     uint64_t *table_cache;         /* recently freed (zeroed, host-backed) table pfns, LIFO */
     int ntable_cache, captable_cache;
-
-/* I/O */
+    /* I/O */
     dmamap_io_fn io_fn;
     void *io_ctx;
     struct iowin_slot iowin[MAX_IOWIN];
-
-/* memtype */
+    /* memtype */
     struct memtype_entry *memtypes;
     int nmemtypes, capmemtypes;
     int memtype_policy;
     _Atomic uint64_t memtype_gen;  /* bumped on every reservation change */
     struct dmamap_memtype_report reports[MAX_MEMTYPE_REPORTS];
     uint64_t nreports;
-
-/* cache model (NULL when DMA snoops) */
+    /* cache model (NULL when DMA snoops) */
     struct cache_line *cache;
     int cache_sets, cache_ways;
     uint64_t cache_clock;
-
-/* stats */
+    /* the kernel half shared by every user root (arch->kernel_half > 0): the
+     * first kernel address space, its root's shared entries as last published
+     * to the user roots, and the user address spaces (all under lock) */
+    struct dmamap_as *_Atomic kern_as;
+    uint64_t kshadow[ENTRIES];
+    struct dmamap_as **users;
+    int nusers, capusers;
+    /* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb;
     _Atomic uint64_t mmio_accesses, port_accesses;
 };
@@ -153,8 +180,7 @@ struct vma {
     uint64_t gen;
     struct memtype_entry *memtypes;   /* reservations held until unmap */
     int nmemtypes, capmemtypes;
-
-/* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
+    /* [mt_lo, mt_hi) was found free of memtype conflicts for the cache type of
      * protection mt_prot at reservation generation mt_gen - 1 (0: nothing
      * cached); spares the fault path the machine lock. */
     uint64_t mt_lo, mt_hi, mt_gen, mt_prot;
@@ -165,31 +191,28 @@ struct dmamap_as {
     int kernel;
     _Atomic int closed;          /* dmamap_as_close ran: every later call is refused */
     pthread_mutex_t lock;        /* recursive: fault callbacks re-enter */
-    uint64_t root;
+    uint64_t root;               /* physical address of the root table (see arch->root_value) */
     struct vma *vmas;
     int nvmas, capvmas;
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
-
-/* walk cache: wc_pa[l] is the level-l table covering the VAs with
+    /* walk cache: wc_pa[l] is the level-l table covering the VAs with
      * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
-
-/* Per-ISA constants, so hot paths make no indirect calls: the output-address
+    /* Per-ISA constants, so hot paths make no indirect calls: the output-address
      * bits of a leaf at each level, and the software "special" bit.  Both ISAs
      * encode a leaf as (output address | attribute bits). */
     uint64_t pa_mask[MAX_LEVELS];
+    int pfn_shift;                 /* entry bits of the output address = pfn << pfn_shift */
     uint64_t special_bit;
     uint64_t va_lo, va_hi;         /* the address space's VA range, as dmamap_as_va_range */
-
-/* decode memo of the TLB-miss path: what the last leaf attribute bits seen
+    /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
-
-/* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
+    /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;
     dmamap_fault_fn fault_fn;
@@ -341,6 +364,12 @@ static inline int dmamap_m_done(dmamap_machine *m, int rc, struct dmamap_err *er
         rc = dmamap_fail(err, DMAMAP_ECLOSED, err ? err->addr : 0, "machine was closed during the call");
     return rc;
 }
+
+/* pgd.c: the kernel half of user roots; publish the kernel root's shared entries to every user root */
+void dmamap_pt_kernel_sync(dmamap_as *as);
+int dmamap_pt_user_attach(dmamap_as *as, struct dmamap_err *err);
+void dmamap_pt_user_detach(dmamap_as *as);
+
 
 #define LOCK(l) pthread_mutex_lock(l)
 #define UNLOCK(l) pthread_mutex_unlock(l)

@@ -46,6 +46,7 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m->memtypes);
     free(m->table_cache);
     free(m->cache);
+    free(m->users);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->region_lock);
     pthread_mutex_destroy(&m->cache_lock);

@@ -3,16 +3,19 @@
  * with the checks the kernel makes. */
 #include "internal.h"
 
-/* A protection value must hold attribute bits only: no output-address bits (nor
- * AArch64's RES0 bits 49:48), and it must not encode physical page 0 as an
- * empty entry at any level. */
+/* A protection value must hold attribute bits only: no output-address bits,
+ * none of the ISA's reserved bits (AArch64 RES0 49:48, Sv39 60:54), a memory
+ * type the ISA defines, and it must not encode physical page 0 as an empty
+ * entry at any level. */
 int prot_check(dmamap_as *as, uint64_t prot, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
-    uint64_t res0 = a->isa == DMAMAP_ISA_AARCH64 ? (3ULL << 48) : 0;
-    if (a->entry_pa(prot, 0) || (prot & res0))
+    if ((prot & a->oa_mask) || (prot & a->reserved))
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx has physical-address or reserved bits "
                            "set", (unsigned long long)prot);
+    if (a->prot_cache(a, prot) < 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx encodes a reserved memory type",
+                           (unsigned long long)prot);
     for (int l = 0; l <= a->max_block_level; l++)
         if (a->leaf(0, prot, l) == 0)
             return dmamap_fail(err, DMAMAP_EINVAL, 0, "protection %#llx encodes no attribute bits",

@@ -6,15 +6,7 @@
 
 static int memtype_compatible(dmamap_machine *m, int a, int b)
 {
-    if (a == b)
-        return 1;
-    if (m->arch->isa == DMAMAP_ISA_X86_64)
-        return 0;   /* PAT: any differing type conflicts */
-    /* ARM: mismatched attributes are about cacheability and Normal vs Device. */
-    const struct dmamap_arch *ar = m->arch;
-    if (ar->cache_cacheable[a] && ar->cache_cacheable[b])
-        return 1;
-    return ar->cache_device[a] && ar->cache_device[b];
+    return m->arch->memtype_compatible(m->arch, a, b);
 }
 
 /* Whether [pa, pa+size) conflicts with a reservation for `cache`, without
@@ -63,7 +55,7 @@ int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int ca
     if (size == 0 || pa + size < pa)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "bad memtype range %#llx+%#llx", (unsigned long long)pa,
                            (unsigned long long)size);
-    cache = m->arch->prot_cache(m->arch->prot_set_cache(0, cache));
+    cache = m->arch->prot_cache(m->arch, m->arch->prot_set_cache(m->arch, 0, cache));
     int rc = 0;
     LOCK(&m->lock);
     rc = dmamap_memtype_check(m, pa, size, cache, err);
@@ -100,7 +92,7 @@ int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache
         return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
     if (cache < 0 || cache >= m->arch->ncache)
         return dmamap_fail(err, DMAMAP_EINVAL, pa, "unknown cache type %d", cache);
-    cache = m->arch->prot_cache(m->arch->prot_set_cache(0, cache));
+    cache = m->arch->prot_cache(m->arch, m->arch->prot_set_cache(m->arch, 0, cache));
     int rc = dmamap_fail(err, DMAMAP_EINVAL, pa, "no memtype reservation [%#llx, %#llx) of that type",
                          (unsigned long long)pa, (unsigned long long)(pa + size));
     LOCK(&m->lock);
@@ -153,7 +145,7 @@ int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out,
 int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t prot,
                      struct dmamap_err *err)
 {
-    int cache = as->m->arch->prot_cache(prot);
+    int cache = as->m->arch->prot_cache(as->m->arch, prot);
     if (v->nmemtypes == v->capmemtypes) {
         int cap = v->capmemtypes ? v->capmemtypes * 2 : 4;
         struct memtype_entry *n = realloc(v->memtypes, (size_t)cap * sizeof *n);
@@ -197,7 +189,7 @@ int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size
     uint64_t gen = atomic_load_explicit(&m->memtype_gen, memory_order_acquire);
     if (v->mt_gen == gen + 1 && v->mt_prot == v->prot && pa >= v->mt_lo && pa + size <= v->mt_hi)
         return 0;
-    int cache = m->arch->prot_cache(v->prot);
+    int cache = m->arch->prot_cache(m->arch, v->prot);
     uint64_t lo = pa, hi = pa + size;
     int c = idx == ~0ULL ? -1 : chunk_find(v, idx);
     if (c >= 0 && pa >= v->chunks[c].pfn << PAGE_SHIFT &&

@@ -1,6 +1,7 @@
 /* Page tables in emulated RAM, generic over the ISA formats in arch/: the walk
  * (with its paging-structure cache), descending with table allocation, fills and
  * single inserts.  Levels are numbered from the leaf (0 = 4 KiB). */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -170,6 +171,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         if (level == 0 && npages < n)
             n = npages;
         uint64_t step = 1ULL << level_shift(level);
+        uint64_t estep = (step >> PAGE_SHIFT) << as->pfn_shift;   /* the entry's output address per step */
         uint64_t e = a->leaf(pa, prot, level);
         /* Two branch-free passes (check, then store) instead of one loop with
          * an early exit: both run at store-loop speed. */
@@ -180,7 +182,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
             for (ok = 0; !slot[ok]; ok++)
                 ;
         for (uint64_t i = 0; i < ok; i++)
-            slot[i] = e + i * step;
+            slot[i] = e + i * estep;
         if (ok < n) {
             uint64_t i = ok;
             if (!special)
@@ -207,7 +209,7 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
  * dmamap_pt_fill it takes no page references (the caller holds them) and
  * reuses the walk cache, so a run of faults under one leaf table never walks
  * from the root. */
-int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+static int pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
                      struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
@@ -228,10 +230,18 @@ int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, in
         as->lf_prot = prot;
         as->lf_ok = 1;
     }
-    *slot = as->lf_base | (pfn << PAGE_SHIFT);
+    *slot = as->lf_base | (pfn << as->pfn_shift);
     table_desc(as->m, table)->table_used++;
     as->st.ptes_written++;
     return 0;
+}
+
+int dmamap_pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, int special,
+                     struct dmamap_err *err)
+{
+    int rc = pt_insert(as, va, pfn, prot, special, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
 }
 
 /* A fill that fails is rolled back completely, counters included: the state is
@@ -245,6 +255,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         as->st.ptes_written = written;
         as->st.ptes_cleared = cleared;
     }
+    dmamap_pt_kernel_sync(as);
     return rc;
 }
 
@@ -252,13 +263,20 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
  * the tables on the way created (NULL and err on failure, e.g. EBUSY under a
  * block), the 4 KiB leaf encoding of pfn 0 with prot, and the accounting of
  * entries the caller wrote into the leaf table. */
-uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
+static uint64_t *pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
 {
     uint64_t *slot;
     int rc = descend(as, va, 0, &slot, table_pa, err);
     if (rc && rc != DMAMAP_EBUSY)
         dmamap_pt_clear(as, va & PAGE_MASK, 1);   /* free the fresh, empty tables on the way */
     return rc ? NULL : slot;
+}
+
+uint64_t *dmamap_pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
+{
+    uint64_t *slot = pt_slot(as, va, table_pa, err);
+    dmamap_pt_kernel_sync(as);
+    return slot;
 }
 
 uint64_t dmamap_pt_leaf_base(dmamap_as *as, uint64_t prot, int special)

@@ -19,9 +19,9 @@ static void unref_run(dmamap_as *as, const uint64_t *t, uint64_t n)
         uint64_t attr = e & ~as->pa_mask[0];
         if (attr != last_attr) {   /* validity depends on the attribute bits only */
             last_attr = attr;
-            last_valid = a->is_valid(e, 0);
+            last_valid = a->is_valid(a, e, 0);
         }
-        uint64_t pfn = (e & as->pa_mask[0]) >> PAGE_SHIFT;
+        uint64_t pfn = (e & as->pa_mask[0]) >> as->pfn_shift;
         struct page_desc *p = last_valid ? dmamap_page(m, pfn) : NULL;
         if (!p)
             continue;
@@ -96,17 +96,39 @@ static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, u
     }
 }
 
-void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
+/* The root entries [0, own_hi) this address space owns: a user root holds the
+ * kernel's shared half too, which it must never clear, free or count. */
+static int own_hi(dmamap_as *as)
+{
+    int half = as->m->arch->kernel_half;
+    return !as->kernel && half > 0 ? half : ENTRIES;
+}
+
+static void pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
 {
     if (npages == 0)
         return;
+    int top = as->m->arch->levels - 1;
+    uint64_t limit = (uint64_t)own_hi(as) << level_shift(top);
+    if (own_hi(as) < ENTRIES) {   /* user VAs are below the kernel half; never reach into it */
+        if (va >= limit)
+            return;
+        if (npages > (limit - va) >> PAGE_SHIFT)
+            npages = (limit - va) >> PAGE_SHIFT;
+    }
     /* Tables may go, or (with scribbled memory) be cut loose without going:
      * start the walk cache afresh either way. */
     dmamap_pt_cache_reset(as);
     clear_table(as, as->root, as->m->arch->levels - 1, va, va + (npages << PAGE_SHIFT));
 }
 
-int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
+void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages)
+{
+    pt_clear(as, va, npages);
+    dmamap_pt_kernel_sync(as);
+}
+
+static int pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t end = va + (npages << PAGE_SHIFT);
@@ -126,7 +148,7 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
                 continue;
             }
             struct dmamap_xlate x;
-            a->decode(*e, level, &x);
+            a->decode(a, *e, level, &x);
             uint64_t p = x.special ? a->set_special(prot) : prot;
             *e = a->leaf(a->entry_pa(*e, level), p, level);
         }
@@ -139,7 +161,7 @@ int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot
  * clearing or re-protecting the range never needs a table page part-way
  * through.  All or nothing: if a split runs out of memory, the splits already
  * done are merged back and the tables are as they were. */
-int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
+static int pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
     struct {
@@ -173,14 +195,28 @@ int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmama
     return 0;
 }
 
-static void free_tables(dmamap_as *as, uint64_t table, int level)
+int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot, struct dmamap_err *err)
+{
+    int rc = pt_protect(as, va, npages, prot, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
+}
+
+int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err)
+{
+    int rc = pt_split_edges(as, va, end, err);
+    dmamap_pt_kernel_sync(as);
+    return rc;
+}
+
+static void free_tables(dmamap_as *as, uint64_t table, int level, int nentries)
 {
     const struct dmamap_arch *a = as->m->arch;
     if (level > 0) {
         uint64_t *t = dmamap_table_ptr(as->m, table);
-        for (int i = 0; i < ENTRIES; i++)
+        for (int i = 0; i < nentries; i++)
             if (t[i] && a->is_table(t[i], level) && table_ok(as->m, a->table_pa(t[i])))
-                free_tables(as, a->table_pa(t[i]), level - 1);
+                free_tables(as, a->table_pa(t[i]), level - 1, ENTRIES);
     }
     drop_table(as, table);
 }
@@ -188,6 +224,6 @@ static void free_tables(dmamap_as *as, uint64_t table, int level)
 void dmamap_pt_free_all(dmamap_as *as)
 {
     if (as->st.table_pages)   /* the root is still allocated; it may be pfn 0, so test the count */
-        free_tables(as, as->root, as->m->arch->levels - 1);
+        free_tables(as, as->root, as->m->arch->levels - 1, own_hi(as));
     as->root = 0;
 }

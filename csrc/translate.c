@@ -17,7 +17,7 @@ static void fill_xlate(dmamap_as *as, uint64_t va, uint64_t *e, int level, struc
     x->pa = a->entry_pa(*e, level) + (va & (x->page_size - 1));
     x->entry = *e;
     x->entry_pa = slot_pa(as->m, e);
-    a->decode(*e, level, x);
+    a->decode(a, *e, level, x);
     x->cacheable = a->cache_cacheable[x->cache];
     x->device = a->cache_device[x->cache];
     x->region = dmamap_region_of(as->m, x->pa);
@@ -35,7 +35,7 @@ int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struc
     AS_LOCK(as, err, va);
     uint64_t *e;
     int level;
-    int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(*e, level);
+    int found = dmamap_pt_walk_mem(as, va, &e, &level) && as->m->arch->is_valid(as->m->arch, *e, level);
     if (found)
         fill_xlate(as, va, e, level, out);
     return as_unlock(as, found, err);
@@ -65,7 +65,7 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
             if (next > end || next <= cur)
                 next = end;
             for (uint64_t i = 0; i < (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT; i++)
-                n += e[i] && a->is_valid(e[i], 0);
+                n += e[i] && a->is_valid(a, e[i], 0);
             cur = next;
             continue;
         }
@@ -73,7 +73,7 @@ int dmamap_count_present(dmamap_as *as, uint64_t va, uint64_t size, uint64_t *ou
         uint64_t next = (cur & ~(span - 1)) + span;
         if (next > end || next <= cur)
             next = end;
-        if (found && a->is_valid(*e, level))
+        if (found && a->is_valid(a, *e, level))
             n += (next - cur + PAGE_SIZE - 1) >> PAGE_SHIFT;
         cur = next;
     }

@@ -45,7 +45,8 @@ def fail(exc: DmamapError) -> NoReturn:
 
 @app.command()
 def info(
-    platform: Annotated[str, typer.Argument(help="Backend (x86, arm, sram, ...) or ISA (x86_64, aarch64).")] = "x86",
+    platform: Annotated[str, typer.Argument(
+        help="Backend (x86, arm, sram, riscv, ...) or ISA (x86_64, aarch64, riscv64).")] = "x86",
     ram: Annotated[int, typer.Option(help="Emulated RAM in MiB.")] = 256,
 ) -> None:
     """Print a machine's configuration and physical memory map."""
@@ -74,13 +75,13 @@ def info(
 @app.command()
 def demo(
     platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
-                                                           help="Platforms to run (default: x86, arm, sram).")] = None,
+                                                           help="Platforms to run (default: all four).")] = None,
 ) -> None:
     """Replay the original bug: three drivers on each platform."""
     from dmamap.demo import run_demo
 
     try:
-        ok = run_demo(platforms or ["x86", "arm", "sram"], console)
+        ok = run_demo(platforms or ["x86", "arm", "sram", "riscv"], console)
     except DmamapError as exc:
         fail(exc)
     if not ok:
@@ -139,7 +140,7 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small preset (4 KiB, 1 MiB, 64 MiB; one repeat): "
                                                         "well under 30 s.")] = False,
     platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
-                                                           help="Platforms (default x86, arm, sram).")] = None,
+                                                           help="Platforms (default x86, arm, sram, riscv).")] = None,
     sizes: Annotated[list[str] | None, typer.Option("--size", "-s",  # noqa: UP007
                                                        help="Buffer sizes, e.g. 4K 64K 1M 16M 256M 1G.")] = None,
     densities: Annotated[list[float] | None, typer.Option("--density", "-d",  # noqa: UP007

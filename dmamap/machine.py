@@ -26,6 +26,7 @@ from dmamap.errors import (
 )
 from dmamap.genalloc import GenPool
 from dmamap.ioport import PortSpace
+from dmamap.isa import ISAS, Layout, isa_info
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, AddressSpace, PgProt, _addr
 from dmamap.policy import PioMethod
 
@@ -35,34 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Machine", "Page", "Region", "MachineStats", "KernelAddress", "ISAS"]
 
-ISAS = {"x86_64": 1, "aarch64": 2}
 MiB = 1 << 20
 GiB = 1 << 30
 
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things sit in one ISA's physical and kernel virtual address space."""
-
-    ram_base: int
-    sram_base: int
-    sram_max: int
-    mmio_base: int
-    mmio_size: int
-    iowin_base: int
-    page_offset: int
-
-
-LAYOUTS = {
-    # x86: RAM from 0; device BARs and on-bus SRAM far above any RAM size we allow.
-    "x86_64": Layout(ram_base=0, sram_base=0xF0_0000_0000, sram_max=4 * GiB, mmio_base=0x100_0000_0000,
-                     mmio_size=64 * GiB, iowin_base=0x110_0000_0000, page_offset=0xFFFF_8880_0000_0000),
-    # AArch64, as QEMU virt: SRAM low, PCI MMIO and I/O window below RAM at 1 GiB.
-    "aarch64": Layout(ram_base=0x4000_0000, sram_base=0x0400_0000, sram_max=192 * MiB, mmio_base=0x1000_0000,
-                      mmio_size=0x2EFF_0000, iowin_base=0x3EFF_0000, page_offset=0xFFFF_FF80_0000_0000),
-}
 IOWIN_SIZE = 0x10000
-MAX_RAM = 1 << 40
 
 _REGION_TYPES = {1: "ram", 2: "sram", 3: "mmio", 4: "io-window"}
 
@@ -226,7 +203,8 @@ class Machine:
 
     ``arch`` is a backend name (``"x86"``, ``"arm"``, ``"sram"`` or one from the
     ``dmamap.arch`` entry point group) or a bare ISA (``"x86_64"``,
-    ``"aarch64"``) for a machine with no platform policy.
+    ``"aarch64"``, ``"riscv64"`` or a registered variant) for a machine with no
+    platform policy.
     """
 
     def __init__(self, arch: str = "x86", *, ram: int = 256 * MiB, sram: int | None = None,
@@ -245,10 +223,13 @@ class Machine:
         self.backend = backend
         self.name = backend.name if backend else isa
         self.isa = isa
-        self.layout = LAYOUTS[isa]
+        self.isa_info = isa_info(isa)
+        self.layout: Layout = self.isa_info.layout
         ram = _addr("ram", ram)
-        if ram < 16 * PAGE_SIZE or ram % PAGE_SIZE or ram > MAX_RAM:
-            raise InvalidArgumentError(f"ram must be a multiple of 4 KiB between 64 KiB and 1 TiB, not {ram:#x}")
+        if ram < 16 * PAGE_SIZE or ram % PAGE_SIZE or ram > self.layout.ram_max:
+            raise InvalidArgumentError(f"ram must be a multiple of 4 KiB between 64 KiB and the {isa} limit of "
+                                       f"{self.layout.ram_max >> 30} GiB (where its memory map puts SRAM or "
+                                       f"MMIO), not {ram:#x}")
         if sram is None:
             sram = backend.default_sram if backend else 0
         sram = _addr("sram", sram)
@@ -288,7 +269,7 @@ class Machine:
             os.close(fd)
         st.buf, st.size = ffi.cast("uint8_t *", out[0]), size
         err = ffi.new("struct dmamap_err *")
-        st.m = lib.dmamap_machine_new(ISAS[isa], st.buf, size, int(self.dma_coherent), err)
+        st.m = lib.dmamap_machine_new(self.isa_info.id, st.buf, size, int(self.dma_coherent), err)
         if st.m == ffi.NULL:
             st.m = None
             from dmamap._ffi import raise_for
@@ -588,8 +569,8 @@ class Machine:
         return {
             "platform": self.name,
             "isa": self.isa,
-            "page_table_levels": lib.dmamap_isa_levels(ISAS[self.isa]),
-            "va_bits": lib.dmamap_isa_va_bits(ISAS[self.isa]),
+            "page_table_levels": self.isa_info.levels,
+            "va_bits": self.isa_info.va_bits,
             "dma_coherent": self.dma_coherent,
             "cache": f"{self.cache_size // 1024} KiB, {self.cache_ways}-way, 64-byte lines, write-back"
             if self.cache_size else "none modelled (DMA snoops)",

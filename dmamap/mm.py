@@ -20,6 +20,7 @@ from dmamap.errors import (
     SegmentationFault,
     VmaNotMappedError,
 )
+from dmamap.isa import isa_info
 
 if TYPE_CHECKING:
     from dmamap.machine import Machine, Page
@@ -61,29 +62,13 @@ class _FaultResult(enum.IntEnum):
 VM_FAULT_NOPAGE = _FaultResult.VM_FAULT_NOPAGE
 VM_FAULT_SIGBUS = _FaultResult.VM_FAULT_SIGBUS
 
-_ISA_IDS = {"x86_64": 1, "aarch64": 2}
-_NONCACHED = {"x86_64": "UC-", "aarch64": "DEVICE_nGnRnE"}
-_WRITECOMBINE = {"x86_64": "WC", "aarch64": "NORMAL_NC"}
-# x86 has no pgprot_dmacoherent: the generic fallback is pgprot_noncached.
-_DMACOHERENT = {"x86_64": "UC-", "aarch64": "NORMAL_NC"}
-_CACHED = {"x86_64": "WB", "aarch64": "NORMAL"}
+def _isa_id(isa: str) -> int:
+    return isa_info(isa).id
 
 
 def cache_names(isa: str) -> list[str]:
     """The ISA's cache-type names, indexed by the core's cache id."""
-    names = _CACHE_NAMES.get(isa) if isinstance(isa, str) else None
-    if names is None:   # fixed per ISA: ask the core once
-        if not isinstance(isa, str):
-            raise TypeError(f"ISA must be a str, not {type(isa).__name__}")
-        if isa not in _ISA_IDS:
-            raise InvalidArgumentError(f"unknown ISA {isa!r}; one of {', '.join(_ISA_IDS)}")
-        i = _ISA_IDS[isa]
-        names = _CACHE_NAMES[isa] = tuple(ffi.string(lib.dmamap_cache_name(i, c)).decode()
-                                          for c in range(lib.dmamap_cache_count(i)))
-    return list(names)
-
-
-_CACHE_NAMES: dict[str, tuple[str, ...]] = {}
+    return list(isa_info(isa).cache_names)
 
 
 def cache_id(isa: str, name: str) -> int:
@@ -101,8 +86,7 @@ class PgProt(int):
     isa: str
 
     def __new__(cls, value: int, isa: str) -> PgProt:
-        if isa not in _ISA_IDS:
-            raise InvalidArgumentError(f"unknown ISA {isa!r}")
+        isa_info(isa)   # a known ISA (TypeError / InvalidArgumentError otherwise)
         if type(value) is not int or not 0 <= value < 1 << 64:
             value = _addr("prot", value)
         obj = super().__new__(cls, value)
@@ -112,24 +96,27 @@ class PgProt(int):
     @classmethod
     def make(cls, isa: str, *, read: bool = True, write: bool = False, exec: bool = False,
              user: bool = True, cache: str | None = None) -> PgProt:
-        cache_names(isa)   # a known ISA (TypeError / InvalidArgumentError otherwise)
+        info = isa_info(isa)   # a known ISA (TypeError / InvalidArgumentError otherwise)
         flags = (1 if read else 0) | (2 if write else 0) | (4 if exec else 0) | (8 if user else 0)
-        c = cache_id(isa, cache or _CACHED[isa])
-        return cls(lib.dmamap_prot_make(_ISA_IDS[isa], flags, c), isa)
+        c = cache_id(isa, cache or info.cached)
+        return cls(lib.dmamap_prot_make(info.id, flags, c), isa)
 
     @property
     def cache(self) -> str:
-        return cache_names(self.isa)[lib.dmamap_prot_cache(_ISA_IDS[self.isa], self)]
+        c = lib.dmamap_prot_cache(_isa_id(self.isa), self)
+        if c < 0:
+            raise InvalidArgumentError(f"protection {int(self):#x} encodes a memory type {self.isa} reserves")
+        return cache_names(self.isa)[c]
 
     def with_cache(self, name: str) -> PgProt:
-        return PgProt(lib.dmamap_prot_set_cache(_ISA_IDS[self.isa], self, cache_id(self.isa, name)), self.isa)
+        return PgProt(lib.dmamap_prot_set_cache(_isa_id(self.isa), self, cache_id(self.isa, name)), self.isa)
 
     @property
     def writable(self) -> bool:
-        return bool(lib.dmamap_prot_flags(_ISA_IDS[self.isa], self) & 2)
+        return bool(lib.dmamap_prot_flags(_isa_id(self.isa), self) & 2)
 
     def __repr__(self) -> str:
-        f = lib.dmamap_prot_flags(_ISA_IDS[self.isa], self)
+        f = lib.dmamap_prot_flags(_isa_id(self.isa), self)
         rwx = "".join(c if f & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
         return f"PgProt({int(self):#x}, {self.isa}, {rwx}, {self.cache})"
 
@@ -153,23 +140,24 @@ def _pgprot(prot: PgProt) -> PgProt:
 
 
 def pgprot_noncached(prot: PgProt) -> PgProt:
-    """Uncached: x86 UC-, AArch64 DEVICE_nGnRnE (as Linux)."""
-    return _pgprot(prot).with_cache(_NONCACHED[prot.isa])
+    """Uncached, as Linux: x86 UC-, AArch64 DEVICE_nGnRnE, RISC-V IO."""
+    return _pgprot(prot).with_cache(isa_info(prot.isa).noncached)
 
 
 def pgprot_writecombine(prot: PgProt) -> PgProt:
-    """Write-combining: x86 WC, AArch64 NORMAL_NC."""
-    return _pgprot(prot).with_cache(_WRITECOMBINE[prot.isa])
+    """Write-combining: x86 WC, AArch64 NORMAL_NC, RISC-V NC."""
+    return _pgprot(prot).with_cache(isa_info(prot.isa).writecombine)
 
 
 def pgprot_dmacoherent(prot: PgProt) -> PgProt:
-    """The attribute of coherent DMA memory on a non-coherent device: AArch64 NORMAL_NC."""
-    return _pgprot(prot).with_cache(_DMACOHERENT[prot.isa])
+    """The attribute of coherent DMA memory on a non-coherent device: AArch64 NORMAL_NC;
+    elsewhere the generic fallback, pgprot_noncached (x86 UC-, RISC-V IO)."""
+    return _pgprot(prot).with_cache(isa_info(prot.isa).dmacoherent)
 
 
 def pgprot_cached(prot: PgProt) -> PgProt:
     """Normal write-back cacheable memory."""
-    return _pgprot(prot).with_cache(_CACHED[prot.isa])
+    return _pgprot(prot).with_cache(isa_info(prot.isa).cached)
 
 
 @dataclass(frozen=True)

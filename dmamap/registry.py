@@ -75,13 +75,14 @@ def available_backends() -> list[str]:
 def get_backend(name: str) -> Backend:
     """The backend registered under ``name``; unknown names list the known ones."""
     from dmamap.backends import Backend
+    from dmamap.isa import ISAS
 
     _scan()
     with _lock:
         entry = _known.get(name)
     if entry is None:
         raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(available_backends())} "
-                           f"(or a bare ISA: x86_64, aarch64)")
+                           f"(or a bare ISA: {', '.join(ISAS)})")
     if isinstance(entry, str):
         mod, _, attr = entry.partition(":")
         try:

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from pt_walk import table_pages, walk
 
 import dmamap
 from dmamap import PAGE_SIZE, DmamapError
+from dmamap.testing import pagetable
+from dmamap.testing.pagetable import table_pages, walk
 
 ROUNDS = 3
 JOIN_TIMEOUT = 60.0
@@ -75,22 +76,9 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
 
 
 def present_leaves(m: dmamap.Machine, space: dmamap.AddressSpace) -> list[tuple[int, int, int]]:
-    """(va, page size, raw entry) of every non-empty leaf entry, scanned from the raw tables."""
-    out: list[tuple[int, int, int]] = []
-    x86 = m.isa == "x86_64"
-
-    def visit(pa: int, level: int, base: int) -> None:
-        for i, e in enumerate(struct.unpack("<512Q", m.phys_read(pa, PAGE_SIZE))):
-            if not e:
-                continue
-            va = base + (i << (12 + 9 * level))
-            if level > 0 and (((e & 1) and not e & 0x80) if x86 else (e & 3) == 3):
-                visit(e & 0x000F_FFFF_FFFF_F000, level - 1, va)
-            else:
-                out.append((va, 1 << (12 + 9 * level), e))
-
-    visit(space.root & ~0xFFF, 3 if x86 else 2, 0)
-    return out
+    """(va, page size, raw entry) of every non-empty leaf entry the space owns, scanned from the raw
+    tables (a user root's shared kernel half is the kernel's)."""
+    return pagetable.present_leaves(m, space.root, kernel=space.kernel)
 
 
 def check_tables(m: dmamap.Machine, space: dmamap.AddressSpace) -> None:
@@ -98,10 +86,13 @@ def check_tables(m: dmamap.Machine, space: dmamap.AddressSpace) -> None:
     spans = [(v.start, v.end) for v in space.vmas]
     for va, size, _ in present_leaves(m, space):
         assert any(lo <= va and va + size <= hi for lo, hi in spans), f"stray PTE at {va:#x}"
-    pages = table_pages(m, space.root)
+    pages = table_pages(m, space.root, kernel=space.kernel)
     assert len(pages) == len(set(pages)) == space.stats.table_pages
     for pa in pages:
-        used = sum(1 for e in struct.unpack("<512Q", m.phys_read(pa, PAGE_SIZE)) if e)
+        entries = struct.unpack("<512Q", m.phys_read(pa, PAGE_SIZE))
+        if pa == pages[0] and not space.kernel:   # the root's kernel half is the kernel's, not counted
+            entries = entries[:pagetable.decoder_for(m).user_entries]
+        used = sum(1 for e in entries if e)
         info = dmamap._ffi.ffi.new("struct dmamap_page_info *")
         assert dmamap._ffi.lib.dmamap_page_info(m._ptr(), pa >> 12, info, dmamap._ffi.ffi.NULL) == 0
         assert info.table_used == used and info.flags & 4, f"table {pa:#x}: {info.table_used} != {used}"

@@ -15,3 +15,7 @@ class TestArmConformance(BackendConformance):
 
 class TestSramConformance(BackendConformance):
     backend = "sram"
+
+
+class TestRiscvConformance(BackendConformance):
+    backend = "riscv"

@@ -16,6 +16,7 @@ EXPECTED = {
     "x86": {"virt_to_page fault": "correct", "remap_pfn_range": "correct", "dma_mmap_coherent": "correct"},
     "arm": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
     "sram": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
+    "riscv": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
 }
 
 
@@ -30,9 +31,10 @@ def test_exercise_verdicts(platform: str, driver: str) -> None:
         assert out.detail == "VirtToPageError"
     elif out.verdict == "stale":
         assert "device read" in out.detail and "stale bytes" in out.detail
-        assert "reported: NORMAL alias of NORMAL_NC" in out.detail
+        cached, nc = ("PMA", "NC") if platform == "riscv" else ("NORMAL", "NORMAL_NC")
+        assert f"reported: {cached} alias of {nc}" in out.detail
     else:
-        cache = "WB" if platform == "x86" else "NORMAL_NC"
+        cache = {"x86": "WB", "riscv": "NC"}.get(platform, "NORMAL_NC")
         assert out.detail == f"coherent both ways, user {cache}"
 
 

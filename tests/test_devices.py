@@ -21,7 +21,8 @@ RAM = 16 << 20
 PLATFORMS = ("x86", "arm", "sram")
 MMIO_CACHE = {("x86", "uc"): "UC-", ("x86", "wc"): "WC",
               ("arm", "uc"): "DEVICE_nGnRnE", ("arm", "wc"): "NORMAL_NC",
-              ("sram", "uc"): "DEVICE_nGnRnE", ("sram", "wc"): "NORMAL_NC"}
+              ("sram", "uc"): "DEVICE_nGnRnE", ("sram", "wc"): "NORMAL_NC",
+              ("riscv", "uc"): "IO", ("riscv", "wc"): "NC"}
 
 
 class Regs:
@@ -264,7 +265,8 @@ def test_pio_map_widths(m: dmamap.Machine, plat: str, port: int) -> None:
     if plat == "x86":
         assert t is None
     else:
-        assert t is not None and t.region == "io-window" and t.cache == "DEVICE_nGnRnE" and t.device
+        uncached = {"aarch64": "DEVICE_nGnRnE", "riscv64": "IO"}[m.isa]
+        assert t is not None and t.region == "io-window" and t.cache == uncached and t.device
     ports0 = m.stats.port_accesses
     for width, i in [(1, 0), (1, 5), (2, 6), (4, 8), (4, 12), (2, 14), (1, 15)]:
         reader = getattr(mm, f"read{8 * width}")

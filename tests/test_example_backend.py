@@ -1,5 +1,5 @@
 """The worked example of docs/backends.md: an out-of-tree backend package
-(examples/dmamap-riscv) is installed, found through its ``dmamap.arch`` entry
+(examples/dmamap-thead, an ISA variant) is installed, found through its ``dmamap.arch`` entry
 point, and passes the conformance suite -- from the command line and through
 its own pytest file."""
 
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dmamap-riscv"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dmamap-thead"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example installed into a private directory (copied first, so the
     build leaves nothing in the source tree)."""
-    root = tmp_path_factory.mktemp("riscv")
+    root = tmp_path_factory.mktemp("thead")
     src = root / "src"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = root / "site"
@@ -29,7 +29,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            "--disable-pip-version-check", "--target", str(target), str(src)],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (target / "dmamap_riscv" / "__init__.py").exists()
+    assert (target / "dmamap_thead" / "__init__.py").exists()
     return target
 
 
@@ -45,14 +45,14 @@ def _dmamap() -> list[str]:
     return [script] if script else [sys.executable, "-m", "dmamap.cli"]
 
 
-def test_dmamap_conformance_riscv_passes(site: Path, tmp_path: Path) -> None:
-    out = tmp_path / "riscv.json"
-    proc = subprocess.run([*_dmamap(), "conformance", "riscv", "--json", str(out)], capture_output=True, text=True,
+def test_dmamap_conformance_thead_passes(site: Path, tmp_path: Path) -> None:
+    out = tmp_path / "thead.json"
+    proc = subprocess.run([*_dmamap(), "conformance", "thead", "--json", str(out)], capture_output=True, text=True,
                           env=_env(site), cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "riscv conforms" in proc.stdout
+    assert "thead conforms" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["backend"] == "riscv" and data["ok"] is True
+    assert data["backend"] == "thead" and data["ok"] is True
     assert data["summary"]["failed"] == 0 and data["summary"]["passed"] >= 90
     outcomes = {r["rule"]: r["outcome"] for r in data["rules"]}
     assert all(o == "passed" for o in outcomes.values()), outcomes
@@ -60,10 +60,10 @@ def test_dmamap_conformance_riscv_passes(site: Path, tmp_path: Path) -> None:
 
 
 def test_backend_is_unknown_without_the_package(tmp_path: Path) -> None:
-    proc = subprocess.run([*_dmamap(), "conformance", "riscv"], capture_output=True, text=True, env=_env(None),
+    proc = subprocess.run([*_dmamap(), "conformance", "thead"], capture_output=True, text=True, env=_env(None),
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
-    assert "unknown backend 'riscv'" in proc.stderr
+    assert "unknown backend 'thead'" in proc.stderr
 
 
 def test_example_pytest_suite_passes(site: Path, tmp_path: Path) -> None:

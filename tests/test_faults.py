@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pt_walk
 import pytest
 
 import dmamap
@@ -18,6 +17,7 @@ from dmamap import (
     VmFlags,
     vmf_insert_pfn,
 )
+from dmamap.testing import pagetable
 
 MiB = 1 << 20
 
@@ -43,11 +43,11 @@ def test_python_handler_returns_page(machine: dmamap.Machine, mm: dmamap.Address
         (vma.start + 2 * PAGE_SIZE, 2, False, True), (vma.start + 3 * PAGE_SIZE, 3, True, True)]
     assert mm.stats.faults == 2
     for i in (2, 3):
-        leaf = pt_walk.compare(mm, vma.start + i * PAGE_SIZE)
+        leaf = pagetable.compare(mm, vma.start + i * PAGE_SIZE)
         assert leaf is not None and leaf.pfn == pages[i].pfn and not leaf.special and leaf.writable
         assert (pages[i].refcount, pages[i].mapcount) == (2, 1)
     assert machine.phys_read(pages[3].phys_addr, 6) == b"page3!"
-    assert pt_walk.walk(machine, mm.root, vma.start) is None
+    assert pagetable.walk(machine, mm.root, vma.start) is None
 
 
 def test_python_handler_inserts_pfn(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
@@ -57,7 +57,7 @@ def test_python_handler_inserts_pfn(machine: dmamap.Machine, mm: dmamap.AddressS
     vma = mm.mmap(2 * PAGE_SIZE, flags=VmFlags.VM_PFNMAP | VmFlags.VM_IO)
     vma.set_fault_handler(lambda vmf: vmf_insert_pfn(vmf.vma, vmf.address, sram_pfn + vmf.pgoff))
     assert mm.read(vma.start + PAGE_SIZE, 9) == b"sram-data"
-    leaf = pt_walk.compare(mm, vma.start + PAGE_SIZE)
+    leaf = pagetable.compare(mm, vma.start + PAGE_SIZE)
     assert leaf is not None and leaf.pfn == sram_pfn + 1 and leaf.special
     assert vmf_insert_pfn(vma, vma.start, sram_pfn) == VM_FAULT_NOPAGE
     mm.write(vma.start, b"w")
@@ -76,7 +76,7 @@ def test_python_handler_sigbus(machine: dmamap.Machine, mm: dmamap.AddressSpace)
             mm.read(va, 1)
         assert isinstance(ei.value, dmamap.BusError)
         assert ei.value.addr == va and f"{va:#x}" in str(ei.value)
-    assert pt_walk.walk(machine, mm.root, vma.start) is None
+    assert pagetable.walk(machine, mm.root, vma.start) is None
 
 
 class Boom(Exception):
@@ -94,11 +94,11 @@ def test_python_handler_exception_propagates(machine: dmamap.Machine, mm: dmamap
         raise boom
 
     vma.set_fault_handler(raising)
-    before = pt_walk.space_state(mm, access=True)
+    before = pagetable.space_state(mm, access=True)
     with pytest.raises(HandlerError) as ei:
         mm.read(vma.start, 1)
     assert ei.value.__cause__ is boom and "handler failed" in str(ei.value)
-    assert pt_walk.space_state(mm, access=True) == before
+    assert pagetable.space_state(mm, access=True) == before
 
     def bad_insert(vmf: VmFault) -> int:
         return vmf_insert_pfn(vmf.vma, vmf.address, page.pfn)   # plain VMA: VmaKindError inside the handler
@@ -113,11 +113,11 @@ def test_python_handler_exception_propagates(machine: dmamap.Machine, mm: dmamap
     vma.set_fault_handler(interrupted)
     with pytest.raises(KeyboardInterrupt):
         mm.read(vma.start, 1)
-    assert pt_walk.space_state(mm, access=True) == before
+    assert pagetable.space_state(mm, access=True) == before
 
     vma.set_fault_handler(lambda vmf: page)
     mm.read(vma.start, 1)
-    leaf = pt_walk.walk(machine, mm.root, vma.start)
+    leaf = pagetable.walk(machine, mm.root, vma.start)
     assert leaf is not None and leaf.pfn == page.pfn
 
 
@@ -127,7 +127,7 @@ def test_python_handler_bad_return(machine: dmamap.Machine, mm: dmamap.AddressSp
     vma.set_fault_handler(lambda vmf: "nonsense")
     with pytest.raises(dmamap.InvalidArgumentError):
         mm.read(vma.start, 1)
-    assert pt_walk.walk(machine, mm.root, vma.start) is None
+    assert pagetable.walk(machine, mm.root, vma.start) is None
 
 
 def test_private_write_fault_copies_handler_page(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
@@ -137,7 +137,7 @@ def test_private_write_fault_copies_handler_page(machine: dmamap.Machine, mm: dm
     vma = mm.mmap(PAGE_SIZE, shared=False)
     vma.set_fault_handler(lambda vmf: page)
     mm.write(vma.start, b"S")
-    leaf = pt_walk.compare(mm, vma.start)
+    leaf = pagetable.compare(mm, vma.start)
     assert leaf is not None and leaf.pfn != page.pfn and leaf.writable
     assert mm.read(vma.start, 6) == b"Shared"
     assert machine.phys_read(page.phys_addr, 6) == b"shared"
@@ -158,7 +158,7 @@ def test_builtin_page_handler_scatter_gather(machine: dmamap.Machine, mm: dmamap
     mm.touch(vma.start, 6)
     assert mm.stats.faults == 6
     for i in range(6):
-        leaf = pt_walk.compare(mm, vma.start + i * PAGE_SIZE)
+        leaf = pagetable.compare(mm, vma.start + i * PAGE_SIZE)
         assert leaf is not None and leaf.pfn == flat[2 + i] and not leaf.special
         assert Page(machine, flat[2 + i]).mapcount == 1
     assert Page(machine, flat[0]).mapcount == 0
@@ -171,7 +171,7 @@ def test_builtin_pfn_handler(machine: dmamap.Machine, mm: dmamap.AddressSpace) -
     vma.set_builtin_fault("pfn", [(sram_pfn + 10, 4)])
     mm.write(vma.start + 3 * PAGE_SIZE, b"tail")
     assert machine.phys_read(machine.sram_base + 13 * PAGE_SIZE, 4) == b"tail"
-    leaf = pt_walk.compare(mm, vma.start + 3 * PAGE_SIZE)
+    leaf = pagetable.compare(mm, vma.start + 3 * PAGE_SIZE)
     assert leaf is not None and leaf.pfn == sram_pfn + 13 and leaf.special
     assert mm.count_present(vma.start, len(vma)) == 1
 
@@ -185,7 +185,7 @@ def test_builtin_fault_around(machine: dmamap.Machine, mm: dmamap.AddressSpace) 
     assert mm.stats.faults == 1
     assert mm.count_present(vma.start, len(vma)) == 16
     for i in range(64):
-        leaf = pt_walk.compare(mm, vma.start + i * PAGE_SIZE)
+        leaf = pagetable.compare(mm, vma.start + i * PAGE_SIZE)
         assert (leaf is not None) == (16 <= i < 32)
         if leaf is not None:
             assert leaf.pfn == run.pfn + i
@@ -197,14 +197,14 @@ def test_builtin_large_pfn_fault(machine: dmamap.Machine, mm: dmamap.AddressSpac
     vma = mm.mmap(2 * MiB, flags=VmFlags.VM_PFNMAP, align=2 * MiB)
     vma.set_builtin_fault("pfn", [(pa >> 12, 512)], large=True)
     mm.read(vma.start + 0x12345, 1)
-    leaf = pt_walk.compare(mm, vma.start + 0x12345)
+    leaf = pagetable.compare(mm, vma.start + 0x12345)
     assert leaf is not None and leaf.page_size == 2 * MiB and leaf.pa == pa + 0x12345 and leaf.special
     assert mm.stats.ptes_written == 1
     run = machine.alloc_pages(512, align=512)
     pv = mm.mmap(2 * MiB, align=2 * MiB)
     pv.set_builtin_fault("page", [(run.pfn, 512)], large=True)
     mm.read(pv.start + 0x12345, 1)
-    leaf = pt_walk.compare(mm, pv.start + 0x12345)
+    leaf = pagetable.compare(mm, pv.start + 0x12345)
     assert leaf is not None and leaf.page_size == PAGE_SIZE and leaf.pfn == run.pfn + 0x12
 
 
@@ -218,7 +218,7 @@ def test_builtin_fault_past_buffer_is_sigbus(machine: dmamap.Machine, mm: dmamap
     with pytest.raises(FaultHandlerSigbus) as ei:
         mm.read(va, 1)
     assert ei.value.addr == va and f"{va:#x}" in str(ei.value)
-    assert pt_walk.walk(machine, mm.root, vma.start + 2 * PAGE_SIZE) is None
+    assert pagetable.walk(machine, mm.root, vma.start + 2 * PAGE_SIZE) is None
 
 
 def test_builtin_page_handler_rejects_free_page(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
-from pt_walk import snapshot, table_pages
 
 import dmamap
 from dmamap import PAGE_SIZE, DmamapError
 from dmamap._ffi import ffi, lib
+from dmamap.testing.pagetable import decoder_for, present_leaves, snapshot, table_pages
 
 EXAMPLES = int(os.environ.get("DMAMAP_FUZZ_EXAMPLES", "50"))
 STEPS = int(os.environ.get("DMAMAP_FUZZ_STEPS", "40"))
@@ -90,7 +90,7 @@ def check_consistency(m: dmamap.Machine, spaces: list[dmamap.AddressSpace]) -> N
     info = ffi.new("struct dmamap_page_info *")
     all_tables: set[int] = set()
     for s in live:
-        pages = table_pages(m, s.root)
+        pages = table_pages(m, s.root, kernel=s.kernel)
         assert len(pages) == len(set(pages)), "a table page is reachable twice"
         assert not all_tables & set(pages), "two address spaces share a table page"
         all_tables |= set(pages)
@@ -100,6 +100,8 @@ def check_consistency(m: dmamap.Machine, spaces: list[dmamap.AddressSpace]) -> N
             assert lib.dmamap_page_info(m._ptr(), pa >> 12, info, ffi.NULL) == 0
             assert info.flags & 4, f"table page {pa:#x} is not marked as a table"
             entries = struct.unpack("<512Q", m.phys_read(pa, PAGE_SIZE))
+            if pa == pages[0] and not s.kernel:   # a user root's kernel half is the kernel's, not counted
+                entries = entries[:decoder_for(m).user_entries]
             assert info.table_used == sum(1 for e in entries if e), f"table {pa:#x}: table_used is off"
         del levels
     assert ms.table_pages == len(all_tables), (ms.table_pages, len(all_tables))
@@ -114,25 +116,8 @@ def check_consistency(m: dmamap.Machine, spaces: list[dmamap.AddressSpace]) -> N
 
 
 def _leaves(m: dmamap.Machine, s: dmamap.AddressSpace) -> list[tuple[int, int]]:
-    """(va, page size) of every non-empty leaf entry, from the raw tables."""
-    out: list[tuple[int, int]] = []
-    x86 = m.isa == "x86_64"
-    levels = 4 if x86 else 3
-
-    def visit(pa: int, level: int, base: int) -> None:
-        entries = struct.unpack("<512Q", m.phys_read(pa, PAGE_SIZE))
-        for i, e in enumerate(entries):
-            if not e:
-                continue
-            va = base + (i << (12 + 9 * level))
-            is_table = level > 0 and (((e & 1) and not e & 0x80) if x86 else (e & 3) == 3)
-            if is_table:
-                visit(e & 0x000F_FFFF_FFFF_F000, level - 1, va)
-            else:
-                out.append((va, 1 << (12 + 9 * level)))
-
-    visit(s.root & ~0xFFF, levels - 1, 0)
-    return out
+    """(va, page size) of every non-empty leaf entry the space owns, from the raw tables."""
+    return [(va, size) for va, size, _ in present_leaves(m, s.root, kernel=s.kernel)]
 
 
 # ---- the API state machine ----
@@ -264,7 +249,7 @@ class ApiFuzz(RuleBasedStateMachine):
         page tables has its own test, here it would only blur the checks."""
         if not isinstance(va, int) or isinstance(va, bool) or not 0 <= va < U64 or s.closed:
             return False
-        tables = {p for sp in self.spaces if not sp.closed for p in table_pages(self.m, sp.root)}
+        tables = {p for sp in self.spaces if not sp.closed for p in table_pages(self.m, sp.root, kernel=sp.kernel)}
         for page in range(va & ~0xFFF, min(va + max(n, 1), U64), PAGE_SIZE):
             t = call(s.translate, page)
             if isinstance(t, dmamap.Translation) and (t.pa & ~0xFFF) in tables:
@@ -323,7 +308,7 @@ class ApiFuzz(RuleBasedStateMachine):
         pa = data.draw(ints(*self._near()), "pa")
         if data.draw(st.booleans(), "write"):
             # never scribble over page tables: that is tested on its own below
-            tables = {p for s in self.spaces if not s.closed for p in table_pages(self.m, s.root)}
+            tables = {p for s in self.spaces if not s.closed for p in table_pages(self.m, s.root, kernel=s.kernel)}
             if isinstance(pa, int) and not isinstance(pa, bool) and any(t <= pa + 2 * PAGE_SIZE and pa < t + PAGE_SIZE
                                                                        for t in tables):
                 return
@@ -478,7 +463,7 @@ class ApiFuzz(RuleBasedStateMachine):
         handles = [b.dma_handle for _, b in self.live_bufs]
         addr = data.draw(ints(*handles, *self._near()), "dma_addr")
         if data.draw(st.booleans(), "write"):
-            tables = {p for s in self.spaces if not s.closed for p in table_pages(self.m, s.root)}
+            tables = {p for s in self.spaces if not s.closed for p in table_pages(self.m, s.root, kernel=s.kernel)}
             be = self.m.backend
             pa = be.dma_to_phys(dev, addr) if be and isinstance(addr, int) and not isinstance(addr, bool) else addr
             if isinstance(pa, int) and any(t <= pa + 2 * PAGE_SIZE and pa < t + PAGE_SIZE for t in tables):

@@ -26,8 +26,8 @@ from dmamap.errors import (
 P = PAGE_SIZE
 RAM = 16 << 20
 PLATFORMS = ("x86", "arm", "sram")
-USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC"}
-BUS_OFFSET = {"x86": 0, "arm": 0x4000_0000, "sram": 0}
+USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC", "riscv": "NC"}
+BUS_OFFSET = {"x86": 0, "arm": 0x4000_0000, "sram": 0, "riscv": 0}
 LEGAL = [(p, s) for p in PLATFORMS for s in STRATEGIES if not (p == "sram" and s == "fault-page")]
 
 

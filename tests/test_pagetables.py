@@ -1,14 +1,13 @@
 """Page tables in emulated RAM, checked against the manuals' bit positions.
 
 Every check decodes raw descriptors read with ``Machine.phys_read`` through the
-independent walker in ``pt_walk`` and compares with ``AddressSpace.translate``.
+independent walker in ``dmamap.testing.pagetable`` and compares with ``AddressSpace.translate``.
 """
 
 from __future__ import annotations
 
 import random
 
-import pt_walk
 import pytest
 
 import dmamap
@@ -24,6 +23,7 @@ from dmamap import (
     vm_insert_page,
     zap_vma_ptes,
 )
+from dmamap.testing import pagetable
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -45,15 +45,15 @@ def table_path(machine: dmamap.Machine, root: int, va: int) -> list[int]:
     table = root
     levels = (3, 2, 1) if machine.isa == "x86_64" else (2, 1)
     for level in levels:
-        e = pt_walk.read_entry(machine, table + 8 * ((va >> (12 + 9 * level)) & 511))
+        e = pagetable.read_entry(machine, table + 8 * ((va >> (12 + 9 * level)) & 511))
         if machine.isa == "x86_64":
             if not bit(e, 0) or bit(e, 7):
                 break
-            table = e & pt_walk.X86_ADDR
+            table = e & pagetable.x86_64.ADDR
         else:
             if field(e, 1, 0) != 3:
                 break
-            table = e & pt_walk.A64_ADDR
+            table = e & pagetable.aarch64.ADDR
         out.append(e)
     return out
 
@@ -68,12 +68,12 @@ def test_4k_remap_matches_walker_and_manual_bits(machine: dmamap.Machine, mm: dm
     rng = random.Random(1)
     for i in range(npages):
         for off in (0, PAGE_SIZE - 1, rng.randrange(PAGE_SIZE)):
-            leaf = pt_walk.compare(mm, vma.start + i * PAGE_SIZE + off)
+            leaf = pagetable.compare(mm, vma.start + i * PAGE_SIZE + off)
             assert leaf is not None
             assert leaf.page_size == PAGE_SIZE
             assert leaf.pa == page.phys_addr + i * PAGE_SIZE + off
             assert leaf.user and leaf.writable and not leaf.executable and leaf.special and leaf.cacheable
-    e = pt_walk.walk(machine, mm.root, vma.start).entry  # type: ignore[union-attr]
+    e = pagetable.walk(machine, mm.root, vma.start).entry  # type: ignore[union-attr]
     if machine.isa == "x86_64":
         assert bit(e, 0) and bit(e, 1) and bit(e, 2)             # P, RW, US
         assert bit(e, 9) and bit(e, 63)                           # _PAGE_SPECIAL, NX
@@ -88,8 +88,8 @@ def test_4k_remap_matches_walker_and_manual_bits(machine: dmamap.Machine, mm: dm
         assert bit(e, 53) and bit(e, 54) and bit(e, 56)           # PXN, UXN, special
         assert field(e, 47, 12) == page.pfn
     # the addresses just outside the VMA are not mapped
-    assert pt_walk.compare(mm, vma.start - PAGE_SIZE) is None
-    assert pt_walk.compare(mm, vma.end) is None
+    assert pagetable.compare(mm, vma.start - PAGE_SIZE) is None
+    assert pagetable.compare(mm, vma.end) is None
 
 
 @pytest.mark.parametrize("prot", ["r", "rw", "rx", "rwx"])
@@ -97,7 +97,7 @@ def test_permission_bits(machine: dmamap.Machine, mm: dmamap.AddressSpace, prot:
     """vm_page_prot of a shared mapping encodes R/W/X exactly as the manuals place the bits."""
     vma = mm.mmap(2 * PAGE_SIZE, prot=prot)
     remap_pfn_range(vma, vma.start, FAR_PA >> 12, len(vma), vma.vm_page_prot)
-    leaf = pt_walk.compare(mm, vma.start)
+    leaf = pagetable.compare(mm, vma.start)
     assert leaf is not None
     e = leaf.entry
     w, x = "w" in prot, "x" in prot
@@ -113,10 +113,10 @@ def test_prot_none_is_not_present(machine: dmamap.Machine, mm: dmamap.AddressSpa
     """PROT_NONE leaves a non-zero but invalid entry: neither MMU translates it."""
     vma = mm.mmap(PAGE_SIZE, prot="")
     remap_pfn_range(vma, vma.start, FAR_PA >> 12, PAGE_SIZE, vma.vm_page_prot)
-    assert pt_walk.compare(mm, vma.start) is None
+    assert pagetable.compare(mm, vma.start) is None
     path = table_path(machine, mm.root, vma.start)
-    last_table = path[-1] & (pt_walk.X86_ADDR if machine.isa == "x86_64" else pt_walk.A64_ADDR)
-    raw = pt_walk.read_entry(machine, last_table + 8 * ((vma.start >> 12) & 511))
+    last_table = path[-1] & (pagetable.x86_64.ADDR if machine.isa == "x86_64" else pagetable.aarch64.ADDR)
+    raw = pagetable.read_entry(machine, last_table + 8 * ((vma.start >> 12) & 511))
     assert raw != 0 and bit(raw, 0) == 0
 
 
@@ -133,7 +133,7 @@ def test_x86_pat_bit_position(large: bool) -> None:
             pa = FAR_PA + i * 2 * MiB
             remap_pfn_range(vma, vma.start, pa >> 12, span, PgProt.make("x86_64", write=True, cache=cache),
                             large=large)
-            leaf = pt_walk.compare(mm, vma.start + span - 8)
+            leaf = pagetable.compare(mm, vma.start + span - 8)
             assert leaf is not None and leaf.cache == cache and leaf.attr_index == idx
             assert leaf.page_size == span
             e = leaf.entry
@@ -158,7 +158,7 @@ def test_aarch64_attrindx(large: bool) -> None:
             pa = FAR_PA + i * 2 * MiB
             remap_pfn_range(vma, vma.start, pa >> 12, span, PgProt.make("aarch64", write=True, cache=cache),
                             large=large)
-            leaf = pt_walk.compare(mm, vma.start + span - 16)
+            leaf = pagetable.compare(mm, vma.start + span - 16)
             assert leaf is not None and leaf.cache == cache and leaf.page_size == span
             e = leaf.entry
             assert field(e, 4, 2) == idx
@@ -180,7 +180,7 @@ def test_pgprot_helpers_raw_bits(machine: dmamap.Machine, mm: dmamap.AddressSpac
         prot = helper(base.with_cache("UC" if machine.isa == "x86_64" else "DEVICE_nGnRE"))
         vma = mm.mmap(PAGE_SIZE)
         remap_pfn_range(vma, vma.start, (FAR_PA >> 12) + i, PAGE_SIZE, prot)
-        leaf = pt_walk.compare(mm, vma.start)
+        leaf = pagetable.compare(mm, vma.start)
         assert leaf is not None
         for raw in (int(prot), leaf.entry):
             if machine.isa == "x86_64":
@@ -188,9 +188,9 @@ def test_pgprot_helpers_raw_bits(machine: dmamap.Machine, mm: dmamap.AddressSpac
             else:
                 assert field(raw, 4, 2) == bits, helper.__name__
     if machine.isa == "aarch64":
-        nc = pt_walk.walk(machine, mm.root, mm.vmas[0].start)
+        nc = pagetable.walk(machine, mm.root, mm.vmas[0].start)
         assert nc is not None and nc.device and not nc.cacheable          # Device-nGnRnE
-        wc = pt_walk.walk(machine, mm.root, mm.vmas[1].start)
+        wc = pagetable.walk(machine, mm.root, mm.vmas[1].start)
         assert wc is not None and not wc.device and not wc.cacheable      # Normal non-cacheable
 
 
@@ -205,11 +205,11 @@ def test_large_pages_1g_2m_4k(machine: dmamap.Machine, mm: dmamap.AddressSpace) 
     assert st.ptes_written == 5
     # x86: PDPT + PD + PT below the root; AArch64: L2 + L3 below the L1 root
     assert st.table_pages - tables_before == (3 if machine.isa == "x86_64" else 2)
-    assert len(pt_walk.table_pages(machine, mm.root)) == st.table_pages
+    assert len(pagetable.table_pages(machine, mm.root)) == st.table_pages
     expect = [(0, GiB, 2), (GiB, 2 * MiB, 1), (GiB + 2 * MiB, PAGE_SIZE, 0), (GiB + 2 * MiB + 2 * PAGE_SIZE,
                                                                              PAGE_SIZE, 0)]
     for off, page_size, level in expect:
-        leaf = pt_walk.compare(mm, vma.start + off)
+        leaf = pagetable.compare(mm, vma.start + off)
         assert leaf is not None and (leaf.page_size, leaf.level) == (page_size, level)
         assert leaf.pa == FAR_PA + off
         e = leaf.entry
@@ -225,9 +225,9 @@ def test_large_pages_1g_2m_4k(machine: dmamap.Machine, mm: dmamap.AddressSpace) 
     rng = random.Random(7)
     for _ in range(300):
         off = rng.randrange(size)
-        leaf = pt_walk.compare(mm, vma.start + off)
+        leaf = pagetable.compare(mm, vma.start + off)
         assert leaf is not None and leaf.pa == FAR_PA + off
-    assert pt_walk.compare(mm, vma.end) is None
+    assert pagetable.compare(mm, vma.end) is None
 
 
 def test_large_falls_back_when_pa_misaligned(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
@@ -236,7 +236,7 @@ def test_large_falls_back_when_pa_misaligned(machine: dmamap.Machine, mm: dmamap
     remap_pfn_range(vma, vma.start, (FAR_PA >> 12) + 1, 2 * MiB, vma.vm_page_prot, large=True)
     assert mm.stats.ptes_written == 512
     for off in (0, MiB, 2 * MiB - PAGE_SIZE):
-        leaf = pt_walk.compare(mm, vma.start + off)
+        leaf = pagetable.compare(mm, vma.start + off)
         assert leaf is not None and leaf.page_size == PAGE_SIZE and leaf.pa == FAR_PA + PAGE_SIZE + off
 
 
@@ -245,16 +245,16 @@ def test_zap_inside_block_splits_it(machine: dmamap.Machine, mm: dmamap.AddressS
     vma = mm.mmap(2 * MiB, align=2 * MiB)
     prot = pgprot_writecombine(vma.vm_page_prot)
     remap_pfn_range(vma, vma.start, FAR_PA >> 12, 2 * MiB, prot, large=True)
-    block = pt_walk.walk(machine, mm.root, vma.start)
+    block = pagetable.walk(machine, mm.root, vma.start)
     assert block is not None and block.page_size == 2 * MiB
     hole = vma.start + 5 * PAGE_SIZE
     zap_vma_ptes(vma, hole, PAGE_SIZE)
-    assert pt_walk.compare(mm, hole) is None
+    assert pagetable.compare(mm, hole) is None
     for i in range(512):
         va = vma.start + i * PAGE_SIZE
         if va == hole:
             continue
-        leaf = pt_walk.compare(mm, va + 8)
+        leaf = pagetable.compare(mm, va + 8)
         assert leaf is not None and leaf.page_size == PAGE_SIZE and leaf.pa == FAR_PA + i * PAGE_SIZE + 8
         assert (leaf.cache, leaf.writable, leaf.user, leaf.special) == (block.cache, block.writable, block.user,
                                                                         block.special)
@@ -267,8 +267,8 @@ def test_change_protection_inside_block(machine: dmamap.Machine, mm: dmamap.Addr
     remap_pfn_range(vma, vma.start, FAR_PA >> 12, 2 * MiB, vma.vm_page_prot, large=True)
     ro = PgProt.make(machine.isa, write=False)
     change_protection(vma, vma.start + MiB, PAGE_SIZE, ro)
-    changed = pt_walk.compare(mm, vma.start + MiB)
-    kept = pt_walk.compare(mm, vma.start + MiB + PAGE_SIZE)
+    changed = pagetable.compare(mm, vma.start + MiB)
+    kept = pagetable.compare(mm, vma.start + MiB + PAGE_SIZE)
     assert changed is not None and kept is not None
     assert not changed.writable and kept.writable
     assert changed.special and changed.pa == FAR_PA + MiB
@@ -282,7 +282,7 @@ def test_kernel_direct_map(machine: dmamap.Machine) -> None:
     """The kernel's direct map: all of RAM at PAGE_OFFSET, kernel-only, global, write-back, in large pages."""
     k = machine.kernel
     for off in range(0, machine.ram_size, 2 * MiB):
-        leaf = pt_walk.compare(k, machine.page_offset + off + 0x88)
+        leaf = pagetable.compare(k, machine.page_offset + off + 0x88)
         assert leaf is not None
         assert leaf.pa == machine.ram_base + off + 0x88
         assert leaf.page_size == 2 * MiB and leaf.cacheable and leaf.writable
@@ -291,7 +291,7 @@ def test_kernel_direct_map(machine: dmamap.Machine) -> None:
             assert bit(leaf.entry, 2) == 0 and bit(leaf.entry, 8) == 1      # supervisor, global
         else:
             assert field(leaf.entry, 7, 6) == 0 and bit(leaf.entry, 11) == 0  # EL1 only, global
-    assert pt_walk.compare(k, machine.page_offset + machine.ram_size) is None
+    assert pagetable.compare(k, machine.page_offset + machine.ram_size) is None
 
 
 def test_many_addresses_mixed_space(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
@@ -319,14 +319,14 @@ def test_many_addresses_mixed_space(machine: dmamap.Machine, mm: dmamap.AddressS
             va = rng.randrange(vma.start, vma.end)
         else:
             va = rng.randrange(lo, hi)
-        present += pt_walk.compare(mm, va) is not None
+        present += pagetable.compare(mm, va) is not None
     assert present > 500
-    assert pt_walk.walk(machine, mm.root, b.start + PAGE_SIZE) is None            # hole between inserted pages
-    ins = pt_walk.walk(machine, mm.root, b.start + 2 * PAGE_SIZE)
+    assert pagetable.walk(machine, mm.root, b.start + PAGE_SIZE) is None            # hole between inserted pages
+    ins = pagetable.walk(machine, mm.root, b.start + 2 * PAGE_SIZE)
     assert ins is not None and ins.pfn == pages[1].pfn and not ins.special and not ins.writable
-    flt = pt_walk.walk(machine, mm.root, c.start + 2 * PAGE_SIZE)
+    flt = pagetable.walk(machine, mm.root, c.start + 2 * PAGE_SIZE)
     assert flt is not None and flt.pfn == run.pfn + 2 and not flt.special
-    assert pt_walk.walk(machine, mm.root, c.start + PAGE_SIZE) is None             # not touched yet
+    assert pagetable.walk(machine, mm.root, c.start + PAGE_SIZE) is None             # not touched yet
 
 
 def test_aarch64_kernel_uses_upper_range() -> None:
@@ -334,5 +334,5 @@ def test_aarch64_kernel_uses_upper_range() -> None:
     with dmamap.Machine("aarch64", ram=16 * MiB) as m:
         va = m.page_offset + 3 * MiB + 0x10
         assert va >> 39 == (1 << 25) - 1
-        leaf = pt_walk.compare(m.kernel, va)
+        leaf = pagetable.compare(m.kernel, va)
         assert leaf is not None and leaf.pa == m.ram_base + 3 * MiB + 0x10

@@ -8,7 +8,6 @@ import builtins
 from collections.abc import Callable
 from typing import Any
 
-import pt_walk
 import pytest
 
 import dmamap
@@ -37,6 +36,7 @@ from dmamap import (
     vmf_insert_mixed,
     vmf_insert_pfn,
 )
+from dmamap.testing import pagetable
 
 FAR_PFN = 0x40_0000_0000 >> 12     # no region: pfn_valid() is false
 MiB = 1 << 20
@@ -84,9 +84,9 @@ def raises(cls: type[DmamapError], fn: Callable[[], Any], addr: int | None) -> D
 def unchanged(mm: dmamap.AddressSpace, cls: type[DmamapError], fn: Callable[[], Any], addr: int | None, *,
               access: bool = False) -> DmamapError:
     """``raises`` plus: the raw table memory and the counters are the same before and after."""
-    before = pt_walk.space_state(mm, access=access)
+    before = pagetable.space_state(mm, access=access)
     exc = raises(cls, fn, addr)
-    after = pt_walk.space_state(mm, access=access)
+    after = pagetable.space_state(mm, access=access)
     assert after[0] == before[0], "page-table memory changed"
     assert after[1] == before[1], f"address-space counters changed: {before[1]} -> {after[1]}"
     assert after[2] == before[2], f"machine counters changed: {before[2]} -> {after[2]}"
@@ -135,7 +135,7 @@ def test_fault_handler_page_must_be_ram(machine: dmamap.Machine, mm: dmamap.Addr
     info = (page.refcount, page.mapcount) if machine.pfn_valid(page.pfn) else None
     va = vma.start + PAGE_SIZE
     unchanged(mm, BadPageError, lambda: mm.read(va + 0x10, 4), va, access=True)
-    assert pt_walk.walk(machine, mm.root, va) is None
+    assert pagetable.walk(machine, mm.root, va) is None
     if info is not None:
         assert (page.refcount, page.mapcount) == info
 
@@ -167,7 +167,7 @@ def test_pfn_insert_needs_pfnmap_or_mixedmap(machine: dmamap.Machine, mm: dmamap
     unchanged(mm, VmaKindError, lambda: vmf_insert_pfn(plain, va, FAR_PFN), va)
     pfnmap = mm.mmap(PAGE_SIZE, flags=VmFlags.VM_PFNMAP)
     vmf_insert_pfn(pfnmap, pfnmap.start, FAR_PFN)
-    leaf = pt_walk.walk(machine, mm.root, pfnmap.start)
+    leaf = pagetable.walk(machine, mm.root, pfnmap.start)
     assert leaf is not None and leaf.pfn == FAR_PFN and leaf.special
     mixed = mm.mmap(2 * PAGE_SIZE, flags=VmFlags.VM_MIXEDMAP)
     vmf_insert_pfn(mixed, mixed.start, FAR_PFN + 1)
@@ -247,10 +247,10 @@ def test_cow_write_on_ram_copies(machine: dmamap.Machine, mm: dmamap.AddressSpac
     used = machine.stats.ram_pages_used
     vma = mm.mmap(PAGE_SIZE, shared=False)
     remap_pfn_range(vma, vma.start, src.pfn, PAGE_SIZE, vma.vm_page_prot)
-    before = pt_walk.walk(machine, mm.root, vma.start)
+    before = pagetable.walk(machine, mm.root, vma.start)
     assert before is not None and before.pfn == src.pfn and not before.writable
     mm.write(vma.start, b"O")
-    after = pt_walk.compare(mm, vma.start)
+    after = pagetable.compare(mm, vma.start)
     assert after is not None and after.pfn != src.pfn and after.writable and not after.special
     assert mm.read(vma.start, 8) == b"Original"
     assert machine.phys_read(src.phys_addr, 8) == b"original"
@@ -273,7 +273,7 @@ def test_partial_remap_rolls_back(machine: dmamap.Machine, mm: dmamap.AddressSpa
     remap_pfn_range(vma, busy, FAR_PFN + 100, PAGE_SIZE, vma.vm_page_prot)
     unchanged(mm, PteBusyError, lambda: remap_pfn_range(vma, vma.start, FAR_PFN, len(vma), vma.vm_page_prot), busy)
     for i in range(10):
-        leaf = pt_walk.walk(machine, mm.root, vma.start + i * PAGE_SIZE)
+        leaf = pagetable.walk(machine, mm.root, vma.start + i * PAGE_SIZE)
         if i == 5:
             assert leaf is not None and leaf.pfn == FAR_PFN + 100
         else:
@@ -288,7 +288,7 @@ def test_partial_remap_frees_new_tables(machine: dmamap.Machine, mm: dmamap.Addr
     tables = mm.stats.table_pages
     unchanged(mm, PteBusyError, lambda: remap_pfn_range(vma, vma.start, FAR_PFN + 1, len(vma), vma.vm_page_prot),
               busy)
-    assert mm.stats.table_pages == tables == len(pt_walk.table_pages(machine, mm.root))
+    assert mm.stats.table_pages == tables == len(pagetable.table_pages(machine, mm.root))
     assert mm.count_present(vma.start, len(vma)) == 1
 
 
@@ -298,7 +298,7 @@ def test_remap_into_large_block_is_busy(machine: dmamap.Machine, mm: dmamap.Addr
     remap_pfn_range(vma, vma.start, FAR_PFN, 2 * MiB, vma.vm_page_prot, large=True)
     va = vma.start + 3 * PAGE_SIZE
     unchanged(mm, PteBusyError, lambda: remap_pfn_range(vma, va, FAR_PFN + 9999, PAGE_SIZE, vma.vm_page_prot), va)
-    leaf = pt_walk.walk(machine, mm.root, va)
+    leaf = pagetable.walk(machine, mm.root, va)
     assert leaf is not None and leaf.page_size == 2 * MiB and leaf.pfn == FAR_PFN + 3
 
 
@@ -307,9 +307,9 @@ def test_insert_into_busy_pte(machine: dmamap.Machine, mm: dmamap.AddressSpace) 
     VM_FAULT_NOPAGE with nothing changed."""
     vma = mm.mmap(2 * PAGE_SIZE, flags=VmFlags.VM_PFNMAP)
     vmf_insert_pfn(vma, vma.start, FAR_PFN)
-    state = pt_walk.space_state(mm)
+    state = pagetable.space_state(mm)
     assert vmf_insert_pfn(vma, vma.start, FAR_PFN) == dmamap.VM_FAULT_NOPAGE
-    assert pt_walk.space_state(mm) == state
+    assert pagetable.space_state(mm) == state
     unchanged(mm, PteBusyError, lambda: vmf_insert_pfn(vma, vma.start, FAR_PFN + 1), vma.start)
     mixed = mm.mmap(PAGE_SIZE)
     a, b = machine.alloc_pages(), machine.alloc_pages()
@@ -468,7 +468,7 @@ def test_out_of_memory_in_cow_fault(machine: dmamap.Machine, mm: dmamap.AddressS
     remap_pfn_range(vma, vma.start, src.pfn, PAGE_SIZE, vma.vm_page_prot)
     _exhaust(machine, 0)
     unchanged(mm, OutOfMemoryError, lambda: mm.write(vma.start, b"x"), None, access=True)
-    leaf = pt_walk.walk(machine, mm.root, vma.start)
+    leaf = pagetable.walk(machine, mm.root, vma.start)
     assert leaf is not None and leaf.pfn == src.pfn and not leaf.writable
 
 
@@ -491,7 +491,7 @@ def test_stale_vma(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
     unchanged(mm, VmaNotMappedError, lambda: dmamap.zap_vma_ptes(old, start, PAGE_SIZE), start)
     unchanged(mm, VmaNotMappedError, lambda: dmamap.change_protection(old, start, PAGE_SIZE, prot), start)
     unchanged(mm, VmaNotMappedError, lambda: mm.munmap(old), None)
-    assert new.live and pt_walk.walk(machine, mm.root, start) is None
+    assert new.live and pagetable.walk(machine, mm.root, start) is None
     other = machine.new_address_space()
     unchanged(mm, VmaNotMappedError, lambda: other.munmap(new), new.start)
     assert new.live

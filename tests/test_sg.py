@@ -21,7 +21,7 @@ from dmamap.errors import (
 P = PAGE_SIZE
 RAM = 16 << 20
 PLATFORMS = ("x86", "arm", "sram")
-USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC"}
+USER_CACHE = {"x86": "WB", "arm": "NORMAL_NC", "sram": "NORMAL_NC", "riscv": "NC"}
 LEGAL = [(p, s) for p in PLATFORMS for s in STRATEGIES if not (p == "sram" and s == "fault-page")]
 
 

@@ -7,11 +7,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-import pt_walk
 import pytest
 
 import dmamap
 from dmamap import PAGE_SIZE, Page, VmFault, VmFlags, vmf_insert_pfn
+from dmamap.testing import pagetable
 
 THREADS = 8
 
@@ -53,7 +53,7 @@ def check_one_pte_per_page(machine: dmamap.Machine, mm: dmamap.AddressSpace, vma
     """Raw memory: every page present exactly once, at the right pfn; counters match the page count."""
     pfns = []
     for i in range(vma.nr_pages):
-        leaf = pt_walk.compare(mm, vma.start + i * PAGE_SIZE)
+        leaf = pagetable.compare(mm, vma.start + i * PAGE_SIZE)
         assert leaf is not None, f"page {i} not mapped"
         assert leaf.page_size == PAGE_SIZE and leaf.pfn == expect_pfn(i) and leaf.special == special
         pfns.append(leaf.pfn)
@@ -130,7 +130,7 @@ def test_concurrent_faults_in_separate_vmas(machine: dmamap.Machine, mm: dmamap.
     assert not errors
     for vma, run in zip(vmas, runs, strict=True):
         for i in range(64):
-            leaf = pt_walk.walk(machine, mm.root, vma.start + i * PAGE_SIZE)
+            leaf = pagetable.walk(machine, mm.root, vma.start + i * PAGE_SIZE)
             assert leaf is not None and leaf.pfn == run.pfn + i
     assert mm.stats.faults == mm.stats.ptes_written == THREADS * 64
-    assert len(pt_walk.table_pages(machine, mm.root)) == mm.stats.table_pages
+    assert len(pagetable.table_pages(machine, mm.root)) == mm.stats.table_pages

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pt_walk
 import pytest
 
 import dmamap
@@ -17,6 +16,7 @@ from dmamap import (
     remap_pfn_range,
     zap_vma_ptes,
 )
+from dmamap.testing import pagetable
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -93,7 +93,7 @@ def test_zap_vma_ptes_flushes_tlb(machine: dmamap.Machine, mm: dmamap.AddressSpa
     zap_vma_ptes(vma, vma.start + PAGE_SIZE, PAGE_SIZE)
     with pytest.raises(NoFaultHandlerError):
         mm.read(vma.start + PAGE_SIZE, 4)
-    assert pt_walk.walk(machine, mm.root, vma.start + PAGE_SIZE) is None
+    assert pagetable.walk(machine, mm.root, vma.start + PAGE_SIZE) is None
     mm.read(vma.start, 4)
     mm.read(vma.start + 2 * PAGE_SIZE, 4)
 
@@ -187,7 +187,7 @@ def test_flush_tlb(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
 
 def _baseline(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> tuple[int, int, int, dict[int, bytes]]:
     st = machine.stats
-    return mm.stats.table_pages, st.table_pages, st.ram_pages_used, pt_walk.snapshot(machine, mm.root)
+    return mm.stats.table_pages, st.table_pages, st.ram_pages_used, pagetable.snapshot(machine, mm.root)
 
 
 def test_unmap_frees_table_pages(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:
@@ -203,12 +203,12 @@ def test_unmap_frees_table_pages(machine: dmamap.Machine, mm: dmamap.AddressSpac
         remap_pfn_range(vma, vma.start, (0x40_0000_0000 >> 12) + 16 * i, len(vma), vma.vm_page_prot)
         vmas.append(vma)
     grown = mm.stats.table_pages
-    assert grown > 5 and len(pt_walk.table_pages(machine, mm.root)) == grown
+    assert grown > 5 and len(pagetable.table_pages(machine, mm.root)) == grown
     assert machine.stats.table_pages == base[1] + grown - 1
     for vma in vmas:
         mm.munmap(vma)
     assert _baseline(machine, mm) == base
-    assert set(pt_walk.snapshot(machine, mm.root).values()) == {bytes(PAGE_SIZE)}
+    assert set(pagetable.snapshot(machine, mm.root).values()) == {bytes(PAGE_SIZE)}
 
 
 def test_unmap_large_and_faulted_frees_tables(machine: dmamap.Machine, mm: dmamap.AddressSpace) -> None:

@@ -42,8 +42,9 @@ static uint64_t leaf(uint64_t pa, uint64_t prot, int level)
     return (pa | prot) & ~A64_TABLE;   /* block descriptor */
 }
 
-static int is_valid(uint64_t e, int level)
+static int is_valid(const struct dmamap_arch *a, uint64_t e, int level)
 {
+    (void)a;
     if (!(e & A64_VALID))
         return 0;
     return level > 0 || (e & A64_TABLE);   /* 0b01 at L3 is reserved */
@@ -69,17 +70,19 @@ static uint64_t leaf_prot(uint64_t e, int level)
     return (e & ~addr_mask(level)) | A64_TABLE;
 }
 
-static int prot_cache(uint64_t prot)
+static int prot_cache(const struct dmamap_arch *a, uint64_t prot)
 {
+    (void)a;
     return (int)((prot & A64_ATTRIDX_MASK) >> 2);
 }
 
-static uint64_t prot_set_cache(uint64_t prot, int cache)
+static uint64_t prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache)
 {
+    (void)a;
     return (prot & ~A64_ATTRIDX_MASK) | A64_ATTRIDX(cache & 7);
 }
 
-static uint64_t prot_make(unsigned flags, int cache)
+static uint64_t prot_make(const struct dmamap_arch *a, unsigned flags, int cache)
 {
     uint64_t p = A64_VALID | A64_TABLE | A64_AF | A64_SH_INNER | A64_PXN | A64_UXN;
     if (flags & DMAMAP_PROT_USER) {
@@ -93,7 +96,7 @@ static uint64_t prot_make(unsigned flags, int cache)
         p |= A64_AP_RDONLY;
     if (!(flags & (DMAMAP_PROT_READ | DMAMAP_PROT_WRITE | DMAMAP_PROT_EXEC)))
         p &= ~A64_VALID;   /* PROT_NONE */
-    return prot_set_cache(p, cache);
+    return prot_set_cache(a, p, cache);
 }
 
 static unsigned prot_flags(uint64_t prot)
@@ -113,14 +116,19 @@ static unsigned prot_flags(uint64_t prot)
     return f;
 }
 
-static void decode(uint64_t e, int level, struct dmamap_xlate *out)
+static void decode(const struct dmamap_arch *a, uint64_t e, int level, struct dmamap_xlate *out)
 {
-    out->cache = prot_cache(e);
+    out->cache = prot_cache(a, e);
     out->writable = !(e & A64_AP_RDONLY);
     out->user = !!(e & A64_AP_USER);
     out->executable = out->user ? !(e & A64_UXN) : !(e & A64_PXN);
     out->special = !!(e & A64_SPECIAL);
     (void)level;
+}
+
+static uint64_t root_value(uint64_t root_pa)
+{
+    return root_pa;   /* TTBR0_EL1: ASID 0, CnP 0 */
 }
 
 static uint64_t set_special(uint64_t prot)
@@ -141,10 +149,30 @@ const struct dmamap_arch dmamap_arch_aarch64 = {
     .page_offset = 0xffffff8000000000ULL,
     .vmalloc_start = 0xffffffc008000000ULL,
     .vmalloc_end = 0xfffffffdbf000000ULL,
+    /* As QEMU virt: SRAM low, PCI MMIO and the I/O window below RAM at 1 GiB;
+     * RAM up to the 256 GiB the direct map spans below vmalloc. */
+    .ram_base = 0x40000000ULL,
+    .ram_max = 0x4000000000ULL,
+    .sram_base = 0x04000000ULL,
+    .sram_max = 0x0c000000ULL,
+    .mmio_base = 0x10000000ULL,
+    .mmio_size = 0x2eff0000ULL,
+    .iowin_base = 0x3eff0000ULL,
+    .oa_mask = A64_ADDR,
+    .pfn_shift = PAGE_SHIFT,
+    .reserved = 3ULL << 48,        /* RES0 output-address bits 49:48 (no FEAT_LPA) */
+    .device_align_fault = 1,
+    .faulting_store_partial = 1,   /* the architecture permits a partial write */
+    .kernel_half = 0,              /* the kernel has its own root (TTBR1) */
     .ncache = 8,
     .cache_names = names,
     .cache_cacheable = cacheable,
     .cache_device = device,
+    .noncached = 3,      /* DEVICE_nGnRnE */
+    .writecombine = 2,   /* NORMAL_NC */
+    .dmacoherent = 2,    /* NORMAL_NC */
+    .cached = 0,         /* NORMAL */
+    .memtype_compatible = dmamap_memtype_by_class,
     .table_entry = table_entry,
     .leaf = leaf,
     .is_valid = is_valid,
@@ -158,5 +186,5 @@ const struct dmamap_arch dmamap_arch_aarch64 = {
     .prot_flags = prot_flags,
     .leaf_prot = leaf_prot,
     .set_special = set_special,
-    .faulting_store_partial = 1,
+    .root_value = root_value,
 };

@@ -41,8 +41,9 @@ static uint64_t leaf(uint64_t pa, uint64_t prot, int level)
     return pa | (prot & ~X86_PAT) | X86_PS | pat;
 }
 
-static int is_valid(uint64_t e, int level)
+static int is_valid(const struct dmamap_arch *a, uint64_t e, int level)
 {
+    (void)a;
     (void)level;
     return (int)(e & X86_P);
 }
@@ -77,13 +78,15 @@ static int pat_index(uint64_t prot)
     return (int)(((prot & X86_PAT) ? 4 : 0) | ((prot & X86_PCD) ? 2 : 0) | ((prot & X86_PWT) ? 1 : 0));
 }
 
-static int prot_cache(uint64_t prot)
+static int prot_cache(const struct dmamap_arch *a, uint64_t prot)
 {
+    (void)a;
     return canonical[pat_index(prot)];
 }
 
-static uint64_t prot_set_cache(uint64_t prot, int cache)
+static uint64_t prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache)
 {
+    (void)a;
     int idx = canonical[cache & 7];
     prot &= ~(X86_PAT | X86_PCD | X86_PWT);
     if (idx & 4)
@@ -95,7 +98,7 @@ static uint64_t prot_set_cache(uint64_t prot, int cache)
     return prot;
 }
 
-static uint64_t prot_make(unsigned flags, int cache)
+static uint64_t prot_make(const struct dmamap_arch *a, unsigned flags, int cache)
 {
     uint64_t p = X86_P | X86_A;
     if (flags & DMAMAP_PROT_WRITE)
@@ -108,7 +111,7 @@ static uint64_t prot_make(unsigned flags, int cache)
         p |= X86_NX;
     if (!(flags & (DMAMAP_PROT_READ | DMAMAP_PROT_WRITE | DMAMAP_PROT_EXEC)))
         p &= ~X86_P;   /* PROT_NONE */
-    return prot_set_cache(p, cache);
+    return prot_set_cache(a, p, cache);
 }
 
 static unsigned prot_flags(uint64_t prot)
@@ -125,14 +128,19 @@ static unsigned prot_flags(uint64_t prot)
     return f;
 }
 
-static void decode(uint64_t e, int level, struct dmamap_xlate *out)
+static void decode(const struct dmamap_arch *a, uint64_t e, int level, struct dmamap_xlate *out)
 {
     uint64_t prot = leaf_prot(e, level);
-    out->cache = prot_cache(prot);
+    out->cache = prot_cache(a, prot);
     out->writable = !!(e & X86_RW);
     out->user = !!(e & X86_US);
     out->executable = !(e & X86_NX);
     out->special = !!(e & X86_SPECIAL);
+}
+
+static uint64_t root_value(uint64_t root_pa)
+{
+    return root_pa;   /* CR3: PCID 0, PWT = PCD = 0 */
 }
 
 static uint64_t set_special(uint64_t prot)
@@ -153,10 +161,31 @@ const struct dmamap_arch dmamap_arch_x86_64 = {
     .page_offset = 0xffff888000000000ULL,
     .vmalloc_start = 0xffffc90000000000ULL,
     .vmalloc_end = 0xffffe90000000000ULL,
+    /* A PC whose physical map fits 39 address bits (many Intel clients, QEMU's
+     * default CPU): RAM from 0 up to 192 GiB, on-bus SRAM above it, a 64-bit PCI
+     * MMIO window of 64 GiB at 256 GiB, then the I/O-port window. */
+    .ram_base = 0,
+    .ram_max = 0x3000000000ULL,
+    .sram_base = 0x3000000000ULL,
+    .sram_max = 0x100000000ULL,
+    .mmio_base = 0x4000000000ULL,
+    .mmio_size = 0x1000000000ULL,
+    .iowin_base = 0x5000000000ULL,
+    .oa_mask = X86_ADDR,
+    .pfn_shift = PAGE_SHIFT,
+    .reserved = 0,
+    .device_align_fault = 0,
+    .faulting_store_partial = 0,   /* a faulting instruction has no effect (SDM vol. 3 6.5) */
+    .kernel_half = 256,            /* pgd_alloc: clone_pgd_range of entries 256..511 */
     .ncache = 8,
     .cache_names = names,
     .cache_cacheable = cacheable,
     .cache_device = device,
+    .noncached = 2,      /* UC- */
+    .writecombine = 1,   /* WC */
+    .dmacoherent = 2,    /* no pgprot_dmacoherent: the generic fallback, pgprot_noncached */
+    .cached = 0,         /* WB */
+    .memtype_compatible = dmamap_memtype_exact,
     .table_entry = table_entry,
     .leaf = leaf,
     .is_valid = is_valid,
@@ -170,5 +199,5 @@ const struct dmamap_arch dmamap_arch_x86_64 = {
     .prot_flags = prot_flags,
     .leaf_prot = leaf_prot,
     .set_special = set_special,
-    .faulting_store_partial = 0,
+    .root_value = root_value,
 };

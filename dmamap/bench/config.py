@@ -15,13 +15,14 @@ __all__ = [
 ]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-#: Fixed user address of every benchmark mapping: 1 GiB-aligned, inside both ISAs' user ranges.
-BASE_VA = 0x40_0000_0000
+#: Fixed user address of every benchmark mapping: 1 GiB-aligned, inside every ISA's user range
+#: (Sv39 users end at 256 GiB).
+BASE_VA = 0x20_0000_0000
 #: The strategies a sweep compares: every strategy except the fault variants that only force
 #: the insert kind (they cost what "fault" costs on the memory they suit); small pages first.
 SWEEP_STRATEGIES = tuple(s.name for s in sorted((s for s in STRATEGIES.values() if not s.forces_insert_kind),
                                                 key=lambda s: s.large))
-PLATFORMS = ("x86", "arm", "sram")
+PLATFORMS = ("x86", "arm", "sram", "riscv")
 ORDERS = ("seq", "random")
 SRAM_POOL = 192 * MiB   # the most on-bus SRAM the AArch64 layout has room for
 

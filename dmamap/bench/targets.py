@@ -131,7 +131,7 @@ def target_bulk_read(platform: str, repeat: int) -> Target:
         buf = dmamap.dma_alloc_coherent(dev, size)
         pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
         vma = mm.mmap(size)
-        cache = "WB" if m.isa == "x86_64" else "NORMAL"
+        cache = m.isa_info.cached
         dmamap.remap_pfn_range(vma, vma.start, pfn, size, dmamap.PgProt.make(m.isa, write=True, cache=cache))
         mm.read(vma.start, size)
         best = float("inf")
