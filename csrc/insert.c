@@ -36,14 +36,10 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int64_t id, uint64_t addr, uint64_
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
-    if ((rc = range_in_vma(as, v, addr, PAGE_SIZE, "vmf_insert_pfn", err)) ||
-        (rc = pfn_range_ok(as, pfn, 1, "vmf_insert_pfn", err)))
+    struct vma *v = vma_enter(as, id, addr, PAGE_SIZE, "vmf_insert_pfn", 1, err, &rc);
+    if (!v)
+        return rc;
+    if ((rc = pfn_range_ok(as, pfn, 1, "vmf_insert_pfn", err)))
         goto out;
     uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
     if (!kind) {
@@ -122,14 +118,9 @@ int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
-    if ((rc = range_in_vma(as, v, addr, PAGE_SIZE, "vm_insert_page", err)))
-        goto out;
+    struct vma *v = vma_enter(as, id, addr, PAGE_SIZE, "vm_insert_page", 1, err, &rc);
+    if (!v)
+        return rc;
     if (v->flags & DMAMAP_VM_PFNMAP) {
         rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vm_insert_page at %#llx into a VM_PFNMAP VMA [%#llx, "
                          "%#llx)", (unsigned long long)addr,
@@ -157,12 +148,9 @@ int dmamap_vmf_insert_mixed(dmamap_as *as, int64_t id, uint64_t addr, uint64_t p
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
+    struct vma *v = vma_enter(as, id, addr, 0, "vmf_insert_mixed", 0, err, &rc);
+    if (!v)
+        return rc;
     if (!(v->flags & DMAMAP_VM_MIXEDMAP)) {
         rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "vmf_insert_mixed at %#llx into VMA [%#llx, %#llx) "
                          "without VM_MIXEDMAP", (unsigned long long)addr,

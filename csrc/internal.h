@@ -316,6 +316,8 @@ int va_ok(dmamap_as *as, uint64_t va, uint64_t len);
 struct vma *vma_find(dmamap_as *as, uint64_t va);
 struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err);
 struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err);
+struct vma *vma_enter(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, const char *what,
+                      int check_range, struct dmamap_err *err, int *rc);
 void vma_release(struct vma *v);
 
 /* memory.c */

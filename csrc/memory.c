@@ -28,22 +28,6 @@ int is_cow_mapping(const struct vma *v)
     return !(v->flags & DMAMAP_VM_SHARED) && (v->flags & DMAMAP_VM_WRITE);
 }
 
-int range_in_vma(dmamap_as *as, const struct vma *v, uint64_t addr, uint64_t size, const char *what,
-                        struct dmamap_err *err)
-{
-    (void)as;
-    if ((addr | size) & (PAGE_SIZE - 1))
-        return dmamap_fail(err, DMAMAP_EINVAL, addr, "%s: address %#llx or size %#llx not page-aligned", what,
-                           (unsigned long long)addr, (unsigned long long)size);
-    if (size == 0)
-        return dmamap_fail(err, DMAMAP_EINVAL, addr, "%s: size is zero", what);
-    if (addr < v->start || addr + size < addr || addr + size > v->end)
-        return dmamap_fail(err, DMAMAP_ERANGE, addr, "%s: range %#llx+%#llx is outside VMA [%#llx, %#llx)", what,
-                           (unsigned long long)addr, (unsigned long long)size, (unsigned long long)v->start,
-                           (unsigned long long)v->end);
-    return 0;
-}
-
 int pfn_range_ok(dmamap_as *as, uint64_t pfn, uint64_t npages, const char *what, struct dmamap_err *err)
 {
     (void)as;
@@ -62,14 +46,10 @@ int dmamap_remap_pfn_range(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pf
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
-    if ((rc = range_in_vma(as, v, addr, size, "remap_pfn_range", err)) ||
-        (rc = pfn_range_ok(as, pfn, size >> PAGE_SHIFT, "remap_pfn_range", err)))
+    struct vma *v = vma_enter(as, id, addr, size, "remap_pfn_range", 1, err, &rc);
+    if (!v)
+        return rc;
+    if ((rc = pfn_range_ok(as, pfn, size >> PAGE_SHIFT, "remap_pfn_range", err)))
         goto out;
     if (v->flags & DMAMAP_VM_MIXEDMAP) {
         rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "remap_pfn_range at %#llx on a VM_MIXEDMAP VMA would "
@@ -114,12 +94,9 @@ int dmamap_remap_pfn_chunks(dmamap_as *as, int64_t id, uint64_t addr, const stru
     if (!chunks || nchunks <= 0 || nr_pages == 0)
         return dmamap_fail(err, DMAMAP_EINVAL, addr, "remap of a chunk list needs chunks and nr_pages > 0");
     int rc = 0;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get(as, id, err);
-    if (!v) {
-        UNLOCK(&as->lock);
-        return DMAMAP_ENOVMA;
-    }
+    struct vma *v = vma_enter(as, id, addr, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
     uint64_t old_flags = v->flags, reports = as->m->nreports;
     int old_tracked = v->nmemtypes;
     uint64_t cur = addr, skip = first_page, left = nr_pages;
@@ -169,14 +146,9 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size,
     dmamap_err_clear(err);
     AS_CHECK(as, err, addr);
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
-    if ((rc = range_in_vma(as, v, addr, size, "zap_vma_ptes", err)))
-        goto out;
+    struct vma *v = vma_enter(as, id, addr, size, "zap_vma_ptes", 1, err, &rc);
+    if (!v)
+        return rc;
     if (!(v->flags & DMAMAP_VM_PFNMAP)) {
         rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "zap_vma_ptes at %#llx on VMA [%#llx, %#llx) that is "
                          "not VM_PFNMAP", (unsigned long long)addr,
@@ -199,14 +171,10 @@ int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uin
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
     int rc;
-    AS_LOCK(as, err, addr);
-    struct vma *v = vma_get_at(as, id, addr, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-        goto out;
-    }
-    if ((rc = range_in_vma(as, v, addr, size, "change_protection", err)) ||
-        (rc = dmamap_pt_split_edges(as, addr, addr + size, err)))   /* all or nothing */
+    struct vma *v = vma_enter(as, id, addr, size, "change_protection", 1, err, &rc);
+    if (!v)
+        return rc;
+    if ((rc = dmamap_pt_split_edges(as, addr, addr + size, err)))   /* all or nothing */
         goto out;
     if ((rc = dmamap_pt_protect(as, addr, size >> PAGE_SHIFT, prot, err)) == 0 && addr == v->start &&
         addr + size == v->end)

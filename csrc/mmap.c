@@ -23,6 +23,45 @@ struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err)
     return &as->vmas[slot];
 }
 
+int range_in_vma(dmamap_as *as, const struct vma *v, uint64_t addr, uint64_t size, const char *what,
+                        struct dmamap_err *err)
+{
+    (void)as;
+    if ((addr | size) & (PAGE_SIZE - 1))
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "%s: address %#llx or size %#llx not page-aligned", what,
+                           (unsigned long long)addr, (unsigned long long)size);
+    if (size == 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "%s: size is zero", what);
+    if (addr < v->start || addr + size < addr || addr + size > v->end)
+        return dmamap_fail(err, DMAMAP_ERANGE, addr, "%s: range %#llx+%#llx is outside VMA [%#llx, %#llx)", what,
+                           (unsigned long long)addr, (unsigned long long)size, (unsigned long long)v->start,
+                           (unsigned long long)v->end);
+    return 0;
+}
+
+/* The prologue of every entry point about one VMA (after its argument checks):
+ * lock the address space and check it is live, look the VMA up by id and, with
+ * check_range, check [addr, addr + size) is a non-empty page-aligned range in
+ * it (what names the call; NULL: a call about the whole VMA, whose errors name
+ * no address).  Returns the VMA with the
+ * lock held (as_unlock is the epilogue), or NULL with the lock released and *rc
+ * the error. */
+struct vma *vma_enter(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, const char *what,
+                      int check_range, struct dmamap_err *err, int *rc)
+{
+    LOCK(&as->lock);
+    struct vma *v = NULL;
+    if (as_dead(as))
+        *rc = dmamap_fail(err, DMAMAP_ECLOSED, addr, "address space or machine is closed");
+    else if (!(v = what ? vma_get_at(as, id, addr, err) : vma_get(as, id, err)))
+        *rc = DMAMAP_ENOVMA;
+    else if (check_range && (*rc = range_in_vma(as, v, addr, size, what, err)))
+        v = NULL;
+    if (!v)
+        UNLOCK(&as->lock);
+    return v;
+}
+
 /* vma_get for a call about addr: the error of a stale VMA names the address. */
 struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err)
 {
@@ -200,19 +239,18 @@ int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err 
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    int rc = v ? 0 : DMAMAP_ENOVMA;
-    if (v) {
-        dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
-        if (!(flags & DMAMAP_MUNMAP_NOFLUSH))
-            dmamap_tlb_flush_range(as, v->start, v->end - v->start);
-        untrack(as, v);
-        uint64_t gen = v->gen;
-        vma_release(v);
-        v->gen = gen;
-    }
-    return as_unlock(as, rc, err);
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    dmamap_pt_clear(as, v->start, (v->end - v->start) >> PAGE_SHIFT);
+    if (!(flags & DMAMAP_MUNMAP_NOFLUSH))
+        dmamap_tlb_flush_range(as, v->start, v->end - v->start);
+    untrack(as, v);
+    uint64_t gen = v->gen;
+    vma_release(v);
+    v->gen = gen;
+    return as_unlock(as, 0, err);
 }
 
 int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err)
@@ -221,11 +259,12 @@ int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, stru
     AS_CHECK(as, err, 0);
     if (!out)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    if (v)
-        *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1};
-    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1};
+    return as_unlock(as, 0, err);
 }
 
 int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err)
@@ -238,18 +277,15 @@ int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown vm_flags %#llx",
                            (unsigned long long)((set | clear) & ~known));
     int rc = 0;
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    if (!v) {
-        rc = DMAMAP_ENOVMA;
-    } else {
-        uint64_t f = (v->flags | set) & ~clear;
-        if ((f & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
-            rc = dmamap_fail(err, DMAMAP_EVMAKIND, v->start, "VMA [%#llx, %#llx) cannot be both VM_PFNMAP "
-                             "and VM_MIXEDMAP", (unsigned long long)v->start, (unsigned long long)v->end);
-        else
-            v->flags = f;
-    }
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    uint64_t f = (v->flags | set) & ~clear;
+    if ((f & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
+        rc = dmamap_fail(err, DMAMAP_EVMAKIND, v->start, "VMA [%#llx, %#llx) cannot be both VM_PFNMAP "
+                         "and VM_MIXEDMAP", (unsigned long long)v->start, (unsigned long long)v->end);
+    else
+        v->flags = f;
     return as_unlock(as, rc, err);
 }
 
@@ -259,11 +295,12 @@ int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_
     AS_CHECK(as, err, 0);
     if (prot_check(as, prot, err))
         return DMAMAP_EINVAL;
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    if (v)
-        v->prot = prot;
-    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    v->prot = prot;
+    return as_unlock(as, 0, err);
 }
 
 int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks, int nchunks,
@@ -313,25 +350,25 @@ int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmama
                                (unsigned long long)first_page, (unsigned long long)total);
         }
     }
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    if (v) {
-        free(v->chunks);
-        free(v->chunk_start);
-        v->chunks = c;
-        v->chunk_start = cs;
-        v->nchunks = needs_chunks ? nchunks : 0;
-        v->fault_kind = kind;
-        v->first_page = kind == DMAMAP_FAULT_PIO ? 0 : first_page;
-        v->pio_port = kind == DMAMAP_FAULT_PIO ? first_page : 0;
-        v->pio_count = kind == DMAMAP_FAULT_PIO ? v->end - v->start : 0;
-        v->fault_around = fault_around;
-        v->large = large;
-    } else {
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v) {
         free(c);
         free(cs);
+        return rc;
     }
-    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+    free(v->chunks);
+    free(v->chunk_start);
+    v->chunks = c;
+    v->chunk_start = cs;
+    v->nchunks = needs_chunks ? nchunks : 0;
+    v->fault_kind = kind;
+    v->first_page = kind == DMAMAP_FAULT_PIO ? 0 : first_page;
+    v->pio_port = kind == DMAMAP_FAULT_PIO ? first_page : 0;
+    v->pio_count = kind == DMAMAP_FAULT_PIO ? v->end - v->start : 0;
+    v->fault_around = fault_around;
+    v->large = large;
+    return as_unlock(as, 0, err);
 }
 
 int dmamap_vma_set_pio(dmamap_as *as, int64_t id, uint64_t port, uint64_t count, struct dmamap_err *err)
@@ -342,11 +379,12 @@ int dmamap_vma_set_pio(dmamap_as *as, int64_t id, uint64_t port, uint64_t count,
     int rc = dmamap_vma_set_fault(as, id, DMAMAP_FAULT_PIO, NULL, 0, port, 0, 0, err);
     if (rc)
         return rc;
-    AS_LOCK(as, err, 0);
-    struct vma *v = vma_get(as, id, err);
-    if (v && count < v->pio_count)
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    if (count < v->pio_count)
         v->pio_count = count;
-    return as_unlock(as, v ? 0 : DMAMAP_ENOVMA, err);
+    return as_unlock(as, 0, err);
 }
 
 /* Index into v->chunks of chunk-list page idx (relative to vma start), or -1. */

@@ -212,17 +212,32 @@ out:
     return dmamap_m_done(m, rc, err);
 }
 
-int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
+/* get_page / put_page's prologue: a live machine and a RAM pfn; the machine
+ * lock is held on success. */
+static struct page_desc *page_ref_enter(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err, int *rc)
 {
     dmamap_err_clear(err);
-    if (!m || m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
+    if (!m || m->closed) {
+        *rc = dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
+        return NULL;
+    }
     struct page_desc *p = dmamap_page(m, pfn);
-    if (!p)
-        return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor",
-                           (unsigned long long)pfn);
-    int rc = 0;
+    if (!p) {
+        *rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor",
+                          (unsigned long long)pfn);
+        return NULL;
+    }
+    *rc = 0;
     LOCK(&m->lock);
+    return p;
+}
+
+int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
+{
+    int rc;
+    struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
+    if (!p)
+        return rc;
     if (p->refcount <= 0)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on free pfn %#llx",
                          (unsigned long long)pfn);
@@ -237,15 +252,10 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 
 int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
 {
-    dmamap_err_clear(err);
-    if (!m || m->closed)
-        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
-    struct page_desc *p = dmamap_page(m, pfn);
+    int rc;
+    struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
-        return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor",
-                           (unsigned long long)pfn);
-    int rc = 0;
-    LOCK(&m->lock);
+        return rc;
     if (p->refcount <= 1)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
                          "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
