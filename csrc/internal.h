@@ -119,7 +119,7 @@ struct dmamap_machine {
     int cache_sets, cache_ways;
     uint64_t cache_clock;
     /* stats */
-    _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb;
+    _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
     _Atomic uint64_t mmio_accesses, port_accesses;
 };
 
