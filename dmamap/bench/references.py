@@ -37,10 +37,10 @@ __all__ = ["StoreLimit", "HOST_KINDS", "HOST_LABELS", "host_kind", "host_sample"
 
 HOST_KINDS = ("populate", "populate-write", "store-touch", "read-touch")
 HOST_LABELS = {
-    "populate": "mmap(MAP_POPULATE), then loads",
-    "populate-write": "madvise(MADV_POPULATE_WRITE), then loads",
-    "store-touch": "lazy, first touch a store: one page per fault",
-    "read-touch": "lazy, first touch a load: kernel fault-around",
+    "populate": "mmap(MAP_POPULATE)",
+    "populate-write": "madvise(MADV_POPULATE_WRITE)",
+    "store-touch": "lazy; store first: 1 page/fault",
+    "read-touch": "lazy; load first: fault-around",
 }
 _FLAGS = {
     "populate": lib.DMAMAP_HOST_MAP_POPULATE | lib.DMAMAP_HOST_TOUCH_READ,

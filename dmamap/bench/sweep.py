@@ -14,8 +14,16 @@ from collections.abc import Callable
 
 import dmamap
 from dmamap.bench.config import SRAM_POOL, SweepConfig, fmt_size
-from dmamap.bench.harness import Pattern, Sample, aligned_coherent, bench_machine, fits, make_pattern, populate, \
-    time_run
+from dmamap.bench.harness import (
+    Pattern,
+    Sample,
+    aligned_coherent,
+    bench_machine,
+    fits,
+    make_pattern,
+    populate,
+    time_run,
+)
 from dmamap.bench.references import StoreLimit, measure_host
 from dmamap.bench.results import Run, SweepResult
 from dmamap.bench.spread import spread
@@ -42,8 +50,8 @@ def make_patterns(cfg: SweepConfig) -> dict[tuple[int, float, str], Pattern]:
 def _run(plat: str, size: int, d: float, o: str, strat: str, pat: Pattern, ss: list[Sample],
          limit: StoreLimit) -> Run:
     counts = ss[0].counts   # deterministic: the same in every repeat
-    return Run(plat, size, d, o, strat, size >> PAGE_SHIFT, pat.count, total=spread([s.map_ns + s.touch_ns for s in ss]),
-               map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
+    return Run(plat, size, d, o, strat, size >> PAGE_SHIFT, pat.count,
+               total=spread([s.map_ns + s.touch_ns for s in ss]), map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
                unmap=spread([s.unmap_ns for s in ss]), helper=spread([s.helper_ns for s in ss]), counts=counts,
                unmap_counts=ss[0].unmap_counts, limit_ns=limit.ns(counts.get("ptes_written", 0)))
 
