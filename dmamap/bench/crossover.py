@@ -27,9 +27,9 @@ class Estimate:
 
     def text(self) -> str:
         if self.kind == "fault":
-            return f"fault at all ≤{self.hi:.0%}" if self.hi is not None else "fault everywhere"
+            return f"fault ≤{self.hi:.0%}" if self.hi is not None else "fault everywhere"
         if self.kind == "prefault":
-            return f"prefault at all ≥{self.lo:.0%}" if self.lo is not None else "prefault everywhere"
+            return f"prefault ≥{self.lo:.0%}" if self.lo is not None else "prefault everywhere"
         if self.kind == "n/a" or self.at is None:
             return "n/a"
         if self.lo is not None and self.hi is not None and self.hi - self.lo > 1e-4:

@@ -133,6 +133,8 @@ def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
     if cross:
         _out(console)
         _out(console, "crossover: density below which fault beats prefault, median (interval)", "bold")
+        _wrap(console, "'fault ≤d': fault cheaper at every density measured up to d; 'prefault ≥d': prefault "
+                       "cheaper at every density from d")
         _table(console, ["platform", "size", "ord", "dmamap", "host kernel", "model"],
                [[c.platform, fmt_size(c.size), c.order[:3], c.dmamap.text(), c.host.text(),
                  c.predicted.text() if c.predicted else "-"] for c in cross], right=(1,))
@@ -257,7 +259,7 @@ def compare(console: Console, a: dict[str, Any], b: dict[str, Any], names: tuple
     _out(console, f"compare {names[0]} → {names[1]}", "bold")
     _wrap(console, f"winners: {len(same)}/{len(common)} points identical; of {len(declared)} winners declared in "
                    f"{names[0]}, {len(kept)} not contradicted in {names[1]} "
-                   f"({len(kept) / max(len(declared), 1):.0%}).")
+                   f"({len(kept) / len(declared):.0%})." if declared else "(none declared).")
     rows = [[k[0], fmt_size(k[1]), _pct(k[2]), k[3][:3], wa[k], wb[k]] for k in common if wa[k] != wb[k]]
     if rows:
         _table(console, ["platform", "size", "dens", "ord", names[0][:14], names[1][:14]], rows)

@@ -51,7 +51,8 @@ def _run(plat: str, size: int, d: float, o: str, strat: str, pat: Pattern, ss: l
          limit: StoreLimit) -> Run:
     counts = ss[0].counts   # deterministic: the same in every repeat
     return Run(plat, size, d, o, strat, size >> PAGE_SHIFT, pat.count,
-               total=spread([s.map_ns + s.touch_ns for s in ss]), map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
+               total=spread([s.map_ns + s.touch_ns for s in ss]), map=spread([s.map_ns for s in ss]),
+               touch=spread([s.touch_ns for s in ss]),
                unmap=spread([s.unmap_ns for s in ss]), helper=spread([s.helper_ns for s in ss]), counts=counts,
                unmap_counts=ss[0].unmap_counts, limit_ns=limit.ns(counts.get("ptes_written", 0)))
 

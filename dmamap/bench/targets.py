@@ -220,7 +220,7 @@ def target_random_touch(platform: str, repeat: int) -> Target:
 
 def _fault_loop(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer, iters: int) -> None:
     for _ in range(iters):
-        vma = mm.mmap(buf.size, addr=None)
+        vma = mm.mmap(buf.size)
         dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=FAULT.name)
         call_c(lib.dmamap_touch, mm._ptr(), vma.start, buf.size >> PAGE_SHIFT, PAGE_SIZE, 0)
         mm.munmap(vma)
@@ -284,25 +284,39 @@ def target_mmap_call(platform: str, repeat: int) -> Target:
                   f"median of {len(ts)}, 4 KiB prefault", "(absolute)")
 
 
-def _steps(cfg: SweepConfig) -> list[tuple[str, Callable[[StoreLimit], list[Target]]]]:
+Step = Callable[[StoreLimit], list[Target]]
+
+
+def _fault_step(p: str, size: int, r: int) -> Step:
+    return lambda lim: [target_fault(p, size, r, lim)]
+
+
+def _bulk_step(p: str, size: int, r: int) -> Step:
+    return lambda lim: target_bulk(p, size, r)
+
+
+def _threads_step(p: str, r: int) -> Step:
+    return lambda lim: [target_threads(p, r, shared=True), target_threads(p, r, shared=False)]
+
+
+def _steps(cfg: SweepConfig) -> list[tuple[str, Step]]:
     plats = list(cfg.platforms)
     ram = _ram_platforms(plats)
     r = cfg.repeat
-    steps: list[tuple[str, Callable[[StoreLimit], list[Target]]]] = []
+    steps: list[tuple[str, Step]] = []
     if ram:
         steps.append(("1 GiB prefault", lambda lim: target_prefault_1g(ram[0], r, lim)))
     for p in plats:
         size = min(cfg.fault_size, SRAM_POOL) if sram_pool(p) else cfg.fault_size
-        steps.append((f"lazy fault {p}", lambda lim, p=p, size=size: [target_fault(p, size, r, lim)]))
+        steps.append((f"lazy fault {p}", _fault_step(p, size, r)))
     steps.append(("read32/write32", lambda lim: target_mmio32(r)))
     for p in [x for x in plats if x in ("x86", "arm")] or ram[:1]:
         for size in (MiB, 64 * MiB):
-            steps.append((f"bulk {p} {fmt_size(size)}", lambda lim, p=p, size=size: target_bulk(p, size, r)))
+            steps.append((f"bulk {p} {fmt_size(size)}", _bulk_step(p, size, r)))
     if ram:
         steps.append(("random touches 1 GiB", lambda lim: [target_random_touch(ram[0], r)]))
     for p in ram:
-        steps.append((f"threads {p}", lambda lim, p=p: [target_threads(p, r, shared=True),
-                                                        target_threads(p, r, shared=False)]))
+        steps.append((f"threads {p}", _threads_step(p, r)))
     steps.append(("import", lambda lim: [target_import(r)]))
     steps.append(("dma_mmap_coherent call", lambda lim: [target_mmap_call(plats[0], r)]))
     return steps
