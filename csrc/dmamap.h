@@ -155,9 +155,7 @@ struct dmamap_as_stats {
     uint64_t faults_huge;        /* of faults_pfn: a 2 MiB block mapped by one fault */
     uint64_t faults_python;      /* Python (vm_operations) fault handler called */
     uint64_t around_ptes;        /* PTEs fault-around filled beyond the faulting page */
-    uint64_t tables_allocated;   /* page-table pages ever allocated (table_pages is the current count) */
-    uint64_t tables_freed;
-    uint64_t page_walks;         /* MMU walks (the fault and access paths, walk cache included) */
+    uint64_t page_walks;         /* MMU walks after a TLB miss that found an entry */
 };
 
 struct dmamap_xlate {

@@ -81,7 +81,7 @@ static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 {
     int rc = dmamap_alloc_table_page(as->m, pa, err);
     if (rc == 0)
-        as->st.table_pages++, as->st.tables_allocated++;
+        as->st.table_pages++;
     return rc;
 }
 
@@ -92,7 +92,6 @@ static void drop_table(dmamap_as *as, uint64_t pa)
         return;   /* already freed: reached twice through a corrupt entry */
     dmamap_free_table_page(as->m, pa);
     as->st.table_pages--;
-    as->st.tables_freed++;
 }
 
 /* Replace the block entry *e at level (> 0) by a table of next-level entries
@@ -440,7 +439,6 @@ static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t
  * accesses use.  The cache is flushed with the TLB, as hardware's is. */
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
 {
-    as->st.page_walks++;
     if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case: a cached leaf table */
         uint64_t *e = &dmamap_ram_table(as->m, as->wc_pa[0])[pt_index(va, 0)];
         *entry_out = e;

@@ -213,8 +213,6 @@ class AsStats:
     faults_huge: int = 0
     faults_python: int = 0
     around_ptes: int = 0
-    tables_allocated: int = 0
-    tables_freed: int = 0
     page_walks: int = 0
 
 

@@ -37,7 +37,7 @@ from dmamap.bench.harness import Pattern, aligned_coherent, bench_machine, fits,
 from dmamap.bench.model import Profile, ProfileError, example_profiles, load_profile
 from dmamap.bench.plot import check_matplotlib, plot
 from dmamap.bench.predict import agreement, apply_profile
-from dmamap.bench.references import HOST_KINDS, host_facts, host_kind, rss_bytes
+from dmamap.bench.references import HOST_KINDS, StoreLimit, host_facts, host_kind, rss_bytes
 from dmamap.bench.report import compare, render, to_json
 from dmamap.bench.results import HostRun, Run, Scenario, SweepResult, Target
 from dmamap.bench.run import bench_steps, run_bench
@@ -51,7 +51,7 @@ __all__ = [
     "measure_targets", "crossovers", "Crossover", "Estimate", "render", "to_json", "compare", "plot", "parse_size",
     "fmt_size", "aligned_coherent", "populate", "BASE_VA", "ORDERS", "PLATFORMS", "SWEEP_STRATEGIES", "ConfigError",
     "make_config", "fmt_ns", "Pattern", "bench_machine", "fits", "make_pattern", "time_run", "check_matplotlib",
-    "HOST_KINDS", "host_kind", "host_facts", "rss_bytes", "bench_steps", "run_bench", "Profile", "ProfileError",
+    "HOST_KINDS", "StoreLimit", "host_kind", "host_facts", "rss_bytes", "bench_steps", "run_bench", "Profile", "ProfileError",
     "load_profile", "example_profiles", "calibrate", "default_profile_path", "agreement", "apply_profile",
     "SCENARIOS", "Spread", "spread", "winner",
 ]

@@ -259,7 +259,7 @@ def compare(console: Console, a: dict[str, Any], b: dict[str, Any], names: tuple
     _out(console, f"compare {names[0]} → {names[1]}", "bold")
     _wrap(console, f"winners: {len(same)}/{len(common)} points identical; of {len(declared)} winners declared in "
                    f"{names[0]}, {len(kept)} not contradicted in {names[1]} "
-                   f"({len(kept) / len(declared):.0%})." if declared else "(none declared).")
+                   + (f"({len(kept) / len(declared):.0%})." if declared else "(none declared)."))
     rows = [[k[0], fmt_size(k[1]), _pct(k[2]), k[3][:3], wa[k], wb[k]] for k in common if wa[k] != wb[k]]
     if rows:
         _table(console, ["platform", "size", "dens", "ord", names[0][:14], names[1][:14]], rows)
