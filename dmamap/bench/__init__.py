@@ -51,7 +51,8 @@ __all__ = [
     "measure_targets", "crossovers", "Crossover", "Estimate", "render", "to_json", "compare", "plot", "parse_size",
     "fmt_size", "aligned_coherent", "populate", "BASE_VA", "ORDERS", "PLATFORMS", "SWEEP_STRATEGIES", "ConfigError",
     "make_config", "fmt_ns", "Pattern", "bench_machine", "fits", "make_pattern", "time_run", "check_matplotlib",
-    "HOST_KINDS", "StoreLimit", "host_kind", "host_facts", "rss_bytes", "bench_steps", "run_bench", "Profile", "ProfileError",
+    "HOST_KINDS", "StoreLimit", "host_kind", "host_facts", "rss_bytes", "bench_steps", "run_bench", "Profile",
+    "ProfileError",
     "load_profile", "example_profiles", "calibrate", "default_profile_path", "agreement", "apply_profile",
     "SCENARIOS", "Spread", "spread", "winner",
 ]
