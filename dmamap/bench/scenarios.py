@@ -46,7 +46,7 @@ def gpu_32x4g(cfg: SweepConfig, profile: Profile | None) -> Scenario:
                          fmt_ns(ns * scale), _pred(profile, c, scale)])
             data[strat] = {"measured_1g_ns": ns, "counts_1g": c}
         mm.close()
-    return Scenario("gpu-32x4g", "4 GiB on each of 32 devices (128 GiB), every page touched",
+    return Scenario("gpu-32x4g", "4 GiB on each of 32 devices, all pages touched",
                     ["strategy", "faults", "entries", "dmamap", "kernel"], rows,
                     ["Measured: one 1 GiB buffer on x86; figures ×128 (event counts scale exactly, times are "
                      "extrapolated).  kernel: the profile's prediction; prefault-large uses 1 GiB/2 MiB entries, "
@@ -77,7 +77,7 @@ def alsa_periods(cfg: SweepConfig, profile: Profile | None) -> Scenario:
                 data[f"{size}:{strat}"] = {"cycle_ns": per, "counts": s.counts}
             dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
         mm.close()
-    return Scenario("alsa", "ALSA period buffers: mmap, touch every page, munmap (arm, non-coherent)",
+    return Scenario("alsa", "period buffers: mmap, touch all, munmap (arm)",
                     ["buffer", "per cycle", "faults", "kernel"], rows,
                     [f"per cycle: the Python helpers as a driver calls them, {cycles} cycles; kernel: the "
                      "profile's prediction of map + touch + unmap."], data)
@@ -108,7 +108,7 @@ def nic_ring(cfg: SweepConfig, profile: Profile | None) -> Scenario:
                 data[f"{pages}:{chunk}:{strat}"] = {"ns": statistics.median(ts), "counts": c}
             dmamap.dma_free_coherent_sg(dev, sg)
         mm.close()
-    return Scenario("nic-ring", "NIC ring: scatter-gather of small chunks, one linear mapping (x86)",
+    return Scenario("nic-ring", "scatter-gather of small chunks as one range (x86)",
                     ["ring", "map+touch", "faults", "kernel"], rows,
                     ["map+touch: median of 5, the helper included; chunks of at most 1, 2 or 16 pages."], data)
 
