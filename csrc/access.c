@@ -25,6 +25,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         uint64_t *e;
         int level;
         int found = dmamap_pt_walk(as, va, &e, &level);
+        as->st.page_walks += found != 0;   /* MMU walks that found an entry: a refused access counts none */
         struct vma *v = NULL;
         uint64_t ent = found ? *e : 0;
         if (found && (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr)) {

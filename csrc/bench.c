@@ -4,6 +4,9 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include "internal.h"
@@ -128,6 +131,129 @@ int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride
     int64_t t = dmamap_bench_host_touch(fd, size, populate, NULL, 0, count, touch_stride ? touch_stride : 1, 0, NULL);
     close(fd);
     return t;
+}
+
+/* ---- host-kernel references, each measuring one thing, with the kernel's own fault count ---- */
+
+static uint64_t minflt_now(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)ru.ru_minflt : 0;
+}
+
+static uint64_t majflt_now(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_THREAD, &ru) == 0 ? (uint64_t)ru.ru_majflt : 0;
+}
+
+/* Map `size` bytes and touch `count` addresses (vas[i] - base, or i * stride).
+ * flags: DMAMAP_HOST_* (dmamap.h): how the mapping is filled (lazily,
+ * MAP_POPULATE or madvise(MADV_POPULATE_WRITE)), what it is (the memfd `fd`,
+ * MAP_SHARED; or anonymous private memory, 2 MiB-aligned, with MADV_HUGEPAGE
+ * or MADV_NOHUGEPAGE), and how a page is touched: a load (a read fault: the
+ * kernel maps up to fault_around_bytes of page-cache pages around it), a
+ * store only (a write fault: exactly one page), or a load then a store.
+ * out[0..6]: mmap (+ populate) ns, touch ns, munmap ns, minor faults during
+ * the map and during the touches (getrusage, this thread), major faults, and
+ * whether the populate madvise was refused (1) -- the call then fails with
+ * -EINVAL and nothing is left mapped.  Returns 0 or a negative errno. */
+int dmamap_bench_host_ref(int fd, uint64_t size, uint32_t flags, const uint64_t *vas, uint64_t base,
+                          uint64_t count, uint64_t stride, uint64_t *out)
+{
+    uint32_t fill = flags & DMAMAP_HOST_FILL_MASK, touch = flags & DMAMAP_HOST_TOUCH_MASK;
+    int anon = !!(flags & (DMAMAP_HOST_ANON | DMAMAP_HOST_THP));
+    if (!out || size == 0 || (size & (PAGE_SIZE - 1)) || size > HOST_MAX || (!vas && count && !stride) ||
+        (!anon && fd < 0) || fill > DMAMAP_HOST_MADV_POPULATE || (touch && touch != DMAMAP_HOST_TOUCH_READ &&
+        touch != DMAMAP_HOST_TOUCH_STORE && touch != DMAMAP_HOST_TOUCH_RMW) ||
+        (flags & ~(DMAMAP_HOST_FILL_MASK | DMAMAP_HOST_TOUCH_MASK | DMAMAP_HOST_ANON | DMAMAP_HOST_THP)))
+        return -EINVAL;
+    memset(out, 0, 7 * sizeof *out);
+    const uint64_t huge = 2ULL << 20;
+    uint64_t f0 = minflt_now(), j0 = majflt_now(), t0 = dmamap_now_ns();
+    uint8_t *p, *raw = NULL;
+    uint64_t raw_len = 0;
+    int mflags = fill == DMAMAP_HOST_MAP_POPULATE ? MAP_POPULATE : 0;
+    if (anon) {
+        /* over-allocate and trim to a 2 MiB boundary: a huge page needs an aligned PMD */
+        raw_len = size + huge;
+        raw = mmap(NULL, raw_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (raw == MAP_FAILED)
+            return -errno;
+        p = (uint8_t *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+        if (p > raw)
+            munmap(raw, (size_t)(p - raw));
+        if (p + size < raw + raw_len)
+            munmap(p + size, (size_t)(raw + raw_len - (p + size)));
+        if (madvise(p, size, (flags & DMAMAP_HOST_THP) ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0) {
+            int e = errno;
+            munmap(p, size);
+            return -e;
+        }
+        if (mflags)   /* MAP_POPULATE cannot follow the trim: prefault by stores */
+            for (uint64_t off = 0; off < size; off += PAGE_SIZE)
+                ((volatile uint8_t *)p)[off] = 0;
+    } else {
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | mflags, fd, 0);
+        if (p == MAP_FAILED)
+            return -errno;
+    }
+    if (fill == DMAMAP_HOST_MADV_POPULATE && madvise(p, size, MADV_POPULATE_WRITE) != 0) {
+        int e = errno;
+        munmap(p, size);
+        out[6] = e == EINVAL;
+        return -e;
+    }
+    uint64_t f1 = minflt_now(), t1 = dmamap_now_ns();
+    volatile uint8_t *b = p;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; touch && i < count; i++) {
+        uint64_t off = vas ? vas[i] - base : i * stride;
+        if (off >= size)
+            continue;
+        if (touch == DMAMAP_HOST_TOUCH_STORE) {
+            b[off] = (uint8_t)i;
+        } else {
+            uint8_t v = b[off];
+            sum += v;
+            if (touch == DMAMAP_HOST_TOUCH_RMW)
+                b[off] = v;
+        }
+    }
+    (void)sum;
+    uint64_t f2 = minflt_now(), t2 = dmamap_now_ns();
+    munmap(p, size);
+    uint64_t t3 = dmamap_now_ns();
+    out[0] = t1 - t0;
+    out[1] = t2 - t1;
+    out[2] = t3 - t2;
+    out[3] = f1 - f0;
+    out[4] = f2 - f1;
+    out[5] = majflt_now() - j0;
+    return 0;
+}
+
+/* The kernel's fault-around window in bytes (/sys/kernel/mm/... is debugfs
+ * only; the default is 64 KiB), measured: the pages one read fault maps in
+ * a 2 MiB memfd mapping, found with mincore-free probing of the fault count. */
+int64_t dmamap_bench_host_fault_around(int fd, uint64_t size)
+{
+    if (fd < 0 || size < (2ULL << 20) || size > HOST_MAX)
+        return -EINVAL;
+    uint8_t *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    volatile uint8_t *b = p;
+    uint64_t sum = b[0], n = 1;
+    uint64_t f0 = minflt_now();
+    for (; n < 512; n++) {   /* the first page not mapped by the first fault faults again */
+        sum += b[n * PAGE_SIZE];
+        if (minflt_now() != f0)
+            break;
+    }
+    (void)sum;
+    munmap(p, size);
+    return (int64_t)(n * PAGE_SIZE);
 }
 
 uint64_t dmamap_now_ns(void)

@@ -83,6 +83,7 @@ void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean
     if (!m->cache || size == 0)
         return;
     uint64_t end = pa + size < pa ? ~0ULL : pa + size;
+    m->cache_maint_lines += (end - (pa & LINE_MASK) + CACHE_LINE - 1) / CACHE_LINE;
     LOCK(&m->cache_lock);
     size_t nlines = (size_t)m->cache_sets * m->cache_ways;
     for (size_t i = 0; i < nlines; i++) {

@@ -138,6 +138,7 @@ struct dmamap_machine_stats {
     uint64_t memtype_reports;
     uint64_t mmio_accesses;
     uint64_t port_accesses;
+    uint64_t cache_lines_maintained;  /* lines covered by clean/invalidate/flush ranges (one DC op each) */
 };
 
 struct dmamap_as_stats {
@@ -150,6 +151,13 @@ struct dmamap_as_stats {
     uint64_t tlb_flushes;
     uint64_t table_pages;
     uint64_t pio_traps;
+    /* appended: the complete event counts the benchmark cost model prices */
+    uint64_t faults_page;        /* built-in handler returning a page descriptor */
+    uint64_t faults_pfn;         /* built-in handler inserting a PFN (4 KiB or 2 MiB) */
+    uint64_t faults_huge;        /* of faults_pfn: a 2 MiB block mapped by one fault */
+    uint64_t faults_python;      /* Python (vm_operations) fault handler called */
+    uint64_t around_ptes;        /* PTEs fault-around filled beyond the faulting page */
+    uint64_t page_walks;         /* MMU walks after a TLB miss that found an entry */
 };
 
 struct dmamap_xlate {
@@ -368,6 +376,15 @@ int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride
 int dmamap_bench_host_memfd(uint64_t size);
 int64_t dmamap_bench_host_touch(int fd, uint64_t size, int populate, const uint64_t *vas, uint64_t base,
                                 uint64_t count, uint64_t stride, int is_write, uint64_t *times);
+/* dmamap_bench_host_ref flags: fill, memory, touch. */
+enum {
+    DMAMAP_HOST_LAZY = 0, DMAMAP_HOST_MAP_POPULATE = 1, DMAMAP_HOST_MADV_POPULATE = 2, DMAMAP_HOST_FILL_MASK = 3,
+    DMAMAP_HOST_TOUCH_READ = 4, DMAMAP_HOST_TOUCH_STORE = 8, DMAMAP_HOST_TOUCH_RMW = 12,
+    DMAMAP_HOST_TOUCH_MASK = 12, DMAMAP_HOST_ANON = 16, DMAMAP_HOST_THP = 32,
+};
+int dmamap_bench_host_ref(int fd, uint64_t size, uint32_t flags, const uint64_t *vas, uint64_t base,
+                          uint64_t count, uint64_t stride, uint64_t *out);
+int64_t dmamap_bench_host_fault_around(int fd, uint64_t size);
 int dmamap_bench_populate(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
 uint64_t dmamap_now_ns(void);
 

@@ -134,7 +134,9 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
             int found = dmamap_pt_walk(as, base, &e, &level);
             if (!found && level >= 1) {
                 int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, 1, err);
-                return rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
+                rc = rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
+                as->st.faults_huge += rc == 0;
+                return rc;
             }
         }
     }
@@ -142,7 +144,7 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     if (rc || v->fault_around <= 1 || is_write)
         return rc;
     /* fault-around: map the empty neighbours in the aligned window, a chunk run at a time */
-    uint64_t win = v->fault_around << PAGE_SHIFT;
+    uint64_t win = v->fault_around << PAGE_SHIFT, written = as->st.ptes_written;
     uint64_t lo = (va & ~(win - 1)) < v->start ? v->start : (va & ~(win - 1));
     uint64_t hi = lo + win > v->end ? v->end : lo + win;
     for (uint64_t a = lo; a < hi;) {
@@ -155,12 +157,16 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
         around_run(as, v, a, p, n, page_mode, (a - v->start) >> PAGE_SHIFT);
         a += n << PAGE_SHIFT;
     }
+    as->st.around_ptes += as->st.ptes_written - written;
     return 0;
 }
 
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
     as->st.faults++;
+    as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
+    as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;
+    as->st.faults_python += v->fault_kind == DMAMAP_FAULT_PYTHON;
     switch (v->fault_kind) {
     case DMAMAP_FAULT_PAGE:
     case DMAMAP_FAULT_PFN:

@@ -151,7 +151,7 @@ struct dmamap_machine {
     struct dmamap_as **users;
     int nusers, capusers;
     /* stats */
-    _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb;
+    _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
     _Atomic uint64_t mmio_accesses, port_accesses;
 };
 

@@ -73,6 +73,7 @@ class MachineStats:
     memtype_reports: int
     mmio_accesses: int
     port_accesses: int
+    cache_lines_maintained: int = 0
 
 
 class KernelAddress(int):

@@ -196,6 +196,12 @@ class AsStats:
     tlb_flushes: int
     table_pages: int
     pio_traps: int
+    faults_page: int = 0
+    faults_pfn: int = 0
+    faults_huge: int = 0
+    faults_python: int = 0
+    around_ptes: int = 0
+    page_walks: int = 0
 
 
 @dataclass(frozen=True)

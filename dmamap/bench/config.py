@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dmamap.mm import PAGE_SIZE
+from dmamap.registry import available_backends
 from dmamap.strategy import STRATEGIES
 
 __all__ = [
@@ -22,6 +23,7 @@ BASE_VA = 0x20_0000_0000
 #: the insert kind (they cost what "fault" costs on the memory they suit); small pages first.
 SWEEP_STRATEGIES = tuple(s.name for s in sorted((s for s in STRATEGIES.values() if not s.forces_insert_kind),
                                                 key=lambda s: s.large))
+#: The default platforms; any registered backend (dmamap.available_backends()) is accepted.
 PLATFORMS = ("x86", "arm", "sram", "riscv")
 ORDERS = ("seq", "random")
 SRAM_POOL = 192 * MiB   # the most on-bus SRAM the AArch64 layout has room for
@@ -32,19 +34,19 @@ class SweepConfig:
     """What one ``dmamap bench`` run sweeps."""
 
     sizes: tuple[int, ...] = (4 * KiB, 64 * KiB, MiB, 16 * MiB, 256 * MiB, GiB)
-    densities: tuple[float, ...] = (1.0, 0.1, 0.01)
+    densities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01)
     orders: tuple[str, ...] = ORDERS
     strategies: tuple[str, ...] = SWEEP_STRATEGIES
     platforms: tuple[str, ...] = PLATFORMS
-    repeat: int = 3
+    repeat: int = 5        # runs per point, interleaved across strategies
     seed: int = 1
     fault_size: int = 64 * MiB     # buffer of the lazy-fault target
     scale_size: int = 16 * GiB     # mapping of the scale target
     scale_ram: int = 64 * GiB
 
 
-FULL = SweepConfig(repeat=5)
-QUICK = SweepConfig(sizes=(4 * KiB, MiB, 64 * MiB), repeat=3, fault_size=16 * MiB)
+FULL = SweepConfig(repeat=7)
+QUICK = SweepConfig(sizes=(4 * KiB, MiB, 64 * MiB), repeat=5, fault_size=16 * MiB)
 
 _UNITS = {"": 1, "B": 1, "K": KiB, "KB": KiB, "KIB": KiB, "M": MiB, "MB": MiB, "MIB": MiB, "G": GiB, "GB": GiB,
           "GIB": GiB}
@@ -108,6 +110,8 @@ def make_config(*, quick: bool = False, platforms: Sequence[str] | None = None, 
         size_list = tuple(parse_size(s) for s in sizes) if sizes else base.sizes
     except ValueError as exc:
         raise ConfigError(str(exc), "--size") from None
+    if repeat is not None and repeat < 1:
+        raise ConfigError("--repeat must be at least 1", "--repeat")
     if densities and any(not 0 < d <= 1 for d in densities):
         raise ConfigError("densities must be in (0, 1]", "--density")
     return SweepConfig(
@@ -115,7 +119,7 @@ def make_config(*, quick: bool = False, platforms: Sequence[str] | None = None, 
         densities=tuple(sorted(set(densities), reverse=True)) if densities else base.densities,
         orders=_pick(orders, ORDERS, "order", "--order") or base.orders,
         strategies=_pick(strategies, SWEEP_STRATEGIES, "strategy", "--strategy") or base.strategies,
-        platforms=_pick(platforms, PLATFORMS, "platform", "--platform") or base.platforms,
+        platforms=_pick(platforms, available_backends(), "platform", "--platform") or base.platforms,
         repeat=repeat or base.repeat, seed=seed, fault_size=base.fault_size, scale_size=base.scale_size,
         scale_ram=base.scale_ram,
     )

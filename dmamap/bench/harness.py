@@ -27,7 +27,7 @@ from dmamap.registry import get_backend
 from dmamap.strategy import STRATEGIES
 
 __all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_machine", "fits", "sram_pool", "time_run",
-           "call_c"]
+           "call_c", "Sample", "model_events", "unmap_events"]
 
 
 def populate(machine: dmamap.Machine, pfn: int, npages: int) -> None:
@@ -113,15 +113,46 @@ def fits(platform: str, size: int) -> bool:
     return not sram_pool(platform) or size <= SRAM_POOL
 
 
+@dataclass
+class Sample:
+    """One map-touch-unmap cycle: times (ns) and dmamap's event counts over map + touch and unmap."""
+
+    map_ns: int
+    touch_ns: int
+    unmap_ns: int
+    helper_ns: int
+    counts: dict[str, int]
+    unmap_counts: dict[str, int]
+
+
+#: Counters of AsStats that are running totals (table_pages is a level, not an event).
+_EVENT_FIELDS = tuple(f for f in dmamap.AsStats.__dataclass_fields__ if f != "table_pages")
+
+
+def _delta(a: Any, b: Any, fields: tuple[str, ...]) -> dict[str, int]:
+    return {f: int(getattr(b, f)) - int(getattr(a, f)) for f in fields}
+
+
+def model_events(counts: dict[str, int]) -> dict[str, float]:
+    """dmamap's counts in the cost model's terms (dmamap.bench.model.MAP_EVENTS)."""
+    return {"map_call": 1, "pte_write": counts.get("ptes_written", 0), "fault": counts.get("faults", 0),
+            "tlb_miss": counts.get("tlb_misses", 0), "cache_line": counts.get("cache_lines_maintained", 0)}
+
+
+def unmap_events(counts: dict[str, int]) -> dict[str, float]:
+    return {"unmap_call": 1, "pte_clear": counts.get("ptes_cleared", 0)}
+
+
 def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer, strategy: str,
-             pattern: Pattern) -> tuple[int, int, int, int, int, int]:
-    """(map_ns, touch_ns, unmap_ns, faults, ptes, helper_ns) of one map-touch-unmap cycle.
+             pattern: Pattern) -> Sample:
+    """One map-touch-unmap cycle.
 
     The buffer is mapped with ``dma_mmap_coherent`` (helper_ns: the whole helper,
     Python included); map_ns then times the helper's C work alone, redone with a
     direct call: the remap_pfn_range of a prefault (after zapping what the helper
     filled), the installation of the built-in fault handler of a lazy strategy.
     The host reference is timed in C too, so the two compare like for like.
+    The event counts cover the timed map and touches, and the unmap.
     """
     rec = STRATEGIES[strategy]
     vma = mm.mmap(buf.size, addr=BASE_VA)
@@ -137,13 +168,17 @@ def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer,
         chunk = ffi.new("struct dmamap_chunk[1]", [(pfn, pages)])
         args = (lib.dmamap_vma_set_fault, asp, vma.id, int(vma._info().fault_kind), chunk, 1, 0,
                 rec.fault_around, int(rec.large))
-    s0 = mm.stats
+    m = mm.machine
+    s0, c0 = mm.stats, m.stats.cache_lines_maintained
     t0 = time.perf_counter_ns()
     call_c(*args)
     t1 = time.perf_counter_ns()
     pattern.touch(mm)
     t2 = time.perf_counter_ns()
-    s1 = mm.stats
+    s1, c1 = mm.stats, m.stats.cache_lines_maintained
     dmamap.dma_munmap_coherent(vma)
     t3 = time.perf_counter_ns()
-    return t1 - t0, t2 - t1, t3 - t2, s1.faults - s0.faults, s1.ptes_written - s0.ptes_written, helper_ns
+    s2 = mm.stats
+    counts = _delta(s0, s1, _EVENT_FIELDS)
+    counts["cache_lines_maintained"] = c1 - c0
+    return Sample(t1 - t0, t2 - t1, t3 - t2, helper_ns, counts, _delta(s1, s2, _EVENT_FIELDS))

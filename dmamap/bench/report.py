@@ -1,109 +1,279 @@
-"""A sweep for people and for programs: :func:`render` prints the per-platform
-tables, the crossover summary and the targets; :func:`to_json` gives
-everything measured, with the derived ratios, as plain JSON data."""
+"""A run for people and for programs.  :func:`render` prints a summary (or with
+``full`` every run) as plain lines of at most 80 columns, so that nothing is
+cut in a narrow terminal or a pipe; :func:`to_json` gives everything measured
+as plain JSON data; :func:`compare` shows what changed between two JSON files."""
 
 from __future__ import annotations
 
-import os
-import platform as _platform
-import time
+import textwrap
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 import dmamap
-from dmamap.bench.config import BASE_VA, fmt_ns, fmt_size
+from dmamap.bench.config import fmt_ns, fmt_size
 from dmamap.bench.crossover import crossovers
-from dmamap.bench.references import HOST_KINDS, host_kind
+from dmamap.bench.predict import agreement
+from dmamap.bench.references import HOST_KINDS, HOST_LABELS, host_kind
 from dmamap.bench.results import Run, SweepResult
+from dmamap.bench.spread import TIE, Spread, beats, winner
 from dmamap.strategy import FAULT, PREFAULT
 
-__all__ = ["render", "to_json"]
+__all__ = ["render", "to_json", "compare", "point_winners", "WIDTH"]
+
+WIDTH = 80
+_STYLE = {"PASS": "green", "MISS": "red", "INFO": "cyan"}
 
 
-_STATUS_STYLE = {"PASS": "bold green", "MISS": "bold red", "INFO": "cyan"}
+def _out(console: Console, line: str = "", style: str | None = None) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True, style=style if console.is_terminal else None)
 
 
-def render(console: Console, res: SweepResult) -> None:
-    """The sweep table per platform, the crossover summary and the targets."""
+def _table(console: Console, header: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> None:
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                             strict=True))).rstrip()
+    _out(console, line(header))
+    _out(console, " ".join("-" * w for w in widths))
+    for r in rows:
+        _out(console, line(r))
+
+
+def _wrap(console: Console, text: str, indent: str = "", style: str | None = None) -> None:
+    for ln in textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ") or [""]:
+        _out(console, ln, style)
+
+
+def _pct(d: float) -> str:
+    return f"{d:.0%}" if d >= 0.1 or d == 0 else f"{d:.0%}" if d * 100 == round(d * 100) else f"{d:.1%}"
+
+
+def _iqr(s: Spread) -> str:
+    return f"{s.rel_iqr * 100:.0f}%"
+
+
+def point_winners(res: SweepResult) -> dict[tuple[str, int, float, str], str]:
+    """The declared winner (or 'tie') of every (platform, size, density, order)."""
+    groups: dict[tuple[str, int, float, str], dict[str, Spread]] = {}
+    for r in res.runs:
+        groups.setdefault((r.platform, r.size, r.density, r.order), {})[r.strategy] = r.total
+    return {k: winner(v)[0] for k, v in groups.items()}
+
+
+def _host_winner(host: dict[tuple[int, float, str, str], Any], size: int, d: float, order: str) -> str:
+    hf, hp = host.get((size, d, order, "store-touch")), host.get((size, d, order, "populate"))
+    if not (hf and hp and hf.total and hp.total):
+        return "-"
+    return "fault" if beats(hf.total, hp.total) else "prefault" if beats(hp.total, hf.total) else TIE
+
+
+def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
+    """Summary (or ``full``: every run) of a sweep, its host references, the model, crossovers,
+    targets and scenarios, in lines of at most 80 columns."""
+    cfg = res.config
     host = {(h.size, h.density, h.order, h.kind): h for h in res.host}
-    for plat in res.config.platforms:
-        runs = [r for r in res.runs if r.platform == plat]
-        if not runs:
+    if not res.complete:
+        _out(console, "INTERRUPTED: partial results, what was measured before Ctrl-C", "bold yellow")
+    load = res.meta.get("uptime_load")
+    if load:
+        _wrap(console, f"host: {res.meta.get('cpu', '?')}, {res.meta.get('cpus')} CPUs, Linux "
+                       f"{res.meta.get('kernel')}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
+    _wrap(console, f"each point: median of {cfg.repeat} runs interleaved across strategies; spread ±IQR/2 as a % "
+                   "of the median; a winner is declared only where its IQR does not overlap the others' (else "
+                   "'tie').")
+    by_point: dict[tuple[str, int, float, str], list[Run]] = {}
+    for r in res.runs:
+        by_point.setdefault((r.platform, r.size, r.density, r.order), []).append(r)
+    for plat in cfg.platforms:
+        pts = [(k, rs) for k, rs in by_point.items() if k[0] == plat]
+        if not pts:
             continue
-        t = Table(title=f"dmamap bench — {plat}: map + touch, best of {res.config.repeat}", title_justify="left")
-        for col, just in (("size", "right"), ("touched", "right"), ("order", "left"), ("strategy", "left"),
-                          ("ns/mapped pg", "right"), ("ns/touched pg", "right"), ("total", "right"),
-                          ("× limit", "right"), ("× host", "right"), ("faults", "right"), ("PTEs", "right")):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        groups: dict[tuple[int, float, str], list[Run]] = {}
-        for r in runs:
-            groups.setdefault((r.size, r.density, r.order), []).append(r)
-        for (size, d, order), rs in groups.items():
-            cheapest = min(rs, key=lambda r: r.total_ns)
-            by = {r.strategy: r for r in rs}
-            f, p = by.get(FAULT.name), by.get(PREFAULT.name)
-            for i, r in enumerate(rs):
-                mark = " ◀" if r is cheapest else ""
-                if (r is f or r is p) and f and p:
-                    winner = f if f.total_ns < p.total_ns else p
-                    mark += " ✓" if r is winner else ""
-                t.add_row(fmt_size(size) if i == 0 else "", f"{d:.0%}" if i == 0 else "", order if i == 0 else "",
-                          r.strategy, f"{r.ns_per_mapped:.1f}", f"{r.ns_per_touched:.1f}", fmt_ns(r.total_ns) + mark,
-                          f"{r.x_limit:.1f}", f"{r.x_host:.2f}", str(r.faults), str(r.ptes),
-                          end_section=i == len(rs) - 1)
-            hp, hf, ha = (host[size, d, order, k] for k in HOST_KINDS)
-            t.add_row("", "", "", "[dim]host kernel[/dim]", "", "",
-                      f"[dim]populate {fmt_ns(hp.total_ns)}, fault {fmt_ns(hf.total_ns)}, "
-                      f"fault-around {fmt_ns(ha.total_ns)}[/dim]", "", "", "", "", end_section=True)
-        console.print(t)
-    console.print("[dim]◀ cheapest strategy of the group; ✓ cheaper of fault / prefault.  × limit: total over the "
-                  "store loop writing as many 8-byte PTEs; × host: total over the host kernel mapping a memfd of "
-                  "the same size with the same touch pattern (MAP_POPULATE for prefault, write faults for fault, "
-                  "read faults with the kernel's fault-around for fault-around).[/dim]")
+        _out(console)
+        _out(console, f"{plat}: map + touch (strategy medians)", "bold")
+        if full:
+            rows = []
+            for (_, size, d, order), rs in pts:
+                for r in rs:
+                    h = host.get((size, d, order, host_kind(r.strategy)))
+                    rows.append([fmt_size(size), _pct(d), order[:3], r.strategy, fmt_ns(r.total.median),
+                                 _iqr(r.total), fmt_ns(h.total_ns) if h and h.total else "-",
+                                 fmt_ns(r.predicted_ns) if r.predicted_ns is not None else "-", str(r.faults),
+                                 str(r.ptes)])
+            _table(console, ["size", "dens", "ord", "strategy", "median", "IQR", "host", "model", "faults", "PTEs"],
+                   rows, right=(0, 1, 4, 5, 6, 7, 8, 9))
+            continue
+        rows = []
+        for (_, size, d, order), rs in pts:
+            costs = {r.strategy: r.total for r in rs}
+            w, tied = winner(costs)
+            best = costs[tied[0]]
+            f, p = next((r for r in rs if r.strategy == FAULT.name), None), next(
+                (r for r in rs if r.strategy == PREFAULT.name), None)
+            model = "-"
+            if f and p and f.predicted_ns is not None and p.predicted_ns is not None:
+                model = "fault" if f.predicted_ns < p.predicted_ns else "prefault"
+            fp = "-"
+            if f and p:
+                fp = "fault" if beats(f.total, p.total) else "prefault" if beats(p.total, f.total) else TIE
+            rows.append([fmt_size(size), _pct(d), order[:3], w if w != TIE else f"tie({len(tied)})",
+                         fmt_ns(best.median), _iqr(best), fp, _host_winner(host, size, d, order), model])
+        _table(console, ["size", "dens", "ord", "winner", "median", "IQR", "f/pf", "host f/pf", "model"], rows,
+               right=(0, 1, 4, 5))
+    if res.runs and not full:
+        _wrap(console, "f/pf: fault vs prefault in dmamap; host f/pf: the host kernel's store-touch (one page per "
+                       "fault) vs MAP_POPULATE; model: the profile's prediction of the host from dmamap's counts.")
+    _render_host(console, res)
+    _render_model(console, res)
     cross = crossovers(res)
     if cross:
-        ct = Table(title="crossover: where lazy faulting (one page per fault) stops beating prefault",
-                   title_justify="left")
-        for col in ("platform", "size", "order", "dmamap", "host kernel", "ranks as host"):
-            ct.add_column(col)
-        for c in cross:
-            same = "[green]yes[/green]" if c.agree == c.total else f"[yellow]no ({c.total - c.agree}/{c.total} " \
-                                                                   f"densities differ)[/yellow]"
-            ct.add_row(c.platform, fmt_size(c.size), c.order, c.emulated, c.host, same)
-        console.print(ct)
+        _out(console)
+        _out(console, "crossover: density below which fault beats prefault, median (interval)", "bold")
+        _wrap(console, "'fault ≤d': fault cheaper at every density measured up to d; 'prefault ≥d': prefault "
+                       "cheaper at every density from d")
+        _table(console, ["platform", "size", "ord", "dmamap", "host kernel", "model"],
+               [[c.platform, fmt_size(c.size), c.order[:3], c.dmamap.text(), c.host.text(),
+                 c.predicted.text() if c.predicted else "-"] for c in cross], right=(1,))
     for s in res.skipped:
-        console.print(f"[dim]skipped: {s}[/dim]")
+        _wrap(console, f"skipped: {s}")
     if res.targets:
-        tt = Table(title="targets", title_justify="left")
-        for col in ("target", "measured", "goal", ""):
-            tt.add_column(col)
-        for tg in res.targets:
-            tt.add_row(tg.name, tg.measured, tg.goal, f"[{_STATUS_STYLE[tg.status]}]{tg.status}[/]")
-        console.print(tt)
-    console.print(f"[dim]store loop (limit): {res.store_ns_per_pte:.3f} ns per 8-byte PTE; sweep took "
-                  f"{res.seconds:.1f} s[/dim]")
+        _out(console)
+        _out(console, "targets: ratios against references of this same run", "bold")
+        _wrap(console, "(a MISS depends on the host as much as on dmamap)")
+        for t in res.targets:
+            _wrap(console, f"{t.status:4}  {t.name}", style=_STYLE.get(t.status))
+            _wrap(console, f"{t.measured}; goal {t.goal}", indent="      ")
+    for sc in res.scenarios:
+        _out(console)
+        _out(console, f"scenario {sc.name}: {sc.title}", "bold")
+        _table(console, sc.header, sc.rows, right=tuple(range(1, len(sc.header))))
+        for n in sc.notes:
+            _wrap(console, n)
+    _out(console)
+    end = res.meta.get("loadavg_end")
+    _wrap(console, f"store loop (limit): {res.store_ns_per_pte:.3f} ns per 8-byte PTE; sweep took "
+                   f"{res.seconds:.1f} s" + (f"; load average at end {end[0]:.2f}" if end else ""))
+
+
+def _render_host(console: Console, res: SweepResult) -> None:
+    if not res.host:
+        return
+    size = max(h.size for h in res.host)
+    d = max(h.density for h in res.host)
+    _out(console)
+    _out(console, f"host references at {fmt_size(size)}, {_pct(d)} of pages, seq (kernel's own fault counts)",
+         "bold")
+    rows = []
+    for k in HOST_KINDS:
+        h = next((h for h in res.host if (h.size, h.density, h.order, h.kind) == (size, d, "seq", k)), None)
+        if h is None:
+            continue
+        if h.unavailable:
+            rows.append([k, "unavailable", "", "", h.unavailable[:30]])
+            continue
+        assert h.total is not None
+        rows.append([k, fmt_ns(h.total.median), str(h.map_faults + h.faults),
+                     f"{h.ptes / max(h.map_faults + h.faults, 1):.1f}", HOST_LABELS[k]])
+    _table(console, ["reference", "median", "faults", "pg/flt", "what it measures"], rows, right=(1, 2, 3))
+    f = res.host_facts or (res.profile.host if res.profile is not None else {})
+    if f.get("anon_4k") and f.get("anon_thp"):
+        _wrap(console, f"2 MiB pages (anonymous THP, {fmt_size(f['anon_4k'].get('size', 0))}, zeroing included): "
+                       f"{f['anon_4k'].get('faults')} faults with MADV_NOHUGEPAGE, {f['anon_thp'].get('faults')} "
+                       f"with MADV_HUGEPAGE ({f.get('thp_fault_drop', 0):.0f}× fewer); THP {f.get('thp_enabled')}, "
+                       f"shmem THP {f.get('thp_shmem_enabled')}: large-page strategies are compared with the 4 KiB "
+                       "references.")
+
+
+def _render_model(console: Console, res: SweepResult) -> None:
+    prof = res.profile
+    if prof is None:
+        if res.profile_note:
+            _wrap(console, res.profile_note)
+        return
+    _out(console)
+    _out(console, f"cost model: {prof.name}", "bold")
+    if res.profile_note:
+        _wrap(console, res.profile_note)
+    _wrap(console, "ns per event: " + ", ".join(f"{k} {v:.1f}" for k, v in prof.costs_ns.items()))
+    a = agreement(res)
+    if a.ratios:
+        _wrap(console, f"prediction vs measured host: ranking agrees at {a.agree}/{a.ranked} points where the host "
+                       f"declared a winner ({a.host_ties} ties); predicted/measured median {a.median_ratio:.2f}×, "
+                       f"median |error| {a.median_abs_error:.0%}.")
 
 
 def to_json(res: SweepResult) -> dict[str, Any]:
-    """Everything measured, with the derived ratios, as plain JSON data."""
+    """Everything measured, with the derived figures, as plain JSON data."""
     def run(r: Run) -> dict[str, Any]:
-        d = asdict(r)
-        d.update(total_ns=r.total_ns, ns_per_mapped_page=r.ns_per_mapped, ns_per_touched_page=r.ns_per_touched,
-                 x_limit=r.x_limit, x_host=r.x_host, host_kind=host_kind(r.strategy))
+        d = {k: v for k, v in asdict(r).items() if not isinstance(v, dict) or k in ("counts", "unmap_counts")}
+        for k in ("total", "map", "touch", "unmap", "helper"):
+            d[k] = getattr(r, k).to_json()
+        d.update(total_ns=r.total_ns, x_limit=r.x_limit, host_kind=host_kind(r.strategy), faults=r.faults,
+                 ptes=r.ptes)
         return d
 
+    def hrun(h: Any) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(h).items() if k not in ("total", "map", "touch", "unmap")}
+        for k in ("total", "map", "touch", "unmap"):
+            s = getattr(h, k)
+            d[k] = s.to_json() if s else None
+        d["total_ns"] = h.total.median if h.total else None
+        d["label"] = HOST_LABELS.get(h.kind, h.kind)
+        return d
+
+    a = agreement(res) if res.profile is not None else None
     return {
-        "meta": {"dmamap": dmamap.__version__, "python": _platform.python_version(), "machine": _platform.machine(),
-                 "kernel": _platform.release(), "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "base_va": BASE_VA, "seconds": res.seconds},
+        "meta": dict(res.meta, dmamap=dmamap.__version__, seconds=res.seconds, complete=res.complete),
         "config": asdict(res.config),
         "store_loop_ns_per_pte": res.store_ns_per_pte,
         "runs": [run(r) for r in res.runs],
-        "host": [dict(asdict(h), total_ns=h.total_ns) for h in res.host],
+        "host": [hrun(h) for h in res.host],
+        "winners": [{"platform": k[0], "size": k[1], "density": k[2], "order": k[3], "winner": w}
+                    for k, w in point_winners(res).items()],
         "crossover": [asdict(c) for c in crossovers(res)],
+        "profile": res.profile.to_json() if res.profile is not None else None,
+        "model": None if a is None else {"ranked": a.ranked, "agree": a.agree, "host_ties": a.host_ties,
+                                         "median_ratio": a.median_ratio, "median_abs_error": a.median_abs_error},
         "skipped": res.skipped,
         "targets": [asdict(t) for t in res.targets],
+        "scenarios": [asdict(s) for s in res.scenarios],
     }
+
+
+def compare(console: Console, a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> float:
+    """Print what changed from run ``a`` to run ``b`` (JSON from --json); return the share of
+    declared winners in ``a`` that ``b`` does not contradict (declares no other winner)."""
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["platform"], r["size"], r["density"], r["order"])
+
+    wa = {key(w): w["winner"] for w in a.get("winners", [])}
+    wb = {key(w): w["winner"] for w in b.get("winners", [])}
+    common = [k for k in wa if k in wb]
+    declared = [k for k in common if wa[k] != TIE]
+    kept = [k for k in declared if wb[k] in (wa[k], TIE)]
+    same = [k for k in common if wa[k] == wb[k]]
+    _out(console, f"compare {names[0]} → {names[1]}", "bold")
+    _wrap(console, f"winners: {len(same)}/{len(common)} points identical; of {len(declared)} winners declared in "
+                   f"{names[0]}, {len(kept)} not contradicted in {names[1]} "
+                   + (f"({len(kept) / len(declared):.0%})." if declared else "(none declared)."))
+    rows = [[k[0], fmt_size(k[1]), _pct(k[2]), k[3][:3], wa[k], wb[k]] for k in common if wa[k] != wb[k]]
+    if rows:
+        _table(console, ["platform", "size", "dens", "ord", names[0][:14], names[1][:14]], rows)
+    ra = {(*key(r), r["strategy"]): r for r in a.get("runs", [])}
+    rb = {(*key(r), r["strategy"]): r for r in b.get("runs", [])}
+    ch = sorted(((rb[k]["total"]["median"] / ra[k]["total"]["median"], k) for k in ra if k in rb
+                 and ra[k]["total"]["median"]), key=lambda x: x[0])
+    if ch:
+        med = ch[len(ch) // 2][0]
+        _wrap(console, f"run medians {names[1]}/{names[0]}: median {med:.2f}×, range {ch[0][0]:.2f}×–"
+                       f"{ch[-1][0]:.2f}× over {len(ch)} runs")
+    ta = {t["name"]: t for t in a.get("targets", [])}
+    for t in b.get("targets", []):
+        o = ta.get(t["name"])
+        if o and (o["status"] != t["status"] or abs(t["value"] - o["value"]) > 0.1 * abs(o["value"] or 1)):
+            _wrap(console, f"{o['status']}→{t['status']} {t['name']}: {o['value']:.3g} → {t['value']:.3g}")
+    return len(kept) / max(len(declared), 1)

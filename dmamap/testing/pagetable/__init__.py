@@ -226,7 +226,9 @@ def compare(mm: Any, va: int) -> Leaf | None:
 
 
 #: AddressSpace counters that a failing *access* legitimately moves (it did fault / miss the TLB).
-ACCESS_COUNTERS = frozenset({"faults", "tlb_hits", "tlb_misses", "tlb_flushes"})
+ACCESS_COUNTERS = frozenset({"faults", "tlb_hits", "tlb_misses", "tlb_flushes",
+                             # the per-kind fault and walk counters count attempts as "faults" does
+                             "faults_page", "faults_pfn", "faults_huge", "faults_python", "page_walks"})
 
 
 def space_state(mm: Any, *, access: bool = False) -> tuple[dict[int, bytes], dict[str, int], Any]:
