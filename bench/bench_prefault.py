@@ -8,7 +8,7 @@ import pytest
 from benchutil import GiB, MiB, Timed, rounds
 
 import dmamap
-from dmamap._ffi import ffi, lib
+from dmamap._binding import ffi, lib
 from dmamap.bench import BASE_VA, StoreLimit
 from dmamap.mm import PAGE_SHIFT
 

@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dmamap._ffi import call, ffi, in_buffer, lib, out_buffer
+from dmamap._binding import in_buffer, out_buffer, phys
+from dmamap._check import PAGE_SIZE, u64
+from dmamap.dma_debug import DmaDebug
 from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError, OutOfMemoryError
-from dmamap.mm import PAGE_SIZE, _addr
+from dmamap.physmem import PhysicalMemory
 
 if TYPE_CHECKING:
-    from dmamap.dma_debug import DmaDebug
     from dmamap.machine import Machine
 
 ReadFn = Callable[[int, int], int]
@@ -67,9 +68,7 @@ class Device:
 
     def __init__(self, machine: Machine, name: str, *, bars: Sequence[BarSpec] = (),
                  ports: Sequence[PortSpec] = (), read: ReadFn | None = None, write: WriteFn | None = None) -> None:
-        from dmamap.machine import Machine
-
-        if not isinstance(machine, Machine):
+        if not isinstance(machine, PhysicalMemory):
             raise TypeError(f"expected a Machine, got {type(machine).__name__}")
         if not isinstance(name, str):
             raise TypeError(f"device name must be a str, not {type(name).__name__}")
@@ -81,20 +80,18 @@ class Device:
         self.bars: list[Bar] = []
         self.ports: list[PortRange] = []
         self.removed = False
-        from dmamap.dma_debug import DmaDebug
-
         self.dma_debug: DmaDebug = DmaDebug(self)
-        bar_objs = [b if isinstance(b, Bar) else Bar(_addr("bar size", b)) for b in bars]
+        bar_objs = [b if isinstance(b, Bar) else Bar(u64("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
         ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]
         for cb in (read, write, *(c for o in ranges for c in (o.read, o.write))):
             if cb is not None and not callable(cb):
                 raise TypeError(f"device callbacks must be callable, not {type(cb).__name__}")
         for b in bar_objs:
-            _addr("bar size", b.size)
+            u64("bar size", b.size)
         for p in port_objs:
-            _addr("port base", p.base)
-            _addr("port count", p.count)
+            u64("port base", p.base)
+            u64("port count", p.count)
         for b in bar_objs:
             if b.size <= 0 or b.size > 1 << 32:
                 raise InvalidArgumentError(f"BAR size {b.size:#x} must be between 1 byte and 4 GiB")
@@ -138,8 +135,8 @@ class Device:
             if claimed:
                 machine.port_space.release(self)
             for base, span in placed:
-                if span < 0 and not machine.closed:
-                    lib.dmamap_remove_region(machine._state.m, base, ffi.NULL)
+                if span < 0:
+                    machine._remove_region(base)
                 machine.mmio_window.free(base, abs(span))
             raise
 
@@ -174,13 +171,13 @@ class Device:
     def dma_read(self, dma_addr: int, n: int) -> bytes:
         """The device reads ``n`` bytes of memory at bus address ``dma_addr``."""
         self._check()
-        n = _addr("n", n)
+        n = u64("n", n)
         pa = self._bus_to_phys(dma_addr)
         if not n:
             return b""
         self.machine._check_phys_span(pa, n)
         buf = out_buffer(n)
-        call(lib.dmamap_dma_rw, self.machine._ptr(), pa, ffi.from_buffer(buf), n, 0)
+        phys.dma_rw(self.machine._ptr(), pa, in_buffer("buffer", buf)[0], n, False)
         return bytes(buf)
 
     def dma_write(self, dma_addr: int, data: bytes | bytearray | memoryview) -> None:
@@ -189,10 +186,10 @@ class Device:
         cdata, n = in_buffer("data", data)
         pa = self._bus_to_phys(dma_addr)
         if n:
-            call(lib.dmamap_dma_rw, self.machine._ptr(), pa, cdata, n, 1)
+            phys.dma_rw(self.machine._ptr(), pa, cdata, n, True)
 
     def _bus_to_phys(self, dma_addr: int) -> int:
-        dma_addr = _addr("dma_addr", dma_addr)
+        dma_addr = u64("dma_addr", dma_addr)
         be = self.machine.backend
         pa = be.dma_to_phys(self, dma_addr) if be else dma_addr
         if not 0 <= pa < 1 << 64:
@@ -230,8 +227,7 @@ class Device:
         m.port_space.release(self)
         for b in self.bars:
             span = _pow2_at_least(b.size)
-            if not m.closed:
-                lib.dmamap_remove_region(m._state.m, b.base, ffi.NULL)
+            m._remove_region(b.base)
             m.mmio_window.free(b.base, span)
 
     def __repr__(self) -> str:

@@ -8,37 +8,38 @@ style checks catch misuse (kernel/dma/debug.c).
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from dmamap._ffi import call, ffi, lib
+from dmamap._binding import phys
+from dmamap._check import u64
 from dmamap.backends import STRATEGIES, Backend
+from dmamap.device import Device
 from dmamap.dma_debug import DmaRecord
 from dmamap.errors import (
     DmaDoubleFreeError,
     DmaFreeError,
     InvalidArgumentError,
+    MachineClosedError,
     OutOfMemoryError,
     StrategyError,
+    VmaNotMappedError,
 )
-from dmamap.machine import IOWIN_SIZE, KernelAddress, Page
 from dmamap.mm import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PgProt,
     Vma,
     VmFlags,
-    _addr,
     pgprot_noncached,
     pgprot_writecombine,
     remap_pfn_chunks,
     remap_pfn_range,
 )
+from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
-
-if TYPE_CHECKING:
-    from dmamap.device import Device
 
 __all__ = [
     "DmaBuffer", "SgEntry", "SgTable", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent",
@@ -89,7 +90,7 @@ class SgTable:
 
     def locate(self, page: int) -> tuple[SgEntry, int]:
         """(chunk, page within chunk) of linear page ``page``."""
-        page = _addr("page", page)
+        page = u64("page", page)
         for e in self.entries:
             if page < e.nr_pages:
                 return e, page
@@ -98,8 +99,6 @@ class SgTable:
 
 
 def _device(dev: Device) -> Device:
-    from dmamap.device import Device
-
     if not isinstance(dev, Device):
         raise TypeError(f"expected a Device, got {type(dev).__name__}")
     dev._check()
@@ -115,7 +114,7 @@ def _backend(dev: Device) -> Backend:
 
 
 def _size(size: int) -> int:
-    size = _addr("size", size)
+    size = u64("size", size)
     if size == 0:
         raise InvalidArgumentError("DMA buffer size is zero")
     return size
@@ -160,14 +159,14 @@ def dma_coherent_to_page(dev: Device, cpu_addr: int, dma_handle: int, offset: in
     virt_to_page of cpu_addr); raises BadPageError where there is none."""
     dev = _device(dev)
     rec = dev.dma_debug.lookup("dma_coherent_to_page", cpu_addr, dma_handle, None)
-    return _backend(dev).coherent_to_page(dev, rec.alloc, _addr("offset", offset) >> PAGE_SHIFT)
+    return _backend(dev).coherent_to_page(dev, rec.alloc, u64("offset", offset) >> PAGE_SHIFT)
 
 
 def dma_coherent_to_pfn(dev: Device, cpu_addr: int, dma_handle: int, offset: int = 0) -> int:
     """The PFN behind a coherent buffer (always defined)."""
     dev = _device(dev)
     rec = dev.dma_debug.lookup("dma_coherent_to_pfn", cpu_addr, dma_handle, None)
-    return rec.alloc.pfn + (_addr("offset", offset) >> PAGE_SHIFT)
+    return rec.alloc.pfn + (u64("offset", offset) >> PAGE_SHIFT)
 
 
 def _pick_strategy(be: Backend, strategy: str | None, is_ram: bool) -> str:
@@ -226,8 +225,6 @@ def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if not vma.live:
-        from dmamap.errors import VmaNotMappedError
-
         vma.mm._check_open()   # a closed address space or machine says so
         raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start)
     if vma.nr_pages > nr_pages:
@@ -241,7 +238,7 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
     with the platform's attribute and mapping strategy."""
     dev = _device(dev)
     be = _backend(dev)
-    offset = _addr("offset", offset)
+    offset = u64("offset", offset)
     if offset % PAGE_SIZE:
         raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is not page-aligned")
     with dev.dma_debug.lock:
@@ -284,10 +281,10 @@ def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 
     """Allocate ``nr_pages`` as physically discontiguous chunks of at most
     ``max_chunk_pages`` pages each (sizes vary, seeded for reproducibility)."""
     dev = _device(dev)
-    nr_pages = _addr("nr_pages", nr_pages)
+    nr_pages = u64("nr_pages", nr_pages)
     if nr_pages == 0:
         raise InvalidArgumentError("dma_alloc_coherent_sg: nr_pages is zero")
-    max_chunk_pages = _addr("max_chunk_pages", max_chunk_pages)
+    max_chunk_pages = u64("max_chunk_pages", max_chunk_pages)
     if max_chunk_pages == 0:
         raise InvalidArgumentError("dma_alloc_coherent_sg: max_chunk_pages is zero")
     rng = random.Random(nr_pages if seed is None else seed)
@@ -356,13 +353,13 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    offset = _addr("offset", offset)
+    offset = u64("offset", offset)
     total = sglist.nr_pages
     if offset >= total:
         raise InvalidArgumentError(f"dma_mmap_coherent_sg: offset {offset} is past the {total} pages")
     if nr_pages is None:
         nr_pages = min(total - offset, vma.nr_pages if isinstance(vma, Vma) else 0)
-    nr_pages = _addr("nr_pages", nr_pages)
+    nr_pages = u64("nr_pages", nr_pages)
     if nr_pages == 0 or offset + nr_pages > total:
         raise InvalidArgumentError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not "
                                    f"inside the {total} pages of the scatter list")
@@ -394,7 +391,7 @@ def mmio_map(vma: Vma, phys_addr: int, size: int, *, cache: str = "uc") -> None:
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     m = vma.machine
-    phys_addr, size = _addr("phys_addr", phys_addr), _addr("size", size)
+    phys_addr, size = u64("phys_addr", phys_addr), u64("size", size)
     if phys_addr % PAGE_SIZE:
         raise InvalidArgumentError(f"mmio_map: phys_addr {phys_addr:#x} is not page-aligned", phys_addr)
     if size == 0:
@@ -424,7 +421,7 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     m = vma.machine
-    port, count = _addr("port", port), _addr("count", count)
+    port, count = u64("port", port), u64("count", count)
     if count == 0 or port + count > 0x10000:
         raise InvalidArgumentError(f"pio_map: ports {port:#x}+{count} are outside the 64 KiB port space", port)
     if count > len(vma):
@@ -440,7 +437,7 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
                                    f"free") from None
     try:
         old_prot = vma.page_prot
-        call(lib.dmamap_iowin_map, m._ptr(), win, count, port)   # only ports [port, port + count)
+        phys.iowin_map(m._ptr(), win, count, port)   # only ports [port, port + count)
         try:
             prot = pgprot_noncached(old_prot)
             vma.page_prot = prot
@@ -449,15 +446,15 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
             if vma.live:
                 vma.page_prot = old_prot
             if not m.closed:
-                lib.dmamap_iowin_unmap(m._ptr(), win, ffi.NULL)
+                phys.iowin_unmap(m._ptr(), win)
             raise
     except BaseException:
         m.io_window.free(win, size)
         raise
 
     def release() -> None:
-        if not m.closed:
-            lib.dmamap_iowin_unmap(m._state.m, win, ffi.NULL)
+        with contextlib.suppress(MachineClosedError):   # a closed machine has no translations left
+            phys.iowin_unmap(m._ptr(), win)
         m.io_window.free(win, size)
 
     vma._add_unmap_callback(release)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dmamap._check import u64
 from dmamap.errors import DmaDoubleFreeError, DmaFreeError, DmaUseAfterFreeError
-from dmamap.mm import Vma, _addr
+from dmamap.mm import Vma
 
 if TYPE_CHECKING:
     from dmamap.device import Device
@@ -60,9 +61,9 @@ class DmaDebug:
 
     def lookup(self, what: str, cpu_addr: int, dma_handle: int, size: int | None) -> DmaRecord:
         """The live record of ``cpu_addr``; the specific DMA-debug error otherwise."""
-        cpu_addr, dma_handle = _addr("cpu_addr", cpu_addr), _addr("dma_handle", dma_handle)
+        cpu_addr, dma_handle = u64("cpu_addr", cpu_addr), u64("dma_handle", dma_handle)
         if size is not None:
-            size = _addr("size", size)
+            size = u64("size", size)
         with self.lock:
             rec = self.live.get(cpu_addr)
             was_freed = cpu_addr in self.freed

@@ -191,27 +191,4 @@ class HandlerError(DmamapError):
     rule = "callback failed"
 
 
-# C core return codes -> exception classes (see csrc/dmamap.h).
-CODE_TO_ERROR: dict[int, type[DmamapError]] = {
-    -1: InvalidArgumentError,
-    -2: OutOfMemoryError,
-    -3: PhysicalAddressError,
-    -4: SegmentationFault,
-    -5: NoFaultHandlerError,
-    -6: ProtectionFault,
-    -7: AlignmentFault,
-    -8: BadPageError,
-    -9: VmaKindError,
-    -10: CowFaultError,
-    -11: PteBusyError,
-    -12: MemtypeConflictError,
-    -13: FaultHandlerSigbus,
-    -14: HandlerError,
-    -15: VirtToPageError,
-    -16: VmaNotMappedError,
-    -17: MachineClosedError,
-    -18: UnclaimedIOError,
-    -19: AddressRangeError,
-}
-
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, DmamapError)]

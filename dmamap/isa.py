@@ -13,13 +13,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmamap._ffi import call, ffi, lib
+from dmamap._binding import arch
 from dmamap.errors import InvalidArgumentError
 
 __all__ = ["Isa", "Layout", "IsaVariant", "MemType", "ISAS", "isa_info", "isa_names", "register_isa_variant"]
 
-_NAME_MAX = 24
-_CACHE_MAX = 8
+_NAME_MAX = arch.NAME_MAX
+_CACHE_MAX = arch.CACHE_MAX
 
 
 @dataclass(frozen=True)
@@ -97,35 +97,33 @@ ISAS: dict[str, int] = {}
 
 
 def _read(index: int) -> Isa:
-    info = ffi.new("struct dmamap_isa_info *")
-    if lib.dmamap_isa_info(index, info) != 0:
+    r = arch.isa_record(index)
+    if r is None:
         raise InvalidArgumentError(f"no ISA at index {index}")
-    i = int(info.id)
-    names = tuple(ffi.string(lib.dmamap_cache_name(i, c)).decode() for c in range(info.ncache))
-    cacheable = frozenset(n for c, n in enumerate(names) if lib.dmamap_cache_is_cacheable(i, c) == 1)
-    device = frozenset(n for c, n in enumerate(names) if lib.dmamap_cache_is_device(i, c) == 1)
-    base_name = ffi.string(info.name).decode()
-    if info.base != i:
-        base_name = next(isa.name for isa in _by_name.values() if isa.id == info.base)
+    names = r.cache_names
+    base_name = r.name
+    if r.base != r.id:
+        base_name = next(isa.name for isa in _by_name.values() if isa.id == r.base)
     return Isa(
-        id=i, name=ffi.string(info.name).decode(), base=base_name, levels=int(info.levels),
-        va_bits=int(info.va_bits), cache_names=names, cacheable=cacheable, device=device,
-        noncached=names[info.noncached], writecombine=names[info.writecombine],
-        dmacoherent=names[info.dmacoherent], cached=names[info.cached],
-        device_align_fault=bool(info.device_align_fault), faulting_store_partial=bool(info.faulting_store_partial),
-        kernel_half=int(info.kernel_half), user_range=(int(info.user_lo), int(info.user_hi)),
-        kernel_range=(int(info.kern_lo), int(info.kern_hi)), vmalloc=(int(info.vmalloc_start), int(info.vmalloc_end)),
-        layout=Layout(ram_base=int(info.ram_base), ram_max=int(info.ram_max), sram_base=int(info.sram_base),
-                      sram_max=int(info.sram_max), mmio_base=int(info.mmio_base), mmio_size=int(info.mmio_size),
-                      iowin_base=int(info.iowin_base), page_offset=int(info.page_offset)),
-        mt_field=int(info.mt_field), mt_mask=int(info.mt_mask),
+        id=r.id, name=r.name, base=base_name, levels=r.levels, va_bits=r.va_bits, cache_names=names,
+        cacheable=frozenset(n for n, c in zip(names, r.cacheable, strict=True) if c),
+        device=frozenset(n for n, d in zip(names, r.device, strict=True) if d),
+        noncached=names[r.noncached], writecombine=names[r.writecombine], dmacoherent=names[r.dmacoherent],
+        cached=names[r.cached], device_align_fault=r.device_align_fault,
+        faulting_store_partial=r.faulting_store_partial, kernel_half=r.kernel_half,
+        user_range=(r.user_lo, r.user_hi), kernel_range=(r.kern_lo, r.kern_hi),
+        vmalloc=(r.vmalloc_start, r.vmalloc_end),
+        layout=Layout(ram_base=r.ram_base, ram_max=r.ram_max, sram_base=r.sram_base, sram_max=r.sram_max,
+                      mmio_base=r.mmio_base, mmio_size=r.mmio_size, iowin_base=r.iowin_base,
+                      page_offset=r.page_offset),
+        mt_field=r.mt_field, mt_mask=r.mt_mask,
     )
 
 
 def _refresh() -> None:
     """Read every ISA the core has that Python has not seen yet (in table order)."""
     with _lock:
-        for index in range(len(_by_name), lib.dmamap_isa_count()):
+        for index in range(len(_by_name), arch.isa_count()):
             isa = _read(index)
             _by_name[isa.name] = isa
             ISAS[isa.name] = isa.id
@@ -161,22 +159,15 @@ def register_isa_variant(variant: IsaVariant) -> Isa:
     if not 1 <= len(types) <= _CACHE_MAX or not all(isinstance(t, MemType) for t in types):
         raise InvalidArgumentError(f"an ISA variant has 1 to {_CACHE_MAX} MemType entries")
     names = [t.name for t in types]
-    v = ffi.new("struct dmamap_isa_variant *")
-    v.name = _cname("variant name", variant.name)
-    v.base = base.id
-    v.mt_mask = _u64("mt_mask", variant.mt_mask)
-    v.ncache = len(types)
-    for i, t in enumerate(types):
-        v.cache[i].name = _cname("memory type name", t.name)
-        v.cache[i].bits = _u64(f"{t.name} bits", t.bits)
-        v.cache[i].cacheable = int(bool(t.cacheable))
-        v.cache[i].device = int(bool(t.device))
+    picks = []
     for attr in ("noncached", "writecombine", "dmacoherent", "cached"):
         pick = getattr(variant, attr)
         if pick not in names:
             raise InvalidArgumentError(f"{attr}={pick!r} is not one of the variant's memory types {names}")
-        setattr(v, attr, names.index(pick))
-    call(lib.dmamap_isa_register_variant, v)
+        picks.append(names.index(pick))
+    arch.register_variant(_cname("variant name", variant.name), base.id, _u64("mt_mask", variant.mt_mask),
+                          [(_cname("memory type name", t.name), _u64(f"{t.name} bits", t.bits), bool(t.cacheable),
+                            bool(t.device)) for t in types], *picks)
     _refresh()
     return _by_name[variant.name]
 

@@ -7,12 +7,11 @@ import threading
 from collections.abc import Mapping
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dmamap.backends import Backend
 from dmamap.errors import BackendError
-
-if TYPE_CHECKING:
-    from dmamap.backends import Backend
+from dmamap.isa import ISAS
 
 ENTRY_POINT_GROUP = "dmamap.arch"
 
@@ -22,7 +21,7 @@ _lock = threading.Lock()
 _scanned = False
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "get_backend", "register_backend", "unregister_backend",
-           "registry"]
+           "registry", "resolve_backend"]
 
 
 def _scan() -> None:
@@ -38,9 +37,6 @@ def _scan() -> None:
 def register_backend(name: str, backend: str | Backend, *, clobber: bool = False) -> None:
     """Register a backend object or :class:`Backend` subclass, or a lazy
     ``"module:attr"`` reference to one."""
-    from dmamap.backends import Backend
-    from dmamap.machine import ISAS
-
     if not isinstance(name, str) or not name:
         raise BackendError(f"backend name must be a non-empty str, not {name!r}")
     if name in ISAS:
@@ -74,9 +70,6 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> Backend:
     """The backend registered under ``name``; unknown names list the known ones."""
-    from dmamap.backends import Backend
-    from dmamap.isa import ISAS
-
     _scan()
     with _lock:
         entry = _known.get(name)
@@ -99,6 +92,21 @@ def get_backend(name: str) -> Backend:
             _known[name] = obj
         entry = obj
     return entry
+
+
+def resolve_backend(arch: str | Backend | type[Backend]) -> tuple[str, Backend | None]:
+    """What a machine of ``arch`` is: ``(isa, backend)`` for a backend (by name,
+    object or class), ``(isa, None)`` for a bare ISA name."""
+    if isinstance(arch, type) and issubclass(arch, Backend):
+        arch = arch()
+    if isinstance(arch, Backend):
+        return arch.isa, arch
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a backend name, a Backend or an ISA name, not {type(arch).__name__}")
+    if arch in ISAS:
+        return arch, None
+    backend = get_backend(arch)
+    return backend.isa, backend
 
 
 class _View(Mapping[str, str]):

@@ -93,8 +93,8 @@ def check_tables(m: dmamap.Machine, space: dmamap.AddressSpace) -> None:
         if pa == pages[0] and not space.kernel:   # the root's kernel half is the kernel's, not counted
             entries = entries[:pagetable.decoder_for(m).user_entries]
         used = sum(1 for e in entries if e)
-        info = dmamap._ffi.ffi.new("struct dmamap_page_info *")
-        assert dmamap._ffi.lib.dmamap_page_info(m._ptr(), pa >> 12, info, dmamap._ffi.ffi.NULL) == 0
+        info = dmamap._binding.ffi.new("struct dmamap_page_info *")
+        assert dmamap._binding.lib.dmamap_page_info(m._ptr(), pa >> 12, info, dmamap._binding.ffi.NULL) == 0
         assert info.table_used == used and info.flags & 4, f"table {pa:#x}: {info.table_used} != {used}"
 
 

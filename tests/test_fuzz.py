@@ -24,7 +24,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 
 import dmamap
 from dmamap import PAGE_SIZE, DmamapError
-from dmamap._ffi import ffi, lib
+from dmamap._binding import ffi, lib
 from dmamap.testing.pagetable import decoder_for, present_leaves, snapshot, table_pages
 
 EXAMPLES = int(os.environ.get("DMAMAP_FUZZ_EXAMPLES", "50"))

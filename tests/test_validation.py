@@ -36,7 +36,7 @@ from dmamap import (
     VmaKindError,
     VmaNotMappedError,
 )
-from dmamap._ffi import ffi, lib
+from dmamap._binding import ffi, lib
 from dmamap.testing.pagetable import snapshot
 
 RAM = 16 << 20

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dmamap.errors import BadPageError, OutOfMemoryError
-from dmamap.machine import KernelAddress, Page
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, remap_pfn_range
+from dmamap.physmem import KernelAddress, Page
 from dmamap.policy import CoherentMemory, PioMethod
 from dmamap.strategy import STRATEGIES
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dmamap._ffi import lib
+from dmamap._binding import bench as cbench
 from dmamap.bench.config import KiB, MiB, fmt_size
 from dmamap.bench.harness import Pattern, make_pattern
 from dmamap.bench.model import MAP_EVENTS, UNMAP_EVENTS, Profile, fit, machine_info
@@ -57,7 +57,7 @@ def calibrate(repeat: int = 5, advance: Callable[[str], None] = lambda _: None, 
         pats: list[Pattern | None] = []
         for _kind, size, d, order in CALIBRATION_RUNS:
             if size not in fds:
-                fd = lib.dmamap_bench_host_memfd(size)
+                fd = cbench.host_memfd(size)
                 if fd < 0:
                     raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
                 fds[size] = fd

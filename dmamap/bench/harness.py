@@ -13,13 +13,15 @@ from __future__ import annotations
 import array
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import dmamap
-from dmamap._ffi import call, ffi, lib, new_err, raise_for
+from dmamap._binding import bench as cbench
+from dmamap._binding import mm as cmm
+from dmamap._binding import u64_array
 from dmamap.bench.config import BASE_VA, SRAM_POOL, MiB
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
 from dmamap.policy import CoherentMemory
@@ -27,12 +29,12 @@ from dmamap.registry import get_backend
 from dmamap.strategy import STRATEGIES
 
 __all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_machine", "fits", "sram_pool", "time_run",
-           "call_c", "Sample", "model_events", "unmap_events"]
+           "Sample", "model_events", "unmap_events"]
 
 
 def populate(machine: dmamap.Machine, pfn: int, npages: int) -> None:
     """Give the host pages behind emulated memory their backing, contents unchanged (bench.c)."""
-    call(lib.dmamap_bench_populate, machine._ptr(), pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
+    cbench.populate(machine._ptr(), pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
 
 
 def aligned_coherent(dev: dmamap.Device, size: int) -> dmamap.DmaBuffer:
@@ -60,14 +62,6 @@ def _touched(pages: int, density: float) -> int:
     return max(1, min(pages, round(pages * density)))
 
 
-def call_c(fn: Callable[..., int], *args: Any) -> None:
-    """Call a C entry point directly (no Python wrapper in the timed section); raise as call() does."""
-    err = new_err()
-    rc = fn(*args, err)
-    if rc < 0:
-        raise_for(rc, err)
-
-
 @dataclass
 class Pattern:
     """Which pages one run touches: strided (``arr`` None) or an explicit VA list."""
@@ -79,9 +73,9 @@ class Pattern:
     def touch(self, mm: dmamap.AddressSpace) -> None:
         """All the touches in one C call (dmamap_touch / dmamap_touch_list, i.e. AddressSpace.touch[_list])."""
         if self.arr is None:
-            call_c(lib.dmamap_touch, mm._ptr(), BASE_VA, self.count, self.stride, 0)
+            cmm.touch(mm._ptr(), BASE_VA, self.count, self.stride, False)
         else:
-            call_c(lib.dmamap_touch_list, mm._ptr(), ffi.from_buffer("uint64_t[]", self.arr), self.count, 0)
+            cmm.touch_list(mm._ptr(), u64_array(self.arr), self.count, False)
 
 
 def make_pattern(pages: int, density: float, order: str, rng: random.Random) -> Pattern:
@@ -162,16 +156,15 @@ def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer,
     asp, pfn, pages = mm._ptr(), dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle), buf.size >> PAGE_SHIFT
     if rec.prefault:
         dmamap.zap_vma_ptes(vma, BASE_VA, buf.size)
-        args: tuple[Any, ...] = (lib.dmamap_remap_pfn_range, asp, vma.id, BASE_VA, pfn, buf.size,
-                                 int(vma.vm_page_prot), int(rec.large))
+        run = cbench.prepared("remap_pfn_range", asp, vma.id, BASE_VA, pfn, buf.size,
+                              int(vma.vm_page_prot), int(rec.large))
     else:
-        chunk = ffi.new("struct dmamap_chunk[1]", [(pfn, pages)])
-        args = (lib.dmamap_vma_set_fault, asp, vma.id, int(vma._info().fault_kind), chunk, 1, 0,
-                rec.fault_around, int(rec.large))
+        run = cbench.prepared("vma_set_fault", asp, vma.id, int(vma._info().fault_kind),
+                              cmm.chunks([(pfn, pages)]), 1, 0, rec.fault_around, int(rec.large))
     m = mm.machine
     s0, c0 = mm.stats, m.stats.cache_lines_maintained
     t0 = time.perf_counter_ns()
-    call_c(*args)
+    run()
     t1 = time.perf_counter_ns()
     pattern.touch(mm)
     t2 = time.perf_counter_ns()

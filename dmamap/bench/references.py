@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dmamap._ffi import ffi, lib
+from dmamap._binding import bench as cbench
+from dmamap._binding import u64_array
 from dmamap.bench.config import BASE_VA, MiB, SweepConfig, fmt_size
 from dmamap.bench.harness import Pattern
 from dmamap.bench.results import HostRun
@@ -43,10 +44,10 @@ HOST_LABELS = {
     "read-touch": "lazy; load first: fault-around",
 }
 _FLAGS = {
-    "populate": lib.DMAMAP_HOST_MAP_POPULATE | lib.DMAMAP_HOST_TOUCH_READ,
-    "populate-write": lib.DMAMAP_HOST_MADV_POPULATE | lib.DMAMAP_HOST_TOUCH_READ,
-    "store-touch": lib.DMAMAP_HOST_LAZY | lib.DMAMAP_HOST_TOUCH_STORE,
-    "read-touch": lib.DMAMAP_HOST_LAZY | lib.DMAMAP_HOST_TOUCH_READ,
+    "populate": cbench.HOST["MAP_POPULATE"] | cbench.HOST["TOUCH_READ"],
+    "populate-write": cbench.HOST["MADV_POPULATE"] | cbench.HOST["TOUCH_READ"],
+    "store-touch": cbench.HOST["LAZY"] | cbench.HOST["TOUCH_STORE"],
+    "read-touch": cbench.HOST["LAZY"] | cbench.HOST["TOUCH_READ"],
 }
 
 
@@ -73,9 +74,9 @@ class StoreLimit:
         n = max(int(n), 1)
         if n not in self._cache:
             if self._buf is None or len(self._buf) < n:
-                self._buf = ffi.new("uint64_t[]", max(n, 1 << 18))
-                lib.dmamap_bench_store_loop(self._buf, len(self._buf), 0x63)   # commit and warm it
-            self._cache[n] = min(int(lib.dmamap_bench_store_loop(self._buf, n, 0x63)) for _ in range(self.repeat))
+                self._buf = cbench.u64_buffer(max(n, 1 << 18))
+                cbench.store_loop(self._buf, len(self._buf), 0x63)   # commit and warm it
+            self._cache[n] = min(cbench.store_loop(self._buf, n, 0x63) for _ in range(self.repeat))
         return self._cache[n]
 
 
@@ -97,15 +98,14 @@ class HostSample:
 def host_sample(pattern: Pattern | None, fd: int, size: int, kind: str, *, anon: bool = False,
                 thp: bool = False) -> HostSample:
     """Run one host reference of ``kind`` over ``fd`` (or anonymous memory) touching ``pattern``."""
-    out = ffi.new("uint64_t[7]")
-    flags = _FLAGS[kind] | (lib.DMAMAP_HOST_ANON if anon else 0) | (lib.DMAMAP_HOST_THP if thp else 0)
+    flags = _FLAGS[kind] | (cbench.HOST["ANON"] if anon else 0) | (cbench.HOST["THP"] if thp else 0)
     if pattern is None:
-        flags &= ~lib.DMAMAP_HOST_TOUCH_MASK
-        vas, count, stride = ffi.NULL, 0, PAGE_SIZE
+        flags &= ~cbench.HOST["TOUCH_MASK"]
+        vas, count, stride = None, 0, PAGE_SIZE
     else:
-        vas = ffi.NULL if pattern.arr is None else ffi.from_buffer("uint64_t[]", pattern.arr)
+        vas = None if pattern.arr is None else u64_array(pattern.arr)
         count, stride = pattern.count, pattern.stride
-    rc = lib.dmamap_bench_host_ref(fd, size, flags, vas, BASE_VA, count, stride, out)
+    rc, out = cbench.host_ref(fd, size, flags, vas, BASE_VA, count, stride)
     if rc < 0:
         if out[6]:
             raise HostUnavailable(-rc, f"{kind}: MADV_POPULATE_WRITE unavailable (Linux < 5.14)")
@@ -119,9 +119,9 @@ _FA: dict[str, int] = {}
 def fault_around_bytes() -> int:
     """The host's fault-around window, measured once (pages one read fault maps)."""
     if "fa" not in _FA:
-        fd = lib.dmamap_bench_host_memfd(2 * MiB)
+        fd = cbench.host_memfd(2 * MiB)
         try:
-            _FA["fa"] = max(int(lib.dmamap_bench_host_fault_around(fd, 2 * MiB)), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
+            _FA["fa"] = max(cbench.host_fault_around(fd, 2 * MiB), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -160,7 +160,7 @@ def measure_host(cfg: SweepConfig, patterns: dict[tuple[int, float, str], Patter
     refuses is recorded as unavailable."""
     host = {} if into is None else into
     for size in cfg.sizes:
-        fd = lib.dmamap_bench_host_memfd(size)
+        fd = cbench.host_memfd(size)
         if fd < 0:
             raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd for the host reference")
         try:
@@ -217,7 +217,7 @@ def host_facts(size: int = 64 * MiB, repeat: int = 3) -> dict[str, Any]:
         best = min(ss, key=lambda s: s.total_ns)
         facts[label] = {"size": size, "faults": best.touch_faults, "ns": best.total_ns}
     try:
-        fd = lib.dmamap_bench_host_memfd(PAGE_SIZE * 16)
+        fd = cbench.host_memfd(PAGE_SIZE * 16)
         host_sample(None, fd, PAGE_SIZE * 16, "populate-write")
         facts["madv_populate_write"] = True
     except HostUnavailable:

@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import dmamap
-from dmamap._ffi import ffi, lib
+from dmamap._binding import bench as cbench
+from dmamap._binding import mm as cmm
+from dmamap._binding import u64_array
 from dmamap.bench.config import BASE_VA, SRAM_POOL, GiB, MiB, SweepConfig, fmt_size
-from dmamap.bench.harness import Pattern, aligned_coherent, bench_machine, call_c, populate, sram_pool, time_run
+from dmamap.bench.harness import Pattern, aligned_coherent, bench_machine, populate, sram_pool, time_run
 from dmamap.bench.references import StoreLimit, host_sample
 from dmamap.bench.results import Target
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
@@ -194,7 +196,7 @@ def target_random_touch(platform: str, repeat: int) -> Target:
         "Q", [BASE_VA + (p << PAGE_SHIFT) for p in rng.sample(range(size >> PAGE_SHIFT), n)]))
     dm: list[int] = []
     host: list[int] = []
-    fd = lib.dmamap_bench_host_memfd(size)
+    fd = cbench.host_memfd(size)
     if fd < 0:
         raise OSError(-fd, "cannot create a 1 GiB memfd")
     try:
@@ -204,11 +206,11 @@ def target_random_touch(platform: str, repeat: int) -> Target:
             populate(m, page.pfn, size >> PAGE_SHIFT)
             vma = mm.mmap(size, addr=BASE_VA)
             dmamap.remap_pfn_range(vma, vma.start, page.pfn, size, dmamap.PgProt.make(m.isa, write=True))
-            arr = ffi.from_buffer("uint64_t[]", pat.arr)
+            arr = u64_array(pat.arr)
             for _ in range(max(repeat, 5)):
                 mm.flush_tlb()   # the host touches a fresh mapping: a cold TLB on both sides
                 t0 = time.perf_counter_ns()
-                call_c(lib.dmamap_touch_list, mm._ptr(), arr, n, 0)
+                cmm.touch_list(mm._ptr(), arr, n, False)
                 dm.append(time.perf_counter_ns() - t0)
                 host.append(host_sample(pat, fd, size, "populate").touch_ns)
             mm.munmap(vma)
@@ -222,7 +224,7 @@ def _fault_loop(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuff
     for _ in range(iters):
         vma = mm.mmap(buf.size)
         dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=FAULT.name)
-        call_c(lib.dmamap_touch, mm._ptr(), vma.start, buf.size >> PAGE_SHIFT, PAGE_SIZE, 0)
+        cmm.touch(mm._ptr(), vma.start, buf.size >> PAGE_SHIFT, PAGE_SIZE, False)
         mm.munmap(vma)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dmamap.testing.pagetable import Leaf, WalkError, register_decoder
+from dmamap.testing.pagetable.decoder import Leaf, WalkError, register_decoder
 
 VALID = 1 << 0
 AP_EL0 = 1 << 6

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dmamap.testing.pagetable import Leaf, WalkError, register_decoder
+from dmamap.testing.pagetable.decoder import Leaf, WalkError, register_decoder
 
 V, R, W, X, U, G, A, D = (1 << i for i in range(8))
 SPECIAL = 1 << 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dmamap.testing.pagetable import Leaf, WalkError, register_decoder
+from dmamap.testing.pagetable.decoder import Leaf, WalkError, register_decoder
 
 P = 1 << 0
 RW = 1 << 1

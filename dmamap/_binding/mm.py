@@ -1,0 +1,258 @@
+"""Bindings of address spaces: lifetime, VMAs, the kernel's PTE primitives,
+walks and CPU accesses (csrc/as.c, mmap.c, memory.c, insert.c, translate.c,
+access.c, tlb.c)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, raise_for
+
+__all__ = [
+    "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
+    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_fault",
+    "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot", "vmf_insert_mixed",
+    "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n", "write_n", "touch",
+    "touch_list", "count_present", "tlb_flush_all",
+]
+
+#: Reads up to this size go through a reused per-thread buffer.
+_SCRATCH_MAX = 16 << 20
+
+
+@dataclass(frozen=True)
+class VmaInfo:
+    start: int
+    end: int
+    flags: int
+    prot: int
+    fault_kind: int
+
+
+@dataclass(frozen=True)
+class Xlate:
+    """``struct dmamap_xlate``: one translation, as the core decodes it."""
+
+    pa: int
+    entry: int
+    entry_pa: int
+    page_size: int
+    cache: int
+    writable: bool
+    user: bool
+    executable: bool
+    special: bool
+    cacheable: bool
+    device: bool
+    region: int
+
+
+# ---- lifetime ----
+
+def as_new(m: Any, kernel: bool) -> Any:
+    err = ffi.new("struct dmamap_err *")
+    p = lib.dmamap_as_new(m, int(kernel), err)
+    if p == NULL:
+        raise_for(err.code, err)
+    return p
+
+
+def as_close(p: Any) -> None:
+    """Tear the mappings down and refuse later calls (idempotent, thread-safe)."""
+    lib.dmamap_as_close(p)
+
+
+def as_closed(p: Any) -> bool:
+    return bool(lib.dmamap_as_closed(p))
+
+
+def as_free(p: Any) -> None:
+    """Free the structure; no call on it may be running or start."""
+    lib.dmamap_as_free(p)
+
+
+def as_root(p: Any) -> int:
+    """CR3 / TTBR0 / satp of the root table."""
+    return int(lib.dmamap_as_root(p))
+
+
+def as_set_fault_handle(p: Any, handle: Any) -> None:
+    """Route Python-handled faults to ``handle``'s object (its ``_fault`` method)."""
+    lib.dmamap_as_set_fault_cb(p, FAULT_CALLBACK, handle)
+
+
+_STATS = ("ptes_written", "ptes_cleared", "faults", "cow_faults", "tlb_hits", "tlb_misses", "tlb_flushes",
+          "table_pages", "pio_traps", "faults_page", "faults_pfn", "faults_huge", "faults_python", "around_ptes",
+          "page_walks")
+
+
+def as_stats(p: Any) -> dict[str, int]:
+    s = ffi.new("struct dmamap_as_stats *")
+    lib.dmamap_as_stats(p, s)
+    return {f: int(getattr(s, f)) for f in _STATS}
+
+
+# ---- VMAs ----
+
+def mmap(p: Any, addr: int, length: int, flags: int, prot: int, align: int) -> tuple[int, int, int]:
+    """Create a VMA; ``(id, start, end)``."""
+    out = ffi.new("int64_t *")
+    call(lib.dmamap_mmap, p, addr, length, flags, prot, align, out)
+    info = vma_info(p, int(out[0]))
+    return int(out[0]), info.start, info.end
+
+
+def munmap(p: Any, vid: int, *, flush_tlb: bool = True) -> None:
+    if flush_tlb:
+        call(lib.dmamap_munmap, p, vid)
+    else:
+        call(lib.dmamap_munmap_flags, p, vid, lib.DMAMAP_MUNMAP_NOFLUSH)
+
+
+def vma_info(p: Any, vid: int) -> VmaInfo:
+    info = ffi.new("struct dmamap_vma_info *")
+    call(lib.dmamap_vma_info, p, vid, info)
+    return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind))
+
+
+def vma_live(p: Any, vid: int) -> bool:
+    """Whether VMA ``vid`` is mapped (False on a closed space, never an error)."""
+    info = ffi.new("struct dmamap_vma_info *")
+    return lib.dmamap_vma_info(p, vid, info, NULL) == 0
+
+
+def vma_find(p: Any, va: int) -> int:
+    """The id of the VMA holding ``va``, or -1."""
+    return int(lib.dmamap_vma_find(p, va))
+
+
+def vma_set_flags(p: Any, vid: int, set_: int, clear: int) -> None:
+    call(lib.dmamap_vma_set_flags, p, vid, set_, clear)
+
+
+def vma_set_prot(p: Any, vid: int, prot: int) -> None:
+    call(lib.dmamap_vma_set_prot, p, vid, prot)
+
+
+def chunks(runs: list[tuple[int, int]]) -> Any:
+    """A ``struct dmamap_chunk[]`` of ``(pfn, npages)`` runs (at least one slot)."""
+    arr = ffi.new("struct dmamap_chunk[]", max(len(runs), 1))
+    for i, (pfn, n) in enumerate(runs):
+        arr[i].pfn, arr[i].npages = pfn, n
+    return arr
+
+
+def vma_set_fault(p: Any, vid: int, kind: int, runs: list[tuple[int, int]] | None = None, first_page: int = 0,
+                  fault_around: int = 0, large: bool = False) -> None:
+    """Install a fault handler kind (``FaultKind``), with the chunk list of a built-in one."""
+    runs = runs or []
+    arr = chunks(runs) if runs else NULL
+    call(lib.dmamap_vma_set_fault, p, vid, kind, arr, len(runs), first_page, fault_around, int(large))
+
+
+def vma_set_pio(p: Any, vid: int, port: int, count: int) -> None:
+    call(lib.dmamap_vma_set_pio, p, vid, port, count)
+
+
+# ---- the kernel's primitives ----
+
+def remap_pfn_range(p: Any, vid: int, addr: int, pfn: int, size: int, prot: int, flags: int) -> None:
+    call(lib.dmamap_remap_pfn_range, p, vid, addr, pfn, size, prot, flags)
+
+
+def remap_pfn_chunks(p: Any, vid: int, addr: int, runs: list[tuple[int, int]], first_page: int, nr_pages: int,
+                     prot: int, flags: int) -> None:
+    call(lib.dmamap_remap_pfn_chunks, p, vid, addr, chunks(runs), len(runs), first_page, nr_pages, prot, flags)
+
+
+def vmf_insert_pfn_prot(p: Any, vid: int, addr: int, pfn: int, prot: int) -> None:
+    call(lib.dmamap_vmf_insert_pfn_prot, p, vid, addr, pfn, prot)
+
+
+def vmf_insert_mixed(p: Any, vid: int, addr: int, pfn: int) -> None:
+    call(lib.dmamap_vmf_insert_mixed, p, vid, addr, pfn)
+
+
+def vm_insert_page(p: Any, vid: int, addr: int, pfn: int) -> None:
+    call(lib.dmamap_vm_insert_page, p, vid, addr, pfn)
+
+
+def zap_vma_ptes(p: Any, vid: int, addr: int, size: int) -> None:
+    call(lib.dmamap_zap_vma_ptes, p, vid, addr, size)
+
+
+def mprotect(p: Any, vid: int, addr: int, size: int, prot: int) -> None:
+    call(lib.dmamap_mprotect, p, vid, addr, size, prot)
+
+
+# ---- walks and accesses ----
+
+def translate(p: Any, va: int) -> Xlate | None:
+    x = ffi.new("struct dmamap_xlate *")
+    if not call(lib.dmamap_translate, p, va, x):
+        return None
+    return Xlate(int(x.pa), int(x.entry), int(x.entry_pa), int(x.page_size), int(x.cache), bool(x.writable),
+                 bool(x.user), bool(x.executable), bool(x.special), bool(x.cacheable), bool(x.device),
+                 int(x.region))
+
+
+def read(p: Any, va: int, n: int) -> bytes:
+    """``n`` bytes as the CPU reads them.  Up to 16 MiB go through a reused
+    per-thread buffer copied out once (a fresh zeroed buffer and a copy would
+    cost two rounds of host page faults per call)."""
+    if n > _SCRATCH_MAX:
+        from dmamap._binding import out_buffer
+
+        buf = out_buffer(n)
+        call(lib.dmamap_access, p, va, ffi.from_buffer(buf), n, 0)
+        return bytes(buf)
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or len(scratch) < n:
+        scratch = ffi.new("uint8_t[]", max(n, 1 << 16))
+    _local.scratch = None   # a callback reading memory re-entrantly gets its own
+    try:
+        call(lib.dmamap_access, p, va, scratch, n, 0)
+        return ffi.buffer(scratch, n)[:]
+    finally:
+        _local.scratch = scratch
+
+
+def write(p: Any, va: int, cdata: Any, n: int) -> None:
+    call(lib.dmamap_access, p, va, cdata, n, 1)
+
+
+# One-register accesses are the hot path of a register-poking driver: no
+# allocation per call (a per-thread value slot) and no generic call() wrapper.
+def read_n(p: Any, va: int, size: int) -> int:
+    v, err = _local.u64, _local.err
+    rc = lib.dmamap_read_n(p, va, size, v, err)
+    if rc < 0 or _local.pending is not None:
+        raise_for(rc if rc < 0 else Err.EHANDLER, err)
+    return int(v[0])
+
+
+def write_n(p: Any, va: int, size: int, value: int) -> None:
+    err = _local.err
+    rc = lib.dmamap_write_n(p, va, size, value, err)
+    if rc < 0 or _local.pending is not None:
+        raise_for(rc if rc < 0 else Err.EHANDLER, err)
+
+
+def touch(p: Any, va: int, count: int, stride: int, write: bool) -> None:
+    call(lib.dmamap_touch, p, va, count, stride, int(write))
+
+
+def touch_list(p: Any, vas: Any, count: int, write: bool) -> None:
+    """Touch the ``uint64_t[]`` list ``vas`` (see ``dmamap._binding.u64_array``)."""
+    call(lib.dmamap_touch_list, p, vas, count, int(write))
+
+
+def count_present(p: Any, va: int, size: int) -> int:
+    out = ffi.new("uint64_t *")
+    call(lib.dmamap_count_present, p, va, size, out)
+    return int(out[0])
+
+
+def tlb_flush_all(p: Any) -> None:
+    lib.dmamap_tlb_flush_all(p)
