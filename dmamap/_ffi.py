@@ -13,9 +13,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from dmamap._core import ffi, lib
+try:
+    from dmamap._core import ffi, lib
+except ImportError as _exc:   # pragma: no cover - exercised in a subprocess by tests/test_import_hint.py
+    _pkg = Path(__file__).resolve().parent
+    if (_pkg.parent / "csrc").is_dir() and (_pkg / "_build.py").is_file():
+        raise ImportError(
+            f"you are importing dmamap from a source tree ({_pkg}) without its compiled core "
+            f"(dmamap._core: {_exc}); run `pip install -e .` in {_pkg.parent} to build it there, or leave the "
+            f"directory to use the installed dmamap", name="dmamap._core") from _exc
+    raise
 from dmamap.errors import CODE_TO_ERROR, DmamapError, HandlerError, InvalidArgumentError, OutOfMemoryError
 
 __all__ = ["ffi", "lib", "call", "stash", "new_err", "raise_for", "in_buffer", "out_buffer", "MAX_HOST_BUFFER"]
