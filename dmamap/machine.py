@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from dmamap.policy import PioMethod
 
 if TYPE_CHECKING:
     from dmamap.backends import Backend
-    from dmamap.device import Device
+    from dmamap.device import BarSpec, Device, PortSpec, ReadFn, WriteFn
 
 __all__ = ["Machine", "Page", "Region", "MachineStats", "KernelAddress", "ISAS"]
 
@@ -79,6 +79,10 @@ class Region:
     @property
     def end(self) -> int:
         return self.base + self.size
+
+    def __repr__(self) -> str:
+        owner = "" if self.owner is None else f", owner={self.owner!r}"
+        return f"Region({self.kind!r}, base={self.base:#x}, size={self.size:#x}{owner})"
 
 
 @dataclass(frozen=True)
@@ -546,11 +550,14 @@ class Machine:
         return MachineStats(*(int(getattr(s, f)) for f in MachineStats.__dataclass_fields__))
 
     # ---- devices and I/O dispatch ----
-    def add_device(self, name: str, **kwargs: Any) -> Device:
-        """Attach a device; see :class:`dmamap.device.Device` for the arguments."""
+    def add_device(self, name: str, *, bars: Sequence[BarSpec] = (), ports: Sequence[PortSpec] = (),
+                   read: ReadFn | None = None, write: WriteFn | None = None) -> Device:
+        """Attach a device with MMIO ``bars`` (sizes or :class:`~dmamap.device.Bar`), I/O ``ports``
+        (``(base, count)`` or :class:`~dmamap.device.PortRange`) and default ``read``/``write``
+        callbacks; see :class:`dmamap.device.Device`."""
         from dmamap.device import Device
 
-        return Device(self, name, **kwargs)
+        return Device(self, name, bars=bars, ports=ports, read=read, write=write)
 
     def remove_device(self, dev: Device | str) -> None:
         from dmamap.device import Device

@@ -52,6 +52,12 @@ class VmFlags(enum.IntFlag):
     VM_DONTDUMP = 0x4000000
     VM_MIXEDMAP = 0x10000000
 
+    def __str__(self) -> str:
+        # Flag names on every Python (3.11's IntFlag prints the bare integer).
+        known = [f for f in type(self) if f in self]
+        rest = int(self) & ~sum(int(f) for f in known)
+        return "|".join([str(f.name) for f in known] + ([f"{rest:#x}"] if rest else [])) or "0"
+
 
 class _FaultResult(enum.IntEnum):
     VM_FAULT_NOPAGE = 1
@@ -193,6 +199,12 @@ class Translation:
     @property
     def pfn(self) -> int:
         return self.pa >> PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        flags = " ".join(f for f in ("cacheable", "writable", "user", "executable", "special", "device")
+                         if getattr(self, f))
+        return (f"Translation(va={self.va:#x}, pa={self.pa:#x}, page_size={self.page_size:#x}, cache={self.cache!r}, "
+                f"flags={flags!r}, entry={self.entry:#018x}, entry_pa={self.entry_pa:#x}, region={self.region!r})")
 
 
 @dataclass(frozen=True)
