@@ -123,4 +123,4 @@ def test_describe_has_the_whole_policy() -> None:
     assert d["kernel attribute"] == d["user attribute"] == "NORMAL_NC"
     assert d["default strategy"] == "prefault" and d["pio"] == "memory-mapped I/O window"
     assert dmamap.get_backend("x86").describe()["bus offset"].startswith("none")
-    assert dmamap.get_backend("sram").describe()["sram pool"] == "16384 KiB"
+    assert dmamap.get_backend("sram").describe()["sram pool"] == "16 MiB"

@@ -157,7 +157,7 @@ class Backend:
             "memtype policy": "conflicting cache types raise (x86 PAT)" if self.strict_memtype
             else "conflicting cache types are reported (mismatched attributes)",
             "pio": PioMethod(self.pio).description,
-            "sram pool": f"{self.default_sram >> 10} KiB" if self.default_sram else "none",
+            "sram pool": _size(self.default_sram) if self.default_sram else "none",
         }
 
     def validate(self) -> None:
@@ -211,6 +211,13 @@ class Backend:
         return (f"<{type(self).__name__} {self.name!r}: {self.isa}, coherent memory "
                 f"{getattr(self.coherent_memory, 'value', self.coherent_memory)}, user {self.user_cache}, "
                 f"default {self.default_strategy}>")
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:#x} bytes"
 
 
 #: Like the buddy allocator behind dma_direct_alloc, coherent RAM is aligned to
