@@ -174,7 +174,9 @@ class _State:
         self.size = 0
         self.closed = False
         self.retired = False
-        self.lock = threading.Lock()
+        # Re-entrant: a garbage collection inside a critical section (any allocation can
+        # start one) may run an AddressSpace finalizer, free_space, on this same thread.
+        self.lock = threading.RLock()
         self.as_ptrs: set[Any] = set()   # C address spaces; never the Python objects
 
     def close_core(self) -> bool:
