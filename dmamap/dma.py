@@ -55,6 +55,9 @@ class DmaBuffer(NamedTuple):
     dma_handle: int
     size: int
 
+    def __repr__(self) -> str:
+        return f"DmaBuffer(cpu_addr={int(self.cpu_addr):#x}, dma_handle={self.dma_handle:#x}, size={self.size:#x})"
+
 
 class SgEntry(NamedTuple):
     """One physically contiguous chunk of a scatter list."""
@@ -66,6 +69,9 @@ class SgEntry(NamedTuple):
     @property
     def length(self) -> int:
         return self.nr_pages << PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        return f"SgEntry(cpu_addr={int(self.cpu_addr):#x}, dma_handle={self.dma_handle:#x}, nr_pages={self.nr_pages})"
 
 
 @dataclass
@@ -87,6 +93,9 @@ class SgTable:
 
     def __getitem__(self, i: int) -> SgEntry:
         return self.entries[i]
+
+    def __repr__(self) -> str:
+        return f"<SgTable {len(self.entries)} entries, {self.nr_pages} pages, device {self.device.name!r}>"
 
     def locate(self, page: int) -> tuple[SgEntry, int]:
         """(chunk, page within chunk) of linear page ``page``."""

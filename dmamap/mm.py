@@ -81,6 +81,12 @@ class Translation:
     def pfn(self) -> int:
         return self.pa >> PAGE_SHIFT
 
+    def __repr__(self) -> str:
+        flags = " ".join(f for f in ("cacheable", "writable", "user", "executable", "special", "device")
+                         if getattr(self, f))
+        return (f"Translation(va={self.va:#x}, pa={self.pa:#x}, page_size={self.page_size:#x}, cache={self.cache!r}, "
+                f"flags={flags!r}, entry={self.entry:#018x}, entry_pa={self.entry_pa:#x}, region={self.region!r})")
+
 
 @dataclass(frozen=True)
 class AsStats:
