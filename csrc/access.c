@@ -28,7 +28,30 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         as->st.page_walks += found != 0;   /* MMU walks that found an entry: a refused access counts none */
         struct vma *v = NULL;
         uint64_t ent = found ? *e : 0;
-        if (found && (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr)) {
+        if (!found) {
+            v = vma_find(as, va);
+            if (!v)
+                return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
+                                   (unsigned long long)va);
+            if (!(v->flags & (is_write ? DMAMAP_VM_WRITE : DMAMAP_VM_READ)))
+                return dmamap_fail(err, DMAMAP_EPROT, va, "%s of %#llx in a VMA without %s permission "
+                                   "(SIGSEGV)", is_write ? "write" : "read", (unsigned long long)va,
+                                   is_write ? "write" : "read");
+            if (v->fault_kind == DMAMAP_FAULT_PIO) {
+                *out = NULL;   /* trapped port I/O: the caller dispatches */
+                return 0;
+            }
+            if (level != 0 || *e || !fault_fast(as, v, va, is_write, e)) {
+                int rc = handle_fault(as, v, va, is_write, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
+            /* the fast fault wrote the PTE: the retried access's walk finds it */
+            ent = *e;
+            as->st.page_walks++;
+        }
+        if (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr) {
             /* Decode only what the TLB entry needs (no entry_pa / region lookups as
              * translate does), and remember it for the next leaf with the same bits. */
             struct dmamap_xlate d;
@@ -41,63 +64,48 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             as->dm_attr = ent & ~as->pa_mask[level];
             as->dm_level = level;
         }
-        if (found && as->dm_valid) {
-            struct {
-                uint64_t pa;
-                int writable, user, cacheable, device;
-            } x = {((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
-                   (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
-                   as->dm_user, as->dm_cacheable, as->dm_device};
-            if (!as->kernel && !x.user)
-                return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
+        if (!as->dm_valid) {   /* non-present but not none: PROT_NONE */
+            v = vma_find(as, va);
+            if (!v)
+                return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
                                    (unsigned long long)va);
-            if (is_write && !x.writable) {
-                v = vma_find(as, va);
-                if (v && (v->flags & DMAMAP_VM_WRITE) && !(v->flags & DMAMAP_VM_SHARED)) {
-                    uint64_t pfn = x.pa >> PAGE_SHIFT;
-                    if (!dmamap_pfn_is_ram(as->m, pfn))
-                        return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault at %#llx on non-RAM "
-                                           "pfn %#llx: SIGBUS, not a copy", (unsigned long long)va,
-                                           (unsigned long long)pfn);
-                    if (level != 0)
-                        return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault on a large page at %#llx",
-                                           (unsigned long long)va);
-                    as->st.faults++;
-                    int rc = cow_page(as, v, va, pfn, 1, err);
-                    if (rc)
-                        return rc;
-                    continue;
-                }
-                return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
-                                   (unsigned long long)va);
-            }
-            t->vpn = vpn;
-            t->pa_page = x.pa & PAGE_MASK;
-            t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
-            t->writable = (uint8_t)x.writable;
-            t->user = (uint8_t)x.user;
-            t->cacheable = (uint8_t)x.cacheable;
-            t->device = (uint8_t)x.device;
-            *out = t;
-            return 0;
-        }
-        v = vma_find(as, va);
-        if (!v)
-            return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
-                               (unsigned long long)va);
-        if (found)   /* non-present but not none: PROT_NONE */
             return dmamap_fail(err, DMAMAP_EPROT, va, "access to PROT_NONE page at %#llx (SIGSEGV)",
                                (unsigned long long)va);
-        if (!(v->flags & (is_write ? DMAMAP_VM_WRITE : DMAMAP_VM_READ)))
-            return dmamap_fail(err, DMAMAP_EPROT, va, "%s of %#llx in a VMA without %s permission (SIGSEGV)",
-                               is_write ? "write" : "read", (unsigned long long)va, is_write ? "write" : "read");
-        if (v->fault_kind == DMAMAP_FAULT_PIO) {
-            *out = NULL;   /* trapped port I/O: the caller dispatches */
-            return 0;
         }
-        int rc = handle_fault(as, v, va, is_write, err);
-        if (rc)
-            return rc;
+        uint64_t pa = ((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
+                      (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1));
+        if (!as->kernel && !as->dm_user)
+            return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
+                               (unsigned long long)va);
+        if (is_write && !as->dm_writable) {
+            v = vma_find(as, va);
+            if (v && (v->flags & DMAMAP_VM_WRITE) && !(v->flags & DMAMAP_VM_SHARED)) {
+                uint64_t pfn = pa >> PAGE_SHIFT;
+                if (!dmamap_pfn_is_ram(as->m, pfn))
+                    return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault at %#llx on non-RAM "
+                                       "pfn %#llx: SIGBUS, not a copy", (unsigned long long)va,
+                                       (unsigned long long)pfn);
+                if (level != 0)
+                    return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault on a large page at %#llx",
+                                       (unsigned long long)va);
+                as->st.faults++;
+                int rc = cow_page(as, v, va, pfn, 1, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
+            return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
+                               (unsigned long long)va);
+        }
+        t->vpn = vpn;
+        t->pa_page = pa & PAGE_MASK;
+        t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        *out = t;
+        return 0;
     }
     return dmamap_fail(err, DMAMAP_ESIGBUS, va, "fault at %#llx did not resolve", (unsigned long long)va);
 }
@@ -283,6 +291,56 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
     return as_unlock(as, rc, err);
 }
 
+/* touch_list prefetches in blocks of PF_BLOCK touches: the leaf entries of
+ * the block two ahead, then the memory of the block one ahead (its entries in
+ * cache by then).  An out-of-order CPU overlaps the misses of independent
+ * accesses; the emulator's path per access is too long for the CPU to see the
+ * next ones, so the misses of a block are started together, up front. */
+#define PF_BLOCK 16
+#define PF_RING (4 * PF_BLOCK)
+
+struct pf_slot {
+    const uint64_t *e;   /* va's entry (NULL: nothing to prefetch) */
+    uint64_t va;
+    int level;
+};
+
+/* Stage 0 for vas[lo, hi): find each leaf entry and prefetch its line.  Reads
+ * tables only through the walk cache and changes nothing the emulator shows. */
+static void pf_entries(dmamap_as *as, const uint64_t *vas, uint64_t lo, uint64_t hi, struct pf_slot *ring)
+{
+    uint64_t sink = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        struct pf_slot *p = &ring[i % PF_RING];
+        uint64_t va = vas[i];
+        p->va = va;
+        p->e = NULL;
+        if (va_ok(as, va, 1) && as->tlb[(va >> PAGE_SHIFT) % TLB_SIZE].vpn != va >> PAGE_SHIFT &&
+            (p->e = dmamap_pt_peek(as, va, 0, &p->level)))
+            sink += *(volatile const uint64_t *)p->e;
+    }
+    (void)sink;
+}
+
+/* Stage 1 for vas[lo, hi): prefetch the RAM each entry maps. */
+static void pf_memory(dmamap_as *as, uint64_t lo, uint64_t hi, const struct pf_slot *ring)
+{
+    dmamap_machine *m = as->m;
+    uint64_t ram_lo = m->ram_base_pfn << PAGE_SHIFT, ram_size = m->ram_pages << PAGE_SHIFT;
+    unsigned sink = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        const struct pf_slot *p = &ring[i % PF_RING];
+        if (!p->e)
+            continue;
+        uint64_t x = *p->e;
+        uint64_t off = ((x & as->pa_mask[p->level]) >> as->pfn_shift << PAGE_SHIFT) +
+                       (p->va & ((1ULL << (PAGE_SHIFT + 9 * p->level)) - 1)) - ram_lo;
+        if (x && off < ram_size)
+            sink += *(volatile const uint8_t *)(m->ram_host + off);
+    }
+    (void)sink;
+}
+
 int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
@@ -290,8 +348,18 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
     if (count && !vas)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL address list");
     int rc = 0;
+    struct pf_slot ring[PF_RING];
     AS_LOCK(as, err, 0);
-    for (uint64_t i = 0; i < count && !rc; i++)
+#define PF_MIN(x) ((x) < count ? (x) : count)
+    pf_entries(as, vas, 0, PF_MIN(2 * PF_BLOCK), ring);
+    pf_memory(as, 0, PF_MIN(PF_BLOCK), ring);
+    for (uint64_t i = 0; i < count && !rc; i++) {
+        if (i % PF_BLOCK == 0 && i + PF_BLOCK < count) {
+            pf_entries(as, vas, PF_MIN(i + 2 * PF_BLOCK), PF_MIN(i + 3 * PF_BLOCK), ring);
+            pf_memory(as, i + PF_BLOCK, PF_MIN(i + 2 * PF_BLOCK), ring);
+        }
         rc = touch_one(as, vas[i], is_write, err);
+    }
+#undef PF_MIN
     return as_unlock(as, rc, err);
 }

@@ -161,6 +161,54 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     return 0;
 }
 
+/* The common lazy fault without the general path's detours: a read (or shared
+ * write) fault in a built-in 4 KiB page or PFN handler's VMA, whose leaf table
+ * exists: slot is va's empty PTE in the walk cache's leaf table.  Returns 1
+ * with the PTE written and everything counted as handle_fault would count it,
+ * or 0 having changed nothing: the general path then takes the fault (and
+ * reports whatever rule it breaks). */
+int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot)
+{
+    int kind = v->fault_kind;
+    if ((kind != DMAMAP_FAULT_PAGE && kind != DMAMAP_FAULT_PFN) || (v->large && kind == DMAMAP_FAULT_PFN) ||
+        (is_write && !(v->flags & DMAMAP_VM_SHARED)) || (v->fault_around > 1 && !is_write) ||
+        (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0])
+        return 0;
+    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page, pfn;
+    if (v->nchunks == 1 && k < v->chunk_start[1])
+        pfn = v->chunks[0].pfn + (k - v->chunk_start[0]);
+    else if ((pfn = chunk_pfn(v, k - v->first_page, NULL)) == ~0ULL)
+        return 0;
+    dmamap_machine *m = as->m;
+    if (kind == DMAMAP_FAULT_PAGE) {
+        struct page_desc *p = dmamap_page(m, pfn);
+        if (!p)
+            return 0;
+        LOCK(&m->lock);   /* page_get's rules: allocated, neither anonymous nor a page table */
+        int ok = p->refcount > 0 && !(p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE));
+        if (ok) {
+            p->mapcount++;
+            p->refcount++;
+        }
+        UNLOCK(&m->lock);
+        if (!ok)
+            return 0;
+        as->st.faults_page++;
+    } else {
+        uint64_t vk = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP), pa = pfn << PAGE_SHIFT;
+        if (!vk || vk == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP) ||
+            v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1 ||
+            v->mt_prot != v->prot || pa < v->mt_lo || pa + PAGE_SIZE > v->mt_hi)
+            return 0;   /* fault_memtype_check's fast case only */
+        as->st.faults_pfn++;
+    }
+    *slot = dmamap_pt_leaf_base(as, v->prot, kind == DMAMAP_FAULT_PFN) | (pfn << as->pfn_shift);
+    table_desc(m, as->wc_pa[0])->table_used++;
+    as->st.ptes_written++;
+    as->st.faults++;
+    return 1;
+}
+
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
     as->st.faults++;

@@ -264,6 +264,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
 void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages);
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
 int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
+const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *level_out);
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
                       struct dmamap_err *err);
 int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err);
@@ -337,6 +338,7 @@ void page_unget(dmamap_as *as, uint64_t pfn);
 int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
+int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
 {

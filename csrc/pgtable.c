@@ -361,6 +361,33 @@ int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_
     return walk_from(as, va, l, table, entry_out, level_out, 1);
 }
 
+/* For prefetching: the slot of va's entry in the lowest table the walk cache
+ * and the tables reach, changing nothing (no cache fill, no counter).  With
+ * load_leaf 0 the level-0 entry itself is not read, so that its line can be
+ * prefetched first.  NULL when the walk meets a corrupt entry. */
+const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *level_out)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t table;
+    int l = (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] ? (table = as->wc_pa[0], 0) : wc_find_up(as, va, 1, &table);
+    for (;; l--) {
+        const uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, l)];
+        uint64_t x;
+        if (l == 0 && !load_leaf) {
+            *level_out = 0;
+            return e;
+        }
+        x = *e;
+        if (l == 0 || !x || !a->is_table(x, l)) {
+            *level_out = l;
+            return e;
+        }
+        table = a->table_pa(x);
+        if (!table_ok(as->m, table))
+            return NULL;
+    }
+}
+
 /* A walk of the tables as they are in memory now, from the root, touching no
  * cache: for translate() and count_present(), which show the memory's truth. */
 int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
