@@ -63,6 +63,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             as->dm_device = a->cache_device[d.cache];
             as->dm_attr = ent & ~as->pa_mask[level];
             as->dm_level = level;
+            as->dm_fast = level == 0 && as->dm_valid && (as->kernel || as->dm_user) ? as->dm_attr : ~0ULL;
         }
         if (!as->dm_valid) {   /* non-present but not none: PROT_NONE */
             v = vma_find(as, va);
@@ -268,7 +269,57 @@ int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct 
     return rw_n(as, va, size, 1, &value, err);
 }
 
-static int touch_one(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
+/* A touch (a byte loaded, and stored back when is_write) that the TLB, or a
+ * walk the walk cache answers with a leaf whose attribute bits were decoded
+ * last time, resolves to memory the CPU reaches directly (RAM or SRAM outside
+ * the cache model): 1 when done, counted as the general path counts it; 0,
+ * having changed nothing, for the general path to take it. */
+static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint64_t va, int is_write)
+{
+    uint64_t vpn = va >> PAGE_SHIFT;
+    struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
+    dmamap_machine *m = as->m;
+    if (t->vpn == vpn) {
+        if (!t->host || (t->cacheable && m->cache) || (is_write && !t->writable))
+            return 0;
+        as->st.tlb_hits++;
+    } else {
+        uint64_t table;
+        if (!va_in(as, va) || !leaf_cached(as, va, &table))
+            return 0;
+        uint64_t ent = dmamap_ram_table(m, table)[pt_index(va, 0)];
+        if ((ent & ~as->pa_mask[0]) != as->dm_fast || (is_write && !as->dm_writable) ||
+            (as->dm_cacheable && m->cache))
+            return 0;
+        uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+        int region;
+        uint8_t *host = dmamap_host_page(m, pa, &region);
+        if (!host)
+            return 0;
+        as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+        as->wc_pa[0] = table;
+        t->vpn = vpn;
+        t->pa_page = pa;
+        t->host = host;
+        t->region = region;
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        as->st.tlb_misses++;
+        as->st.page_walks++;
+    }
+    volatile uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+    uint8_t v = *h;
+    if (is_write) {
+        as->st.tlb_hits++;
+        *h = v;
+    }
+    return 1;
+}
+
+/* A touch by the general path (touch_fast first where the caller loops). */
+static __attribute__((noinline)) int touch_slow(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
 {
     uint64_t v = 0;
     int rc = access_one(as, va, 1, 0, &v, err);
@@ -287,7 +338,8 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
     int rc = 0;
     AS_LOCK(as, err, va);
     for (uint64_t i = 0; i < count && !rc; i++)
-        rc = touch_one(as, va + i * stride, is_write, err);
+        if (!touch_fast(as, va + i * stride, is_write))
+            rc = touch_slow(as, va + i * stride, is_write, err);
     return as_unlock(as, rc, err);
 }
 
@@ -296,7 +348,7 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
  * cache by then).  An out-of-order CPU overlaps the misses of independent
  * accesses; the emulator's path per access is too long for the CPU to see the
  * next ones, so the misses of a block are started together, up front. */
-#define PF_BLOCK 16
+#define PF_BLOCK 32
 #define PF_RING (4 * PF_BLOCK)
 
 struct pf_slot {
@@ -305,29 +357,49 @@ struct pf_slot {
     int level;
 };
 
-/* Stage 0 for vas[lo, hi): find each leaf entry and prefetch its line.  Reads
- * tables only through the walk cache and changes nothing the emulator shows. */
-static void pf_entries(dmamap_as *as, const uint64_t *vas, uint64_t lo, uint64_t hi, struct pf_slot *ring)
+/* Issue the loads of a block back to back, so that their misses are all in
+ * flight together.  A load, not a prefetch hint: hints that miss the host
+ * TLB may be dropped. */
+static inline void pf_load_block(const uint8_t *const *addr, int n)
 {
-    uint64_t sink = 0;
-    for (uint64_t i = lo; i < hi; i++) {
-        struct pf_slot *p = &ring[i % PF_RING];
-        uint64_t va = vas[i];
-        p->va = va;
-        p->e = NULL;
-        if (va_ok(as, va, 1) && as->tlb[(va >> PAGE_SHIFT) % TLB_SIZE].vpn != va >> PAGE_SHIFT &&
-            (p->e = dmamap_pt_peek(as, va, 0, &p->level)))
-            sink += *(volatile const uint64_t *)p->e;
-    }
+    uint8_t sink = 0;
+    for (int k = 0; k < n; k++)
+        sink ^= *(volatile const uint8_t *)addr[k];
     (void)sink;
 }
 
-/* Stage 1 for vas[lo, hi): prefetch the RAM each entry maps. */
+/* Stage 0 for vas[lo, hi): find each leaf entry and load its line.  Reads
+ * tables only through the walk cache and changes nothing the emulator shows. */
+static void pf_entries(dmamap_as *as, const uint64_t *vas, uint64_t lo, uint64_t hi, struct pf_slot *ring)
+{
+    const uint8_t *addr[PF_BLOCK];
+    int n = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        struct pf_slot *p = &ring[i % PF_RING];
+        uint64_t va = vas[i], table;
+        p->va = va;
+        p->e = NULL;
+        if (!va_in(as, va) || as->tlb[(va >> PAGE_SHIFT) % TLB_SIZE].vpn == va >> PAGE_SHIFT)
+            continue;
+        if (leaf_cached(as, va, &table)) {
+            p->e = &dmamap_ram_table(as->m, table)[pt_index(va, 0)];
+            p->level = 0;
+        } else {
+            p->e = dmamap_pt_peek(as, va, 0, &p->level);
+        }
+        if (p->e)
+            addr[n++] = (const uint8_t *)p->e;
+    }
+    pf_load_block(addr, n);
+}
+
+/* Stage 1 for vas[lo, hi): load the RAM each entry maps. */
 static void pf_memory(dmamap_as *as, uint64_t lo, uint64_t hi, const struct pf_slot *ring)
 {
     dmamap_machine *m = as->m;
     uint64_t ram_lo = m->ram_base_pfn << PAGE_SHIFT, ram_size = m->ram_pages << PAGE_SHIFT;
-    unsigned sink = 0;
+    const uint8_t *addr[PF_BLOCK];
+    int n = 0;
     for (uint64_t i = lo; i < hi; i++) {
         const struct pf_slot *p = &ring[i % PF_RING];
         if (!p->e)
@@ -336,9 +408,9 @@ static void pf_memory(dmamap_as *as, uint64_t lo, uint64_t hi, const struct pf_s
         uint64_t off = ((x & as->pa_mask[p->level]) >> as->pfn_shift << PAGE_SHIFT) +
                        (p->va & ((1ULL << (PAGE_SHIFT + 9 * p->level)) - 1)) - ram_lo;
         if (x && off < ram_size)
-            sink += *(volatile const uint8_t *)(m->ram_host + off);
+            addr[n++] = m->ram_host + off;
     }
-    (void)sink;
+    pf_load_block(addr, n);
 }
 
 int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
@@ -351,14 +423,16 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
     struct pf_slot ring[PF_RING];
     AS_LOCK(as, err, 0);
 #define PF_MIN(x) ((x) < count ? (x) : count)
-    pf_entries(as, vas, 0, PF_MIN(2 * PF_BLOCK), ring);
+    pf_entries(as, vas, 0, PF_MIN(PF_BLOCK), ring);
+    pf_entries(as, vas, PF_MIN(PF_BLOCK), PF_MIN(2 * PF_BLOCK), ring);
     pf_memory(as, 0, PF_MIN(PF_BLOCK), ring);
     for (uint64_t i = 0; i < count && !rc; i++) {
         if (i % PF_BLOCK == 0 && i + PF_BLOCK < count) {
             pf_entries(as, vas, PF_MIN(i + 2 * PF_BLOCK), PF_MIN(i + 3 * PF_BLOCK), ring);
             pf_memory(as, i + PF_BLOCK, PF_MIN(i + 2 * PF_BLOCK), ring);
         }
-        rc = touch_one(as, vas[i], is_write, err);
+        if (!touch_fast(as, vas[i], is_write))
+            rc = touch_slow(as, vas[i], is_write, err);
     }
 #undef PF_MIN
     return as_unlock(as, rc, err);

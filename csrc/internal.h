@@ -156,6 +156,9 @@ struct dmamap_machine {
 };
 
 #define TLB_SIZE 512
+#define LEAF_CACHE 512   /* leaf tables the walk cache remembers: 1 GiB of 4 KiB pages */
+#define LC_GEN_SHIFT 44
+#define LC_VA_MASK ((1ULL << LC_GEN_SHIFT) - 1)
 struct tlb_entry {
     uint64_t vpn;        /* va >> 12, ~0 when invalid */
     uint64_t pa_page;
@@ -200,6 +203,11 @@ struct dmamap_as {
      * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
+    /* and behind wc[0], a direct-mapped cache of leaf tables (a PDE cache):
+     * entry (va >> 21) % LEAF_CACHE holds the leaf table of the VAs with
+     * va >> 21 == tag & LC_VA_MASK, valid while tag >> LC_GEN_SHIFT == lc_gen */
+    struct { uint64_t tag, pa; } lc[LEAF_CACHE];
+    uint64_t lc_gen;
     /* Per-ISA constants, so hot paths make no indirect calls: the output-address
      * bits of a leaf at each level, and the software "special" bit.  Both ISAs
      * encode a leaf as (output address | attribute bits). */
@@ -210,6 +218,7 @@ struct dmamap_as {
     /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;
+    uint64_t dm_fast;     /* dm_attr when it decodes to a valid 4 KiB leaf this space may use, else ~0 */
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
     /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
@@ -352,6 +361,27 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
         return m->sram_host + (pa - m->sram_base);
     }
     return dmamap_host_ptr(m, pa, PAGE_SIZE, type);
+}
+
+/* va_ok(as, va, 1) for the hot paths: va inside the address space's VA range. */
+static inline int va_in(const dmamap_as *as, uint64_t va)
+{
+    return va >= as->va_lo && va != ~0ULL && (as->va_hi == ~0ULL || va < as->va_hi);
+}
+
+/* The leaf table covering va when the walk cache holds it (the last one, then
+ * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
+static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
+{
+    uint64_t k = va >> (PAGE_SHIFT + 9);
+    if (k == as->wc_tag[0]) {
+        *table = as->wc_pa[0];
+        return 1;
+    }
+    if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
+        return 0;
+    *table = as->lc[k % LEAF_CACHE].pa;
+    return 1;
 }
 
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */

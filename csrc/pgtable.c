@@ -24,13 +24,19 @@ static int wc_find_up(dmamap_as *as, uint64_t va, int min_level, uint64_t *table
 
 /* The walk cache remembers the last table reached at each level, so a run of
  * entries under one table (4 KiB entries under one 2 MiB region, 2 MiB blocks
- * under one 1 GiB region) does not re-walk from the root.  A table only goes
- * away through drop_table (or free_all), which resets the whole cache. */
+ * under one 1 GiB region) does not re-walk from the root, and up to
+ * LEAF_CACHE leaf tables besides, so that scattered accesses do not either.
+ * A table only goes away through drop_table (or free_all), which resets the
+ * whole cache; resetting the leaf tables is a new generation. */
 void dmamap_pt_cache_reset(dmamap_as *as)
 {
     for (int l = 0; l < MAX_LEVELS; l++) {
         as->wc_tag[l] = ~0ULL;
         as->wc_pa[l] = 0;
+    }
+    if (++as->lc_gen >= 1ULL << (64 - LC_GEN_SHIFT)) {   /* generations wrapped: forget them all */
+        memset(as->lc, 0, sizeof as->lc);
+        as->lc_gen = 1;
     }
 }
 
@@ -38,17 +44,37 @@ static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_
 {
     as->wc_tag[level] = va >> (PAGE_SHIFT + 9 * (uint64_t)(level + 1));
     as->wc_pa[level] = table_pa;
+    if (level == 0) {
+        uint64_t k = va >> (PAGE_SHIFT + 9);
+        as->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+        as->lc[k % LEAF_CACHE].pa = table_pa;
+    }
+}
+
+/* The leaf table covering va from the leaf-table cache; 0 when not cached. */
+static inline int lc_find(const dmamap_as *as, uint64_t va, uint64_t *table)
+{
+    uint64_t k = va >> (PAGE_SHIFT + 9);
+    if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
+        return 0;
+    *table = as->lc[k % LEAF_CACHE].pa;
+    return 1;
 }
 
 static inline int wc_find(dmamap_as *as, uint64_t va, int min_level, uint64_t *table)
 {
-    if (min_level == 0 && (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case */
-        *table = as->wc_pa[0];
-        return 0;
+    if (min_level == 0) {   /* the common case */
+        if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {
+            *table = as->wc_pa[0];
+            return 0;
+        }
+        if (lc_find(as, va, table)) {
+            wc_set(as, 0, va, *table);
+            return 0;
+        }
     }
     return wc_find_up(as, va, min_level ? min_level : 1, table);
 }
-
 
 static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 {
@@ -350,13 +376,15 @@ static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t
  * accesses use.  The cache is flushed with the TLB, as hardware's is. */
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
 {
-    if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case: a cached leaf table */
+    uint64_t table;
+    if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] || lc_find(as, va, &table)) {   /* a cached leaf table */
+        if ((va >> (PAGE_SHIFT + 9)) != as->wc_tag[0])
+            wc_set(as, 0, va, table);
         uint64_t *e = &dmamap_ram_table(as->m, as->wc_pa[0])[pt_index(va, 0)];
         *entry_out = e;
         *level_out = 0;
         return *e != 0;
     }
-    uint64_t table;
     int l = wc_find_up(as, va, 1, &table);
     return walk_from(as, va, l, table, entry_out, level_out, 1);
 }
@@ -369,7 +397,8 @@ const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *l
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t table;
-    int l = (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] ? (table = as->wc_pa[0], 0) : wc_find_up(as, va, 1, &table);
+    int l = (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] ? (table = as->wc_pa[0], 0)
+            : lc_find(as, va, &table) ? 0 : wc_find_up(as, va, 1, &table);
     for (;; l--) {
         const uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, l)];
         uint64_t x;
