@@ -269,35 +269,44 @@ int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct 
     return rw_n(as, va, size, 1, &value, err);
 }
 
-/* A touch (a byte loaded, and stored back when is_write) that the TLB, or a
- * walk the walk cache answers with a leaf whose attribute bits were decoded
- * last time, resolves to memory the CPU reaches directly (RAM or SRAM outside
- * the cache model): 1 when done, counted as the general path counts it; 0,
- * having changed nothing, for the general path to take it. */
-static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint64_t va, int is_write)
+/* Resolve a touch (a byte loaded, and stored back when is_write) that the
+ * TLB, or a walk the walk cache answers with a leaf whose attribute bits were
+ * decoded last time (after the fault path's fast case for a read), reaches
+ * in memory the CPU accesses directly (RAM or SRAM outside the cache model):
+ * the byte's host address, counted as the general path counts the access up
+ * to the load; NULL, having changed nothing, for the general path to take it. */
+static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dmamap_as *as, uint64_t va, int is_write)
 {
     uint64_t vpn = va >> PAGE_SHIFT;
     struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
     dmamap_machine *m = as->m;
     if (t->vpn == vpn) {
         if (!t->host || (t->cacheable && m->cache) || (is_write && !t->writable))
-            return 0;
+            return NULL;
         as->st.tlb_hits++;
     } else {
         uint64_t table;
         if (!va_in(as, va) || !leaf_cached(as, va, &table))
-            return 0;
-        uint64_t ent = dmamap_ram_table(m, table)[pt_index(va, 0)];
+            return NULL;
+        uint64_t *e = &dmamap_ram_table(m, table)[pt_index(va, 0)];
+        uint64_t ent = *e;
+        as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+        as->wc_pa[0] = table;
+        if (!ent && !is_write) {   /* a read fault the fault path's fast case takes */
+            struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
+            if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) ||
+                !fault_fast(as, v, va, 0, e))
+                return NULL;
+            ent = *e;   /* the retried access: if it cannot finish here, the general path walks again */
+        }
         if ((ent & ~as->pa_mask[0]) != as->dm_fast || (is_write && !as->dm_writable) ||
             (as->dm_cacheable && m->cache))
-            return 0;
+            return NULL;
         uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
         int region;
         uint8_t *host = dmamap_host_page(m, pa, &region);
         if (!host)
-            return 0;
-        as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
-        as->wc_pa[0] = table;
+            return NULL;
         t->vpn = vpn;
         t->pa_page = pa;
         t->host = host;
@@ -309,18 +318,28 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint6
         as->st.tlb_misses++;
         as->st.page_walks++;
     }
-    volatile uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+    return t->host + (va & (PAGE_SIZE - 1));
+}
+/* The whole touch, when touch_fast_at resolves it: 1 done, 0 not started. */
+static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint64_t va, int is_write)
+{
+    volatile uint8_t *h = touch_fast_at(as, va, is_write);
+    if (!h)
+        return 0;
     uint8_t v = *h;
-    if (is_write) {
+    if (is_write) {   /* the store's TLB lookup hits the entry just used */
         as->st.tlb_hits++;
         *h = v;
     }
     return 1;
 }
 
+
+
 /* A touch by the general path (touch_fast first where the caller loops). */
 static __attribute__((noinline)) int touch_slow(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
 {
+    fault_rsv_release(as);   /* the general path may call out: no references held ahead */
     uint64_t v = 0;
     int rc = access_one(as, va, 1, 0, &v, err);
     if (!rc && is_write)
@@ -337,9 +356,12 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
                            (unsigned long long)count, (unsigned long long)stride);
     int rc = 0;
     AS_LOCK(as, err, va);
+    as->rsv_batch = 1;
     for (uint64_t i = 0; i < count && !rc; i++)
         if (!touch_fast(as, va + i * stride, is_write))
             rc = touch_slow(as, va + i * stride, is_write, err);
+    as->rsv_batch = 0;
+    fault_rsv_release(as);
     return as_unlock(as, rc, err);
 }
 
@@ -422,6 +444,7 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
     int rc = 0;
     struct pf_slot ring[PF_RING];
     AS_LOCK(as, err, 0);
+    as->rsv_batch = 1;
 #define PF_MIN(x) ((x) < count ? (x) : count)
     pf_entries(as, vas, 0, PF_MIN(PF_BLOCK), ring);
     pf_entries(as, vas, PF_MIN(PF_BLOCK), PF_MIN(2 * PF_BLOCK), ring);
@@ -435,5 +458,7 @@ int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is
             rc = touch_slow(as, vas[i], is_write, err);
     }
 #undef PF_MIN
+    as->rsv_batch = 0;
+    fault_rsv_release(as);
     return as_unlock(as, rc, err);
 }

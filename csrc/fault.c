@@ -161,6 +161,76 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     return 0;
 }
 
+/* Page references taken ahead (touch loops only, as->rsv_batch): the first
+ * fast page fault of a run takes, under one hold of the machine lock, the
+ * reference and map count of its page and of up to RSV_MAX - 1 pages that
+ * follow it in the chunk, which the next faults of the run most likely map;
+ * a fault on a reserved page then takes no lock.  What the run did not use is
+ * given back before anything else can run on this address space: before the
+ * general fault path (which may call out) and when the touch call returns. */
+#define RSV_MAX 64
+
+static void rsv_drop_locked(dmamap_as *as)
+{
+    for (uint64_t mask = as->rsv_mask; mask; mask &= mask - 1) {
+        struct page_desc *p = &as->m->pages[as->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn];
+        p->mapcount--;
+        p->refcount--;
+    }
+    as->rsv_mask = 0;
+}
+
+void fault_rsv_release(dmamap_as *as)
+{
+    if (!as->rsv_mask)
+        return;
+    LOCK(&as->m->lock);
+    rsv_drop_locked(as);
+    UNLOCK(&as->m->lock);
+}
+
+/* page_get's rules: allocated, neither anonymous nor a page table (machine lock held). */
+static inline int page_mappable(const struct page_desc *p)
+{
+    return p->refcount > 0 && !(p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE));
+}
+
+/* Take the reference and map count a PTE of pfn holds (run: pages of the chunk
+ * from pfn on, for references taken ahead).  0 when pfn may not be mapped. */
+static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
+{
+    dmamap_machine *m = as->m;
+    uint64_t bit = pfn - as->rsv_pfn;
+    if (bit < RSV_MAX && (as->rsv_mask >> bit & 1)) {   /* taken ahead */
+        as->rsv_mask &= ~(1ULL << bit);
+        return 1;
+    }
+    if (!dmamap_pfn_is_ram(m, pfn))
+        return 0;
+    LOCK(&m->lock);
+    rsv_drop_locked(as);
+    struct page_desc *p = &m->pages[pfn - m->ram_base_pfn];
+    int ok = page_mappable(p);
+    if (ok) {
+        p->mapcount++;
+        p->refcount++;
+        if (as->rsv_batch) {
+            uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
+            if (m->ram_base_pfn + m->ram_pages - pfn < n)
+                n = m->ram_base_pfn + m->ram_pages - pfn;
+            for (uint64_t j = 1; j < n && page_mappable(&p[j]); j++) {
+                p[j].mapcount++;
+                p[j].refcount++;
+                mask |= 1ULL << j;
+            }
+            as->rsv_pfn = pfn;
+            as->rsv_mask = mask;
+        }
+    }
+    UNLOCK(&m->lock);
+    return ok;
+}
+
 /* The common lazy fault without the general path's detours: a read (or shared
  * write) fault in a built-in 4 KiB page or PFN handler's VMA, whose leaf table
  * exists: slot is va's empty PTE in the walk cache's leaf table.  Returns 1
@@ -174,24 +244,16 @@ int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t
         (is_write && !(v->flags & DMAMAP_VM_SHARED)) || (v->fault_around > 1 && !is_write) ||
         (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0])
         return 0;
-    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page, pfn;
-    if (v->nchunks == 1 && k < v->chunk_start[1])
+    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page, pfn, run;
+    if (v->nchunks == 1 && k < v->chunk_start[1]) {
         pfn = v->chunks[0].pfn + (k - v->chunk_start[0]);
-    else if ((pfn = chunk_pfn(v, k - v->first_page, NULL)) == ~0ULL)
+        run = v->chunk_start[1] - k;
+    } else if ((pfn = chunk_pfn(v, k - v->first_page, &run)) == ~0ULL) {
         return 0;
+    }
     dmamap_machine *m = as->m;
     if (kind == DMAMAP_FAULT_PAGE) {
-        struct page_desc *p = dmamap_page(m, pfn);
-        if (!p)
-            return 0;
-        LOCK(&m->lock);   /* page_get's rules: allocated, neither anonymous nor a page table */
-        int ok = p->refcount > 0 && !(p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE));
-        if (ok) {
-            p->mapcount++;
-            p->refcount++;
-        }
-        UNLOCK(&m->lock);
-        if (!ok)
+        if (!fast_page_ref(as, pfn, run))
             return 0;
         as->st.faults_page++;
     } else {
@@ -202,7 +264,10 @@ int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t
             return 0;   /* fault_memtype_check's fast case only */
         as->st.faults_pfn++;
     }
-    *slot = dmamap_pt_leaf_base(as, v->prot, kind == DMAMAP_FAULT_PFN) | (pfn << as->pfn_shift);
+    uint64_t prot = kind == DMAMAP_FAULT_PFN ? v->prot | as->special_bit : v->prot;
+    uint64_t base = as->lf_ok && as->lf_prot == prot ? as->lf_base
+                    : dmamap_pt_leaf_base(as, v->prot, kind == DMAMAP_FAULT_PFN);
+    *slot = base | (pfn << as->pfn_shift);
     table_desc(m, as->wc_pa[0])->table_used++;
     as->st.ptes_written++;
     as->st.faults++;
@@ -211,6 +276,7 @@ int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t
 
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
+    fault_rsv_release(as);   /* the general path may call out: no references held ahead */
     as->st.faults++;
     as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
     as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;

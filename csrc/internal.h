@@ -221,6 +221,10 @@ struct dmamap_as {
     uint64_t dm_fast;     /* dm_attr when it decodes to a valid 4 KiB leaf this space may use, else ~0 */
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
+    /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
+     * fault path while rsv_batch (a touch loop) is set: see fault.c */
+    uint64_t rsv_pfn, rsv_mask;
+    int rsv_batch;
     /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;
@@ -348,6 +352,7 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
 int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
+void fault_rsv_release(dmamap_as *as);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
 {
