@@ -336,6 +336,85 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint6
 
 
 
+/* A run of read touches va + i * stride (i < n, stride a page multiple) that
+ * are all faults the fast case takes, in one leaf table, VMA and chunk run:
+ * each faults (PTE written, reference taken), fills its TLB entry and loads
+ * its byte, in order, as touch_fast would one by one, with the checks that
+ * hold for the whole run made once.  Returns the touches done; it stops
+ * (0: none) where the next touch is anything else, which touch_fast or the
+ * general path then takes. */
+#define RUN_AHEAD 4   /* touches a run prefetches ahead */
+static uint64_t touch_fault_run(dmamap_as *as, uint64_t va, uint64_t stride, uint64_t n)
+{
+    dmamap_machine *m = as->m;
+    uint64_t vpn = va >> PAGE_SHIFT, table, run;
+    if (!stride || (stride & (PAGE_SIZE - 1)) || as->tlb[vpn % TLB_SIZE].vpn == vpn || !va_in(as, va) ||
+        !leaf_cached(as, va, &table))
+        return 0;
+    uint64_t *tbl = dmamap_ram_table(m, table);
+    uint64_t idx = (uint64_t)pt_index(va, 0), step = stride >> PAGE_SHIFT;
+    if (tbl[idx])
+        return 0;
+    struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
+    if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) || !fault_fast_vma(v, 0))
+        return 0;
+    uint64_t pfn = fault_fast_pfn(v, va, &run);
+    uint64_t base = fault_fast_leaf(as, v);
+    if (pfn == ~0ULL || (base & ~as->pa_mask[0]) != as->dm_fast || (as->dm_cacheable && m->cache))
+        return 0;   /* (an attribute not decoded yet: the single fault decodes it) */
+    /* how far the run may go: this leaf table, the VMA, the chunk run, the touches */
+    uint64_t cnt = (ENTRIES - idx + step - 1) / step, lim = (v->end - va + stride - 1) / stride;
+    cnt = cnt < lim ? cnt : lim;
+    lim = (run + step - 1) / step;
+    cnt = cnt < lim ? cnt : lim;
+    cnt = cnt < n ? cnt : n;
+    uint64_t pa = pfn << PAGE_SHIFT, last = pa + (cnt - 1) * stride;
+    int region;
+    uint8_t *host = dmamap_host_page(m, pa, &region);
+    if (!host || (region == DMAMAP_MEM_RAM ? last - (m->ram_base_pfn << PAGE_SHIFT) >= m->ram_pages << PAGE_SHIFT
+                  : region != DMAMAP_MEM_SRAM || last - m->sram_base >= m->sram_size))
+        return 0;   /* not all in the one RAM or SRAM region the fast lookups know */
+    as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+    as->wc_pa[0] = table;
+    uint64_t off = va & (PAGE_SIZE - 1), i;
+    int page = v->fault_kind == DMAMAP_FAULT_PAGE;
+    /* a PFN handler's run: fault_memtype_check's fast case, its range checked once */
+    int mt_ok = v->mt_prot == v->prot && pa >= v->mt_lo && last + PAGE_SIZE <= v->mt_hi && last >= pa;
+    uint8_t sink = 0;
+    for (i = 0; i < cnt; i++) {
+        uint64_t *e = &tbl[idx + i * step], p = pfn + i * step;
+        if (*e)
+            break;
+        if (page ? !rsv_take(as, p) && !fault_fast_take(as, v, p, run - i * step)
+                 : !mt_ok || v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1)
+            break;
+        *e = base | (p << as->pfn_shift);
+        struct tlb_entry *t = &as->tlb[(vpn + i * step) % TLB_SIZE];
+        t->vpn = vpn + i * step;
+        t->pa_page = pa + i * stride;
+        t->host = host + i * stride;
+        t->region = region;
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        if (i + RUN_AHEAD < cnt)
+            __builtin_prefetch(host + (i + RUN_AHEAD) * stride + off);
+        sink ^= *(volatile const uint8_t *)(t->host + off);
+    }
+    (void)sink;
+    table_desc(m, table)->table_used += (uint32_t)i;
+    as->st.ptes_written += i;
+    as->st.faults += i;
+    if (page)
+        as->st.faults_page += i;
+    else
+        as->st.faults_pfn += i;
+    as->st.tlb_misses += i;
+    as->st.page_walks += i;   /* each retried access's walk finds its PTE */
+    return i;
+}
+
 /* A touch by the general path (touch_fast first where the caller loops). */
 static __attribute__((noinline)) int touch_slow(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
 {
@@ -357,9 +436,16 @@ int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, in
     int rc = 0;
     AS_LOCK(as, err, va);
     as->rsv_batch = 1;
-    for (uint64_t i = 0; i < count && !rc; i++)
-        if (!touch_fast(as, va + i * stride, is_write))
-            rc = touch_slow(as, va + i * stride, is_write, err);
+    for (uint64_t i = 0; i < count && !rc;) {
+        uint64_t a = va + i * stride, done = is_write ? 0 : touch_fault_run(as, a, stride, count - i);
+        if (done) {
+            i += done;
+            continue;
+        }
+        if (!touch_fast(as, a, is_write))
+            rc = touch_slow(as, a, is_write, err);
+        i++;
+    }
     as->rsv_batch = 0;
     fault_rsv_release(as);
     return as_unlock(as, rc, err);

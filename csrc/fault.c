@@ -168,8 +168,6 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
  * a fault on a reserved page then takes no lock.  What the run did not use is
  * given back before anything else can run on this address space: before the
  * general fault path (which may call out) and when the touch call returns. */
-#define RSV_MAX 64
-
 static void rsv_drop_locked(dmamap_as *as)
 {
     for (uint64_t mask = as->rsv_mask; mask; mask &= mask - 1) {
@@ -200,11 +198,8 @@ static inline int page_mappable(const struct page_desc *p)
 static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
 {
     dmamap_machine *m = as->m;
-    uint64_t bit = pfn - as->rsv_pfn;
-    if (bit < RSV_MAX && (as->rsv_mask >> bit & 1)) {   /* taken ahead */
-        as->rsv_mask &= ~(1ULL << bit);
+    if (rsv_take(as, pfn))
         return 1;
-    }
     if (!dmamap_pfn_is_ram(m, pfn))
         return 0;
     LOCK(&m->lock);
@@ -231,46 +226,67 @@ static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
     return ok;
 }
 
-/* The common lazy fault without the general path's detours: a read (or shared
- * write) fault in a built-in 4 KiB page or PFN handler's VMA, whose leaf table
- * exists: slot is va's empty PTE in the walk cache's leaf table.  Returns 1
- * with the PTE written and everything counted as handle_fault would count it,
- * or 0 having changed nothing: the general path then takes the fault (and
- * reports whatever rule it breaks). */
-int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot)
+/* Whether VMA v's faults may take the fast case: a built-in 4 KiB page or
+ * PFN handler, a read (or a shared write), no fault-around or huge fault. */
+int fault_fast_vma(const struct vma *v, int is_write)
 {
     int kind = v->fault_kind;
-    if ((kind != DMAMAP_FAULT_PAGE && kind != DMAMAP_FAULT_PFN) || (v->large && kind == DMAMAP_FAULT_PFN) ||
-        (is_write && !(v->flags & DMAMAP_VM_SHARED)) || (v->fault_around > 1 && !is_write) ||
-        (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0])
-        return 0;
-    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page, pfn, run;
+    return (kind == DMAMAP_FAULT_PAGE || kind == DMAMAP_FAULT_PFN) && !(v->large && kind == DMAMAP_FAULT_PFN) &&
+           !(is_write && !(v->flags & DMAMAP_VM_SHARED)) && !(v->fault_around > 1 && !is_write) &&
+           (kind == DMAMAP_FAULT_PAGE ||
+            (v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == DMAMAP_VM_PFNMAP ||
+            (v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == DMAMAP_VM_MIXEDMAP);
+}
+
+/* The pfn behind va in v and the pages of its chunk from there (*run), or ~0. */
+uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run)
+{
+    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page;
     if (v->nchunks == 1 && k < v->chunk_start[1]) {
-        pfn = v->chunks[0].pfn + (k - v->chunk_start[0]);
-        run = v->chunk_start[1] - k;
-    } else if ((pfn = chunk_pfn(v, k - v->first_page, &run)) == ~0ULL) {
+        *run = v->chunk_start[1] - k;
+        return v->chunks[0].pfn + (k - v->chunk_start[0]);
+    }
+    return chunk_pfn(v, k - v->first_page, run);
+}
+
+/* What a fast fault of pfn needs before its PTE is written: the page
+ * reference (page handler) or a memtype range already found free of
+ * conflicts (PFN handler, fault_memtype_check's fast case).  0: take the
+ * general path (nothing changed). */
+int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run)
+{
+    if (v->fault_kind == DMAMAP_FAULT_PAGE)
+        return fast_page_ref(as, pfn, run);
+    uint64_t pa = pfn << PAGE_SHIFT;
+    return v->mt_gen == atomic_load_explicit(&as->m->memtype_gen, memory_order_acquire) + 1 &&
+           v->mt_prot == v->prot && pa >= v->mt_lo && pa + PAGE_SIZE <= v->mt_hi;
+}
+
+/* The 4 KiB leaf of pfn 0 a fault in v writes (special for PFN handlers). */
+uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v)
+{
+    int special = v->fault_kind == DMAMAP_FAULT_PFN;
+    uint64_t prot = special ? v->prot | as->special_bit : v->prot;
+    return as->lf_ok && as->lf_prot == prot ? as->lf_base : dmamap_pt_leaf_base(as, v->prot, special);
+}
+
+/* The common lazy fault without the general path's detours: a fault
+ * fault_fast_vma allows, whose leaf table exists: slot is va's empty PTE in
+ * the walk cache's leaf table.  Returns 1 with the PTE written and everything
+ * counted as handle_fault would count it, or 0 having changed nothing: the
+ * general path then takes the fault (and reports whatever rule it breaks). */
+int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot)
+{
+    uint64_t run, pfn;
+    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0] ||
+        (pfn = fault_fast_pfn(v, va, &run)) == ~0ULL || !fault_fast_take(as, v, pfn, run))
         return 0;
-    }
-    dmamap_machine *m = as->m;
-    if (kind == DMAMAP_FAULT_PAGE) {
-        if (!fast_page_ref(as, pfn, run))
-            return 0;
-        as->st.faults_page++;
-    } else {
-        uint64_t vk = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP), pa = pfn << PAGE_SHIFT;
-        if (!vk || vk == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP) ||
-            v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1 ||
-            v->mt_prot != v->prot || pa < v->mt_lo || pa + PAGE_SIZE > v->mt_hi)
-            return 0;   /* fault_memtype_check's fast case only */
-        as->st.faults_pfn++;
-    }
-    uint64_t prot = kind == DMAMAP_FAULT_PFN ? v->prot | as->special_bit : v->prot;
-    uint64_t base = as->lf_ok && as->lf_prot == prot ? as->lf_base
-                    : dmamap_pt_leaf_base(as, v->prot, kind == DMAMAP_FAULT_PFN);
-    *slot = base | (pfn << as->pfn_shift);
-    table_desc(m, as->wc_pa[0])->table_used++;
+    *slot = fault_fast_leaf(as, v) | (pfn << as->pfn_shift);
+    table_desc(as->m, as->wc_pa[0])->table_used++;
     as->st.ptes_written++;
     as->st.faults++;
+    as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
+    as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;
     return 1;
 }
 

@@ -352,6 +352,10 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
 int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
+int fault_fast_vma(const struct vma *v, int is_write);
+uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run);
+int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run);
+uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v);
 void fault_rsv_release(dmamap_as *as);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
@@ -366,6 +370,18 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
         return m->sram_host + (pa - m->sram_base);
     }
     return dmamap_host_ptr(m, pa, PAGE_SIZE, type);
+}
+
+/* Page references taken ahead by the fault path (fault.c): use the one of
+ * pfn if there is one. */
+#define RSV_MAX 64
+static inline int rsv_take(dmamap_as *as, uint64_t pfn)
+{
+    uint64_t bit = pfn - as->rsv_pfn;
+    if (bit >= RSV_MAX || !(as->rsv_mask >> bit & 1))
+        return 0;
+    as->rsv_mask &= ~(1ULL << bit);
+    return 1;
 }
 
 /* va_ok(as, va, 1) for the hot paths: va inside the address space's VA range. */
