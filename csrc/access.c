@@ -343,7 +343,6 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint6
  * hold for the whole run made once.  Returns the touches done; it stops
  * (0: none) where the next touch is anything else, which touch_fast or the
  * general path then takes. */
-#define RUN_AHEAD 4   /* touches a run prefetches ahead */
 static uint64_t touch_fault_run(dmamap_as *as, uint64_t va, uint64_t stride, uint64_t n)
 {
     dmamap_machine *m = as->m;
@@ -383,13 +382,13 @@ static uint64_t touch_fault_run(dmamap_as *as, uint64_t va, uint64_t stride, uin
     uint8_t sink = 0;
     for (i = 0; i < cnt; i++) {
         uint64_t *e = &tbl[idx + i * step], p = pfn + i * step;
-        if (*e)
+        struct tlb_entry *t = &as->tlb[(vpn + i * step) % TLB_SIZE];
+        if (*e || t->vpn == vpn + i * step)   /* mapped, or a stale TLB entry the touch would hit */
             break;
         if (page ? !rsv_take(as, p) && !fault_fast_take(as, v, p, run - i * step)
                  : !mt_ok || v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1)
             break;
         *e = base | (p << as->pfn_shift);
-        struct tlb_entry *t = &as->tlb[(vpn + i * step) % TLB_SIZE];
         t->vpn = vpn + i * step;
         t->pa_page = pa + i * stride;
         t->host = host + i * stride;
@@ -398,8 +397,6 @@ static uint64_t touch_fault_run(dmamap_as *as, uint64_t va, uint64_t stride, uin
         t->user = as->dm_user;
         t->cacheable = as->dm_cacheable;
         t->device = as->dm_device;
-        if (i + RUN_AHEAD < cnt)
-            __builtin_prefetch(host + (i + RUN_AHEAD) * stride + off);
         sink ^= *(volatile const uint8_t *)(t->host + off);
     }
     (void)sink;
