@@ -51,27 +51,11 @@ static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_
     }
 }
 
-/* The leaf table covering va from the leaf-table cache; 0 when not cached. */
-static inline int lc_find(const dmamap_as *as, uint64_t va, uint64_t *table)
-{
-    uint64_t k = va >> (PAGE_SHIFT + 9);
-    if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
-        return 0;
-    *table = as->lc[k % LEAF_CACHE].pa;
-    return 1;
-}
-
 static inline int wc_find(dmamap_as *as, uint64_t va, int min_level, uint64_t *table)
 {
-    if (min_level == 0) {   /* the common case */
-        if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {
-            *table = as->wc_pa[0];
-            return 0;
-        }
-        if (lc_find(as, va, table)) {
-            wc_set(as, 0, va, *table);
-            return 0;
-        }
+    if (min_level == 0 && leaf_cached(as, va, table)) {   /* the common case */
+        wc_set(as, 0, va, *table);
+        return 0;
     }
     return wc_find_up(as, va, min_level ? min_level : 1, table);
 }
@@ -377,10 +361,9 @@ static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
 {
     uint64_t table;
-    if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] || lc_find(as, va, &table)) {   /* a cached leaf table */
-        if ((va >> (PAGE_SHIFT + 9)) != as->wc_tag[0])
-            wc_set(as, 0, va, table);
-        uint64_t *e = &dmamap_ram_table(as->m, as->wc_pa[0])[pt_index(va, 0)];
+    if (leaf_cached(as, va, &table)) {   /* the common case: a cached leaf table */
+        wc_set(as, 0, va, table);
+        uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, 0)];
         *entry_out = e;
         *level_out = 0;
         return *e != 0;
@@ -397,8 +380,7 @@ const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *l
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t table;
-    int l = (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0] ? (table = as->wc_pa[0], 0)
-            : lc_find(as, va, &table) ? 0 : wc_find_up(as, va, 1, &table);
+    int l = leaf_cached(as, va, &table) ? 0 : wc_find_up(as, va, 1, &table);
     for (;; l--) {
         const uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, l)];
         uint64_t x;
