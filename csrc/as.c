@@ -39,6 +39,7 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->va_lo = as->kernel ? m->arch->kern_lo : m->arch->user_lo;
     as->va_hi = as->kernel ? m->arch->kern_hi : m->arch->user_hi;
     as->dm_level = -1;
+    as->dm_fast = ~0ULL;
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
