@@ -207,11 +207,13 @@ def _window(chunks: list[tuple[int, int]], first_page: int, nr_pages: int) -> li
 
 
 def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int, prot: PgProt,
-                strategy: str, is_ram: bool) -> None:
+                strategy: str, is_ram: bool, old_prot: PgProt | None = None) -> None:
     """Map nr_pages of the chunk list, from first_page, at vma.start; on failure
-    nothing stays mapped and the VMA's protection is restored."""
+    nothing stays mapped and the VMA's protection (``old_prot``, read if not
+    given) is restored."""
     window = _window(chunks, first_page, nr_pages)
-    old_prot = vma.page_prot
+    if old_prot is None:
+        old_prot = vma.page_prot
     vma.page_prot = prot
     rec = STRATEGIES[strategy]
     try:
@@ -261,10 +263,11 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
         if vma.machine is not dev.machine:
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
-        prot = be.dma_pgprot(dev, vma.page_prot)
+        old_prot = vma.page_prot
+        prot = be.dma_pgprot(dev, old_prot)
         chunks = [(rec.alloc.pfn, npages)]
         if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
-            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
+            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
         _track_mapping(dev, [rec], vma)
 
 
