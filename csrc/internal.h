@@ -351,6 +351,9 @@ void page_unget(dmamap_as *as, uint64_t pfn);
 int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
+
+/* access.c */
+int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err);
 int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
 int fault_fast_vma(const struct vma *v, int is_write);
 uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run);
