@@ -39,7 +39,8 @@ enum {
     DMAMAP_ENOVMA = -16,         /* stale or unknown VMA id */
     DMAMAP_ECLOSED = -17,        /* machine or address space already closed */
     DMAMAP_EIO = -18,            /* access to an unclaimed MMIO / port address */
-    DMAMAP_ERANGE = -19          /* address range outside the VMA / address space */
+    DMAMAP_ERANGE = -19,         /* address range outside the VMA / address space */
+    DMAMAP_EIOFAULT = -20        /* access past the ports a port mapping reaches (#GP / abort) */
 };
 
 /* Instruction sets built in (arch/arches.h); run-time variants get ids from
@@ -139,6 +140,7 @@ struct dmamap_machine_stats {
     uint64_t mmio_accesses;
     uint64_t port_accesses;
     uint64_t cache_lines_maintained;  /* lines covered by clean/invalidate/flush ranges (one DC op each) */
+    uint64_t port_master_aborts;      /* port accesses no device claimed: reads all-ones, writes dropped */
 };
 
 struct dmamap_as_stats {
@@ -182,6 +184,7 @@ struct dmamap_vma_info {
     uint64_t page_prot;
     int fault_kind;
     int live;
+    uint64_t pgoff;   /* vm_pgoff, in pages */
 };
 
 /* A contiguous run of page frames, for scatter-gather VMAs. */
@@ -329,9 +332,14 @@ int dmamap_munmap(dmamap_as *as, int64_t id, struct dmamap_err *err);
  * that forgets the flush. */
 enum { DMAMAP_MUNMAP_NOFLUSH = 1 };
 int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err *err);
+/* Split VMA id at addr (mm/mmap.c __split_vma): id keeps [start, addr), *new_id
+ * gets [addr, end) with vm_pgoff, handler and reservations carried over. */
+int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, struct dmamap_err *err);
 int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err);
 int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err);
 int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_err *err);
+/* vma->vm_pgoff (mmap's offset in pages; drivers may rewrite it). */
+int dmamap_vma_set_pgoff(dmamap_as *as, int64_t id, uint64_t pgoff, struct dmamap_err *err);
 int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks,
                          int nchunks, uint64_t first_page, uint64_t fault_around, int large,
                          struct dmamap_err *err);

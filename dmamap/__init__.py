@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from dmamap.chardev import DeviceFile
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
     STRATEGIES,
@@ -53,6 +54,7 @@ from dmamap.mm import (
     zap_vma_ptes,
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
+from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
 
 try:
     __version__ = version("dmamap")
@@ -96,6 +98,6 @@ __all__ = [
     "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection", "pgprot_noncached",
     "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached", "virt_to_page", "virt_to_phys",
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
-    "unregister_backend", "registry",
+    "unregister_backend", "registry", "set_memory_uc", "set_memory_wc", "set_memory_wb", "DeviceFile",
 ]
 __all__ += _error_names

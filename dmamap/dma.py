@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from dmamap.errors import (
     DmaFreeError,
     InvalidArgumentError,
     MachineClosedError,
+    MmapError,
     OutOfMemoryError,
     StrategyError,
     VmaNotMappedError,
@@ -221,39 +223,69 @@ def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pag
         raise
 
 
-def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
+def _check_vma_live(vma: Vma, what: str) -> None:
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if not vma.live:
         vma.mm._check_open()   # a closed address space or machine says so
         raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start)
+
+
+def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
+    _check_vma_live(vma, what)
     if vma.nr_pages > nr_pages:
-        raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
-                                   f"available from the offset (-ENXIO)", vma.start)
+        raise MmapError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
+                        f"available from the offset (-ENXIO)", vma.start)
 
 
-def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *, offset: int = 0,
-                      strategy: str | None = None) -> None:
-    """Map a coherent buffer (from byte ``offset``, page-aligned) into ``vma``
-    with the platform's attribute and mapping strategy."""
+class _Unset:
+    """The deprecated ``offset=`` keyword was not given (None is a bad offset)."""
+
+
+_UNSET = _Unset()
+
+
+def _first_page(vma: Vma, offset: int | _Unset, unit: int, what: str) -> int:
+    """The object page a helper maps at vma.start: vma.vm_pgoff, as the kernel's
+    dma_mmap_attrs, or the deprecated ``offset=`` (``unit`` bytes each)."""
+    if isinstance(offset, _Unset):
+        return vma.vm_pgoff
+    warnings.warn(f"{what}(offset=) is deprecated: set the VMA's vm_pgoff (mm.mmap(offset=...)) instead",
+                  DeprecationWarning, stacklevel=3)
+    offset = u64("offset", offset)
+    if unit > 1 and offset % unit:
+        raise InvalidArgumentError(f"{what}: offset {offset:#x} is not page-aligned", vma.start)
+    return offset // unit
+
+
+def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
+                      offset: int | _Unset = _UNSET, strategy: str | None = None) -> None:
+    """Map a coherent buffer into ``vma`` from its page ``vma.vm_pgoff``
+    (dma_mmap_attrs / dma_direct_mmap), with the platform's attribute and
+    mapping strategy.  ``size`` may be smaller than the allocation (ALSA passes
+    runtime->dma_bytes): only its pages may be mapped, and a VMA past them
+    raises MmapError (-ENXIO).  ``offset`` (bytes, page-aligned) is deprecated:
+    when given it replaces vm_pgoff."""
     dev = _device(dev)
     be = _backend(dev)
-    offset = u64("offset", offset)
-    if offset % PAGE_SIZE:
-        raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is not page-aligned")
+    size = _size(size)
     with dev.dma_debug.lock:
-        rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, _size(size))
-        npages = rec.alloc.npages
-        first = offset >> PAGE_SHIFT
-        if first >= npages:
-            raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is past the buffer's "
-                                       f"{size:#x} bytes (-ENXIO)", vma.start if isinstance(vma, Vma) else 0)
-        _check_vma_room(vma, npages - first, "dma_mmap_coherent")
+        rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, None)
+        _check_vma_live(vma, "dma_mmap_coherent")
+        if size > rec.size:
+            raise MmapError(f"dma_mmap_coherent: size {size:#x} is larger than the {rec.size:#x} bytes "
+                            f"allocated at cpu_addr {int(cpu_addr):#x}", vma.start)
+        count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        first = _first_page(vma, offset, PAGE_SIZE, "dma_mmap_coherent")
+        if first >= count:
+            raise MmapError(f"dma_mmap_coherent: page offset {first} is past the buffer's {count} pages "
+                            f"(-ENXIO)", vma.start)
+        _check_vma_room(vma, count - first, "dma_mmap_coherent")
         if vma.machine is not dev.machine:
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
         prot = be.dma_pgprot(dev, vma.page_prot)
-        chunks = [(rec.alloc.pfn, npages)]
+        chunks = [(rec.alloc.pfn, rec.alloc.npages)]
         if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
             _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
         _track_mapping(dev, [rec], vma)
@@ -343,31 +375,36 @@ def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
             dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
 
 
-def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int = 0, nr_pages: int | None = None,
-                         strategy: str | None = None) -> None:
-    """Map pages [offset, offset+nr_pages) of a scatter list as one linear range
-    at ``vma.start``; offsets are in pages and may fall inside any chunk."""
+def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int | _Unset = _UNSET,
+                         nr_pages: int | None = None, strategy: str | None = None) -> None:
+    """Map pages [vma.vm_pgoff, vma.vm_pgoff + nr_pages) of a scatter list as
+    one linear range at ``vma.start`` (the offset may fall inside any chunk);
+    ``nr_pages`` defaults to what fits.  ``offset`` (pages) is deprecated: when
+    given it replaces vm_pgoff."""
     dev = _device(dev)
     be = _backend(dev)
     if not isinstance(sglist, SgTable):
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    offset = u64("offset", offset)
+    if isinstance(offset, _Unset):
+        _check_vma_live(vma, "dma_mmap_coherent_sg")
+    offset = _first_page(vma, offset, 1, "dma_mmap_coherent_sg")
     total = sglist.nr_pages
     if offset >= total:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: offset {offset} is past the {total} pages")
+        raise MmapError(f"dma_mmap_coherent_sg: page offset {offset} is past the {total} pages (-ENXIO)",
+                        vma.start)
     if nr_pages is None:
         nr_pages = min(total - offset, vma.nr_pages if isinstance(vma, Vma) else 0)
     nr_pages = u64("nr_pages", nr_pages)
     if nr_pages == 0 or offset + nr_pages > total:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not "
-                                   f"inside the {total} pages of the scatter list")
+        raise MmapError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not inside the "
+                        f"{total} pages of the scatter list (-ENXIO)", vma.start)
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if nr_pages > vma.nr_pages:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's "
-                                   f"{vma.nr_pages}", vma.start)
+        raise MmapError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's {vma.nr_pages}",
+                        vma.start)
     with dev.dma_debug.lock:
         recs = [dev.dma_debug.lookup("dma_mmap_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
                 for e in sglist.entries]

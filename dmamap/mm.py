@@ -105,7 +105,8 @@ class AsStats:
 
 @dataclass(frozen=True)
 class VmFault:
-    """What a Python fault handler is told (struct vm_fault)."""
+    """What a Python fault handler is told (struct vm_fault); ``pgoff`` is the
+    page's offset in the mapped object, ``vma.vm_pgoff`` included (linear_page_index)."""
 
     vma: Vma
     address: int
@@ -126,6 +127,7 @@ class Vma:
         self.end = end
         self.fault_handler: FaultHandler | None = None
         self.private_data: Any = None
+        self.vm_file: Any = None   # the DeviceFile mmapped, if any (vma->vm_file)
         self._on_unmap: list[Callable[[], None]] = []
         self._gone = False
         self._unmap_lock = threading.Lock()
@@ -178,6 +180,15 @@ class Vma:
         cmm.vma_set_prot(self.mm._ptr(), self.id, check_prot(prot, self.mm.machine.isa))
 
     page_prot = vm_page_prot
+
+    @property
+    def vm_pgoff(self) -> int:
+        """The mapping's offset in the mapped object, in pages (mmap's offset >> PAGE_SHIFT)."""
+        return self._info().pgoff
+
+    @vm_pgoff.setter
+    def vm_pgoff(self, pgoff: int) -> None:
+        cmm.vma_set_pgoff(self.mm._ptr(), self.id, u64("vm_pgoff", pgoff))
 
     @property
     def pfnmap(self) -> bool:
@@ -336,8 +347,11 @@ class AddressSpace:
         return sorted(self._vmas.values(), key=lambda v: v.start)
 
     def mmap(self, length: int, *, prot: str = "rw", shared: bool = True, flags: int = 0,
-             addr: int = 0, align: int | None = None) -> Vma:
+             addr: int = 0, align: int | None = None, offset: int = 0) -> Vma:
         """Create a VMA of ``length`` bytes (rounded up to pages) with no PTEs yet.
+
+        ``offset`` (bytes, page-aligned, as mmap(2)'s) becomes ``vma.vm_pgoff``
+        in pages, for the driver that maps the object.
 
         ``prot`` is any of ``"r"``, ``"w"``, ``"x"`` combined, or ``""`` for PROT_NONE.
         Mappings of 2 MiB or more are 2 MiB-aligned so large pages can be used.
@@ -350,6 +364,11 @@ class AddressSpace:
         if set(prot) - set("rwx"):
             raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
         length = page_align("mmap", length)
+        offset = u64("offset", offset)
+        if offset % PAGE_SIZE:
+            raise InvalidArgumentError(f"mmap offset {offset:#x} is not page-aligned (EINVAL)", offset)
+        if (offset >> PAGE_SHIFT) + (length >> PAGE_SHIFT) > (1 << 64) >> PAGE_SHIFT:
+            raise InvalidArgumentError(f"mmap offset {offset:#x} + length {length:#x} overflows (EOVERFLOW)", offset)
         vmf = u64("flags", flags)   # unknown bits are refused by the core
         for ch, bit in (("r", VmFlags.VM_READ), ("w", VmFlags.VM_WRITE), ("x", VmFlags.VM_EXEC)):
             if ch in prot:
@@ -363,6 +382,12 @@ class AddressSpace:
             align = 1 << 21 if length >= 1 << 21 else PAGE_SIZE
         vid, start, end = cmm.mmap(self._ptr(), u64("addr", addr), length, vmf, pp, u64("align", align))
         vma = Vma(self, vid, start, end)
+        if offset:
+            try:
+                vma.vm_pgoff = offset >> PAGE_SHIFT
+            except BaseException:
+                cmm.munmap(self._ptr(), vid, flush_tlb=True)
+                raise
         with self._lock:
             if self._closed:   # closed by another thread meanwhile: the core forgot the VMA
                 raise MachineClosedError("address space is closed")
@@ -513,7 +538,8 @@ class AddressSpace:
         vma = self._vmas.get(vid)   # one dict read: atomic
         if vma is None or vma.fault_handler is None:
             return Err.ENOHANDLER
-        res = vma.fault_handler(VmFault(vma, va, (va - vma.start) >> PAGE_SHIFT, write))
+        # linear_page_index: the page's offset in the mapped object
+        res = vma.fault_handler(VmFault(vma, va, vma.vm_pgoff + ((va - vma.start) >> PAGE_SHIFT), write))
         if isinstance(res, Page):
             if res.machine is not self.machine:
                 raise InvalidArgumentError("fault handler returned a page of another machine", va)
@@ -602,7 +628,8 @@ def vm_insert_page(vma: Vma, addr: int, page: Page) -> None:
 
 
 def zap_vma_ptes(vma: Vma, addr: int, size: int) -> None:
-    """Clear the PTEs of [addr, addr+size) of a VM_PFNMAP VMA and flush the TLB."""
+    """Clear the PTEs of [addr, addr+size) of a VM_PFNMAP VMA and flush the TLB; on
+    any other VMA it does nothing, as mm/memory.c zap_vma_ptes returns."""
     _check_vma(vma)
     cmm.zap_vma_ptes(vma.mm._ptr(), vma.id, u64("addr", addr), u64("size", size))
 

@@ -11,10 +11,10 @@ from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, r
 
 __all__ = [
     "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
-    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_fault",
-    "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot", "vmf_insert_mixed",
-    "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n", "write_n", "touch",
-    "touch_list", "count_present", "tlb_flush_all",
+    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
+    "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot",
+    "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n",
+    "write_n", "touch", "touch_list", "count_present", "tlb_flush_all",
 ]
 
 #: Reads up to this size go through a reused per-thread buffer.
@@ -28,6 +28,7 @@ class VmaInfo:
     flags: int
     prot: int
     fault_kind: int
+    pgoff: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def munmap(p: Any, vid: int, *, flush_tlb: bool = True) -> None:
 def vma_info(p: Any, vid: int) -> VmaInfo:
     info = ffi.new("struct dmamap_vma_info *")
     call(lib.dmamap_vma_info, p, vid, info)
-    return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind))
+    return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind),
+                   int(info.pgoff))
 
 
 def vma_live(p: Any, vid: int) -> bool:
@@ -133,6 +135,10 @@ def vma_set_flags(p: Any, vid: int, set_: int, clear: int) -> None:
 
 def vma_set_prot(p: Any, vid: int, prot: int) -> None:
     call(lib.dmamap_vma_set_prot, p, vid, prot)
+
+
+def vma_set_pgoff(p: Any, vid: int, pgoff: int) -> None:
+    call(lib.dmamap_vma_set_pgoff, p, vid, pgoff)
 
 
 def chunks(runs: list[tuple[int, int]]) -> Any:
