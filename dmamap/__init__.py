@@ -55,6 +55,7 @@ from dmamap.mm import (
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
 from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
+from dmamap.vm_ops import VmOperations
 
 try:
     __version__ = version("dmamap")
@@ -98,6 +99,6 @@ __all__ = [
     "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection", "pgprot_noncached",
     "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached", "virt_to_page", "virt_to_phys",
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
-    "unregister_backend", "registry", "set_memory_uc", "set_memory_wc", "set_memory_wb", "DeviceFile",
+    "unregister_backend", "registry", "set_memory_uc", "set_memory_wc", "set_memory_wb", "DeviceFile", "VmOperations",
 ]
 __all__ += _error_names

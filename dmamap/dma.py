@@ -42,6 +42,7 @@ from dmamap.mm import (
 )
 from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
+from dmamap.vm_ops import VmOperations
 
 __all__ = [
     "DmaBuffer", "SgEntry", "SgTable", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent",
@@ -291,8 +292,33 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
         _track_mapping(dev, [rec], vma)
 
 
-def _track_mapping(dev: Device, recs: list[DmaRecord], vma: Vma) -> None:
-    vma._add_unmap_callback(dev.dma_debug.track(recs, vma))
+def _dma_open(vma: Vma) -> None:
+    """A new piece of a coherent mapping (a split): it maps the buffers too."""
+    dev, recs = vma._dma_mapping
+    dev.dma_debug.track(recs, vma)
+
+
+def _dma_close(vma: Vma) -> None:
+    """A piece of a coherent mapping goes: the buffers stay mapped while another piece lives."""
+    dev, recs = vma._dma_mapping
+    with dev.dma_debug.lock:
+        for r in recs:
+            r.vmas.discard(vma)
+
+
+#: vm_operations of the helpers' memory kinds: coherent buffers count their
+#: mappings through open/close (dma_free_coherent is refused while one lives);
+#: MMIO and port I/O mappings name their kind.
+COHERENT_VM_OPS = VmOperations("dma-coherent", open=_dma_open, close=_dma_close)
+COHERENT_SG_VM_OPS = VmOperations("dma-coherent-sg", open=_dma_open, close=_dma_close)
+MMIO_VM_OPS = VmOperations("mmio")
+PIO_VM_OPS = VmOperations("pio")
+
+
+def _track_mapping(dev: Device, recs: list[DmaRecord], vma: Vma, ops: VmOperations = COHERENT_VM_OPS) -> None:
+    vma._dma_mapping = (dev, recs)
+    dev.dma_debug.track(recs, vma)
+    vma.vm_ops = ops
 
 
 def dma_munmap_coherent(vma: Vma) -> None:
@@ -417,7 +443,7 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
         chunks = [(r.alloc.pfn, r.alloc.npages) for r in recs]
         if not be.mmap_user(dev, vma, chunks, offset, nr_pages, prot, strat, is_ram):
             _map_chunks(vma, chunks, offset, nr_pages, prot, strat, is_ram)
-        _track_mapping(dev, recs, vma)
+        _track_mapping(dev, recs, vma, COHERENT_SG_VM_OPS)
 
 
 # ---- MMIO and port I/O ----
@@ -450,6 +476,7 @@ def mmio_map(vma: Vma, phys_addr: int, size: int, *, cache: str = "uc") -> None:
     except BaseException:
         vma.page_prot = old_prot   # a refused mapping leaves the VMA as it was
         raise
+    vma.vm_ops = MMIO_VM_OPS
 
 
 def pio_map(vma: Vma, port: int, count: int) -> None:
@@ -465,6 +492,7 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         raise InvalidArgumentError(f"pio_map: {count} ports do not fit the VMA's {len(vma)} bytes", vma.start)
     if not m.has_io_window:
         vma.set_pio_trap(port, count)
+        vma.vm_ops = PIO_VM_OPS
         return
     size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     try:
@@ -495,3 +523,4 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         m.io_window.free(win, size)
 
     vma._add_unmap_callback(release)
+    vma.vm_ops = PIO_VM_OPS

@@ -16,6 +16,7 @@ from dmamap._binding import Err, FaultKind, FaultResult, Region, RemapFlag, VmFl
 from dmamap._binding import mm as cmm
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
 from dmamap.errors import (
+    AddressRangeError,
     InvalidArgumentError,
     MachineClosedError,
     SegmentationFault,
@@ -31,6 +32,7 @@ from dmamap.pgprot import (
     pgprot_writecombine,
 )
 from dmamap.physmem import Page, PhysicalMemory
+from dmamap.vm_ops import VmOperations
 
 if TYPE_CHECKING:
     from dmamap.machine import Machine
@@ -117,6 +119,40 @@ class VmFault:
 FaultHandler = Callable[[VmFault], Union["Page", int, None]]
 
 
+class _MapGroup:
+    """The pieces one mmap became by splits, and what runs when the last goes."""
+
+    def __init__(self, first: Vma) -> None:
+        self.pieces: set[Vma] = {first}
+        self.callbacks: list[Callable[[], None]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def live(self) -> bool:
+        return any(p.live for p in list(self.pieces))
+
+    def add_piece(self, vma: Vma) -> None:
+        with self.lock:
+            self.pieces.add(vma)
+        vma._group = self
+
+    def add_callback(self, cb: Callable[[], None]) -> None:
+        with self.lock:
+            if self.pieces:
+                self.callbacks.append(cb)
+                return
+        cb()
+
+    def piece_gone(self, vma: Vma) -> None:
+        with self.lock:
+            self.pieces.discard(vma)
+            cbs: list[Callable[[], None]] = []
+            if not self.pieces:
+                cbs, self.callbacks = self.callbacks, []
+        for cb in cbs:
+            cb()
+
+
 class Vma:
     """One mapping of an address space (struct vm_area_struct)."""
 
@@ -128,26 +164,45 @@ class Vma:
         self.fault_handler: FaultHandler | None = None
         self.private_data: Any = None
         self.vm_file: Any = None   # the DeviceFile mmapped, if any (vma->vm_file)
-        self._on_unmap: list[Callable[[], None]] = []
+        self._vm_ops: VmOperations | None = None
+        self._dma_mapping: Any = None   # (device, buffer records) of a helper's coherent mapping
         self._gone = False
-        self._unmap_lock = threading.Lock()
+        self._group = _MapGroup(self)
 
     def _add_unmap_callback(self, cb: Callable[[], None]) -> None:
-        """Run ``cb`` once when this VMA goes (munmap or its address space
-        closing), or at once if it has gone already (a close on another thread)."""
-        with self._unmap_lock:
-            if not self._gone:
-                self._on_unmap.append(cb)
-                return
-        cb()
+        """Run ``cb`` once when this mapping goes (munmap of its last piece, or its
+        address space closing), or at once if it has gone already."""
+        self._group.add_callback(cb)
 
     def _unmapped(self) -> None:
-        """The VMA is gone: run its unmap callbacks, each exactly once."""
-        with self._unmap_lock:
-            self._gone = True
-            cbs, self._on_unmap = self._on_unmap, []
-        for cb in cbs:
-            cb()
+        """This piece is gone: vm_ops.close, then the mapping's unmap callbacks
+        when its last piece goes."""
+        self._gone = True
+        ops = self._vm_ops
+        try:
+            if ops is not None and ops.close is not None:
+                ops.close(self)
+        finally:
+            self._group.piece_gone(self)
+
+    @property
+    def vm_ops(self) -> VmOperations | None:
+        """The VMA's :class:`VmOperations` (vma->vm_ops); setting it installs its
+        fault handler, if it has one."""
+        return self._vm_ops
+
+    @vm_ops.setter
+    def vm_ops(self, ops: VmOperations | None) -> None:
+        if ops is not None and not isinstance(ops, VmOperations):
+            raise TypeError(f"vm_ops must be a VmOperations, not {type(ops).__name__}")
+        if ops is not None and ops.fault is not None:
+            self.set_fault_handler(ops.fault)
+        self._vm_ops = ops
+
+    @property
+    def mapping_live(self) -> bool:
+        """Whether any piece of the mapping this VMA came from (by splits) is still mapped."""
+        return self._group.live
 
     def _info(self) -> cmm.VmaInfo:
         try:
@@ -400,13 +455,54 @@ class AddressSpace:
             raise VmaNotMappedError(f"{vma!r} belongs to another address space", vma.start)
         return vma
 
-    def munmap(self, vma: Vma, *, flush_tlb: bool = True) -> None:
-        """Unmap the VMA: clear its PTEs (freeing empty tables) and flush the TLB.
+    def split_vma(self, vma: Vma, addr: int) -> Vma:
+        """Split ``vma`` at page boundary ``addr`` (mm/mmap.c __split_vma): ``vma``
+        keeps [start, addr), the returned VMA gets [addr, end) with the same
+        flags, protection, fault handler, ``vm_pgoff`` moved on and the memtype
+        reservations; both stay one mapping for its unmap callbacks."""
+        self._own(vma)
+        addr = u64("addr", addr)
+        ops = vma.vm_ops
+        if ops is not None and ops.may_split is not None and vma.start < addr < vma.end:
+            ops.may_split(vma, addr)   # raises to refuse
+        nid = cmm.vma_split(self._ptr(), vma.id, addr)
+        new = Vma(self, nid, addr, vma.end)
+        new.fault_handler, new.private_data, new.vm_file = vma.fault_handler, vma.private_data, vma.vm_file
+        new._vm_ops, new._dma_mapping = ops, vma._dma_mapping
+        vma._group.add_piece(new)
+        vma.end = addr
+        with self._lock:
+            self._vmas[nid] = new
+        if ops is not None and ops.open is not None:
+            ops.open(new)
+        return new
+
+    def munmap(self, vma: Vma, addr: int | None = None, length: int | None = None, *,
+               flush_tlb: bool = True) -> None:
+        """Unmap the VMA, or [addr, addr+length) of it (splitting it as munmap(2)
+        does): clear the PTEs (freeing empty tables) and flush the TLB.
 
         ``flush_tlb=False`` leaves the TLB to the caller (a port that batches
         shootdowns must call :meth:`flush_tlb` before anyone relies on the unmap).
         """
         self._own(vma)
+        if addr is not None or length is not None:
+            start = vma.start if addr is None else u64("addr", addr)
+            length = vma.end - start if length is None else u64("length", length)
+            if start % PAGE_SIZE or length == 0:
+                raise InvalidArgumentError(f"munmap: {start:#x} is not page-aligned or length is zero", start)
+            end = start + page_align("munmap", length)
+            if start < vma.start or end > vma.end:
+                raise AddressRangeError(f"munmap: [{start:#x}, {end:#x}) is not inside {vma!r}", start)
+            ops = vma.vm_ops
+            if ops is not None and ops.may_split is not None:   # a refused split changes nothing
+                for edge in (start, end):
+                    if vma.start < edge < vma.end:
+                        ops.may_split(vma, edge)
+            if start > vma.start:
+                vma = self.split_vma(vma, start)
+            if end < vma.end:
+                self.split_vma(vma, end)
         cmm.munmap(self._ptr(), vma.id, flush_tlb=flush_tlb)
         with self._lock:
             self._vmas.pop(vma.id, None)

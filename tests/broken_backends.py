@@ -96,7 +96,8 @@ BROKEN: dict[str, tuple[type[Backend], str, set[str]]] = {
     SramPageFaultBackend.name: (
         SramPageFaultBackend, "page_descriptors_ram_only",
         {"coherency_mmap", "coherency_mmap_sg", "user_attribute_matches_kernel", "sg_linear_mapping",
-         "unmap_clears_ptes_and_tlb", "resources_return_to_baseline", "large_pages", "model_based"}),
+         "unmap_clears_ptes_and_tlb", "partial_unmap_splits", "resources_return_to_baseline", "large_pages",
+         "model_based"}),
     SgOffByOneBackend.name: (
         SgOffByOneBackend, "sg_linear_mapping",
         {"coherency_mmap_sg", "user_attribute_matches_kernel", "model_based"}),

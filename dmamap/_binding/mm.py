@@ -11,7 +11,7 @@ from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, r
 
 __all__ = [
     "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
-    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
+    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff", "vma_split",
     "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot",
     "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n",
     "write_n", "touch", "touch_list", "count_present", "tlb_flush_all",
@@ -135,6 +135,13 @@ def vma_set_flags(p: Any, vid: int, set_: int, clear: int) -> None:
 
 def vma_set_prot(p: Any, vid: int, prot: int) -> None:
     call(lib.dmamap_vma_set_prot, p, vid, prot)
+
+
+def vma_split(p: Any, vid: int, addr: int) -> int:
+    """Split VMA ``vid`` at ``addr``; the id of the new VMA holding [addr, end)."""
+    out = ffi.new("int64_t *")
+    call(lib.dmamap_vma_split, p, vid, addr, out)
+    return int(out[0])
 
 
 def vma_set_pgoff(p: Any, vid: int, pgoff: int) -> None:
