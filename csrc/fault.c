@@ -12,8 +12,17 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
         return rc;
     uint8_t *dst = dmamap_host_ptr(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
     uint8_t *src = dmamap_host_ptr(as->m, src_pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
-    if (src)
+    if (src && as->m->cache) {
+        /* copy_user_highpage: a CPU copy through the cacheable direct map, so a
+         * dirty line of the source (a write-back cache) is what gets copied;
+         * the copy is cleaned to memory for a non-cacheable user alias */
+        uint8_t buf[PAGE_SIZE];
+        dmamap_cache_read(as->m, src_pfn << PAGE_SHIFT, src, buf, PAGE_SIZE);
+        dmamap_cache_write(as->m, pfn << PAGE_SHIFT, dst, buf, PAGE_SIZE);
+        dmamap_cache_maint(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, 1, 0);
+    } else if (src) {
         memcpy(dst, src, PAGE_SIZE);
+    }
     uint64_t page = va & PAGE_MASK;
     if (replace) {
         dmamap_pt_clear(as, page, 1);

@@ -6,6 +6,7 @@ driver writer recognises ``remap_pfn_range(vma, addr, pfn, size, prot)``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Iterable
@@ -17,8 +18,10 @@ from dmamap._binding import mm as cmm
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
 from dmamap.errors import (
     AddressRangeError,
+    DmamapError,
     InvalidArgumentError,
     MachineClosedError,
+    MmapError,
     SegmentationFault,
     VmaNotMappedError,
 )
@@ -441,7 +444,8 @@ class AddressSpace:
             try:
                 vma.vm_pgoff = offset >> PAGE_SHIFT
             except BaseException:
-                cmm.munmap(self._ptr(), vid, flush_tlb=True)
+                with contextlib.suppress(DmamapError):   # the space may have closed meanwhile
+                    cmm.munmap(self._ptr(), vid, flush_tlb=True)
                 raise
         with self._lock:
             if self._closed:   # closed by another thread meanwhile: the core forgot the VMA
@@ -487,26 +491,110 @@ class AddressSpace:
         """
         self._own(vma)
         if addr is not None or length is not None:
-            start = vma.start if addr is None else u64("addr", addr)
-            length = vma.end - start if length is None else u64("length", length)
-            if start % PAGE_SIZE or length == 0:
-                raise InvalidArgumentError(f"munmap: {start:#x} is not page-aligned or length is zero", start)
-            end = start + page_align("munmap", length)
-            if start < vma.start or end > vma.end:
-                raise AddressRangeError(f"munmap: [{start:#x}, {end:#x}) is not inside {vma!r}", start)
-            ops = vma.vm_ops
-            if ops is not None and ops.may_split is not None:   # a refused split changes nothing
-                for edge in (start, end):
-                    if vma.start < edge < vma.end:
-                        ops.may_split(vma, edge)
-            if start > vma.start:
-                vma = self.split_vma(vma, start)
-            if end < vma.end:
-                self.split_vma(vma, end)
+            vma = self._split_range(vma, addr, length, "munmap")
         cmm.munmap(self._ptr(), vma.id, flush_tlb=flush_tlb)
         with self._lock:
             self._vmas.pop(vma.id, None)
         vma._unmapped()
+
+    def _split_range(self, vma: Vma, addr: int | None, length: int | None, what: str) -> Vma:
+        """The piece of ``vma`` that is exactly [addr, addr+length), splitting as
+        needed; may_split is asked for both edges before anything changes."""
+        start = vma.start if addr is None else u64("addr", addr)
+        length = vma.end - start if length is None else u64("length", length)
+        if start % PAGE_SIZE or length == 0:
+            raise InvalidArgumentError(f"{what}: {start:#x} is not page-aligned or length is zero", start)
+        end = start + page_align(what, length)
+        if start < vma.start or end > vma.end:
+            raise AddressRangeError(f"{what}: [{start:#x}, {end:#x}) is not inside {vma!r}", start)
+        ops = vma.vm_ops
+        if ops is not None and ops.may_split is not None:   # a refused split changes nothing
+            for edge in (start, end):
+                if vma.start < edge < vma.end:
+                    ops.may_split(vma, edge)
+        if start > vma.start:
+            vma = self.split_vma(vma, start)
+        if end < vma.end:
+            self.split_vma(vma, end)
+        return vma
+
+    def mprotect(self, vma: Vma, addr: int | None = None, length: int | None = None, prot: str = "r") -> Vma:
+        """mprotect(2) of [addr, addr+length) of ``vma`` (default: all of it):
+        split off that piece, give it the new vm_flags and vm_page_prot (its
+        memory type kept) and rewrite its present PTEs; returns the piece."""
+        self._own(vma)
+        if not isinstance(prot, str):
+            raise TypeError(f"prot must be a str, not {type(prot).__name__}")
+        if set(prot) - set("rwx"):
+            raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
+        piece = self._split_range(vma, addr, length, "mprotect")
+        old = piece.vm_page_prot
+        shared = piece.shared
+        new = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared, exec="x" in prot,
+                          user=not self.kernel, cache=old.cache)
+        bits = VmFlags.VM_READ | VmFlags.VM_WRITE | VmFlags.VM_EXEC
+        want = (VmFlags.VM_READ if "r" in prot else 0) | (VmFlags.VM_WRITE if "w" in prot else 0) | \
+            (VmFlags.VM_EXEC if "x" in prot else 0)
+        piece.vm_flags_clear(bits & ~want)
+        piece.vm_flags_set(want)
+        piece.vm_page_prot = new
+        change_protection(piece, piece.start, len(piece), new)
+        return piece
+
+    def mremap(self, vma: Vma, new_len: int, *, may_move: bool = True) -> Vma:
+        """mremap(2) of a whole VMA: shrinking unmaps its tail; growing extends it in
+        place when the range after it is free, else (``may_move``, MREMAP_MAYMOVE)
+        moves it with its PTEs.  A VM_DONTEXPAND / VM_PFNMAP VMA may not grow
+        (MmapError, as vma_to_resize's -EFAULT).  Returns ``vma``, updated."""
+        self._own(vma)
+        new_len = page_align("mremap", u64("new_len", new_len))
+        if new_len == 0:
+            raise InvalidArgumentError("mremap: new length is zero", vma.start)
+        if new_len < len(vma):
+            self.munmap(vma, vma.start + new_len, len(vma) - new_len)
+            return vma
+        if new_len > len(vma) and vma.vm_flags & (VmFlags.VM_DONTEXPAND | VmFlags.VM_PFNMAP):
+            raise MmapError(f"mremap: {vma!r} is VM_DONTEXPAND or VM_PFNMAP and may not grow (-EFAULT)",
+                            vma.start)
+        ops = vma.vm_ops
+        if ops is not None and ops.mremap is not None:
+            ops.mremap(vma)   # raises to refuse
+        start = cmm.mremap(self._ptr(), vma.id, new_len, may_move)
+        vma.start, vma.end = start, start + new_len
+        return vma
+
+    def fork(self) -> AddressSpace:
+        """A copy of this address space as fork(2) makes it (dup_mmap): VM_DONTCOPY
+        VMAs left out, VM_WIPEONFORK ones empty, PFN and mixed maps copied with
+        their memtype reservations (track_pfn_copy), private RAM copy-on-write in
+        both, shared page mappings left to fault in again; each copy gets its
+        VMA's fault handler, private data and vm_ops, whose ``open`` is called."""
+        if self.kernel:
+            raise InvalidArgumentError("the kernel address space cannot be forked")
+        child = AddressSpace(self.machine)
+        with self._lock:
+            parents = dict(self._vmas)
+        try:
+            pairs = cmm.fork(self._ptr(), child._ptr(), len(parents) + 1)
+        except BaseException:
+            child.close()
+            raise
+        opened = []
+        for pid, cid in pairs:
+            p = parents.get(pid)
+            if p is None:   # made by another thread meanwhile: copied, but not yet ours to describe
+                p = self._vmas[pid]
+            c = Vma(child, cid, p.start, p.end)
+            c.fault_handler, c.private_data, c.vm_file = p.fault_handler, p.private_data, p.vm_file
+            c._vm_ops, c._dma_mapping = p._vm_ops, p._dma_mapping
+            p._group.add_piece(c)   # what the mapping holds (an I/O window slot) lives while a copy does
+            with child._lock:
+                child._vmas[cid] = c
+            opened.append(c)
+        for c in opened:
+            if c.vm_ops is not None and c.vm_ops.open is not None:
+                c.vm_ops.open(c)
+        return child
 
     def find_vma(self, va: int) -> Vma | None:
         vid = cmm.vma_find(self._ptr(), u64("va", va))

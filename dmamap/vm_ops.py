@@ -24,6 +24,7 @@ class VmOperations:
     * ``close(vma)``: a VMA (or a piece of one) goes: munmap or the address space closing;
     * ``may_split(vma, addr)``: raise to refuse splitting ``vma`` at ``addr``
       (munmap of part of it then fails with nothing changed);
+    * ``mremap(vma)``: the VMA is about to move or grow (mremap); raise to refuse;
     * ``fault(vmf)``: the Python fault handler (see :meth:`Vma.set_fault_handler`).
     """
 
@@ -31,4 +32,5 @@ class VmOperations:
     open: Callable[[Vma], None] | None = None
     close: Callable[[Vma], None] | None = None
     may_split: Callable[[Vma, int], None] | None = None
+    mremap: Callable[[Vma], None] | None = None
     fault: Callable[[VmFault], Any] | None = None

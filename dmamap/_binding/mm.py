@@ -11,10 +11,10 @@ from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, r
 
 __all__ = [
     "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
-    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff", "vma_split",
-    "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot",
-    "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n",
-    "write_n", "touch", "touch_list", "count_present", "tlb_flush_all",
+    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
+    "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
+    "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
+    "write", "read_n", "write_n", "touch", "touch_list", "count_present", "tlb_flush_all", "fork",
 ]
 
 #: Reads up to this size go through a reused per-thread buffer.
@@ -142,6 +142,25 @@ def vma_split(p: Any, vid: int, addr: int) -> int:
     out = ffi.new("int64_t *")
     call(lib.dmamap_vma_split, p, vid, addr, out)
     return int(out[0])
+
+
+def mremap(p: Any, vid: int, new_len: int, may_move: bool) -> int:
+    """Grow VMA ``vid`` to ``new_len`` bytes, moving it if allowed; its new start."""
+    out = ffi.new("uint64_t *")
+    call(lib.dmamap_mremap, p, vid, new_len, int(may_move), out)
+    return int(out[0])
+
+
+def fork(parent: Any, child: Any, max_vmas: int) -> list[tuple[int, int]]:
+    """Copy parent's VMAs into the empty child (dup_mmap); (parent id, child id) pairs."""
+    ids = ffi.new("int64_t[]", 2 * max(max_vmas, 1))
+    n = ffi.new("int *")
+    err = ffi.new("struct dmamap_err *")
+    rc = lib.dmamap_fork(parent, child, ids, max_vmas, n, err)
+    pairs = [(int(ids[2 * i]), int(ids[2 * i + 1])) for i in range(n[0])]
+    if rc:
+        raise_for(rc, err)
+    return pairs
 
 
 def vma_set_pgoff(p: Any, vid: int, pgoff: int) -> None:
