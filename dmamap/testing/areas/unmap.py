@@ -88,3 +88,41 @@ def partial_unmap_splits(t: Target, variant: str) -> None:
             chk.fail(mp.start, "dma_free_coherent succeeded while a piece of the mapping remained")
         mm.munmap(pieces[1])
         dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
+
+
+@rule("fork_copies_mappings", "unmap",
+      "mm.fork() copies a coherent mapping as dup_mmap does: the child's PTEs map the same pages with the same "
+      "memory type, device writes reach both, and the buffer stays mapped until the last copy goes",
+      STRATEGY_VARIANTS)
+def fork_copies_mappings(t: Target, variant: str) -> None:
+    strategy = t.strategy(variant)
+    chk = Check("fork_copies_mappings", variant)
+    with t.machine() as m:
+        dev = make_device(m)
+        mm = m.new_address_space()
+        buf = dmamap.dma_alloc_coherent(dev, 3 * PAGE_SIZE)
+        mp = map_buffer(dev, mm, buf, strategy)
+        mm.read(mp.start, mp.size)
+        child = mm.fork()
+        copies = child.vmas
+        if [(v.start, v.end) for v in copies] != [(mp.vma.start, mp.vma.end)]:
+            chk.fail(mp.start, f"the child has {copies}, expected one copy of {mp.vma!r}")
+        dev.dma_write(buf.dma_handle, b"fork")
+        for space in (mm, child):
+            if space.read(mp.start, 4) != b"fork":
+                chk.fail(mp.start, "a device write is not seen through a forked mapping")
+        for i in range(len(mp.pages)):
+            va = mp.start + (i << PAGE_SHIFT)
+            child.read(va, 1)
+            a, b = raw_entry(m, mm, va), raw_entry(m, child, va)
+            if a is None or b is None or a.pa != b.pa or a.cache != b.cache:
+                chk.fail(va, f"the child's PTE {b} differs from the parent's {a}")
+        mm.munmap(mp.vma)
+        try:
+            dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
+        except DmaFreeError:
+            pass
+        else:
+            chk.fail(mp.start, "dma_free_coherent succeeded while the child's copy still mapped the buffer")
+        child.close()
+        dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
