@@ -325,6 +325,9 @@ int chunk_find(const struct vma *v, uint64_t idx);
 uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run);
 int va_ok(dmamap_as *as, uint64_t va, uint64_t len);
 struct vma *vma_find(dmamap_as *as, uint64_t va);
+struct vma *vma_new(dmamap_as *as, uint64_t addr, struct dmamap_err *err, int *rc);
+int vma_overlaps(dmamap_as *as, uint64_t start, uint64_t end);
+int vma_find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out);
 struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err);
 struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err);
 struct vma *vma_enter(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, const char *what,

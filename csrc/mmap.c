@@ -100,7 +100,7 @@ int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)
     return id;
 }
 
-static int overlaps(dmamap_as *as, uint64_t start, uint64_t end)
+int vma_overlaps(dmamap_as *as, uint64_t start, uint64_t end)
 {
     for (int i = 0; i < as->nvmas; i++) {
         struct vma *v = &as->vmas[i];
@@ -110,7 +110,7 @@ static int overlaps(dmamap_as *as, uint64_t start, uint64_t end)
     return 0;
 }
 
-static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out)
+int vma_find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out)
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t lo = as->kernel ? a->vmalloc_start : 0x10000000ULL;
@@ -149,7 +149,7 @@ void vma_release(struct vma *v)
 
 /* A free VMA slot with a fresh id, zeroed; NULL with *rc on failure.  May move
  * as->vmas: pointers to other VMAs must be looked up again.  Caller holds as->lock. */
-static struct vma *vma_new(dmamap_as *as, uint64_t addr, struct dmamap_err *err, int *rc)
+struct vma *vma_new(dmamap_as *as, uint64_t addr, struct dmamap_err *err, int *rc)
 {
     int slot = -1;
     for (int i = 0; i < as->nvmas; i++)
@@ -218,12 +218,12 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
                              (unsigned long long)length, as->kernel ? "kernel" : "user");
             goto out;
         }
-        if (overlaps(as, addr, addr + length)) {
+        if (vma_overlaps(as, addr, addr + length)) {
             rc = dmamap_fail(err, DMAMAP_EBUSY, addr, "fixed mmap at %#llx overlaps an existing VMA",
                              (unsigned long long)addr);
             goto out;
         }
-    } else if (!find_gap(as, length, align, &addr)) {
+    } else if (!vma_find_gap(as, length, align, &addr)) {
         rc = dmamap_fail(err, DMAMAP_ENOMEM, length, "no free virtual range of %#llx bytes",
                          (unsigned long long)length);
         goto out;
@@ -532,222 +532,4 @@ int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, 
     *new_id = n->id;
 out:
     return as_unlock(as, rc, err);
-}
-
-/* Copy the present leaf at src to dst (one 4 KiB PTE; a block over src is
- * split first) with the page reference a normal PTE holds, so that clearing
- * src afterwards leaves every count as it was (mm/mremap.c move_ptes). */
-static int move_one(dmamap_as *as, uint64_t src, uint64_t dst, struct dmamap_err *err)
-{
-    uint64_t *e;
-    int level;
-    while (dmamap_pt_walk(as, src, &e, &level) && level > 0) {
-        uint64_t span = 1ULL << level_shift(level);
-        uint64_t cut = (src & ~(span - 1)) + PAGE_SIZE;
-        int rc = dmamap_pt_split_edges(as, cut, cut, err);
-        if (rc)
-            return rc;
-    }
-    if (!dmamap_pt_walk(as, src, &e, &level))
-        return 0;
-    uint64_t entry = *e, table;
-    uint64_t *slot = dmamap_pt_slot(as, dst, &table, err);
-    if (!slot)
-        return err ? err->code : DMAMAP_ENOMEM;
-    *slot = entry;
-    dmamap_pt_added(as, table, 1);
-    if (!(entry & as->special_bit)) {
-        struct page_desc *p = dmamap_page(as->m, (entry & as->pa_mask[0]) >> as->pfn_shift);
-        if (p) {
-            LOCK(&as->m->lock);
-            p->mapcount++;
-            p->refcount++;
-            UNLOCK(&as->m->lock);
-        }
-    }
-    return 0;
-}
-
-/* mm/mremap.c for growth: grow VMA id to new_len in place when the range after
- * it is free, else (may_move) move it, PTEs and all, to a free range.  A
- * VM_DONTEXPAND or VM_PFNMAP VMA may not grow (vma_to_resize: -EFAULT).
- * Shrinking is a partial munmap.  *new_start gets the VMA's start. */
-int dmamap_mremap(dmamap_as *as, int64_t id, uint64_t new_len, int may_move, uint64_t *new_start,
-                  struct dmamap_err *err)
-{
-    dmamap_err_clear(err);
-    AS_CHECK(as, err, 0);
-    if (!new_start)
-        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL new_start");
-    int rc = 0;
-    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
-    if (!v)
-        return rc;
-    uint64_t old_len = v->end - v->start;
-    if (new_len == 0 || (new_len & (PAGE_SIZE - 1)) || new_len < old_len) {
-        rc = dmamap_fail(err, DMAMAP_EINVAL, v->start, "mremap: new length %#llx is zero, not page-aligned or "
-                         "shorter than %#llx (shrink with a partial munmap)", (unsigned long long)new_len,
-                         (unsigned long long)old_len);
-        goto out;
-    }
-    if (new_len > old_len && (v->flags & (DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP))) {
-        rc = dmamap_fail(err, DMAMAP_EINVAL, v->start, "mremap: VMA [%#llx, %#llx) is VM_DONTEXPAND or "
-                         "VM_PFNMAP and may not grow (-EFAULT)", (unsigned long long)v->start,
-                         (unsigned long long)v->end);
-        goto out;
-    }
-    uint64_t start = v->start;
-    if (new_len == old_len || (va_ok(as, start, new_len) && !overlaps(as, v->end, start + new_len))) {
-        v->end = start + new_len;
-        *new_start = start;
-        goto out;
-    }
-    uint64_t dst;
-    if (!may_move || !find_gap(as, new_len, PAGE_SIZE, &dst)) {
-        rc = dmamap_fail(err, DMAMAP_ENOMEM, start, "mremap: no room to grow [%#llx, %#llx) to %#llx bytes%s",
-                         (unsigned long long)start, (unsigned long long)v->end, (unsigned long long)new_len,
-                         may_move ? "" : " in place");
-        goto out;
-    }
-    for (uint64_t off = 0; off < old_len; off += PAGE_SIZE)
-        if ((rc = move_one(as, start + off, dst + off, err))) {
-            dmamap_pt_clear(as, dst, old_len >> PAGE_SHIFT);   /* drops the references taken */
-            goto out;
-        }
-    dmamap_pt_clear(as, start, old_len >> PAGE_SHIFT);
-    dmamap_tlb_flush_range(as, start, old_len);
-    v = vma_get(as, id, NULL);
-    v->start = dst;
-    v->end = dst + new_len;
-    *new_start = dst;
-out:
-    return as_unlock(as, rc, err);
-}
-
-/* One present leaf of parent at va into child (copy_present_pte): a block is
- * copied as a block; a normal 4 KiB PTE takes the page reference it holds, and
- * a writable one of a private mapping is write-protected in both. */
-static int copy_one(dmamap_as *parent, dmamap_as *child, const struct vma *v, uint64_t va, uint64_t *step,
-                    struct dmamap_err *err)
-{
-    const struct dmamap_arch *a = parent->m->arch;
-    uint64_t *e;
-    int level;
-    *step = PAGE_SIZE;
-    if (!dmamap_pt_walk(parent, va, &e, &level))
-        return 0;
-    uint64_t entry = *e, special = entry & parent->special_bit;
-    uint64_t prot = a->leaf_prot(entry, level);
-    uint64_t pfn = a->entry_pa(entry, level) >> PAGE_SHIFT;
-    if (level > 0) {
-        uint64_t span = 1ULL << level_shift(level);
-        *step = span - (va & (span - 1));
-        return dmamap_pt_fill(child, va & ~(span - 1), pfn, span >> PAGE_SHIFT, prot, 1, special ? 1 : 0, err);
-    }
-    unsigned f = a->prot_flags(prot);
-    if (!special && !(v->flags & DMAMAP_VM_SHARED) && (f & DMAMAP_PROT_WRITE)) {
-        prot = a->prot_make(a, f & ~(unsigned)DMAMAP_PROT_WRITE, a->prot_cache(a, prot));
-        entry = dmamap_pt_leaf_base(parent, prot, 0) | (pfn << parent->pfn_shift);
-        *e = entry;
-        dmamap_tlb_flush_range(parent, va, PAGE_SIZE);
-    }
-    uint64_t table;
-    uint64_t *slot = dmamap_pt_slot(child, va, &table, err);
-    if (!slot)
-        return err ? err->code : DMAMAP_ENOMEM;
-    *slot = entry;
-    dmamap_pt_added(child, table, 1);
-    struct page_desc *p = special ? NULL : dmamap_page(parent->m, pfn);
-    if (p) {
-        LOCK(&parent->m->lock);
-        p->mapcount++;
-        p->refcount++;
-        UNLOCK(&parent->m->lock);
-    }
-    return 0;
-}
-
-int dmamap_fork(dmamap_as *parent, dmamap_as *child, int64_t *ids, int max, int *n_out, struct dmamap_err *err)
-{
-    dmamap_err_clear(err);
-    AS_CHECK(parent, err, 0);
-    AS_CHECK(child, err, 0);
-    if (!ids || !n_out || max < 0)
-        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL output");
-    if (parent == child || parent->m != child->m || parent->kernel || child->kernel)
-        return dmamap_fail(err, DMAMAP_EINVAL, 0, "fork: the child must be another user address space of "
-                           "the same machine");
-    int rc = 0, n = 0;
-    LOCK(&parent->lock);
-    LOCK(&child->lock);
-    if (as_dead(parent) || as_dead(child)) {
-        rc = dmamap_fail(err, DMAMAP_ECLOSED, 0, "address space or machine is closed");
-        goto out;
-    }
-    for (int i = 0; i < child->nvmas; i++)
-        if (child->vmas[i].live) {
-            rc = dmamap_fail(err, DMAMAP_EINVAL, 0, "fork: the child address space is not empty");
-            goto out;
-        }
-    for (int i = 0; i < parent->nvmas && !rc; i++) {
-        struct vma *v = &parent->vmas[i];
-        if (!v->live || (v->flags & DMAMAP_VM_DONTCOPY))
-            continue;
-        if (n == max) {
-            rc = dmamap_fail(err, DMAMAP_EINVAL, v->start, "fork: more than %d VMAs", max);
-            break;
-        }
-        struct vma *c = vma_new(child, v->start, err, &rc);
-        if (!c)
-            break;
-        struct dmamap_chunk *ch = v->nchunks ? malloc((size_t)v->nchunks * sizeof *ch) : NULL;
-        uint64_t *cs = v->nchunks ? malloc(((size_t)v->nchunks + 1) * sizeof *cs) : NULL;
-        struct memtype_entry *mt = v->nmemtypes ? malloc((size_t)v->nmemtypes * sizeof *mt) : NULL;
-        if ((v->nchunks && (!ch || !cs)) || (v->nmemtypes && !mt)) {
-            free(ch);
-            free(cs);
-            free(mt);
-            rc = dmamap_fail(err, DMAMAP_ENOMEM, v->start, "host out of memory for fork");
-            c->live = 0;
-            break;
-        }
-        c->start = v->start;
-        c->end = v->end;
-        c->flags = v->flags;
-        c->prot = v->prot;
-        c->pgoff = v->pgoff;
-        c->fault_kind = v->fault_kind;
-        c->fault_around = v->fault_around;
-        c->large = v->large;
-        c->first_page = v->first_page;
-        c->pio_port = v->pio_port;
-        c->pio_count = v->pio_count;
-        if (v->nchunks) {
-            memcpy(ch, v->chunks, (size_t)v->nchunks * sizeof *ch);
-            memcpy(cs, v->chunk_start, ((size_t)v->nchunks + 1) * sizeof *cs);
-            c->chunks = ch;
-            c->chunk_start = cs;
-            c->nchunks = v->nchunks;
-        }
-        c->memtypes = mt;
-        c->capmemtypes = v->nmemtypes;
-        for (int k = 0; k < v->nmemtypes; k++) {   /* track_pfn_copy */
-            struct memtype_entry *e = &v->memtypes[k];
-            struct dmamap_err ignored;
-            if (dmamap_memtype_reserve(parent->m, e->start, e->end - e->start, e->cache, &ignored) == 0)
-                c->memtypes[c->nmemtypes++] = *e;
-        }
-        c->live = 1;
-        ids[2 * n] = v->id;
-        ids[2 * n + 1] = c->id;
-        n++;
-        int copy = !(v->flags & DMAMAP_VM_WIPEONFORK) &&
-                   ((v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) || !(v->flags & DMAMAP_VM_SHARED));
-        for (uint64_t va = v->start, step; copy && va < v->end && !rc; va += step)
-            rc = copy_one(parent, child, v, va, &step, err);
-    }
-out:
-    *n_out = n;
-    UNLOCK(&child->lock);
-    return as_unlock(parent, rc, err);
 }
