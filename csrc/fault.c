@@ -50,13 +50,11 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
             return rc ? rc : cow_page(as, v, page, pfn, 0, err);
         }
         uint64_t prot;
-        int rc = page_insertable(as, page, pfn, "fault handler returned a page", err);
-        if (rc || (rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, MT_REPORT | MT_PAGE,
-                                            &prot, err)))
+        int rc = page_get(as, page, pfn, "fault handler returned a page", 1, err);
+        if (rc)
             return rc;
-        if ((rc = page_get(as, page, pfn, "fault handler returned a page", 1, err)))
-            return rc;
-        rc = dmamap_pt_insert(as, page, pfn, prot, 0, err);
+        rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, MT_REPORT | MT_PAGE, &prot, err);
+        rc = rc ? rc : dmamap_pt_insert(as, page, pfn, prot, 0, err);
         if (rc)
             page_unget(as, pfn);
         return rc;
