@@ -117,7 +117,7 @@ static int pio_trap(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t
     as->st.pio_traps++;
     uint64_t off = va - v->start;
     if (off + (uint64_t)size > v->pio_count)
-        return dmamap_fail(err, DMAMAP_ERANGE, va, "port access at %#llx runs past the %llu ports mapped",
+        return dmamap_fail(err, DMAMAP_EIOFAULT, va, "port access at %#llx runs past the %llu ports mapped",
                            (unsigned long long)va, (unsigned long long)v->pio_count);
     return dmamap_port_access(as->m, v->pio_port + off, size, is_write, value, err);
 }

@@ -39,7 +39,8 @@ enum {
     DMAMAP_ENOVMA = -16,         /* stale or unknown VMA id */
     DMAMAP_ECLOSED = -17,        /* machine or address space already closed */
     DMAMAP_EIO = -18,            /* access to an unclaimed MMIO / port address */
-    DMAMAP_ERANGE = -19          /* address range outside the VMA / address space */
+    DMAMAP_ERANGE = -19,         /* address range outside the VMA / address space */
+    DMAMAP_EIOFAULT = -20        /* access past the ports a port mapping reaches (#GP / abort) */
 };
 
 /* Instruction sets built in (arch/arches.h); run-time variants get ids from
@@ -76,7 +77,9 @@ enum {
     DMAMAP_VM_DONTEXPAND = 0x40000,
     DMAMAP_VM_PFNMAP = 0x400,
     DMAMAP_VM_MIXEDMAP = 0x10000000,
-    DMAMAP_VM_DONTDUMP = 0x4000000
+    DMAMAP_VM_DONTDUMP = 0x4000000,
+    DMAMAP_VM_DONTCOPY = 0x20000,      /* fork leaves the VMA out of the child */
+    DMAMAP_VM_WIPEONFORK = 0x2000000   /* the child's copy starts empty */
 };
 
 /* Fault handler kinds of a VMA. */
@@ -139,6 +142,7 @@ struct dmamap_machine_stats {
     uint64_t mmio_accesses;
     uint64_t port_accesses;
     uint64_t cache_lines_maintained;  /* lines covered by clean/invalidate/flush ranges (one DC op each) */
+    uint64_t port_master_aborts;      /* port accesses no device claimed: reads all-ones, writes dropped */
 };
 
 struct dmamap_as_stats {
@@ -182,6 +186,7 @@ struct dmamap_vma_info {
     uint64_t page_prot;
     int fault_kind;
     int live;
+    uint64_t pgoff;   /* vm_pgoff, in pages */
 };
 
 /* A contiguous run of page frames, for scatter-gather VMAs. */
@@ -329,9 +334,24 @@ int dmamap_munmap(dmamap_as *as, int64_t id, struct dmamap_err *err);
  * that forgets the flush. */
 enum { DMAMAP_MUNMAP_NOFLUSH = 1 };
 int dmamap_munmap_flags(dmamap_as *as, int64_t id, int flags, struct dmamap_err *err);
+/* Split VMA id at addr (mm/mmap.c __split_vma): id keeps [start, addr), *new_id
+ * gets [addr, end) with vm_pgoff, handler and reservations carried over. */
+int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, struct dmamap_err *err);
+/* Grow VMA id to new_len (mm/mremap.c): in place, or moved with its PTEs when
+ * may_move; *new_start gets its start. */
+int dmamap_mremap(dmamap_as *as, int64_t id, uint64_t new_len, int may_move, uint64_t *new_start,
+                  struct dmamap_err *err);
+/* Copy parent's VMAs into the empty address space child as fork's dup_mmap:
+ * VM_DONTCOPY left out, VM_WIPEONFORK empty, PTEs of PFN / mixed maps and
+ * private mappings copied (private RAM write-protected in both: copy-on-write),
+ * memtype reservations taken again (track_pfn_copy).  ids gets (parent id,
+ * child id) pairs, at most max pairs; *n_out their count. */
+int dmamap_fork(dmamap_as *parent, dmamap_as *child, int64_t *ids, int max, int *n_out, struct dmamap_err *err);
 int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, struct dmamap_err *err);
 int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear, struct dmamap_err *err);
 int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_err *err);
+/* vma->vm_pgoff (mmap's offset in pages; drivers may rewrite it). */
+int dmamap_vma_set_pgoff(dmamap_as *as, int64_t id, uint64_t pgoff, struct dmamap_err *err);
 int dmamap_vma_set_fault(dmamap_as *as, int64_t id, int kind, const struct dmamap_chunk *chunks,
                          int nchunks, uint64_t first_page, uint64_t fault_around, int large,
                          struct dmamap_err *err);

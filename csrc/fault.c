@@ -12,8 +12,17 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
         return rc;
     uint8_t *dst = dmamap_host_ptr(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
     uint8_t *src = dmamap_host_ptr(as->m, src_pfn << PAGE_SHIFT, PAGE_SIZE, NULL);
-    if (src)
+    if (src && as->m->cache) {
+        /* copy_user_highpage: a CPU copy through the cacheable direct map, so a
+         * dirty line of the source (a write-back cache) is what gets copied;
+         * the copy is cleaned to memory for a non-cacheable user alias */
+        uint8_t buf[PAGE_SIZE];
+        dmamap_cache_read(as->m, src_pfn << PAGE_SHIFT, src, buf, PAGE_SIZE);
+        dmamap_cache_write(as->m, pfn << PAGE_SHIFT, dst, buf, PAGE_SIZE);
+        dmamap_cache_maint(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, 1, 0);
+    } else if (src) {
         memcpy(dst, src, PAGE_SIZE);
+    }
     uint64_t page = va & PAGE_MASK;
     if (replace) {
         dmamap_pt_clear(as, page, 1);
@@ -40,10 +49,12 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
             int rc = page_insertable(as, page, pfn, "fault handler returned a page", err);
             return rc ? rc : cow_page(as, v, page, pfn, 0, err);
         }
+        uint64_t prot;
         int rc = page_get(as, page, pfn, "fault handler returned a page", 1, err);
         if (rc)
             return rc;
-        rc = dmamap_pt_insert(as, page, pfn, v->prot, 0, err);
+        rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, MT_REPORT | MT_PAGE, &prot, err);
+        rc = rc ? rc : dmamap_pt_insert(as, page, pfn, prot, 0, err);
         if (rc)
             page_unget(as, pfn);
         return rc;
@@ -59,10 +70,11 @@ static int insert_one(dmamap_as *as, struct vma *v, uint64_t va, uint64_t pfn, i
         return dmamap_fail(err, DMAMAP_EVMAKIND, va, "PFN insert at %#llx into VMA [%#llx, %#llx) that is %s",
                            (unsigned long long)va, (unsigned long long)v->start, (unsigned long long)v->end,
                            kind ? "both VM_PFNMAP and VM_MIXEDMAP" : "neither VM_PFNMAP nor VM_MIXEDMAP");
-    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, 1, err);
+    uint64_t prot;
+    int rc = fault_memtype_check(as, v, pfn << PAGE_SHIFT, PAGE_SIZE, idx, MT_REPORT, &prot, err);
     if (rc)
         return rc;
-    return dmamap_pt_insert(as, page, pfn, v->prot, 1, err);
+    return dmamap_pt_insert(as, page, pfn, prot, 1, err);
 }
 
 /* Fault-around for n pages from a, backed by pfn.. (one chunk run, one leaf
@@ -76,6 +88,14 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
     uint64_t *slot = dmamap_pt_slot(as, a, &table, &ignored);
     if (!slot)
         return;   /* a block covers it, or no memory for a table */
+    uint64_t prot;
+    if (fault_memtype_check(as, v, pfn << PAGE_SHIFT, n << PAGE_SHIFT, idx, page_mode ? MT_PAGE : 0, &prot,
+                            &ignored) || prot != v->prot) {
+        for (uint64_t i = 0; i < n; i++)   /* a conflict somewhere: page by page, reporting each */
+            if (!slot[i])
+                insert_one(as, v, a + (i << PAGE_SHIFT), pfn + i, page_mode, 0, idx + i, &ignored);
+        return;
+    }
     if (page_mode) {
         dmamap_machine *m = as->m;
         uint64_t base = dmamap_pt_leaf_base(as, v->prot, 0);
@@ -95,12 +115,6 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
         uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
         if (!kind || kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
             return;
-        if (fault_memtype_check(as, v, pfn << PAGE_SHIFT, n << PAGE_SHIFT, idx, 0, &ignored)) {
-            for (uint64_t i = 0; i < n; i++)   /* a conflict somewhere: page by page, reporting each */
-                if (!slot[i])
-                    insert_one(as, v, a + (i << PAGE_SHIFT), pfn + i, 0, 0, idx + i, &ignored);
-            return;
-        }
         uint64_t base = dmamap_pt_leaf_base(as, v->prot, 1);
         for (uint64_t i = 0; i < n; i++)
             if (!slot[i]) {
@@ -133,8 +147,9 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
             int level;
             int found = dmamap_pt_walk(as, base, &e, &level);
             if (!found && level >= 1) {
-                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, 1, err);
-                rc = rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, v->prot, 1, 1, err);
+                uint64_t prot;
+                int rc = fault_memtype_check(as, v, bpfn << PAGE_SHIFT, span, bidx, MT_REPORT, &prot, err);
+                rc = rc ? rc : dmamap_pt_fill(as, base, bpfn, 512, prot, 1, 1, err);
                 as->st.faults_huge += rc == 0;
                 return rc;
             }

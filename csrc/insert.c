@@ -23,7 +23,7 @@ static int insert_special(dmamap_as *as, uint64_t addr, uint64_t pfn, uint64_t p
                            (unsigned long long)addr);
     }
     LOCK(&as->m->lock);
-    int rc = dmamap_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, as->m->arch->prot_cache(as->m->arch, prot), err);
+    int rc = insert_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, MT_REPORT, &prot, err);
     UNLOCK(&as->m->lock);
     return rc ? rc : dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 1, err);
 }
@@ -136,6 +136,11 @@ int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn
         goto out;
     }
     uint64_t prot = v->prot;
+    LOCK(&as->m->lock);
+    rc = insert_memtype_check(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, MT_REPORT | MT_PAGE, &prot, err);
+    UNLOCK(&as->m->lock);
+    if (rc)
+        goto out;
     rc = dmamap_pt_fill(as, addr, pfn, 1, prot, 0, 0, err);
     if (rc == 0)
         v->flags |= DMAMAP_VM_MIXEDMAP;

@@ -52,6 +52,11 @@ struct dmamap_arch {
     const unsigned char *cache_device;
     int noncached, writecombine, dmacoherent, cached;
     int (*memtype_compatible)(const struct dmamap_arch *a, int x, int y);
+    /* x86 PAT (reserve_pfn_range, is_new_memtype_allowed): whether a PFN map of
+     * non-RAM asking for `want` may adopt the reserved type `got`; NULL: never */
+    int (*memtype_adopt)(const struct dmamap_arch *a, int want, int got);
+    int page_alias_reported;    /* a conflicting RAM page insert is reported, never refused
+                                 * (x86: PAT does not track vm_insert_page) */
     /* data-driven memory-type field (ISAs that allow variants): prot & mt_mask
      * is mt_enc[cache]; a variant may use any bits of mt_field */
     uint64_t mt_field, mt_mask;
@@ -152,7 +157,7 @@ struct dmamap_machine {
     int nusers, capusers;
     /* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
-    _Atomic uint64_t mmio_accesses, port_accesses;
+    _Atomic uint64_t mmio_accesses, port_accesses, port_master_aborts;
 };
 
 #define TLB_SIZE 512
@@ -169,6 +174,7 @@ struct tlb_entry {
 
 struct vma {
     uint64_t start, end, flags, prot;
+    uint64_t pgoff;               /* vm_pgoff: offset in the mapped object, in pages */
     int live;
     int fault_kind;
     struct dmamap_chunk *chunks;
@@ -263,9 +269,14 @@ void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean
 /* memtype.c */
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
 int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache);
+/* insert_memtype_check / fault_memtype_check flags */
+#define MT_REPORT 1   /* on a conflict, report or fail as any insert does (else just answer nonzero) */
+#define MT_PAGE 2     /* a page-descriptor insert (vm_insert_page, a page-returning fault) */
+int insert_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int flags, uint64_t *prot,
+    struct dmamap_err *err);
 int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t idx,
-    int report, struct dmamap_err *err);
-int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t prot,
+    int flags, uint64_t *prot, struct dmamap_err *err);
+int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t *prot,
     struct dmamap_err *err);
 void untrack(dmamap_as *as, struct vma *v);
 void untrack_last(dmamap_as *as, struct vma *v);
@@ -328,6 +339,9 @@ int chunk_find(const struct vma *v, uint64_t idx);
 uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run);
 int va_ok(dmamap_as *as, uint64_t va, uint64_t len);
 struct vma *vma_find(dmamap_as *as, uint64_t va);
+struct vma *vma_new(dmamap_as *as, uint64_t addr, struct dmamap_err *err, int *rc);
+int vma_overlaps(dmamap_as *as, uint64_t start, uint64_t end);
+int vma_find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out);
 struct vma *vma_get(dmamap_as *as, int64_t id, struct dmamap_err *err);
 struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_err *err);
 struct vma *vma_enter(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, const char *what,

@@ -15,13 +15,15 @@ int dmamap_port_access(dmamap_machine *m, uint64_t port, int size, int is_write,
     if (port > 0xffff || port + (uint64_t)size > 0x10000)
         return dmamap_fail(err, DMAMAP_EIO, port, "port %#llx+%d outside the 64 KiB port space",
                            (unsigned long long)port, size);
-    if (!m->io_fn)
-        return dmamap_fail(err, DMAMAP_EIO, port, "no device claims port %#llx", (unsigned long long)port);
     m->port_accesses++;
-    int rc = m->io_fn(m->io_ctx, DMAMAP_IO_PORT, -1, -1, port, size, is_write, value);
-    if (rc == DMAMAP_EIO)
-        rc = dmamap_fail(err, rc, port, "no device claims port %#llx", (unsigned long long)port);
-    else if (rc)
+    int rc = m->io_fn ? m->io_fn(m->io_ctx, DMAMAP_IO_PORT, -1, -1, port, size, is_write, value) : DMAMAP_EIO;
+    if (rc == DMAMAP_EIO) {
+        /* PCI master abort: no device claims the cycle; a read returns all-ones, a write is dropped */
+        m->port_master_aborts++;
+        if (!is_write)
+            *value = size == 4 ? 0xffffffffULL : size == 2 ? 0xffffULL : 0xffULL;
+        rc = 0;
+    } else if (rc)
         rc = dmamap_fail(err, rc, port, "port %#llx handler failed", (unsigned long long)port);
     return dmamap_m_done(m, rc, err);
 }
@@ -103,8 +105,8 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
         }
         UNLOCK(&m->lock);
         if (!found)
-            return dmamap_fail(err, DMAMAP_EIO, pa, "I/O window address %#llx has no port translation",
-                               (unsigned long long)pa);
+            return dmamap_fail(err, DMAMAP_EIOFAULT, pa, "I/O window address %#llx is past the ports mapped "
+                               "(no port translation)", (unsigned long long)pa);
         return dmamap_port_access(m, port, size, is_write, value, err);
     }
     if (r->type != DMAMAP_MEM_MMIO)

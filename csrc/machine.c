@@ -153,5 +153,6 @@ void dmamap_machine_stats(dmamap_machine *m, struct dmamap_machine_stats *out)
     out->cache_writebacks = m->cache_wb;
     out->mmio_accesses = m->mmio_accesses;
     out->port_accesses = m->port_accesses;
+    out->port_master_aborts = m->port_master_aborts;
     out->cache_lines_maintained = m->cache_maint_lines;
 }

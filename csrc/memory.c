@@ -68,7 +68,7 @@ int dmamap_remap_pfn_range(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pf
     }
     int track = !(flags & DMAMAP_REMAP_NOTRACK);
     uint64_t reports = as->m->nreports;
-    if (track && (rc = track_pfn(as, v, pfn << PAGE_SHIFT, size, prot, err)))
+    if (track && (rc = track_pfn(as, v, pfn << PAGE_SHIFT, size, &prot, err)))
         goto out;
     rc = dmamap_pt_fill(as, addr, pfn, size >> PAGE_SHIFT, prot, flags & DMAMAP_REMAP_LARGE, 1, err);
     if (rc) {
@@ -149,12 +149,8 @@ int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size,
     struct vma *v = vma_enter(as, id, addr, size, "zap_vma_ptes", 1, err, &rc);
     if (!v)
         return rc;
-    if (!(v->flags & DMAMAP_VM_PFNMAP)) {
-        rc = dmamap_fail(err, DMAMAP_EVMAKIND, addr, "zap_vma_ptes at %#llx on VMA [%#llx, %#llx) that is "
-                         "not VM_PFNMAP", (unsigned long long)addr,
-                         (unsigned long long)v->start, (unsigned long long)v->end);
+    if (!(v->flags & DMAMAP_VM_PFNMAP))   /* mm/memory.c zap_vma_ptes: not a PFN map, nothing to do */
         goto out;
-    }
     /* a partial zap of a large page needs a table: get it first, or change nothing */
     if ((rc = dmamap_pt_split_edges(as, addr, addr + size, err)))
         goto out;

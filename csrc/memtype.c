@@ -11,38 +11,101 @@ static int memtype_compatible(dmamap_machine *m, int a, int b)
 
 /* Whether [pa, pa+size) conflicts with a reservation for `cache`, without
  * reporting or failing.  Caller holds m->lock. */
+static struct memtype_entry *first_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache);
+
 int dmamap_memtype_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache)
+{
+    return first_conflict(m, pa, size, cache) != NULL;
+}
+
+
+static void record_report(dmamap_machine *m, uint64_t pa, uint64_t size, int existing, int requested)
+{
+    struct dmamap_memtype_report *r = &m->reports[m->nreports % MAX_MEMTYPE_REPORTS];
+    *r = (struct dmamap_memtype_report){pa, pa + size, existing, requested};
+    m->nreports++;
+}
+
+/* The first reservation overlapping [pa, pa+size) that `cache` conflicts with. */
+static struct memtype_entry *first_conflict(dmamap_machine *m, uint64_t pa, uint64_t size, int cache)
 {
     for (int i = 0; i < m->nmemtypes; i++) {
         struct memtype_entry *e = &m->memtypes[i];
         if (pa < e->end && e->start < pa + size && !memtype_compatible(m, e->cache, cache))
-            return 1;
+            return e;
     }
-    return 0;
+    return NULL;
 }
-
 
 int dmamap_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
 {
+    struct memtype_entry *e = first_conflict(m, pa, size, cache);
+    if (!e)
+        return 0;
+    if (m->memtype_policy == DMAMAP_MEMTYPE_REPORT) {
+        record_report(m, pa, size, e->cache, cache);
+        return 0;
+    }
+    if (err)
+        err->aux = (uint64_t)e->cache;
+    return dmamap_fail(err, DMAMAP_EMEMTYPE, pa, "conflicting memory types: [%#llx, %#llx) requested "
+                       "%s but [%#llx, %#llx) is %s", (unsigned long long)pa,
+                       (unsigned long long)(pa + size), m->arch->cache_names[cache],
+                       (unsigned long long)e->start, (unsigned long long)e->end,
+                       m->arch->cache_names[e->cache]);
+}
+
+/* x86 reserve_pfn_range / memtype_check_conflict with a new_type: a PFN map of
+ * non-RAM whose overlapping reservations all have one type takes that type
+ * when the ISA allows it (is_new_memtype_allowed).  Returns the cache type to
+ * map with.  Caller holds m->lock. */
+static int adopt_cache(dmamap_machine *m, uint64_t pa, uint64_t size, int cache)
+{
+    if (!m->arch->memtype_adopt || dmamap_pfn_is_ram(m, pa >> PAGE_SHIFT) ||
+        dmamap_pfn_is_ram(m, (pa + size - 1) >> PAGE_SHIFT))
+        return cache;
+    int found = -1;
     for (int i = 0; i < m->nmemtypes; i++) {
         struct memtype_entry *e = &m->memtypes[i];
-        if (pa < e->end && e->start < pa + size && !memtype_compatible(m, e->cache, cache)) {
-            if (m->memtype_policy == DMAMAP_MEMTYPE_REPORT) {
-                struct dmamap_memtype_report *r = &m->reports[m->nreports % MAX_MEMTYPE_REPORTS];
-                *r = (struct dmamap_memtype_report){pa, pa + size, e->cache, cache};
-                m->nreports++;
-                return 0;
-            }
-            if (err)
-                err->aux = (uint64_t)e->cache;
-            return dmamap_fail(err, DMAMAP_EMEMTYPE, pa, "conflicting memory types: [%#llx, %#llx) requested "
-                               "%s but [%#llx, %#llx) is %s", (unsigned long long)pa,
-                               (unsigned long long)(pa + size), m->arch->cache_names[cache],
-                               (unsigned long long)e->start, (unsigned long long)e->end,
-                               m->arch->cache_names[e->cache]);
+        if (pa < e->end && e->start < pa + size) {
+            if (found >= 0 && e->cache != found)
+                return cache;   /* two types over the range: a conflict, as memtype_check_conflict */
+            found = e->cache;
         }
     }
-    return 0;
+    if (found < 0 || found == cache || !m->arch->memtype_adopt(m->arch, cache, found))
+        return cache;
+    return found;
+}
+
+/* The one attribute check of every path that puts a PTE in place: the cache
+ * type of *prot against the kernel's own reservations of [pa, pa+size) (the
+ * coherent allocator's alias, set_memory_uc/wc, MMIO mappings).  A PFN insert
+ * may adopt the reserved type (x86 PAT; *prot is updated); a page-descriptor
+ * insert (MT_PAGE) of a conflicting type is reported where the ISA does not
+ * track pages (x86), else reported or refused by the machine's policy.
+ * Without MT_REPORT a conflict only answers nonzero.  Caller holds m->lock. */
+int insert_memtype_check(dmamap_machine *m, uint64_t pa, uint64_t size, int flags, uint64_t *prot,
+                         struct dmamap_err *err)
+{
+    int cache = m->arch->prot_cache(m->arch, *prot);
+    struct memtype_entry *e = first_conflict(m, pa, size, cache);
+    if (!e)
+        return 0;
+    if (!(flags & MT_PAGE)) {
+        int got = adopt_cache(m, pa, size, cache);
+        if (got != cache) {
+            *prot = m->arch->prot_set_cache(m->arch, *prot, got);
+            return 0;
+        }
+    }
+    if (!(flags & MT_REPORT))
+        return 1;
+    if ((flags & MT_PAGE) && m->arch->page_alias_reported) {
+        record_report(m, pa, size, e->cache, cache);
+        return 0;
+    }
+    return dmamap_memtype_check(m, pa, size, cache, err);
 }
 
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err)
@@ -141,11 +204,15 @@ int dmamap_memtype_reports(dmamap_machine *m, struct dmamap_memtype_report *out,
 }
 
 /* Check the cache type of [pa, pa+size) against the tracked memtypes and keep a
- * reservation on the VMA until it is unmapped (x86 track_pfn_remap). */
-int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t prot,
+ * reservation on the VMA until it is unmapped (x86 track_pfn_remap); *prot
+ * takes the adopted type when PAT adopts one (reserve_pfn_range). */
+int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t *prot,
                      struct dmamap_err *err)
 {
-    int cache = as->m->arch->prot_cache(as->m->arch, prot);
+    dmamap_machine *m = as->m;
+    LOCK(&m->lock);
+    int want = m->arch->prot_cache(m->arch, *prot), cache = adopt_cache(m, pa, size, want);
+    UNLOCK(&m->lock);
     if (v->nmemtypes == v->capmemtypes) {
         int cap = v->capmemtypes ? v->capmemtypes * 2 : 4;
         struct memtype_entry *n = realloc(v->memtypes, (size_t)cap * sizeof *n);
@@ -154,9 +221,12 @@ int track_pfn(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t
         v->memtypes = n;
         v->capmemtypes = cap;
     }
-    int rc = dmamap_memtype_reserve(as->m, pa, size, cache, err);
-    if (rc == 0)
+    int rc = dmamap_memtype_reserve(m, pa, size, cache, err);
+    if (rc == 0) {
         v->memtypes[v->nmemtypes++] = (struct memtype_entry){pa, pa + size, cache, 1};
+        if (cache != want)
+            *prot = m->arch->prot_set_cache(m->arch, *prot, cache);
+    }
     return rc;
 }
 
@@ -176,17 +246,18 @@ void untrack(dmamap_as *as, struct vma *v)
     v->nmemtypes = 0;
 }
 
-/* The memtype check of a fault-path PFN insert.  The VMA remembers the chunk
- * it last found free of conflicts (for its cache type, at the reservations'
- * generation), so a run of faults in one chunk takes no machine lock.  idx is
- * the chunk-list page of pa, or ~0 when pa is not from the chunk list.  On a
- * conflict, report = 1 checks [pa, pa+size) as any insert does (failing or
- * recording an attribute report); report = 0 just answers nonzero. */
+/* The memtype check of a fault-path insert (insert_memtype_check with a
+ * cache).  The VMA remembers the chunk it last found free of conflicts (for
+ * its cache type, at the reservations' generation), so a run of faults in one
+ * chunk takes no machine lock.  idx is the chunk-list page of pa, or ~0 when pa
+ * is not from the chunk list.  *prot starts as the VMA's and may take an
+ * adopted type. */
 int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size, uint64_t idx,
-                               int report, struct dmamap_err *err)
+                        int flags, uint64_t *prot, struct dmamap_err *err)
 {
     dmamap_machine *m = as->m;
     uint64_t gen = atomic_load_explicit(&m->memtype_gen, memory_order_acquire);
+    *prot = v->prot;
     if (v->mt_gen == gen + 1 && v->mt_prot == v->prot && pa >= v->mt_lo && pa + size <= v->mt_hi)
         return 0;
     int cache = m->arch->prot_cache(m->arch, v->prot);
@@ -205,7 +276,7 @@ int fault_memtype_check(dmamap_as *as, struct vma *v, uint64_t pa, uint64_t size
         v->mt_prot = v->prot;
         v->mt_gen = m->memtype_gen + 1;
     } else {
-        rc = report ? dmamap_memtype_check(m, pa, size, cache, err) : 1;   /* reports or fails, as any insert */
+        rc = insert_memtype_check(m, pa, size, flags, prot, err);
     }
     UNLOCK(&m->lock);
     return rc;

@@ -100,7 +100,7 @@ int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)
     return id;
 }
 
-static int overlaps(dmamap_as *as, uint64_t start, uint64_t end)
+int vma_overlaps(dmamap_as *as, uint64_t start, uint64_t end)
 {
     for (int i = 0; i < as->nvmas; i++) {
         struct vma *v = &as->vmas[i];
@@ -110,7 +110,7 @@ static int overlaps(dmamap_as *as, uint64_t start, uint64_t end)
     return 0;
 }
 
-static int find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out)
+int vma_find_gap(dmamap_as *as, uint64_t length, uint64_t align, uint64_t *out)
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t lo = as->kernel ? a->vmalloc_start : 0x10000000ULL;
@@ -147,6 +147,42 @@ void vma_release(struct vma *v)
     memset(v, 0, sizeof *v);
 }
 
+/* A free VMA slot with a fresh id, zeroed; NULL with *rc on failure.  May move
+ * as->vmas: pointers to other VMAs must be looked up again.  Caller holds as->lock. */
+struct vma *vma_new(dmamap_as *as, uint64_t addr, struct dmamap_err *err, int *rc)
+{
+    int slot = -1;
+    for (int i = 0; i < as->nvmas; i++)
+        if (!as->vmas[i].live) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        if (as->nvmas >= (1 << ID_SLOT_BITS)) {
+            *rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "too many VMAs");
+            return NULL;
+        }
+        if (as->nvmas == as->capvmas) {
+            int cap = as->capvmas ? as->capvmas * 2 : 16;
+            struct vma *n = realloc(as->vmas, (size_t)cap * sizeof *n);
+            if (!n) {
+                *rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "host out of memory for VMAs");
+                return NULL;
+            }
+            memset(n + as->capvmas, 0, (size_t)(cap - as->capvmas) * sizeof *n);
+            as->vmas = n;
+            as->capvmas = cap;
+        }
+        slot = as->nvmas++;
+    }
+    struct vma *v = &as->vmas[slot];
+    uint64_t gen = v->gen + 1;
+    memset(v, 0, sizeof *v);
+    v->gen = gen & ID_GEN_MASK;   /* 2^43 reuses of one slot before an id repeats */
+    v->id = (int64_t)((uint64_t)slot | (v->gen << ID_SLOT_BITS));
+    return v;
+}
+
 int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags, uint64_t prot,
                 uint64_t align, int64_t *id_out, struct dmamap_err *err)
 {
@@ -163,7 +199,8 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
         return dmamap_fail(err, DMAMAP_EINVAL, align, "mmap alignment %#llx is not a power of two",
                            (unsigned long long)align);
     uint64_t known = DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_EXEC | DMAMAP_VM_SHARED | DMAMAP_VM_IO |
-                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP;
+                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP |
+                     DMAMAP_VM_DONTCOPY | DMAMAP_VM_WIPEONFORK;
     if (vm_flags & ~known)
         return dmamap_fail(err, DMAMAP_EINVAL, addr, "unknown vm_flags %#llx",
                            (unsigned long long)(vm_flags & ~known));
@@ -181,45 +218,19 @@ int dmamap_mmap(dmamap_as *as, uint64_t addr, uint64_t length, uint64_t vm_flags
                              (unsigned long long)length, as->kernel ? "kernel" : "user");
             goto out;
         }
-        if (overlaps(as, addr, addr + length)) {
+        if (vma_overlaps(as, addr, addr + length)) {
             rc = dmamap_fail(err, DMAMAP_EBUSY, addr, "fixed mmap at %#llx overlaps an existing VMA",
                              (unsigned long long)addr);
             goto out;
         }
-    } else if (!find_gap(as, length, align, &addr)) {
+    } else if (!vma_find_gap(as, length, align, &addr)) {
         rc = dmamap_fail(err, DMAMAP_ENOMEM, length, "no free virtual range of %#llx bytes",
                          (unsigned long long)length);
         goto out;
     }
-    int slot = -1;
-    for (int i = 0; i < as->nvmas; i++)
-        if (!as->vmas[i].live) {
-            slot = i;
-            break;
-        }
-    if (slot < 0) {
-        if (as->nvmas >= (1 << ID_SLOT_BITS)) {
-            rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "too many VMAs");
-            goto out;
-        }
-        if (as->nvmas == as->capvmas) {
-            int cap = as->capvmas ? as->capvmas * 2 : 16;
-            struct vma *n = realloc(as->vmas, (size_t)cap * sizeof *n);
-            if (!n) {
-                rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "host out of memory for VMAs");
-                goto out;
-            }
-            memset(n + as->capvmas, 0, (size_t)(cap - as->capvmas) * sizeof *n);
-            as->vmas = n;
-            as->capvmas = cap;
-        }
-        slot = as->nvmas++;
-    }
-    struct vma *v = &as->vmas[slot];
-    uint64_t gen = v->gen + 1;
-    memset(v, 0, sizeof *v);
-    v->gen = gen & ID_GEN_MASK;   /* 2^43 reuses of one slot before an id repeats */
-    v->id = (int64_t)((uint64_t)slot | (v->gen << ID_SLOT_BITS));
+    struct vma *v = vma_new(as, addr, err, &rc);
+    if (!v)
+        goto out;
     v->start = addr;
     v->end = addr + length;
     v->flags = vm_flags;
@@ -263,7 +274,7 @@ int dmamap_vma_info(dmamap_as *as, int64_t id, struct dmamap_vma_info *out, stru
     struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
     if (!v)
         return rc;
-    *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1};
+    *out = (struct dmamap_vma_info){v->start, v->end, v->flags, v->prot, v->fault_kind, 1, v->pgoff};
     return as_unlock(as, 0, err);
 }
 
@@ -272,7 +283,8 @@ int dmamap_vma_set_flags(dmamap_as *as, int64_t id, uint64_t set, uint64_t clear
     dmamap_err_clear(err);
     AS_CHECK(as, err, 0);
     uint64_t known = DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_EXEC | DMAMAP_VM_SHARED | DMAMAP_VM_IO |
-                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP;
+                     DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP | DMAMAP_VM_DONTDUMP |
+                     DMAMAP_VM_DONTCOPY | DMAMAP_VM_WIPEONFORK;
     if ((set | clear) & ~known)
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "unknown vm_flags %#llx",
                            (unsigned long long)((set | clear) & ~known));
@@ -300,6 +312,21 @@ int dmamap_vma_set_prot(dmamap_as *as, int64_t id, uint64_t prot, struct dmamap_
     if (!v)
         return rc;
     v->prot = prot;
+    return as_unlock(as, 0, err);
+}
+
+int dmamap_vma_set_pgoff(dmamap_as *as, int64_t id, uint64_t pgoff, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (pgoff > (~0ULL >> PAGE_SHIFT))
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "vm_pgoff %#llx: the offset in bytes overflows",
+                           (unsigned long long)pgoff);
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    v->pgoff = pgoff;
     return as_unlock(as, 0, err);
 }
 
@@ -414,4 +441,95 @@ uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
     if (run)
         *run = v->chunk_start[c + 1] - idx;
     return v->chunks[c].pfn + (idx - v->chunk_start[c]);
+}
+
+/* mm/mmap.c __split_vma: VMA id keeps [start, addr), a new VMA (*new_id) gets
+ * [addr, end) with the same flags, protection, fault handler and chunk list
+ * (first_page moved on), vm_pgoff + the pages before addr, and its own copy of
+ * the memtype reservations (each piece holds them until it goes, as fork's
+ * track_pfn_copy).  A large page across addr is split into a table first.
+ * All or nothing. */
+int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, addr);
+    if (!new_id)
+        return dmamap_fail(err, DMAMAP_EINVAL, addr, "NULL new_id");
+    int rc = 0;
+    struct vma *v = vma_enter(as, id, addr, 0, "split_vma", 0, err, &rc);
+    if (!v)
+        return rc;
+    if ((addr & (PAGE_SIZE - 1)) || addr <= v->start || addr >= v->end) {
+        rc = dmamap_fail(err, DMAMAP_EINVAL, addr, "split_vma: %#llx is not a page boundary inside VMA "
+                         "[%#llx, %#llx)", (unsigned long long)addr, (unsigned long long)v->start,
+                         (unsigned long long)v->end);
+        goto out;
+    }
+    uint64_t delta = (addr - v->start) >> PAGE_SHIFT;
+    struct dmamap_chunk *c = NULL;
+    uint64_t *cs = NULL;
+    struct memtype_entry *mt = NULL;
+    if (v->nchunks) {
+        c = malloc((size_t)v->nchunks * sizeof *c);
+        cs = malloc(((size_t)v->nchunks + 1) * sizeof *cs);
+    }
+    if (v->nmemtypes)
+        mt = malloc((size_t)v->nmemtypes * sizeof *mt);
+    if ((v->nchunks && (!c || !cs)) || (v->nmemtypes && !mt)) {
+        free(c);
+        free(cs);
+        free(mt);
+        rc = dmamap_fail(err, DMAMAP_ENOMEM, addr, "host out of memory for a VMA split");
+        goto out;
+    }
+    if ((rc = dmamap_pt_split_edges(as, addr, addr, err))) {
+        free(c);
+        free(cs);
+        free(mt);
+        goto out;
+    }
+    int64_t old_id = v->id;
+    struct vma *n = vma_new(as, addr, err, &rc);
+    if (!n) {
+        free(c);
+        free(cs);
+        free(mt);
+        goto out;
+    }
+    v = vma_get(as, old_id, NULL);   /* vma_new may have moved the array */
+    n->start = addr;
+    n->end = v->end;
+    n->flags = v->flags;
+    n->prot = v->prot;
+    n->pgoff = v->pgoff + delta;
+    n->fault_kind = v->fault_kind;
+    n->fault_around = v->fault_around;
+    n->large = v->large;
+    n->first_page = v->first_page + delta;
+    if (v->nchunks) {
+        memcpy(c, v->chunks, (size_t)v->nchunks * sizeof *c);
+        memcpy(cs, v->chunk_start, ((size_t)v->nchunks + 1) * sizeof *cs);
+        n->chunks = c;
+        n->chunk_start = cs;
+        n->nchunks = v->nchunks;
+    }
+    n->pio_port = v->pio_port + (addr - v->start);
+    n->pio_count = v->pio_count > addr - v->start ? v->pio_count - (addr - v->start) : 0;
+    if (v->pio_count > addr - v->start)
+        v->pio_count = addr - v->start;
+    n->memtypes = mt;
+    n->capmemtypes = v->nmemtypes;
+    for (int i = 0; i < v->nmemtypes; i++) {
+        struct memtype_entry *e = &v->memtypes[i];
+        struct dmamap_err ignored;
+        /* the same type over the same range is always compatible: only takes a reference */
+        if (dmamap_memtype_reserve(as->m, e->start, e->end - e->start, e->cache, &ignored) == 0)
+            n->memtypes[n->nmemtypes++] = *e;
+    }
+    n->live = 1;
+    v->end = addr;
+    v->mt_gen = 0;
+    *new_id = n->id;
+out:
+    return as_unlock(as, rc, err);
 }

@@ -22,6 +22,7 @@ shell: ``dmamap info``, ``dmamap demo``, ``dmamap conformance BACKEND``.
 
 import importlib.metadata as _metadata
 
+from dmamap.chardev import DeviceFile
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
     STRATEGIES,
@@ -70,6 +71,8 @@ from dmamap.mm import (
     zap_vma_ptes,
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
+from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
+from dmamap.vm_ops import VmOperations
 
 try:
     __version__ = _metadata.version("dmamap")
@@ -113,7 +116,7 @@ __all__ = [
     "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "change_protection", "pgprot_noncached",
     "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached", "virt_to_page", "virt_to_phys",
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
-    "unregister_backend", "registry",
+    "unregister_backend", "registry", "set_memory_uc", "set_memory_wc", "set_memory_wb", "DeviceFile", "VmOperations",
 ]
 __all__ += [n for n in _error_names if n not in __all__]
 del _error_names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from dmamap.errors import (
     DmaFreeError,
     InvalidArgumentError,
     MachineClosedError,
+    MmapError,
     OutOfMemoryError,
     StrategyError,
     VmaNotMappedError,
@@ -40,6 +42,7 @@ from dmamap.mm import (
 )
 from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
+from dmamap.vm_ops import VmOperations
 
 __all__ = [
     "DmaBuffer", "SgEntry", "SgTable", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent",
@@ -232,47 +235,102 @@ def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pag
         raise
 
 
-def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
+def _check_vma_live(vma: Vma, what: str) -> None:
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if not vma.live:
         vma.mm._check_open()   # a closed address space or machine says so
         raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start)
+
+
+def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
+    _check_vma_live(vma, what)
     if vma.nr_pages > nr_pages:
-        raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
-                                   f"available from the offset (-ENXIO)", vma.start)
+        raise MmapError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {nr_pages} pages "
+                        f"available from the offset (-ENXIO)", vma.start)
 
 
-def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *, offset: int = 0,
-                      strategy: str | None = None) -> None:
-    """Map a coherent buffer (from byte ``offset``, page-aligned) into ``vma``
-    with the platform's attribute and mapping strategy."""
+class _Unset:
+    """The deprecated ``offset=`` keyword was not given (None is a bad offset)."""
+
+
+_UNSET = _Unset()
+
+
+def _first_page(vma: Vma, offset: int | _Unset, unit: int, what: str) -> int:
+    """The object page a helper maps at vma.start: vma.vm_pgoff, as the kernel's
+    dma_mmap_attrs, or the deprecated ``offset=`` (``unit`` bytes each)."""
+    if isinstance(offset, _Unset):
+        return vma.vm_pgoff
+    warnings.warn(f"{what}(offset=) is deprecated: set the VMA's vm_pgoff (mm.mmap(offset=...)) instead",
+                  DeprecationWarning, stacklevel=3)
+    offset = u64("offset", offset)
+    if unit > 1 and offset % unit:
+        raise InvalidArgumentError(f"{what}: offset {offset:#x} is not page-aligned", vma.start)
+    return offset // unit
+
+
+def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
+                      offset: int | _Unset = _UNSET, strategy: str | None = None) -> None:
+    """Map a coherent buffer into ``vma`` from its page ``vma.vm_pgoff``
+    (dma_mmap_attrs / dma_direct_mmap), with the platform's attribute and
+    mapping strategy.  ``size`` may be smaller than the allocation (ALSA passes
+    runtime->dma_bytes): only its pages may be mapped, and a VMA past them
+    raises MmapError (-ENXIO).  ``offset`` (bytes, page-aligned) is deprecated:
+    when given it replaces vm_pgoff."""
     dev = _device(dev)
     be = _backend(dev)
-    offset = u64("offset", offset)
-    if offset % PAGE_SIZE:
-        raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is not page-aligned")
+    size = _size(size)
     with dev.dma_debug.lock:
-        rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, _size(size))
-        npages = rec.alloc.npages
-        first = offset >> PAGE_SHIFT
-        if first >= npages:
-            raise InvalidArgumentError(f"dma_mmap_coherent: offset {offset:#x} is past the buffer's "
-                                       f"{size:#x} bytes (-ENXIO)", vma.start if isinstance(vma, Vma) else 0)
-        _check_vma_room(vma, npages - first, "dma_mmap_coherent")
+        rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, None)
+        _check_vma_live(vma, "dma_mmap_coherent")
+        if size > rec.size:
+            raise MmapError(f"dma_mmap_coherent: size {size:#x} is larger than the {rec.size:#x} bytes "
+                            f"allocated at cpu_addr {int(cpu_addr):#x}", vma.start)
+        count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        first = _first_page(vma, offset, PAGE_SIZE, "dma_mmap_coherent")
+        if first >= count:
+            raise MmapError(f"dma_mmap_coherent: page offset {first} is past the buffer's {count} pages "
+                            f"(-ENXIO)", vma.start)
+        _check_vma_room(vma, count - first, "dma_mmap_coherent")
         if vma.machine is not dev.machine:
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
         old_prot = vma.page_prot
         prot = be.dma_pgprot(dev, old_prot)
-        chunks = [(rec.alloc.pfn, npages)]
+        chunks = [(rec.alloc.pfn, rec.alloc.npages)]
         if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
             _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
         _track_mapping(dev, [rec], vma)
 
 
-def _track_mapping(dev: Device, recs: list[DmaRecord], vma: Vma) -> None:
-    vma._add_unmap_callback(dev.dma_debug.track(recs, vma))
+def _dma_open(vma: Vma) -> None:
+    """A new piece of a coherent mapping (a split): it maps the buffers too."""
+    dev, recs = vma._dma_mapping
+    dev.dma_debug.track(recs, vma)
+
+
+def _dma_close(vma: Vma) -> None:
+    """A piece of a coherent mapping goes: the buffers stay mapped while another piece lives."""
+    dev, recs = vma._dma_mapping
+    with dev.dma_debug.lock:
+        for r in recs:
+            r.vmas.discard(vma)
+
+
+#: vm_operations of the helpers' memory kinds: coherent buffers count their
+#: mappings through open/close (dma_free_coherent is refused while one lives);
+#: MMIO and port I/O mappings name their kind.
+COHERENT_VM_OPS = VmOperations("dma-coherent", open=_dma_open, close=_dma_close)
+COHERENT_SG_VM_OPS = VmOperations("dma-coherent-sg", open=_dma_open, close=_dma_close)
+MMIO_VM_OPS = VmOperations("mmio")
+PIO_VM_OPS = VmOperations("pio")
+
+
+def _track_mapping(dev: Device, recs: list[DmaRecord], vma: Vma, ops: VmOperations = COHERENT_VM_OPS) -> None:
+    vma._dma_mapping = (dev, recs)
+    dev.dma_debug.track(recs, vma)
+    vma.vm_ops = ops
 
 
 def dma_munmap_coherent(vma: Vma) -> None:
@@ -355,31 +413,36 @@ def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
             dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
 
 
-def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int = 0, nr_pages: int | None = None,
-                         strategy: str | None = None) -> None:
-    """Map pages [offset, offset+nr_pages) of a scatter list as one linear range
-    at ``vma.start``; offsets are in pages and may fall inside any chunk."""
+def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int | _Unset = _UNSET,
+                         nr_pages: int | None = None, strategy: str | None = None) -> None:
+    """Map pages [vma.vm_pgoff, vma.vm_pgoff + nr_pages) of a scatter list as
+    one linear range at ``vma.start`` (the offset may fall inside any chunk);
+    ``nr_pages`` defaults to what fits.  ``offset`` (pages) is deprecated: when
+    given it replaces vm_pgoff."""
     dev = _device(dev)
     be = _backend(dev)
     if not isinstance(sglist, SgTable):
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    offset = u64("offset", offset)
+    if isinstance(offset, _Unset):
+        _check_vma_live(vma, "dma_mmap_coherent_sg")
+    offset = _first_page(vma, offset, 1, "dma_mmap_coherent_sg")
     total = sglist.nr_pages
     if offset >= total:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: offset {offset} is past the {total} pages")
+        raise MmapError(f"dma_mmap_coherent_sg: page offset {offset} is past the {total} pages (-ENXIO)",
+                        vma.start)
     if nr_pages is None:
         nr_pages = min(total - offset, vma.nr_pages if isinstance(vma, Vma) else 0)
     nr_pages = u64("nr_pages", nr_pages)
     if nr_pages == 0 or offset + nr_pages > total:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not "
-                                   f"inside the {total} pages of the scatter list")
+        raise MmapError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not inside the "
+                        f"{total} pages of the scatter list (-ENXIO)", vma.start)
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if nr_pages > vma.nr_pages:
-        raise InvalidArgumentError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's "
-                                   f"{vma.nr_pages}", vma.start)
+        raise MmapError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's {vma.nr_pages}",
+                        vma.start)
     with dev.dma_debug.lock:
         recs = [dev.dma_debug.lookup("dma_mmap_coherent_sg", e.cpu_addr, e.dma_handle, e.length)
                 for e in sglist.entries]
@@ -392,7 +455,7 @@ def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int 
         chunks = [(r.alloc.pfn, r.alloc.npages) for r in recs]
         if not be.mmap_user(dev, vma, chunks, offset, nr_pages, prot, strat, is_ram):
             _map_chunks(vma, chunks, offset, nr_pages, prot, strat, is_ram)
-        _track_mapping(dev, recs, vma)
+        _track_mapping(dev, recs, vma, COHERENT_SG_VM_OPS)
 
 
 # ---- MMIO and port I/O ----
@@ -425,6 +488,7 @@ def mmio_map(vma: Vma, phys_addr: int, size: int, *, cache: str = "uc") -> None:
     except BaseException:
         vma.page_prot = old_prot   # a refused mapping leaves the VMA as it was
         raise
+    vma.vm_ops = MMIO_VM_OPS
 
 
 def pio_map(vma: Vma, port: int, count: int) -> None:
@@ -440,6 +504,7 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         raise InvalidArgumentError(f"pio_map: {count} ports do not fit the VMA's {len(vma)} bytes", vma.start)
     if not m.has_io_window:
         vma.set_pio_trap(port, count)
+        vma.vm_ops = PIO_VM_OPS
         return
     size = (count + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     try:
@@ -470,3 +535,4 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
         m.io_window.free(win, size)
 
     vma._add_unmap_callback(release)
+    vma.vm_ops = PIO_VM_OPS

@@ -24,6 +24,12 @@ class InvalidArgumentError(DmamapError, ValueError):
     rule = "invalid argument"
 
 
+class MmapError(InvalidArgumentError):
+    """A driver's mmap refused the VMA: larger than the object from its offset (-ENXIO)."""
+
+    rule = "VMA does not fit the mapped object"
+
+
 class OutOfMemoryError(DmamapError, MemoryError):
     """Emulated RAM (or a virtual range) is exhausted."""
 
@@ -52,6 +58,13 @@ class SegmentationFault(AccessFault):
     """SIGSEGV: the address is mapped by no VMA."""
 
     rule = "no VMA at address (SIGSEGV)"
+
+
+class PortRangeFault(SegmentationFault):
+    """SIGSEGV: an access past the ports a ``pio_map`` reaches (#GP on x86, an
+    abort from the I/O window elsewhere: one class on every platform)."""
+
+    rule = "access past the mapped ports (SIGSEGV)"
 
 
 class ProtectionFault(AccessFault, PermissionError):

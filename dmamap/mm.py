@@ -6,6 +6,7 @@ driver writer recognises ``remap_pfn_range(vma, addr, pfn, size, prot)``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Iterable
@@ -16,8 +17,11 @@ from dmamap._binding import Err, FaultKind, FaultResult, Region, RemapFlag, VmFl
 from dmamap._binding import mm as cmm
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
 from dmamap.errors import (
+    AddressRangeError,
+    DmamapError,
     InvalidArgumentError,
     MachineClosedError,
+    MmapError,
     SegmentationFault,
     VmaNotMappedError,
 )
@@ -31,6 +35,7 @@ from dmamap.pgprot import (
     pgprot_writecombine,
 )
 from dmamap.physmem import Page, PhysicalMemory
+from dmamap.vm_ops import VmOperations
 
 if TYPE_CHECKING:
     from dmamap.machine import Machine
@@ -114,7 +119,8 @@ class AsStats:
 
 @dataclass(frozen=True)
 class VmFault:
-    """What a Python fault handler is told (struct vm_fault)."""
+    """What a Python fault handler is told (struct vm_fault); ``pgoff`` is the
+    page's offset in the mapped object, ``vma.vm_pgoff`` included (linear_page_index)."""
 
     vma: Vma
     address: int
@@ -123,6 +129,40 @@ class VmFault:
 
 
 FaultHandler = Callable[[VmFault], Union["Page", int, None]]
+
+
+class _MapGroup:
+    """The pieces one mmap became by splits, and what runs when the last goes."""
+
+    def __init__(self, first: Vma) -> None:
+        self.pieces: set[Vma] = {first}
+        self.callbacks: list[Callable[[], None]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def live(self) -> bool:
+        return any(p.live for p in list(self.pieces))
+
+    def add_piece(self, vma: Vma) -> None:
+        with self.lock:
+            self.pieces.add(vma)
+        vma._group = self
+
+    def add_callback(self, cb: Callable[[], None]) -> None:
+        with self.lock:
+            if self.pieces:
+                self.callbacks.append(cb)
+                return
+        cb()
+
+    def piece_gone(self, vma: Vma) -> None:
+        with self.lock:
+            self.pieces.discard(vma)
+            cbs: list[Callable[[], None]] = []
+            if not self.pieces:
+                cbs, self.callbacks = self.callbacks, []
+        for cb in cbs:
+            cb()
 
 
 class Vma:
@@ -135,26 +175,46 @@ class Vma:
         self.end = end
         self.fault_handler: FaultHandler | None = None
         self.private_data: Any = None
-        self._on_unmap: list[Callable[[], None]] = []
+        self.vm_file: Any = None   # the DeviceFile mmapped, if any (vma->vm_file)
+        self._vm_ops: VmOperations | None = None
+        self._dma_mapping: Any = None   # (device, buffer records) of a helper's coherent mapping
         self._gone = False
-        self._unmap_lock = threading.Lock()
+        self._group = _MapGroup(self)
 
     def _add_unmap_callback(self, cb: Callable[[], None]) -> None:
-        """Run ``cb`` once when this VMA goes (munmap or its address space
-        closing), or at once if it has gone already (a close on another thread)."""
-        with self._unmap_lock:
-            if not self._gone:
-                self._on_unmap.append(cb)
-                return
-        cb()
+        """Run ``cb`` once when this mapping goes (munmap of its last piece, or its
+        address space closing), or at once if it has gone already."""
+        self._group.add_callback(cb)
 
     def _unmapped(self) -> None:
-        """The VMA is gone: run its unmap callbacks, each exactly once."""
-        with self._unmap_lock:
-            self._gone = True
-            cbs, self._on_unmap = self._on_unmap, []
-        for cb in cbs:
-            cb()
+        """This piece is gone: vm_ops.close, then the mapping's unmap callbacks
+        when its last piece goes."""
+        self._gone = True
+        ops = self._vm_ops
+        try:
+            if ops is not None and ops.close is not None:
+                ops.close(self)
+        finally:
+            self._group.piece_gone(self)
+
+    @property
+    def vm_ops(self) -> VmOperations | None:
+        """The VMA's :class:`VmOperations` (vma->vm_ops); setting it installs its
+        fault handler, if it has one."""
+        return self._vm_ops
+
+    @vm_ops.setter
+    def vm_ops(self, ops: VmOperations | None) -> None:
+        if ops is not None and not isinstance(ops, VmOperations):
+            raise TypeError(f"vm_ops must be a VmOperations, not {type(ops).__name__}")
+        if ops is not None and ops.fault is not None:
+            self.set_fault_handler(ops.fault)
+        self._vm_ops = ops
+
+    @property
+    def mapping_live(self) -> bool:
+        """Whether any piece of the mapping this VMA came from (by splits) is still mapped."""
+        return self._group.live
 
     def _info(self) -> cmm.VmaInfo:
         try:
@@ -187,6 +247,15 @@ class Vma:
         cmm.vma_set_prot(self.mm._ptr(), self.id, check_prot(prot, self.mm.machine.isa))
 
     page_prot = vm_page_prot
+
+    @property
+    def vm_pgoff(self) -> int:
+        """The mapping's offset in the mapped object, in pages (mmap's offset >> PAGE_SHIFT)."""
+        return self._info().pgoff
+
+    @vm_pgoff.setter
+    def vm_pgoff(self, pgoff: int) -> None:
+        cmm.vma_set_pgoff(self.mm._ptr(), self.id, u64("vm_pgoff", pgoff))
 
     @property
     def pfnmap(self) -> bool:
@@ -345,8 +414,11 @@ class AddressSpace:
         return sorted(self._vmas.values(), key=lambda v: v.start)
 
     def mmap(self, length: int, *, prot: str = "rw", shared: bool = True, flags: int = 0,
-             addr: int = 0, align: int | None = None) -> Vma:
+             addr: int = 0, align: int | None = None, offset: int = 0) -> Vma:
         """Create a VMA of ``length`` bytes (rounded up to pages) with no PTEs yet.
+
+        ``offset`` (bytes, page-aligned, as mmap(2)'s) becomes ``vma.vm_pgoff``
+        in pages, for the driver that maps the object.
 
         ``prot`` is any of ``"r"``, ``"w"``, ``"x"`` combined, or ``""`` for PROT_NONE.
         Mappings of 2 MiB or more are 2 MiB-aligned so large pages can be used.
@@ -359,6 +431,11 @@ class AddressSpace:
         if set(prot) - set("rwx"):
             raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
         length = page_align("mmap", length)
+        offset = u64("offset", offset)
+        if offset % PAGE_SIZE:
+            raise InvalidArgumentError(f"mmap offset {offset:#x} is not page-aligned (EINVAL)", offset)
+        if (offset >> PAGE_SHIFT) + (length >> PAGE_SHIFT) > (1 << 64) >> PAGE_SHIFT:
+            raise InvalidArgumentError(f"mmap offset {offset:#x} + length {length:#x} overflows (EOVERFLOW)", offset)
         vmf = u64("flags", flags)   # unknown bits are refused by the core
         for ch, bit in _PROT_FLAGS:
             if ch in prot:
@@ -372,6 +449,13 @@ class AddressSpace:
             align = 1 << 21 if length >= 1 << 21 else PAGE_SIZE
         vid, start, end = cmm.mmap(self._ptr(), u64("addr", addr), length, vmf, pp, u64("align", align))
         vma = Vma(self, vid, start, end)
+        if offset:
+            try:
+                vma.vm_pgoff = offset >> PAGE_SHIFT
+            except BaseException:
+                with contextlib.suppress(DmamapError):   # the space may have closed meanwhile
+                    cmm.munmap(self._ptr(), vid, flush_tlb=True)
+                raise
         with self._lock:
             if self._closed:   # closed by another thread meanwhile: the core forgot the VMA
                 raise MachineClosedError("address space is closed")
@@ -384,17 +468,142 @@ class AddressSpace:
             raise VmaNotMappedError(f"{vma!r} belongs to another address space", vma.start)
         return vma
 
-    def munmap(self, vma: Vma, *, flush_tlb: bool = True) -> None:
-        """Unmap the VMA: clear its PTEs (freeing empty tables) and flush the TLB.
+    def split_vma(self, vma: Vma, addr: int) -> Vma:
+        """Split ``vma`` at page boundary ``addr`` (mm/mmap.c __split_vma): ``vma``
+        keeps [start, addr), the returned VMA gets [addr, end) with the same
+        flags, protection, fault handler, ``vm_pgoff`` moved on and the memtype
+        reservations; both stay one mapping for its unmap callbacks."""
+        self._own(vma)
+        addr = u64("addr", addr)
+        ops = vma.vm_ops
+        if ops is not None and ops.may_split is not None and vma.start < addr < vma.end:
+            ops.may_split(vma, addr)   # raises to refuse
+        nid = cmm.vma_split(self._ptr(), vma.id, addr)
+        new = Vma(self, nid, addr, vma.end)
+        new.fault_handler, new.private_data, new.vm_file = vma.fault_handler, vma.private_data, vma.vm_file
+        new._vm_ops, new._dma_mapping = ops, vma._dma_mapping
+        vma._group.add_piece(new)
+        vma.end = addr
+        with self._lock:
+            self._vmas[nid] = new
+        if ops is not None and ops.open is not None:
+            ops.open(new)
+        return new
+
+    def munmap(self, vma: Vma, addr: int | None = None, length: int | None = None, *,
+               flush_tlb: bool = True) -> None:
+        """Unmap the VMA, or [addr, addr+length) of it (splitting it as munmap(2)
+        does): clear the PTEs (freeing empty tables) and flush the TLB.
 
         ``flush_tlb=False`` leaves the TLB to the caller (a port that batches
         shootdowns must call :meth:`flush_tlb` before anyone relies on the unmap).
         """
         self._own(vma)
+        if addr is not None or length is not None:
+            vma = self._split_range(vma, addr, length, "munmap")
         cmm.munmap(self._ptr(), vma.id, flush_tlb=flush_tlb)
         with self._lock:
             self._vmas.pop(vma.id, None)
         vma._unmapped()
+
+    def _split_range(self, vma: Vma, addr: int | None, length: int | None, what: str) -> Vma:
+        """The piece of ``vma`` that is exactly [addr, addr+length), splitting as
+        needed; may_split is asked for both edges before anything changes."""
+        start = vma.start if addr is None else u64("addr", addr)
+        length = vma.end - start if length is None else u64("length", length)
+        if start % PAGE_SIZE or length == 0:
+            raise InvalidArgumentError(f"{what}: {start:#x} is not page-aligned or length is zero", start)
+        end = start + page_align(what, length)
+        if start < vma.start or end > vma.end:
+            raise AddressRangeError(f"{what}: [{start:#x}, {end:#x}) is not inside {vma!r}", start)
+        ops = vma.vm_ops
+        if ops is not None and ops.may_split is not None:   # a refused split changes nothing
+            for edge in (start, end):
+                if vma.start < edge < vma.end:
+                    ops.may_split(vma, edge)
+        if start > vma.start:
+            vma = self.split_vma(vma, start)
+        if end < vma.end:
+            self.split_vma(vma, end)
+        return vma
+
+    def mprotect(self, vma: Vma, addr: int | None = None, length: int | None = None, prot: str = "r") -> Vma:
+        """mprotect(2) of [addr, addr+length) of ``vma`` (default: all of it):
+        split off that piece, give it the new vm_flags and vm_page_prot (its
+        memory type kept) and rewrite its present PTEs; returns the piece."""
+        self._own(vma)
+        if not isinstance(prot, str):
+            raise TypeError(f"prot must be a str, not {type(prot).__name__}")
+        if set(prot) - set("rwx"):
+            raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
+        piece = self._split_range(vma, addr, length, "mprotect")
+        old = piece.vm_page_prot
+        shared = piece.shared
+        new = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared, exec="x" in prot,
+                          user=not self.kernel, cache=old.cache)
+        bits = VmFlags.VM_READ | VmFlags.VM_WRITE | VmFlags.VM_EXEC
+        want = (VmFlags.VM_READ if "r" in prot else 0) | (VmFlags.VM_WRITE if "w" in prot else 0) | \
+            (VmFlags.VM_EXEC if "x" in prot else 0)
+        piece.vm_flags_clear(bits & ~want)
+        piece.vm_flags_set(want)
+        piece.vm_page_prot = new
+        change_protection(piece, piece.start, len(piece), new)
+        return piece
+
+    def mremap(self, vma: Vma, new_len: int, *, may_move: bool = True) -> Vma:
+        """mremap(2) of a whole VMA: shrinking unmaps its tail; growing extends it in
+        place when the range after it is free, else (``may_move``, MREMAP_MAYMOVE)
+        moves it with its PTEs.  A VM_DONTEXPAND / VM_PFNMAP VMA may not grow
+        (MmapError, as vma_to_resize's -EFAULT).  Returns ``vma``, updated."""
+        self._own(vma)
+        new_len = page_align("mremap", u64("new_len", new_len))
+        if new_len == 0:
+            raise InvalidArgumentError("mremap: new length is zero", vma.start)
+        if new_len < len(vma):
+            self.munmap(vma, vma.start + new_len, len(vma) - new_len)
+            return vma
+        if new_len > len(vma) and vma.vm_flags & (VmFlags.VM_DONTEXPAND | VmFlags.VM_PFNMAP):
+            raise MmapError(f"mremap: {vma!r} is VM_DONTEXPAND or VM_PFNMAP and may not grow (-EFAULT)",
+                            vma.start)
+        ops = vma.vm_ops
+        if ops is not None and ops.mremap is not None:
+            ops.mremap(vma)   # raises to refuse
+        start = cmm.mremap(self._ptr(), vma.id, new_len, may_move)
+        vma.start, vma.end = start, start + new_len
+        return vma
+
+    def fork(self) -> AddressSpace:
+        """A copy of this address space as fork(2) makes it (dup_mmap): VM_DONTCOPY
+        VMAs left out, VM_WIPEONFORK ones empty, PFN and mixed maps copied with
+        their memtype reservations (track_pfn_copy), private RAM copy-on-write in
+        both, shared page mappings left to fault in again; each copy gets its
+        VMA's fault handler, private data and vm_ops, whose ``open`` is called."""
+        if self.kernel:
+            raise InvalidArgumentError("the kernel address space cannot be forked")
+        child = AddressSpace(self.machine)
+        with self._lock:
+            parents = dict(self._vmas)
+        try:
+            pairs = cmm.fork(self._ptr(), child._ptr(), len(parents) + 1)
+        except BaseException:
+            child.close()
+            raise
+        opened = []
+        for pid, cid in pairs:
+            p = parents.get(pid)
+            if p is None:   # made by another thread meanwhile: copied, but not yet ours to describe
+                p = self._vmas[pid]
+            c = Vma(child, cid, p.start, p.end)
+            c.fault_handler, c.private_data, c.vm_file = p.fault_handler, p.private_data, p.vm_file
+            c._vm_ops, c._dma_mapping = p._vm_ops, p._dma_mapping
+            p._group.add_piece(c)   # what the mapping holds (an I/O window slot) lives while a copy does
+            with child._lock:
+                child._vmas[cid] = c
+            opened.append(c)
+        for c in opened:
+            if c.vm_ops is not None and c.vm_ops.open is not None:
+                c.vm_ops.open(c)
+        return child
 
     def find_vma(self, va: int) -> Vma | None:
         vid = cmm.vma_find(self._ptr(), u64("va", va))
@@ -522,7 +731,8 @@ class AddressSpace:
         vma = self._vmas.get(vid)   # one dict read: atomic
         if vma is None or vma.fault_handler is None:
             return Err.ENOHANDLER
-        res = vma.fault_handler(VmFault(vma, va, (va - vma.start) >> PAGE_SHIFT, write))
+        # linear_page_index: the page's offset in the mapped object
+        res = vma.fault_handler(VmFault(vma, va, vma.vm_pgoff + ((va - vma.start) >> PAGE_SHIFT), write))
         if isinstance(res, Page):
             if res.machine is not self.machine:
                 raise InvalidArgumentError("fault handler returned a page of another machine", va)
@@ -611,7 +821,8 @@ def vm_insert_page(vma: Vma, addr: int, page: Page) -> None:
 
 
 def zap_vma_ptes(vma: Vma, addr: int, size: int) -> None:
-    """Clear the PTEs of [addr, addr+size) of a VM_PFNMAP VMA and flush the TLB."""
+    """Clear the PTEs of [addr, addr+size) of a VM_PFNMAP VMA and flush the TLB; on
+    any other VMA it does nothing, as mm/memory.c zap_vma_ptes returns."""
     _check_vma(vma)
     cmm.zap_vma_ptes(vma.mm._ptr(), vma.id, u64("addr", addr), u64("size", size))
 

@@ -78,6 +78,7 @@ class MachineStats:
     mmio_accesses: int
     port_accesses: int
     cache_lines_maintained: int = 0
+    port_master_aborts: int = 0   #: port accesses no device claimed (reads gave all-ones)
 
 
 class KernelAddress(int):

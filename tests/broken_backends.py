@@ -92,11 +92,13 @@ BROKEN: dict[str, tuple[type[Backend], str, set[str]]] = {
     ArmCacheableBackend.name: (
         ArmCacheableBackend, "user_attribute_matches_kernel",
         {"coherency_mmap", "coherency_mmap_sg", "sg_linear_mapping", "large_pages", "model_based",
-         "bad_inputs_rejected"}),   # a refused re-map still records the mismatched-attribute report
+         # a refused re-map still records the mismatched-attribute report
+         "fork_copies_mappings", "bad_inputs_rejected"}),
     SramPageFaultBackend.name: (
         SramPageFaultBackend, "page_descriptors_ram_only",
         {"coherency_mmap", "coherency_mmap_sg", "user_attribute_matches_kernel", "sg_linear_mapping",
-         "unmap_clears_ptes_and_tlb", "resources_return_to_baseline", "large_pages", "model_based"}),
+         "unmap_clears_ptes_and_tlb", "partial_unmap_splits", "fork_copies_mappings",
+         "resources_return_to_baseline", "large_pages", "model_based"}),
     SgOffByOneBackend.name: (
         SgOffByOneBackend, "sg_linear_mapping",
         {"coherency_mmap_sg", "user_attribute_matches_kernel", "model_based"}),

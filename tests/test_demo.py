@@ -1,4 +1,4 @@
-"""`dmamap demo` and dmamap.demo.exercise: the original bug replayed with three
+"""`dmamap demo` and dmamap.demo.exercise: the original bug replayed with four
 drivers on each platform."""
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ from dmamap.cli import app
 from dmamap.demo import DRIVERS, exercise
 
 EXPECTED = {
-    "x86": {"virt_to_page fault": "correct", "remap_pfn_range": "correct", "dma_mmap_coherent": "correct"},
-    "arm": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
-    "sram": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
-    "riscv": {"virt_to_page fault": "error", "remap_pfn_range": "stale", "dma_mmap_coherent": "correct"},
+    "x86": {"virt_to_page fault": "correct", "nopage right page": "correct", "remap_pfn_range": "correct",
+            "dma_mmap_coherent": "correct"},
+    "arm": {"virt_to_page fault": "error", "nopage right page": "stale", "remap_pfn_range": "stale",
+            "dma_mmap_coherent": "correct"},
+    "sram": {"virt_to_page fault": "error", "nopage right page": "error", "remap_pfn_range": "stale",
+             "dma_mmap_coherent": "correct"},
+    "riscv": {"virt_to_page fault": "error", "nopage right page": "stale", "remap_pfn_range": "stale",
+              "dma_mmap_coherent": "correct"},
 }
+# sram has no page descriptor: dma_coherent_to_page itself refuses
+ERRORS = {"virt_to_page fault": "VirtToPageError", "nopage right page": "BadPageError"}
 
 
 @pytest.mark.parametrize("platform", list(EXPECTED))
@@ -28,7 +34,7 @@ def test_exercise_verdicts(platform: str, driver: str) -> None:
     out = exercise(platform, DRIVERS[driver])
     assert out.verdict == EXPECTED[platform][driver], out.detail
     if out.verdict == "error":
-        assert out.detail == "VirtToPageError"
+        assert out.detail == ERRORS[driver]
     elif out.verdict == "stale":
         assert "device read" in out.detail and "stale bytes" in out.detail
         cached, nc = ("PMA", "NC") if platform == "riscv" else ("NORMAL", "NORMAL_NC")
@@ -38,13 +44,20 @@ def test_exercise_verdicts(platform: str, driver: str) -> None:
         assert out.detail == f"coherent both ways, user {cache}"
 
 
+@pytest.mark.parametrize("platform", ["arm", "riscv"])
+def test_nopage_right_page_refused_when_strict(platform: str) -> None:
+    """The 2004 case (right page, cacheable alias) is refused with strict_memtype=True."""
+    out = exercise(platform, DRIVERS["nopage right page"], strict_memtype=True)
+    assert (out.verdict, out.detail) == ("error", "MemtypeConflictError")
+
+
 def _cells(output: str) -> str:
     """The table's text with box drawing and wrapping removed."""
     return " ".join(re.sub(r"[│┃┏┓┗┛┡┩└┘━─┳┻╇┼┯┷╈╋┠┨]", " ", output).split())
 
 
 def test_demo_command() -> None:
-    """`dmamap demo` exits 0 in well under 2 s and prints all three platforms with
+    """`dmamap demo` exits 0 in well under 2 s and prints all the platforms with
     their verdicts."""
     t0 = time.perf_counter()
     result = CliRunner().invoke(app, ["demo"])

@@ -180,13 +180,13 @@ class Worker:
         pages = self.rng.randint(1, total - first)
         mm = self.space()
         strat = self.rng.choice(STRATEGIES[self.e.platform])
-        vma = mm.mmap(pages * P)
+        vma = mm.mmap(pages * P, offset=first * P)   # the helpers map from vma.vm_pgoff
         try:
             if b.sg:
-                dma_mmap_coherent_sg(b.dev, vma, b.handle, offset=first, nr_pages=pages, strategy=strat)
+                dma_mmap_coherent_sg(b.dev, vma, b.handle, nr_pages=pages, strategy=strat)
             else:
                 dma_mmap_coherent(b.dev, vma, b.handle.cpu_addr, b.handle.dma_handle, b.handle.size,
-                                  offset=first * P, strategy=strat)
+                                  strategy=strat)
         except BaseException:
             if not mm.closed:
                 mm.munmap(vma)

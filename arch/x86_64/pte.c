@@ -148,6 +148,18 @@ static uint64_t set_special(uint64_t prot)
     return prot | X86_SPECIAL;
 }
 
+/* arch/x86/include/asm/pgtable.h is_new_memtype_allowed: a PFN map asking for
+ * `want` may take the reserved `got` except UC-/WC/WT over WB and WT over WC. */
+static int memtype_adopt(const struct dmamap_arch *a, int want, int got)
+{
+    (void)a;
+    want = canonical[want];
+    got = canonical[got];
+    if (got == 0 && (want == 2 || want == 1 || want == 7))
+        return 0;
+    return !(want == 7 && got == 1);
+}
+
 const struct dmamap_arch dmamap_arch_x86_64 = {
     .isa = DMAMAP_ISA_X86_64,
     .name = "x86_64",
@@ -186,6 +198,8 @@ const struct dmamap_arch dmamap_arch_x86_64 = {
     .dmacoherent = 2,    /* no pgprot_dmacoherent: the generic fallback, pgprot_noncached */
     .cached = 0,         /* WB */
     .memtype_compatible = dmamap_memtype_exact,
+    .memtype_adopt = memtype_adopt,
+    .page_alias_reported = 1,
     .table_entry = table_entry,
     .leaf = leaf,
     .is_valid = is_valid,

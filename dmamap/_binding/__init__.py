@@ -35,6 +35,7 @@ from dmamap.errors import (
     NoFaultHandlerError,
     OutOfMemoryError,
     PhysicalAddressError,
+    PortRangeFault,
     ProtectionFault,
     PteBusyError,
     SegmentationFault,
@@ -85,6 +86,7 @@ class Err(enum.IntEnum):
     ECLOSED = lib.DMAMAP_ECLOSED
     EIO = lib.DMAMAP_EIO
     ERANGE = lib.DMAMAP_ERANGE
+    EIOFAULT = lib.DMAMAP_EIOFAULT
 
 
 #: The core's return codes -> exception classes.
@@ -95,6 +97,7 @@ CODE_TO_ERROR: dict[int, type[DmamapError]] = {
     Err.EBUSY: PteBusyError, Err.EMEMTYPE: MemtypeConflictError, Err.ESIGBUS: FaultHandlerSigbus,
     Err.EHANDLER: HandlerError, Err.EVIRT: VirtToPageError, Err.ENOVMA: VmaNotMappedError,
     Err.ECLOSED: MachineClosedError, Err.EIO: UnclaimedIOError, Err.ERANGE: AddressRangeError,
+    Err.EIOFAULT: PortRangeFault,
 }
 
 
@@ -167,6 +170,8 @@ class VmFlag(enum.IntFlag):
     VM_IO = lib.DMAMAP_VM_IO
     VM_DONTEXPAND = lib.DMAMAP_VM_DONTEXPAND
     VM_DONTDUMP = lib.DMAMAP_VM_DONTDUMP
+    VM_DONTCOPY = lib.DMAMAP_VM_DONTCOPY
+    VM_WIPEONFORK = lib.DMAMAP_VM_WIPEONFORK
     VM_MIXEDMAP = lib.DMAMAP_VM_MIXEDMAP
 
     def __str__(self) -> str:

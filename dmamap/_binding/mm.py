@@ -11,10 +11,10 @@ from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, r
 
 __all__ = [
     "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
-    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_fault",
-    "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks", "vmf_insert_pfn_prot", "vmf_insert_mixed",
-    "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read", "write", "read_n", "write_n", "touch",
-    "touch_list", "count_present", "tlb_flush_all",
+    "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
+    "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
+    "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
+    "write", "read_n", "write_n", "touch", "touch_list", "count_present", "tlb_flush_all", "fork",
 ]
 
 #: Reads up to this size go through a reused per-thread buffer.
@@ -28,6 +28,7 @@ class VmaInfo:
     flags: int
     prot: int
     fault_kind: int
+    pgoff: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _slot(name: str, ctype: str) -> Any:
 def vma_info(p: Any, vid: int) -> VmaInfo:
     info = getattr(_local, "vma_info", None) or _slot("vma_info", "struct dmamap_vma_info *")
     call(lib.dmamap_vma_info, p, vid, info)
-    return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind))
+    return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind),
+                   int(info.pgoff))
 
 
 def vma_live(p: Any, vid: int) -> bool:
@@ -141,6 +143,36 @@ def vma_set_flags(p: Any, vid: int, set_: int, clear: int) -> None:
 
 def vma_set_prot(p: Any, vid: int, prot: int) -> None:
     call(lib.dmamap_vma_set_prot, p, vid, prot)
+
+
+def vma_split(p: Any, vid: int, addr: int) -> int:
+    """Split VMA ``vid`` at ``addr``; the id of the new VMA holding [addr, end)."""
+    out = ffi.new("int64_t *")
+    call(lib.dmamap_vma_split, p, vid, addr, out)
+    return int(out[0])
+
+
+def mremap(p: Any, vid: int, new_len: int, may_move: bool) -> int:
+    """Grow VMA ``vid`` to ``new_len`` bytes, moving it if allowed; its new start."""
+    out = ffi.new("uint64_t *")
+    call(lib.dmamap_mremap, p, vid, new_len, int(may_move), out)
+    return int(out[0])
+
+
+def fork(parent: Any, child: Any, max_vmas: int) -> list[tuple[int, int]]:
+    """Copy parent's VMAs into the empty child (dup_mmap); (parent id, child id) pairs."""
+    ids = ffi.new("int64_t[]", 2 * max(max_vmas, 1))
+    n = ffi.new("int *")
+    err = ffi.new("struct dmamap_err *")
+    rc = lib.dmamap_fork(parent, child, ids, max_vmas, n, err)
+    pairs = [(int(ids[2 * i]), int(ids[2 * i + 1])) for i in range(n[0])]
+    if rc:
+        raise_for(rc, err)
+    return pairs
+
+
+def vma_set_pgoff(p: Any, vid: int, pgoff: int) -> None:
+    call(lib.dmamap_vma_set_pgoff, p, vid, pgoff)
 
 
 def chunks(runs: list[tuple[int, int]]) -> Any:

@@ -73,7 +73,7 @@ def machine_set_cache(m: Any, size: int, ways: int) -> None:
 
 _STATS = ("ram_pages", "ram_pages_used", "table_pages", "dma_bytes_read", "dma_bytes_written", "cache_hits",
           "cache_misses", "cache_writebacks", "memtype_reports", "mmio_accesses", "port_accesses",
-          "cache_lines_maintained")
+          "cache_lines_maintained", "port_master_aborts")
 
 
 def machine_stats(m: Any) -> dict[str, int]:

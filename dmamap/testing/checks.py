@@ -85,16 +85,16 @@ def map_buffer(dev: Device, mm: AddressSpace, buf: DmaBuffer, strategy: str | No
     """``dma_mmap_coherent`` of pages [first_page, first_page + nr_pages) into a fresh VMA."""
     pages = buffer_pages(dev, buf)
     n = len(pages) - first_page if nr_pages is None else nr_pages
-    vma = mm.mmap(n << PAGE_SHIFT)
-    dmamap.dma_mmap_coherent(dev, vma, *buf, offset=first_page << PAGE_SHIFT, strategy=strategy)
+    vma = mm.mmap(n << PAGE_SHIFT, offset=first_page << PAGE_SHIFT)   # the helper maps from vm_pgoff
+    dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=strategy)
     return UserMapping(mm, vma, pages[first_page:first_page + n])
 
 
 def map_sg(dev: Device, mm: AddressSpace, sg: SgTable, strategy: str | None, *, offset: int, nr_pages: int,
            vma_pages: int | None = None) -> UserMapping:
     """``dma_mmap_coherent_sg`` of ``nr_pages`` from page ``offset`` into a fresh VMA of ``vma_pages``."""
-    vma = mm.mmap((vma_pages or nr_pages) << PAGE_SHIFT)
-    dmamap.dma_mmap_coherent_sg(dev, vma, sg, offset=offset, nr_pages=nr_pages, strategy=strategy)
+    vma = mm.mmap((vma_pages or nr_pages) << PAGE_SHIFT, offset=offset << PAGE_SHIFT)
+    dmamap.dma_mmap_coherent_sg(dev, vma, sg, nr_pages=nr_pages, strategy=strategy)
     return UserMapping(mm, vma, sg_pages(dev, sg)[offset:offset + nr_pages])
 
 

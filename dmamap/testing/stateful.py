@@ -161,11 +161,11 @@ class DmaModel(RuleBasedStateMachine):
         first = data.draw(st.integers(0, total - 1), label="first page")
         n = data.draw(st.integers(1, total - first), label="pages")
         strategy = data.draw(st.sampled_from(self.strategies), label="strategy")
-        vma = self.mm.mmap(n << PAGE_SHIFT)
+        vma = self.mm.mmap(n << PAGE_SHIFT, offset=first << PAGE_SHIFT)
         if isinstance(b.obj, SgTable):
-            dmamap.dma_mmap_coherent_sg(self.dev, vma, b.obj, offset=first, nr_pages=n, strategy=strategy)
+            dmamap.dma_mmap_coherent_sg(self.dev, vma, b.obj, nr_pages=n, strategy=strategy)
         else:
-            dmamap.dma_mmap_coherent(self.dev, vma, *b.obj, offset=first << PAGE_SHIFT, strategy=strategy)
+            dmamap.dma_mmap_coherent(self.dev, vma, *b.obj, strategy=strategy)
         mp = _Map(b, vma, first, n, strategy)
         b.maps.append(mp)
         self.maps.append(mp)
@@ -286,7 +286,7 @@ class DmaModel(RuleBasedStateMachine):
             return
         vma = self.mm.mmap(PAGE_SIZE)
         try:
-            dmamap.dma_mmap_coherent(self.dev, vma, *buf, offset=0)
+            dmamap.dma_mmap_coherent(self.dev, vma, *buf)
         except DmaUseAfterFreeError:
             pass
         else:
