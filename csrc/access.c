@@ -136,6 +136,8 @@ static int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64
     uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
     if (t->host) {
         uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+        if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, (uint64_t)size, is_write, err)))
+            return rc;
         if (t->cacheable && as->m->cache) {
             if (is_write)
                 dmamap_cache_write(as->m, pa, h, value, (uint64_t)size);
@@ -163,6 +165,8 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
         if (t && t->host && !t->device) {
             uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
             uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
+            if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
+                return rc;
             if (t->cacheable && as->m->cache) {
                 if (is_write)
                     dmamap_cache_write(as->m, pa, h, b, chunk);

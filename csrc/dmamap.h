@@ -39,7 +39,8 @@ enum {
     DMAMAP_ENOVMA = -16,         /* stale or unknown VMA id */
     DMAMAP_ECLOSED = -17,        /* machine or address space already closed */
     DMAMAP_EIO = -18,            /* access to an unclaimed MMIO / port address */
-    DMAMAP_ERANGE = -19          /* address range outside the VMA / address space */
+    DMAMAP_ERANGE = -19,         /* address range outside the VMA / address space */
+    DMAMAP_EDMAOWN = -20         /* CPU access to a device-owned streaming DMA buffer */
 };
 
 /* Instruction sets built in (arch/arches.h); run-time variants get ids from
@@ -302,6 +303,21 @@ int dmamap_clean_dcache_range(dmamap_machine *m, uint64_t pa, uint64_t size, str
 /* Device DMA: reads/writes memory, never the CPU cache. */
 int dmamap_dma_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is_write,
                   struct dmamap_err *err);
+
+/* Streaming-DMA ownership (dma_own.c): physical ranges the device owns.  A CPU
+ * access through a cacheable mapping to one fails with DMAMAP_EDMAOWN, or, in
+ * record mode, succeeds and is appended to a log drained by dmamap_dma_own_drain. */
+struct dmamap_dma_own_event {
+    uint64_t pa;       /* first byte of the access inside the owned range */
+    uint64_t start;    /* the owned range */
+    uint64_t size;
+    int64_t tag;       /* caller's tag of the range */
+    int is_write;
+};
+int dmamap_dma_own_add(dmamap_machine *m, uint64_t pa, uint64_t size, int64_t tag, struct dmamap_err *err);
+int dmamap_dma_own_remove(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
+void dmamap_dma_own_set_record(dmamap_machine *m, int record);
+int dmamap_dma_own_drain(dmamap_machine *m, struct dmamap_dma_own_event *out, int max, uint64_t *dropped);
 
 /* Memtype tracking. */
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);

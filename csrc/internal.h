@@ -153,7 +153,23 @@ struct dmamap_machine {
     /* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
     _Atomic uint64_t mmio_accesses, port_accesses;
+    /* streaming-DMA ownership (dma_own.c): device-owned ranges, under own_lock */
+    pthread_mutex_t own_lock;
+    struct dma_own_range *own;
+    _Atomic int nown;
+    int capown, own_record;
+    struct dmamap_dma_own_event *own_log;
+    int nown_log;
+    uint64_t own_dropped;
 };
+
+struct dma_own_range {
+    uint64_t pa, end;
+    int64_t tag;
+};
+
+/* 0, or DMAMAP_EDMAOWN (or a logged event) when [pa, pa+n) touches a device-owned range. */
+int dmamap_dma_own_check(dmamap_machine *m, uint64_t pa, uint64_t n, int is_write, struct dmamap_err *err);
 
 #define TLB_SIZE 512
 struct tlb_entry {

@@ -24,6 +24,9 @@ from dmamap.dma import (
     mmio_map,
     pio_map,
 )
+from dmamap.dma_debug import DmaDebugEvent, DmaDebugReport
+from dmamap.dma_stream import *  # noqa: F403
+from dmamap.dma_stream import __all__ as _stream_names
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
 from dmamap.errors import DmamapError
 from dmamap.errors import __all__ as _error_names
@@ -53,6 +56,7 @@ from dmamap.mm import (
     zap_vma_ptes,
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
+from dmamap.slab import kfree, kmalloc, ksize
 
 try:
     __version__ = version("dmamap")
@@ -99,3 +103,4 @@ __all__ = [
     "unregister_backend", "registry",
 ]
 __all__ += _error_names
+__all__ += ["DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree", "ksize", *_stream_names]

@@ -26,6 +26,7 @@ from dmamap.errors import (
     AlignmentFault,
     BadPageError,
     CowFaultError,
+    DmaCpuOwnershipError,
     DmamapError,
     FaultHandlerSigbus,
     HandlerError,
@@ -85,6 +86,7 @@ class Err(enum.IntEnum):
     ECLOSED = lib.DMAMAP_ECLOSED
     EIO = lib.DMAMAP_EIO
     ERANGE = lib.DMAMAP_ERANGE
+    EDMAOWN = lib.DMAMAP_EDMAOWN
 
 
 #: The core's return codes -> exception classes.
@@ -95,6 +97,7 @@ CODE_TO_ERROR: dict[int, type[DmamapError]] = {
     Err.EBUSY: PteBusyError, Err.EMEMTYPE: MemtypeConflictError, Err.ESIGBUS: FaultHandlerSigbus,
     Err.EHANDLER: HandlerError, Err.EVIRT: VirtToPageError, Err.ENOVMA: VmaNotMappedError,
     Err.ECLOSED: MachineClosedError, Err.EIO: UnclaimedIOError, Err.ERANGE: AddressRangeError,
+    Err.EDMAOWN: DmaCpuOwnershipError,
 }
 
 

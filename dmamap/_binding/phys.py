@@ -14,7 +14,8 @@ __all__ = [
     "machine_set_io", "machine_set_memtype_policy", "machine_set_cache", "machine_stats", "add_region",
     "remove_region", "regions", "region_of", "phys_read", "phys_write", "pfn_valid", "page_info", "alloc_pages",
     "free_pages", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access", "flush_dcache_range",
-    "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "memtype_reserve", "memtype_free",
+    "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "dma_own_add", "dma_own_remove",
+    "dma_own_set_record", "dma_own_drain", "memtype_reserve", "memtype_free",
     "memtype_lookup", "memtype_reports", "MEMTYPE_REPORTS_MAX",
 ]
 
@@ -166,6 +167,36 @@ def port_access(m: Any, port: int, size: int, is_write: bool, value: int = 0) ->
 def dma_rw(m: Any, pa: int, buf: Any, n: int, is_write: bool) -> None:
     """Device DMA: memory, never the CPU cache."""
     call(lib.dmamap_dma_rw, m, pa, buf, n, int(is_write))
+
+
+# ---- streaming-DMA ownership (dma_own.c) ----
+
+def dma_own_add(m: Any, pa: int, size: int, tag: int) -> None:
+    """The device owns [pa, pa+size): cacheable CPU accesses to it are refused (or logged)."""
+    call(lib.dmamap_dma_own_add, m, pa, size, tag)
+
+
+def dma_own_remove(m: Any, pa: int, size: int) -> None:
+    call(lib.dmamap_dma_own_remove, m, pa, size)
+
+
+def dma_own_set_record(m: Any, record: bool) -> None:
+    lib.dmamap_dma_own_set_record(m, int(record))
+
+
+def dma_own_drain(m: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
+    """Logged CPU accesses to device-owned ranges: ``(pa, start, size, tag, is_write)``
+    each, and how many did not fit the log."""
+    out: list[tuple[int, int, int, int, bool]] = []
+    buf = ffi.new("struct dmamap_dma_own_event[]", 256)
+    dropped = ffi.new("uint64_t *")
+    total_dropped = 0
+    while True:
+        n = lib.dmamap_dma_own_drain(m, buf, 256, dropped)
+        total_dropped += int(dropped[0])
+        out += [(int(e.pa), int(e.start), int(e.size), int(e.tag), bool(e.is_write)) for e in buf[0:n]]
+        if n < 256:
+            return out, total_dropped
 
 
 # ---- the cache model ----

@@ -67,7 +67,11 @@ class Backend:
         return pa - self.dma_offset
 
     def dma_to_phys(self, dev: Device, dma_addr: int) -> int:
+        """Bus address -> physical address, asked for every page of a transfer
+        unless left linear (this default, marked ``linear``)."""
         return dma_addr + self.dma_offset
+
+    dma_to_phys.linear = True  # type: ignore[attr-defined]
 
     def dma_pgprot(self, dev: Device, prot: PgProt) -> PgProt:
         """The user attribute for coherent memory (kernel/dma/mapping.c dma_pgprot)."""

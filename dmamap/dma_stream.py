@@ -1,0 +1,408 @@
+"""The streaming DMA API (include/linux/dma-mapping.h, kernel/dma/direct.h):
+mapping memory the driver already owns for one transfer, and handing it back
+and forth between CPU and device with syncs.
+
+On a non-coherent machine every call does the cache maintenance arm64's
+``arch_sync_dma_for_device``/``arch_sync_dma_for_cpu`` does: a map or a sync
+for the device cleans the buffer's lines (any direction), a sync for the CPU
+or an unmap invalidates them unless the direction is DMA_TO_DEVICE.  Every call
+is checked as CONFIG_DMA_API_DEBUG checks it (kernel/dma/debug.c), and the
+device/CPU ownership of each mapped byte is tracked (see :mod:`dmamap.dma_debug`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from dmamap._check import PAGE_SIZE, u64
+from dmamap.device import Device
+from dmamap.dma_debug import StreamMapping, dir_name, machine_debug
+from dmamap.errors import (
+    DmaDoubleUnmapError,
+    DmaMappingErrorUncheckedError,
+    DmaSyncError,
+    DmaUnmapError,
+    InvalidArgumentError,
+)
+from dmamap.physmem import KernelAddress, Page
+
+__all__ = [
+    "DmaDirection", "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DMA_MAPPING_ERROR",
+    "Scatterlist", "sg_init_table", "sg_set_page", "sg_set_buf", "sg_dma_address", "sg_dma_len", "for_each_sg",
+    "dma_map_single", "dma_unmap_single", "dma_map_page", "dma_unmap_page", "dma_map_sg", "dma_unmap_sg",
+    "dma_sync_single_for_cpu", "dma_sync_single_for_device", "dma_sync_sg_for_cpu", "dma_sync_sg_for_device",
+    "dma_mapping_error",
+]
+
+
+class DmaDirection(enum.IntEnum):
+    """enum dma_data_direction."""
+
+    DMA_BIDIRECTIONAL = 0
+    DMA_TO_DEVICE = 1
+    DMA_FROM_DEVICE = 2
+    DMA_NONE = 3
+
+
+DMA_BIDIRECTIONAL = DmaDirection.DMA_BIDIRECTIONAL
+DMA_TO_DEVICE = DmaDirection.DMA_TO_DEVICE
+DMA_FROM_DEVICE = DmaDirection.DMA_FROM_DEVICE
+DMA_NONE = DmaDirection.DMA_NONE
+#: What a failed dma_map_single/dma_map_page returns (test it with dma_mapping_error).
+DMA_MAPPING_ERROR = (1 << 64) - 1
+
+_LINE = 64
+
+
+# ---- scatter lists (struct scatterlist) ----
+
+@dataclass(eq=False)
+class Scatterlist:
+    """One entry of a streaming scatter list: a page, an offset and a length
+    on the CPU side; ``dma_address``/``dma_length`` once mapped."""
+
+    page: Page | None = None
+    offset: int = 0
+    length: int = 0
+    dma_address: int = 0
+    dma_length: int = 0
+
+    @property
+    def phys_addr(self) -> int:
+        if self.page is None:
+            raise InvalidArgumentError("scatterlist entry has no page (sg_set_page / sg_set_buf first)")
+        return self.page.phys_addr + self.offset
+
+
+def sg_init_table(nents: int) -> list[Scatterlist]:
+    """A table of ``nents`` empty entries."""
+    nents = u64("nents", nents)
+    if nents == 0:
+        raise InvalidArgumentError("sg_init_table: nents is zero")
+    return [Scatterlist() for _ in range(nents)]
+
+
+def _sg(sg: Scatterlist) -> Scatterlist:
+    if not isinstance(sg, Scatterlist):
+        raise TypeError(f"expected a Scatterlist, got {type(sg).__name__}")
+    return sg
+
+
+def sg_set_page(sg: Scatterlist, page: Page, length: int, offset: int) -> None:
+    """Point ``sg`` at ``length`` bytes from ``offset`` into ``page`` (may run into following pages)."""
+    _sg(sg)
+    if not isinstance(page, Page):
+        raise TypeError(f"expected a Page, got {type(page).__name__}")
+    sg.page, sg.length, sg.offset = page, u64("length", length), u64("offset", offset)
+
+
+def sg_set_buf(sg: Scatterlist, buf: int, length: int) -> None:
+    """Point ``sg`` at a direct-mapped kernel buffer (virt_to_page + offset_in_page)."""
+    _sg(sg)
+    m = getattr(buf, "machine", None)
+    if not isinstance(buf, KernelAddress) or m is None:
+        raise TypeError("sg_set_buf needs a KernelAddress (from kmalloc or page_address)")
+    sg_set_page(sg, m.virt_to_page(buf), length, int(buf) & (PAGE_SIZE - 1))
+
+
+def sg_dma_address(sg: Scatterlist) -> int:
+    return _sg(sg).dma_address
+
+
+def sg_dma_len(sg: Scatterlist) -> int:
+    return _sg(sg).dma_length
+
+
+def for_each_sg(sgl: Sequence[Scatterlist], nents: int) -> Iterator[Scatterlist]:
+    """The first ``nents`` entries (what dma_map_sg returned, to walk bus segments)."""
+    return iter(_sg_check(sgl, nents, "for_each_sg"))
+
+
+# ---- cache maintenance (arch/arm64/mm/dma-mapping.c) ----
+
+def arch_sync_dma_for_device(dev: Device, pa: int, size: int, direction: int) -> None:
+    """Before the device looks: clean (write back) the lines, whatever the direction,
+    so no dirty line can later be evicted on top of what the device writes."""
+    if not dev.machine.dma_coherent:
+        dev.machine.clean_dcache_range(pa, size)
+
+
+def arch_sync_dma_for_cpu(dev: Device, pa: int, size: int, direction: int) -> None:
+    """Before the CPU looks: invalidate, unless the device only read the buffer.
+    Partial lines at either end are cleaned first (dcache_inval_poc), so bytes
+    outside the buffer sharing those lines survive."""
+    m = dev.machine
+    if m.dma_coherent or direction == DMA_TO_DEVICE:
+        return
+    end = pa + size
+    if pa & (_LINE - 1):
+        m.flush_dcache_range(pa & ~(_LINE - 1), _LINE)
+    if end & (_LINE - 1):
+        m.flush_dcache_range(end & ~(_LINE - 1), _LINE)
+    m.invalidate_dcache_range(pa, size)
+
+
+# ---- argument checks ----
+
+def _device(dev: Device) -> Device:
+    if not isinstance(dev, Device):
+        raise TypeError(f"expected a Device, got {type(dev).__name__}")
+    dev._check()
+    return dev
+
+
+def _direction(direction: int, what: str) -> DmaDirection:
+    if isinstance(direction, bool) or not isinstance(direction, int):
+        raise TypeError(f"{what}: direction must be a DmaDirection, not {type(direction).__name__}")
+    if direction not in (0, 1, 2):
+        raise InvalidArgumentError(f"{what}: direction {dir_name(direction)} is not DMA_TO_DEVICE, "
+                                   f"DMA_FROM_DEVICE or DMA_BIDIRECTIONAL")
+    return DmaDirection(direction)
+
+
+def _size(size: int, what: str) -> int:
+    size = u64("size", size)
+    if size == 0:
+        raise InvalidArgumentError(f"{what}: size is zero")
+    return size
+
+
+def _same_machine(dev: Device, page: Page | None, what: str) -> None:
+    if page is not None and page.machine is not dev.machine:
+        raise InvalidArgumentError(f"{what}: the page belongs to machine {page.machine.name}, the device to "
+                                   f"{dev.machine.name}")
+
+
+def _ram_span(dev: Device, pa: int, size: int, what: str) -> None:
+    m = dev.machine
+    first, last = pa >> 12, (pa + size - 1) >> 12
+    if not (m.pfn_valid(first) and m.pfn_valid(last)) or m.region_of(pa) != m.region_of(pa + size - 1):
+        raise InvalidArgumentError(f"{what}: [{pa:#x}, {pa + size:#x}) is not RAM with page descriptors "
+                                   f"(streaming DMA maps memory the kernel owns)", pa)
+
+
+# ---- mapping ----
+
+def _map(dev: Device, pa: int, size: int, direction: DmaDirection, kind: str, sg_nents: int = 0) -> StreamMapping:
+    be = dev.machine.backend
+    dma_addr = be.phys_to_dma(dev, pa) if be is not None else pa
+    sm = StreamMapping(dev, kind, dma_addr, size, int(direction), [(pa, size)], sg_nents=sg_nents)
+    arch_sync_dma_for_device(dev, pa, size, direction)
+    dev.dma_debug.add_stream(sm)
+    return sm
+
+
+def dma_map_single(dev: Device, cpu_addr: int, size: int, direction: int) -> int:
+    """Map ``size`` bytes of direct-mapped kernel memory for one transfer; the
+    device owns them until a sync for the CPU or the unmap.  Returns the bus
+    address, or DMA_MAPPING_ERROR (check with dma_mapping_error)."""
+    dev = _device(dev)
+    d = _direction(direction, "dma_map_single")
+    size = _size(size, "dma_map_single")
+    m = dev.machine
+    cpu_addr = u64("cpu_addr", cpu_addr)
+    if not m.virt_addr_valid(cpu_addr) or not m.virt_addr_valid(cpu_addr + size - 1):
+        raise InvalidArgumentError(f"dma_map_single: {cpu_addr:#x}+{size:#x} is not in the direct map "
+                                   f"(a vmalloc, ioremap or dma_alloc_coherent address cannot be mapped)",
+                                   cpu_addr)
+    pa = m.virt_to_phys(cpu_addr)
+    return _map(dev, pa, size, d, "single").dma_addr
+
+
+def dma_map_page(dev: Device, page: Page, offset: int, size: int, direction: int) -> int:
+    """Map ``size`` bytes from ``offset`` into ``page`` (dma_map_page_attrs)."""
+    dev = _device(dev)
+    if not isinstance(page, Page):
+        raise TypeError(f"expected a Page, got {type(page).__name__}")
+    d = _direction(direction, "dma_map_page")
+    size = _size(size, "dma_map_page")
+    _same_machine(dev, page, "dma_map_page")
+    pa = page.phys_addr + u64("offset", offset)
+    _ram_span(dev, pa, size, "dma_map_page")
+    return _map(dev, pa, size, d, "page").dma_addr
+
+
+def dma_mapping_error(dev: Device, dma_addr: int) -> bool:
+    """True when a map call failed; calling it is what DMA-API debug wants to see."""
+    dev = _device(dev)
+    dma_addr = u64("dma_addr", dma_addr)
+    if dma_addr == DMA_MAPPING_ERROR:
+        return True
+    sm = dev.dma_debug.streams.get(dma_addr)
+    if sm is not None:
+        sm.checked = True
+    return False
+
+
+def _lookup(dev: Device, what: str, dma_addr: int, size: int, direction: int, *, exact: bool) -> StreamMapping | None:
+    """The mapping a sync/unmap names, after the debug.c checks (None: report
+    recorded and the call does nothing)."""
+    md = machine_debug(dev.machine)
+    sm = dev.dma_debug.find_stream(dma_addr, size) if not exact else dev.dma_debug.streams.get(dma_addr)
+    if sm is None:
+        past = dev.dma_debug.unmapped.get(dma_addr)
+        if past is not None:
+            md.violation(dev, DmaDoubleUnmapError, f"{what}: DMA address {dma_addr:#x} of device {dev.name!r} "
+                         f"was already unmapped", dma_addr)
+        else:
+            md.violation(dev, DmaUnmapError, f"{what}: device {dev.name!r} never mapped DMA address "
+                         f"{dma_addr:#x} (+{size:#x})", dma_addr)
+        return None
+    if exact and size != sm.size:
+        md.violation(dev, DmaSyncError, f"{what}: size {size:#x} differs from the {sm.size:#x} bytes mapped at "
+                     f"{dma_addr:#x}", dma_addr)
+    if not exact and dma_addr + size > sm.dma_addr + sm.size:
+        md.violation(dev, DmaSyncError, f"{what}: {dma_addr:#x}+{size:#x} runs past the mapping "
+                     f"{sm.dma_addr:#x}+{sm.size:#x}", dma_addr)
+    if direction != sm.direction:
+        md.violation(dev, DmaSyncError, f"{what}: direction {dir_name(direction)} differs from the mapping's "
+                     f"{dir_name(sm.direction)} at {dma_addr:#x}", dma_addr)
+    return sm
+
+
+def _unmap(dev: Device, what: str, dma_addr: int, size: int, direction: DmaDirection,
+           sm: StreamMapping | None = None) -> None:
+    if sm is None:
+        sm = _lookup(dev, what, dma_addr, size, direction, exact=True)
+        if sm is None:
+            return
+    if not sm.checked and sm.kind != "sg":
+        machine_debug(dev.machine).violation(
+            dev, DmaMappingErrorUncheckedError, f"{what}: device driver failed to check map error for "
+            f"{sm.dma_addr:#x}+{sm.size:#x} ({dir_name(sm.direction)}): dma_mapping_error() was never called",
+            sm.dma_addr)
+    for pa, n in sm.runs:
+        arch_sync_dma_for_cpu(dev, pa, n, direction)
+    dev.dma_debug.drop_stream(sm)
+
+
+def dma_unmap_single(dev: Device, dma_addr: int, size: int, direction: int) -> None:
+    """End a dma_map_single mapping (size and direction as mapped); the CPU owns the buffer again."""
+    dev = _device(dev)
+    _unmap(dev, "dma_unmap_single", u64("dma_addr", dma_addr), _size(size, "dma_unmap_single"),
+           _direction(direction, "dma_unmap_single"))
+
+
+def dma_unmap_page(dev: Device, dma_addr: int, size: int, direction: int) -> None:
+    """End a dma_map_page mapping."""
+    dev = _device(dev)
+    _unmap(dev, "dma_unmap_page", u64("dma_addr", dma_addr), _size(size, "dma_unmap_page"),
+           _direction(direction, "dma_unmap_page"))
+
+
+def _sync(dev: Device, what: str, dma_addr: int, size: int, direction: int, for_cpu: bool) -> None:
+    dev = _device(dev)
+    dma_addr, size = u64("dma_addr", dma_addr), _size(size, what)
+    d = _direction(direction, what)
+    sm = _lookup(dev, what, dma_addr, size, d, exact=False)
+    if sm is None:
+        return
+    _sync_mapping(dev, sm, dma_addr - sm.dma_addr, size, d, for_cpu)
+
+
+def _sync_mapping(dev: Device, sm: StreamMapping, off: int, size: int, direction: DmaDirection,
+                  for_cpu: bool) -> None:
+    """The maintenance the caller's direction asks for (a wrong one does the wrong thing, as in Linux)."""
+    size = min(size, sm.size - off)
+    pieces = sm.phys_of(off, size)
+    if for_cpu:
+        for pa, n in pieces:
+            arch_sync_dma_for_cpu(dev, pa, n, direction)
+        sm.give_to_cpu(off, size)
+    else:
+        for pa, n in pieces:
+            arch_sync_dma_for_device(dev, pa, n, direction)
+        sm.give_to_device(off, size)
+
+
+def dma_sync_single_for_cpu(dev: Device, dma_addr: int, size: int, direction: int) -> None:
+    """Hand (part of) a mapping to the CPU: invalidate what the device may have written."""
+    _sync(dev, "dma_sync_single_for_cpu", dma_addr, size, direction, True)
+
+
+def dma_sync_single_for_device(dev: Device, dma_addr: int, size: int, direction: int) -> None:
+    """Hand (part of) a mapping back to the device: write back what the CPU wrote."""
+    _sync(dev, "dma_sync_single_for_device", dma_addr, size, direction, False)
+
+
+# ---- scatter-gather ----
+
+def _sg_check(sgl: Sequence[Scatterlist], nents: int, what: str) -> list[Scatterlist]:
+    nents = u64("nents", nents)
+    if not isinstance(sgl, Sequence) or not all(isinstance(s, Scatterlist) for s in sgl):
+        raise TypeError(f"{what}: expected a list of Scatterlist entries")
+    if nents == 0 or nents > len(sgl):
+        raise InvalidArgumentError(f"{what}: nents {nents} is not between 1 and the table's {len(sgl)} entries")
+    return list(sgl[:nents])
+
+
+def dma_map_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: int) -> int:
+    """Map every entry; returns the number of bus segments (``sg_dma_address``/
+    ``sg_dma_len`` of the first that many entries), 0 on failure.  Unmap and
+    sync with the ``nents`` passed here, not the count returned."""
+    dev = _device(dev)
+    d = _direction(direction, "dma_map_sg")
+    ents = _sg_check(sgl, nents, "dma_map_sg")
+    spans = []
+    for s in ents:
+        size = _size(s.length, "dma_map_sg entry")
+        _same_machine(dev, s.page, "dma_map_sg")
+        pa = s.phys_addr
+        _ram_span(dev, pa, size, "dma_map_sg")
+        spans.append((pa, size))
+    done: list[StreamMapping] = []
+    try:
+        for s, (pa, size) in zip(ents, spans, strict=True):
+            sm = _map(dev, pa, size, d, "sg", sg_nents=len(ents))
+            sm.checked = True
+            done.append(sm)
+            s.dma_address, s.dma_length = sm.dma_addr, size
+    except BaseException:
+        for sm in done:
+            dev.dma_debug.drop_stream(sm)
+        raise
+    return len(ents)
+
+
+def _sg_maps(dev: Device, ents: list[Scatterlist], nents: int, d: DmaDirection, what: str,
+             ) -> list[tuple[Scatterlist, StreamMapping]]:
+    out = []
+    md = machine_debug(dev.machine)
+    for s in ents:
+        sm = _lookup(dev, what, s.dma_address, s.dma_length or s.length, d, exact=True)
+        if sm is None:
+            continue
+        if sm.sg_nents and sm.sg_nents != nents:
+            md.violation(dev, DmaSyncError, f"{what}: nents {nents} differs from the {sm.sg_nents} entries "
+                         f"passed to dma_map_sg", s.dma_address)
+        out.append((s, sm))
+    return out
+
+
+def dma_unmap_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: int) -> None:
+    """End a dma_map_sg mapping; ``nents`` as passed to dma_map_sg."""
+    dev = _device(dev)
+    d = _direction(direction, "dma_unmap_sg")
+    ents = _sg_check(sgl, nents, "dma_unmap_sg")
+    for _s, sm in _sg_maps(dev, ents, len(ents), d, "dma_unmap_sg"):
+        _unmap(dev, "dma_unmap_sg", sm.dma_addr, sm.size, d, sm)
+
+
+def _sync_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: int, for_cpu: bool, what: str) -> None:
+    dev = _device(dev)
+    d = _direction(direction, what)
+    ents = _sg_check(sgl, nents, what)
+    for _s, sm in _sg_maps(dev, ents, len(ents), d, what):
+        _sync_mapping(dev, sm, 0, sm.size, d, for_cpu)
+
+
+def dma_sync_sg_for_cpu(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: int) -> None:
+    """dma_sync_single_for_cpu for every entry."""
+    _sync_sg(dev, sgl, nents, direction, True, "dma_sync_sg_for_cpu")
+
+
+def dma_sync_sg_for_device(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: int) -> None:
+    """dma_sync_single_for_device for every entry."""
+    _sync_sg(dev, sgl, nents, direction, False, "dma_sync_sg_for_device")
