@@ -25,6 +25,8 @@ from dmamap.dma import (
     pio_map,
 )
 from dmamap.dma_debug import DmaDebugEvent, DmaDebugReport
+from dmamap.dma_noncoherent import *  # noqa: F403
+from dmamap.dma_noncoherent import __all__ as _noncoherent_names
 from dmamap.dma_stream import *  # noqa: F403
 from dmamap.dma_stream import __all__ as _stream_names
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
@@ -103,4 +105,4 @@ __all__ = [
     "unregister_backend", "registry",
 ]
 __all__ += _error_names
-__all__ += ["DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree", "ksize", *_stream_names]
+__all__ += ["DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree", "ksize", *_stream_names, *_noncoherent_names]

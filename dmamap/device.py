@@ -179,7 +179,7 @@ class Device:
         (translated page by page: bus-contiguous need not be physically contiguous)."""
         self._check()
         n = u64("n", n)
-        runs = self._bus_runs(dma_addr, n)
+        runs = self._bus_runs(dma_addr, n, False)
         if not n:
             return b""
         for pa, ln in runs:
@@ -197,7 +197,7 @@ class Device:
         """The device writes ``data`` to memory at bus address ``dma_addr``."""
         self._check()
         cdata, n = in_buffer("data", data)
-        runs = self._bus_runs(dma_addr, n)
+        runs = self._bus_runs(dma_addr, n, True)
         if not n:
             return
         for pa, ln in runs:
@@ -208,14 +208,16 @@ class Device:
             phys.dma_rw(self.machine._ptr(), pa, cdata + done, ln, True)
             done += ln
 
-    def _bus_runs(self, dma_addr: int, n: int) -> list[tuple[int, int]]:
+    def _bus_runs(self, dma_addr: int, n: int, is_write: bool) -> list[tuple[int, int]]:
         """The physically contiguous (pa, length) runs behind bus bytes
         [dma_addr, dma_addr+n): every page is translated (an IOMMU or a backend's
         own dma_to_phys may scatter them), then runs are coalesced."""
         dma_addr = u64("dma_addr", dma_addr)
         be = self.machine.backend
-        if be is not None and hasattr(be, "dma_runs"):
-            runs: list[tuple[int, int]] = be.dma_runs(self, dma_addr, n)
+        if be is not None and hasattr(be, "dma_runs"):   # an IOMMU: translates and faults itself
+            if not n:
+                return []
+            runs: list[tuple[int, int]] = be.dma_runs(self, dma_addr, n, is_write)
         elif be is None or getattr(type(be).dma_to_phys, "linear", False):
             runs = [(self._bus_to_phys(dma_addr), n)]
         else:

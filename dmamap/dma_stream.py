@@ -185,13 +185,34 @@ def _ram_span(dev: Device, pa: int, size: int, what: str) -> None:
 
 # ---- mapping ----
 
-def _map(dev: Device, pa: int, size: int, direction: DmaDirection, kind: str, sg_nents: int = 0) -> StreamMapping:
+def _map_runs(dev: Device, runs: list[tuple[int, int]], direction: DmaDirection, kind: str,
+              sg_nents: int = 0) -> StreamMapping:
+    """One bus range for the physical ``runs``: through the backend's IOMMU
+    (``map_streaming``) when it has one, else the direct offset (one run)."""
     be = dev.machine.backend
-    dma_addr = be.phys_to_dma(dev, pa) if be is not None else pa
-    sm = StreamMapping(dev, kind, dma_addr, size, int(direction), [(pa, size)], sg_nents=sg_nents)
-    arch_sync_dma_for_device(dev, pa, size, direction)
+    iommu_map = getattr(be, "map_streaming", None)
+    if iommu_map is not None:
+        dma_addr = iommu_map(dev, runs, int(direction))
+    else:
+        dma_addr = be.phys_to_dma(dev, runs[0][0]) if be is not None else runs[0][0]
+    size = sum(n for _, n in runs)
+    sm = StreamMapping(dev, kind, dma_addr, size, int(direction), list(runs), sg_nents=sg_nents)
+    sm.extra["iommu"] = iommu_map is not None
+    for pa, n in runs:
+        arch_sync_dma_for_device(dev, pa, n, direction)
     dev.dma_debug.add_stream(sm)
     return sm
+
+
+def _map(dev: Device, pa: int, size: int, direction: DmaDirection, kind: str, sg_nents: int = 0) -> StreamMapping:
+    return _map_runs(dev, [(pa, size)], direction, kind, sg_nents)
+
+
+def _release(dev: Device, sm: StreamMapping) -> None:
+    """Forget a mapping and give its bus range back (IOTLB invalidated)."""
+    dev.dma_debug.drop_stream(sm)
+    if sm.extra.get("iommu") and not dev.machine.closed:
+        dev.machine.backend.unmap_streaming(dev, sm.dma_addr, sm.runs)  # type: ignore[union-attr]
 
 
 def dma_map_single(dev: Device, cpu_addr: int, size: int, direction: int) -> int:
@@ -275,7 +296,7 @@ def _unmap(dev: Device, what: str, dma_addr: int, size: int, direction: DmaDirec
             sm.dma_addr)
     for pa, n in sm.runs:
         arch_sync_dma_for_cpu(dev, pa, n, direction)
-    dev.dma_debug.drop_stream(sm)
+    _release(dev, sm)
 
 
 def dma_unmap_single(dev: Device, dma_addr: int, size: int, direction: int) -> None:
@@ -352,6 +373,18 @@ def dma_map_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: i
         pa = s.phys_addr
         _ram_span(dev, pa, size, "dma_map_sg")
         spans.append((pa, size))
+    be = dev.machine.backend
+    # Behind an IOMMU, entries whose inner boundaries are page-aligned become one
+    # bus segment (iommu_dma_map_sg): the reason scatter lists and IOMMUs go together.
+    inner_aligned = all((pa + size) % PAGE_SIZE == 0 for pa, size in spans[:-1]) and \
+        all(pa % PAGE_SIZE == 0 for pa, _ in spans[1:])
+    if getattr(be, "map_streaming", None) is not None and inner_aligned:
+        sm = _map_runs(dev, spans, d, "sg", sg_nents=len(ents))
+        sm.checked = True
+        for s in ents:
+            s.dma_address, s.dma_length = 0, 0
+        ents[0].dma_address, ents[0].dma_length = sm.dma_addr, sm.size
+        return 1
     done: list[StreamMapping] = []
     try:
         for s, (pa, size) in zip(ents, spans, strict=True):
@@ -361,7 +394,7 @@ def dma_map_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: i
             s.dma_address, s.dma_length = sm.dma_addr, size
     except BaseException:
         for sm in done:
-            dev.dma_debug.drop_stream(sm)
+            _release(dev, sm)
         raise
     return len(ents)
 
@@ -370,7 +403,9 @@ def _sg_maps(dev: Device, ents: list[Scatterlist], nents: int, d: DmaDirection, 
              ) -> list[tuple[Scatterlist, StreamMapping]]:
     out = []
     md = machine_debug(dev.machine)
-    for s in ents:
+    for i, s in enumerate(ents):
+        if i and not s.dma_length:
+            continue   # coalesced into an earlier segment
         sm = _lookup(dev, what, s.dma_address, s.dma_length or s.length, d, exact=True)
         if sm is None:
             continue

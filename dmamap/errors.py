@@ -212,6 +212,13 @@ class DmaMappingErrorUncheckedError(DmaApiError):
     rule = "dma_mapping_error() not checked"
 
 
+class IommuFaultError(DmamapError):
+    """A device DMA to an IOVA its IOMMU domain does not map, or a write to a
+    read-only one: the IOMMU refuses the transfer and records the fault."""
+
+    rule = "IOMMU fault"
+
+
 class StrategyError(DmamapError, ValueError):
     """A mapping strategy that is illegal for this memory (e.g. pages for non-RAM)."""
 

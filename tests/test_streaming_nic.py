@@ -13,7 +13,7 @@ import pytest
 import dmamap
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "streaming_nic" / "nic.py"
-PLATFORMS = ("x86", "arm", "sram", "riscv")
+PLATFORMS = ("x86", "arm", "sram", "riscv", "iommu")
 
 
 def _load() -> ModuleType:
