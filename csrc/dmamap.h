@@ -285,6 +285,9 @@ int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *o
 
 int dmamap_alloc_pages(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
                        uint64_t *pfn_out, struct dmamap_err *err);
+/* As dmamap_alloc_pages, every page at or below max_pa (a DMA mask); ENOMEM if none fit. */
+int dmamap_alloc_pages_below(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
+                             uint64_t max_pa, uint64_t *pfn_out, struct dmamap_err *err);
 int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct dmamap_err *err);
 int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);
 int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);

@@ -87,6 +87,9 @@ class Device:
         self.ports: list[PortRange] = []
         self.removed = False
         self.dma_debug: DmaDebug = DmaDebug(self)
+        #: Bus addresses the device can drive (dma_set_mask / dma_set_coherent_mask); all 64 bits by default.
+        self.dma_mask: int = (1 << 64) - 1
+        self.coherent_dma_mask: int = (1 << 64) - 1
         bar_objs = [b if isinstance(b, Bar) else Bar(u64("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
         ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]

@@ -27,13 +27,15 @@ from dmamap.errors import (
     InvalidArgumentError,
 )
 from dmamap.physmem import KernelAddress, Page
+from dmamap.swiotlb import swiotlb_of
 
 __all__ = [
     "DmaDirection", "DMA_BIDIRECTIONAL", "DMA_TO_DEVICE", "DMA_FROM_DEVICE", "DMA_NONE", "DMA_MAPPING_ERROR",
     "Scatterlist", "sg_init_table", "sg_set_page", "sg_set_buf", "sg_dma_address", "sg_dma_len", "for_each_sg",
     "dma_map_single", "dma_unmap_single", "dma_map_page", "dma_unmap_page", "dma_map_sg", "dma_unmap_sg",
     "dma_sync_single_for_cpu", "dma_sync_single_for_device", "dma_sync_sg_for_cpu", "dma_sync_sg_for_device",
-    "dma_mapping_error",
+    "dma_mapping_error", "DMA_BIT_MASK", "dma_set_mask", "dma_set_coherent_mask", "dma_set_mask_and_coherent",
+    "dma_get_mask",
 ]
 
 
@@ -120,6 +122,51 @@ def for_each_sg(sgl: Sequence[Scatterlist], nents: int) -> Iterator[Scatterlist]
     return iter(_sg_check(sgl, nents, "for_each_sg"))
 
 
+# ---- DMA masks (dma_set_mask & co) ----
+
+def DMA_BIT_MASK(n: int) -> int:  # noqa: N802 - the kernel's name
+    """All ones in the low ``n`` bits (n = 64: every bit)."""
+    n = u64("n", n)
+    if not 1 <= n <= 64:
+        raise InvalidArgumentError(f"DMA_BIT_MASK({n}): n must be 1..64")
+    return (1 << n) - 1
+
+
+def _mask(dev: Device, mask: int, what: str) -> int:
+    mask = u64("mask", mask)
+    if mask < (1 << 24) - 1:   # dma_supported(): not even ZONE_DMA is reachable
+        raise InvalidArgumentError(f"{what}: mask {mask:#x} is below 24 bits; the platform cannot satisfy it (-EIO)",
+                                   mask)
+    return mask
+
+
+def dma_set_mask(dev: Device, mask: int) -> int:
+    """The bus addresses streaming mappings must fit; memory above it is
+    bounced through swiotlb.  Returns 0 (a mask below 24 bits is refused)."""
+    dev = _device(dev)
+    dev.dma_mask = _mask(dev, mask, "dma_set_mask")
+    return 0
+
+
+def dma_set_coherent_mask(dev: Device, mask: int) -> int:
+    """The bus addresses coherent allocations must fit (allocated below it)."""
+    dev = _device(dev)
+    dev.coherent_dma_mask = _mask(dev, mask, "dma_set_coherent_mask")
+    return 0
+
+
+def dma_set_mask_and_coherent(dev: Device, mask: int) -> int:
+    """Both masks at once."""
+    dev = _device(dev)
+    mask = _mask(dev, mask, "dma_set_mask_and_coherent")
+    dev.dma_mask = dev.coherent_dma_mask = mask
+    return 0
+
+
+def dma_get_mask(dev: Device) -> int:
+    return _device(dev).dma_mask
+
+
 # ---- cache maintenance (arch/arm64/mm/dma-mapping.c) ----
 
 def arch_sync_dma_for_device(dev: Device, pa: int, size: int, direction: int) -> None:
@@ -186,33 +233,74 @@ def _ram_span(dev: Device, pa: int, size: int, what: str) -> None:
 # ---- mapping ----
 
 def _map_runs(dev: Device, runs: list[tuple[int, int]], direction: DmaDirection, kind: str,
-              sg_nents: int = 0) -> StreamMapping:
+              sg_nents: int = 0) -> StreamMapping | None:
     """One bus range for the physical ``runs``: through the backend's IOMMU
     (``map_streaming``) when it has one, else the direct offset (one run)."""
     be = dev.machine.backend
     iommu_map = getattr(be, "map_streaming", None)
+    size = sum(n for _, n in runs)
+    bounce = None
     if iommu_map is not None:
         dma_addr = iommu_map(dev, runs, int(direction))
     else:
         dma_addr = be.phys_to_dma(dev, runs[0][0]) if be is not None else runs[0][0]
-    size = sum(n for _, n in runs)
+        if dma_addr + size - 1 > dev.dma_mask:   # !dma_capable(): bounce (swiotlb_map)
+            bounce = swiotlb_of(dev.machine).map(runs[0][0], size)
+            if bounce is None:
+                return None
+            dma_addr = be.phys_to_dma(dev, bounce) if be is not None else bounce
     sm = StreamMapping(dev, kind, dma_addr, size, int(direction), list(runs), sg_nents=sg_nents)
     sm.extra["iommu"] = iommu_map is not None
-    for pa, n in runs:
-        arch_sync_dma_for_device(dev, pa, n, direction)
+    if bounce is not None:
+        sm.extra["bounce"] = bounce
+        arch_sync_dma_for_device(dev, bounce, size, direction)
+    else:
+        for pa, n in runs:
+            arch_sync_dma_for_device(dev, pa, n, direction)
     dev.dma_debug.add_stream(sm)
     return sm
 
 
-def _map(dev: Device, pa: int, size: int, direction: DmaDirection, kind: str, sg_nents: int = 0) -> StreamMapping:
+def _map(dev: Device, pa: int, size: int, direction: DmaDirection, kind: str,
+         sg_nents: int = 0) -> StreamMapping | None:
     return _map_runs(dev, [(pa, size)], direction, kind, sg_nents)
 
 
 def _release(dev: Device, sm: StreamMapping) -> None:
-    """Forget a mapping and give its bus range back (IOTLB invalidated)."""
+    """Forget a mapping and give its bus range back (IOTLB invalidated, bounce slot freed)."""
     dev.dma_debug.drop_stream(sm)
-    if sm.extra.get("iommu") and not dev.machine.closed:
+    if dev.machine.closed:
+        return
+    if sm.extra.get("iommu"):
         dev.machine.backend.unmap_streaming(dev, sm.dma_addr, sm.runs)  # type: ignore[union-attr]
+    if "bounce" in sm.extra:
+        swiotlb_of(dev.machine).release(sm.extra["bounce"], sm.size)
+
+
+def _cpu_side(dev: Device, sm: StreamMapping, off: int, size: int, direction: int) -> None:
+    """sync_for_cpu of [off, off+size) of a mapping: invalidate, and with a
+    bounce buffer copy it back (FROM_DEVICE / BIDIRECTIONAL, as swiotlb)."""
+    bounce = sm.extra.get("bounce")
+    if bounce is None:
+        for pa, n in sm.phys_of(off, size):
+            arch_sync_dma_for_cpu(dev, pa, n, direction)
+        return
+    arch_sync_dma_for_cpu(dev, bounce + off, size, direction)
+    if direction != DMA_TO_DEVICE:
+        swiotlb_of(dev.machine).to_cpu(sm.runs[0][0] + off, bounce + off, size)
+
+
+def _device_side(dev: Device, sm: StreamMapping, off: int, size: int, direction: int) -> None:
+    """sync_for_device: with a bounce buffer copy the CPU's data in first
+    (TO_DEVICE / BIDIRECTIONAL), then clean."""
+    bounce = sm.extra.get("bounce")
+    if bounce is None:
+        for pa, n in sm.phys_of(off, size):
+            arch_sync_dma_for_device(dev, pa, n, direction)
+        return
+    if direction != DMA_FROM_DEVICE:
+        swiotlb_of(dev.machine).to_device(sm.runs[0][0] + off, bounce + off, size)
+    arch_sync_dma_for_device(dev, bounce + off, size, direction)
 
 
 def dma_map_single(dev: Device, cpu_addr: int, size: int, direction: int) -> int:
@@ -228,8 +316,8 @@ def dma_map_single(dev: Device, cpu_addr: int, size: int, direction: int) -> int
         raise InvalidArgumentError(f"dma_map_single: {cpu_addr:#x}+{size:#x} is not in the direct map "
                                    f"(a vmalloc, ioremap or dma_alloc_coherent address cannot be mapped)",
                                    cpu_addr)
-    pa = m.virt_to_phys(cpu_addr)
-    return _map(dev, pa, size, d, "single").dma_addr
+    sm = _map(dev, m.virt_to_phys(cpu_addr), size, d, "single")
+    return DMA_MAPPING_ERROR if sm is None else sm.dma_addr
 
 
 def dma_map_page(dev: Device, page: Page, offset: int, size: int, direction: int) -> int:
@@ -242,7 +330,8 @@ def dma_map_page(dev: Device, page: Page, offset: int, size: int, direction: int
     _same_machine(dev, page, "dma_map_page")
     pa = page.phys_addr + u64("offset", offset)
     _ram_span(dev, pa, size, "dma_map_page")
-    return _map(dev, pa, size, d, "page").dma_addr
+    sm = _map(dev, pa, size, d, "page")
+    return DMA_MAPPING_ERROR if sm is None else sm.dma_addr
 
 
 def dma_mapping_error(dev: Device, dma_addr: int) -> bool:
@@ -294,8 +383,7 @@ def _unmap(dev: Device, what: str, dma_addr: int, size: int, direction: DmaDirec
             dev, DmaMappingErrorUncheckedError, f"{what}: device driver failed to check map error for "
             f"{sm.dma_addr:#x}+{sm.size:#x} ({dir_name(sm.direction)}): dma_mapping_error() was never called",
             sm.dma_addr)
-    for pa, n in sm.runs:
-        arch_sync_dma_for_cpu(dev, pa, n, direction)
+    _cpu_side(dev, sm, 0, sm.size, direction)
     _release(dev, sm)
 
 
@@ -327,14 +415,11 @@ def _sync_mapping(dev: Device, sm: StreamMapping, off: int, size: int, direction
                   for_cpu: bool) -> None:
     """The maintenance the caller's direction asks for (a wrong one does the wrong thing, as in Linux)."""
     size = min(size, sm.size - off)
-    pieces = sm.phys_of(off, size)
     if for_cpu:
-        for pa, n in pieces:
-            arch_sync_dma_for_cpu(dev, pa, n, direction)
+        _cpu_side(dev, sm, off, size, direction)
         sm.give_to_cpu(off, size)
     else:
-        for pa, n in pieces:
-            arch_sync_dma_for_device(dev, pa, n, direction)
+        _device_side(dev, sm, off, size, direction)
         sm.give_to_device(off, size)
 
 
@@ -379,16 +464,22 @@ def dma_map_sg(dev: Device, sgl: Sequence[Scatterlist], nents: int, direction: i
     inner_aligned = all((pa + size) % PAGE_SIZE == 0 for pa, size in spans[:-1]) and \
         all(pa % PAGE_SIZE == 0 for pa, _ in spans[1:])
     if getattr(be, "map_streaming", None) is not None and inner_aligned:
-        sm = _map_runs(dev, spans, d, "sg", sg_nents=len(ents))
-        sm.checked = True
+        one = _map_runs(dev, spans, d, "sg", sg_nents=len(ents))
+        if one is None:
+            return 0
+        one.checked = True
         for s in ents:
             s.dma_address, s.dma_length = 0, 0
-        ents[0].dma_address, ents[0].dma_length = sm.dma_addr, sm.size
+        ents[0].dma_address, ents[0].dma_length = one.dma_addr, one.size
         return 1
     done: list[StreamMapping] = []
     try:
         for s, (pa, size) in zip(ents, spans, strict=True):
             sm = _map(dev, pa, size, d, "sg", sg_nents=len(ents))
+            if sm is None:   # bounce pool full: nothing stays mapped
+                for old in done:
+                    _release(dev, old)
+                return 0
             sm.checked = True
             done.append(sm)
             s.dma_address, s.dma_length = sm.dma_addr, size

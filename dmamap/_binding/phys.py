@@ -13,7 +13,8 @@ __all__ = [
     "backing_map", "backing_retire", "backing_unmap", "machine_new", "machine_free", "machine_close",
     "machine_set_io", "machine_set_memtype_policy", "machine_set_cache", "machine_stats", "add_region",
     "remove_region", "regions", "region_of", "phys_read", "phys_write", "pfn_valid", "page_info", "alloc_pages",
-    "free_pages", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access", "flush_dcache_range",
+    "free_pages", "alloc_pages_below", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access",
+    "flush_dcache_range",
     "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "dma_own_add", "dma_own_remove",
     "dma_own_set_record", "dma_own_drain", "memtype_reserve", "memtype_free",
     "memtype_lookup", "memtype_reports", "MEMTYPE_REPORTS_MAX",
@@ -132,6 +133,13 @@ def page_info(m: Any, pfn: int) -> tuple[int, int, int]:
 def alloc_pages(m: Any, npages: int, align: int, flags: int) -> int:
     out = ffi.new("uint64_t *")
     call(lib.dmamap_alloc_pages, m, npages, align, flags, out)
+    return int(out[0])
+
+
+def alloc_pages_below(m: Any, npages: int, align: int, flags: int, max_pa: int) -> int:
+    """As alloc_pages, every page at or below ``max_pa``."""
+    out = ffi.new("uint64_t *")
+    call(lib.dmamap_alloc_pages_below, m, npages, align, flags, max_pa, out)
     return int(out[0])
 
 
