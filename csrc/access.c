@@ -38,16 +38,18 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             as->dm_user = (uint8_t)!!d.user;
             as->dm_cacheable = a->cache_cacheable[d.cache];
             as->dm_device = a->cache_device[d.cache];
+            as->dm_wc = (uint8_t)(d.cache == a->writecombine && !a->cache_cacheable[d.cache] &&
+                                  !a->cache_device[d.cache]);
             as->dm_attr = ent & ~as->pa_mask[level];
             as->dm_level = level;
         }
         if (found && as->dm_valid) {
             struct {
                 uint64_t pa;
-                int writable, user, cacheable, device;
+                int writable, user, cacheable, device, wc;
             } x = {((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
                    (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
-                   as->dm_user, as->dm_cacheable, as->dm_device};
+                   as->dm_user, as->dm_cacheable, as->dm_device, as->dm_wc};
             if (!as->kernel && !x.user)
                 return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
                                    (unsigned long long)va);
@@ -78,6 +80,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             t->user = (uint8_t)x.user;
             t->cacheable = (uint8_t)x.cacheable;
             t->device = (uint8_t)x.device;
+            t->wc = (uint8_t)x.wc;
             *out = t;
             return 0;
         }
@@ -143,14 +146,25 @@ static int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64
                 dmamap_cache_write(as->m, pa, h, value, (uint64_t)size);
             else
                 dmamap_cache_read(as->m, pa, h, value, (uint64_t)size);
+        } else if (t->wc && as->m->wcb_n) {
+            if (is_write) {
+                dmamap_wcb_store(as->m, pa, value, (uint64_t)size);
+            } else {
+                dmamap_wcb_drain_all(as->m);   /* a WC load sees the CPU's own stores */
+                memcpy(value, h, (size_t)size);
+            }
         } else if (is_write) {
             memcpy(h, value, (size_t)size);
         } else {
             memcpy(value, h, (size_t)size);
         }
+        if (!t->cacheable && !t->wc)
+            dmamap_wcb_drain_all(as->m);   /* an uncached access drains the WC buffer, after itself */
         return 0;
     }
-    return dmamap_io_access(as->m, pa, size, is_write, value, err);
+    rc = dmamap_io_access(as->m, pa, size, is_write, value, err);
+    dmamap_wcb_drain_all(as->m);
+    return rc;
 }
 
 static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write, struct dmamap_err *err)
@@ -172,11 +186,20 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
                     dmamap_cache_write(as->m, pa, h, b, chunk);
                 else
                     dmamap_cache_read(as->m, pa, h, b, chunk);
+            } else if (t->wc && as->m->wcb_n) {
+                if (is_write) {
+                    dmamap_wcb_store(as->m, pa, b, chunk);
+                } else {
+                    dmamap_wcb_drain_all(as->m);
+                    memcpy(b, h, chunk);
+                }
             } else if (is_write) {
                 memcpy(h, b, chunk);
             } else {
                 memcpy(b, h, chunk);
             }
+            if (!t->cacheable && !t->wc)
+                dmamap_wcb_drain_all(as->m);
         } else {
             /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
             uint64_t done = 0;

@@ -322,6 +322,14 @@ int dmamap_dma_own_remove(dmamap_machine *m, uint64_t pa, uint64_t size, struct 
 void dmamap_dma_own_set_record(dmamap_machine *m, int record);
 int dmamap_dma_own_drain(dmamap_machine *m, struct dmamap_dma_own_event *out, int max, uint64_t *dropped);
 
+/* Write-combining buffer (wcb.c): with entries > 0, CPU stores through WC
+ * (x86) / Normal-NC (arm) mappings of memory gather in `entries` 64-byte lines
+ * and reach memory at a barrier (dmamap_wcb_drain), after an uncached access,
+ * or when evicted; entries 0 turns it off (the default). */
+int dmamap_machine_set_wcb(dmamap_machine *m, int entries, struct dmamap_err *err);
+int dmamap_wcb_drain(dmamap_machine *m, struct dmamap_err *err);
+void dmamap_wcb_stats(dmamap_machine *m, uint64_t *out3);
+
 /* Memtype tracking. */
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
 int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);

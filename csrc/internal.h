@@ -105,6 +105,15 @@ struct cache_line {
     uint8_t data[CACHE_LINE];
 };
 
+#define WCB_MAX 16
+struct wcb_entry {
+    uint64_t line;       /* line-aligned physical address */
+    uint64_t mask;       /* bytes written */
+    uint64_t age;
+    int valid;
+    uint8_t data[64];
+};
+
 struct dmamap_machine {
     const struct dmamap_arch *arch;
     uint8_t *backing;
@@ -153,6 +162,12 @@ struct dmamap_machine {
     /* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
     _Atomic uint64_t mmio_accesses, port_accesses;
+    /* write-combining buffer (wcb.c): WC / Normal-NC stores gather here, under wcb_lock */
+    pthread_mutex_t wcb_lock;
+    struct wcb_entry wcb[WCB_MAX];
+    _Atomic int wcb_n;
+    uint64_t wcb_clock;
+    _Atomic uint64_t wcb_drains, wcb_merges, wcb_evictions;
     /* streaming-DMA ownership (dma_own.c): device-owned ranges, under own_lock */
     pthread_mutex_t own_lock;
     struct dma_own_range *own;
@@ -162,6 +177,10 @@ struct dmamap_machine {
     int nown_log;
     uint64_t own_dropped;
 };
+
+/* 0 when [pa, pa+n) is held by the write-combining buffer */
+void dmamap_wcb_store(dmamap_machine *m, uint64_t pa, const void *buf, uint64_t n);
+void dmamap_wcb_drain_all(dmamap_machine *m);
 
 struct dma_own_range {
     uint64_t pa, end;
@@ -176,7 +195,7 @@ struct tlb_entry {
     uint64_t vpn;        /* va >> 12, ~0 when invalid */
     uint64_t pa_page;
     uint8_t *host;       /* host pointer of the page for RAM/SRAM, NULL otherwise */
-    uint8_t writable, user, cacheable, device;
+    uint8_t writable, user, cacheable, device, wc;
     int region;
 };
 
@@ -227,7 +246,7 @@ struct dmamap_as {
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;
     int dm_level;
-    uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
+    uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device, dm_wc;
     /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;

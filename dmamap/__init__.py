@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
     STRATEGIES,
@@ -105,4 +106,5 @@ __all__ = [
     "unregister_backend", "registry",
 ]
 __all__ += _error_names
-__all__ += ["DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree", "ksize", *_stream_names, *_noncoherent_names]
+__all__ += ["wmb", "mb", "dma_wmb", "set_write_combining", "DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree",
+            "ksize", *_stream_names, *_noncoherent_names]

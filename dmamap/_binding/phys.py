@@ -16,7 +16,8 @@ __all__ = [
     "free_pages", "alloc_pages_below", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access",
     "flush_dcache_range",
     "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "dma_own_add", "dma_own_remove",
-    "dma_own_set_record", "dma_own_drain", "memtype_reserve", "memtype_free",
+    "dma_own_set_record", "dma_own_drain", "machine_set_wcb", "wcb_drain", "wcb_stats", "memtype_reserve",
+    "memtype_free",
     "memtype_lookup", "memtype_reports", "MEMTYPE_REPORTS_MAX",
 ]
 
@@ -205,6 +206,23 @@ def dma_own_drain(m: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
         out += [(int(e.pa), int(e.start), int(e.size), int(e.tag), bool(e.is_write)) for e in buf[0:n]]
         if n < 256:
             return out, total_dropped
+
+
+# ---- the write-combining buffer (wcb.c) ----
+
+def machine_set_wcb(m: Any, entries: int) -> None:
+    call(lib.dmamap_machine_set_wcb, m, entries)
+
+
+def wcb_drain(m: Any) -> None:
+    call(lib.dmamap_wcb_drain, m)
+
+
+def wcb_stats(m: Any) -> tuple[int, int, int]:
+    """(drains, merges, evictions)."""
+    out = ffi.new("uint64_t[3]")
+    lib.dmamap_wcb_stats(m, out)
+    return int(out[0]), int(out[1]), int(out[2])
 
 
 # ---- the cache model ----
