@@ -143,9 +143,9 @@ static int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64
             return rc;
         if (t->cacheable && as->m->cache) {
             if (is_write)
-                dmamap_cache_write(as->m, pa, h, value, (uint64_t)size);
+                dmamap_cache_write(as->m, va, pa, h, value, (uint64_t)size);
             else
-                dmamap_cache_read(as->m, pa, h, value, (uint64_t)size);
+                dmamap_cache_read(as->m, va, pa, h, value, (uint64_t)size);
         } else if (t->wc && as->m->wcb_n) {
             if (is_write) {
                 dmamap_wcb_store(as->m, pa, value, (uint64_t)size);
@@ -183,9 +183,9 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
                 return rc;
             if (t->cacheable && as->m->cache) {
                 if (is_write)
-                    dmamap_cache_write(as->m, pa, h, b, chunk);
+                    dmamap_cache_write(as->m, va, pa, h, b, chunk);
                 else
-                    dmamap_cache_read(as->m, pa, h, b, chunk);
+                    dmamap_cache_read(as->m, va, pa, h, b, chunk);
             } else if (t->wc && as->m->wcb_n) {
                 if (is_write) {
                     dmamap_wcb_store(as->m, pa, b, chunk);

@@ -330,6 +330,9 @@ int dmamap_machine_set_wcb(dmamap_machine *m, int entries, struct dmamap_err *er
 int dmamap_wcb_drain(dmamap_machine *m, struct dmamap_err *err);
 void dmamap_wcb_stats(dmamap_machine *m, uint64_t *out3);
 
+/* Index the data cache by virtual address (VIPT; tags stay physical). */
+int dmamap_machine_set_vipt(dmamap_machine *m, int vipt, struct dmamap_err *err);
+
 /* Memtype tracking. */
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);
 int dmamap_memtype_free(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);

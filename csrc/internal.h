@@ -151,6 +151,7 @@ struct dmamap_machine {
     /* cache model (NULL when DMA snoops) */
     struct cache_line *cache;
     int cache_sets, cache_ways;
+    int cache_vipt;                /* sets indexed by the virtual address (an aliasing VIPT cache) */
     uint64_t cache_clock;
     /* the kernel half shared by every user root (arch->kernel_half > 0): the
      * first kernel address space, its root's shared entries as last published
@@ -278,8 +279,9 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
                      struct dmamap_err *err);
 
 /* cache.c */
-void dmamap_cache_read(dmamap_machine *m, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
-void dmamap_cache_write(dmamap_machine *m, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
+/* va picks the set on a VIPT cache (tags are always physical). */
+void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
+void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
 
 /* memtype.c */

@@ -60,6 +60,7 @@ from dmamap.mm import (
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
 from dmamap.slab import kfree, kmalloc, ksize
+from dmamap.vipt import flush_dcache_page
 
 try:
     __version__ = version("dmamap")
@@ -106,5 +107,5 @@ __all__ = [
     "unregister_backend", "registry",
 ]
 __all__ += _error_names
-__all__ += ["wmb", "mb", "dma_wmb", "set_write_combining", "DmaDebugEvent", "DmaDebugReport", "kmalloc", "kfree",
-            "ksize", *_stream_names, *_noncoherent_names]
+__all__ += ["wmb", "mb", "dma_wmb", "set_write_combining", "flush_dcache_page", "DmaDebugEvent", "DmaDebugReport",
+            "kmalloc", "kfree", "ksize", *_stream_names, *_noncoherent_names]

@@ -16,7 +16,8 @@ __all__ = [
     "free_pages", "alloc_pages_below", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access",
     "flush_dcache_range",
     "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "dma_own_add", "dma_own_remove",
-    "dma_own_set_record", "dma_own_drain", "machine_set_wcb", "wcb_drain", "wcb_stats", "memtype_reserve",
+    "dma_own_set_record", "dma_own_drain", "machine_set_wcb", "wcb_drain", "wcb_stats",
+    "machine_set_vipt", "memtype_reserve",
     "memtype_free",
     "memtype_lookup", "memtype_reports", "MEMTYPE_REPORTS_MAX",
 ]
@@ -206,6 +207,11 @@ def dma_own_drain(m: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
         out += [(int(e.pa), int(e.start), int(e.size), int(e.tag), bool(e.is_write)) for e in buf[0:n]]
         if n < 256:
             return out, total_dropped
+
+
+def machine_set_vipt(m: Any, vipt: bool) -> None:
+    """Index the data cache by virtual address (an aliasing VIPT cache)."""
+    call(lib.dmamap_machine_set_vipt, m, int(vipt))
 
 
 # ---- the write-combining buffer (wcb.c) ----
