@@ -179,7 +179,13 @@ class Iommu:
         with dom.lock:
             dom.unmap(base, npages)
             dom.iova.free(base, npages << PAGE_SHIFT)
+            idle = dom.iova.avail == IOVA_SIZE
         self.iotlb_invalidations += npages
+        if idle:   # nothing mapped: give the table pages back (a new domain is made on the next map)
+            with self.lock:
+                if self.domains.get(dev.id) is dom:
+                    del self.domains[dev.id]
+                    dom.free()
 
     def translate(self, dev: Device, iova: int, n: int, is_write: bool) -> list[tuple[int, int]]:
         """Physical runs behind [iova, iova+n); an unmapped or read-only page is
