@@ -29,7 +29,7 @@ from dmamap.dma_stream import (
     _sync_mapping,
 )
 from dmamap.errors import DmaFreeError, DmaSyncError, InvalidArgumentError
-from dmamap.mm import PgProt, Vma, remap_pfn_range
+from dmamap.mm import PgProt, Vma, remap_pfn_chunks, remap_pfn_range
 from dmamap.physmem import KernelAddress, Page
 
 __all__ = [
@@ -71,21 +71,42 @@ def _npages(size: int) -> int:
     return (size + PAGE_SIZE - 1) >> PAGE_SHIFT
 
 
-def _alloc(dev: Device, size: int, d: DmaDirection, kind: str) -> tuple[Page, StreamMapping]:
+def _alloc(dev: Device, size: int, d: DmaDirection, kind: str, *, scattered: bool = False,
+           ) -> tuple[Page, StreamMapping]:
+    """Allocate and register; ``scattered`` takes the pages one by one (only
+    worth it behind an IOMMU, which gives them one bus range)."""
     m = dev.machine
-    page = m.alloc_pages(_npages(size), dma=True)
-    pa = page.phys_addr
+    npages = _npages(size)
+    if scattered:
+        pages = []
+        try:
+            for _ in range(npages):
+                pages.append(m.alloc_pages(1, dma=True))
+        except BaseException:
+            for p in pages:
+                m.free_pages(p, 1)
+            raise
+        runs = [(p.phys_addr, PAGE_SIZE) for p in pages]
+        runs[-1] = (runs[-1][0], size - (npages - 1) * PAGE_SIZE)
+    else:
+        pages = [m.alloc_pages(npages, dma=True)]
+        runs = [(pages[0].phys_addr, size)]
+
+    def give_back() -> None:
+        for pa, n in runs:
+            m.free_pages(Page(m, pa >> PAGE_SHIFT), _npages(n))
+
     be = m.backend
     iommu_map = getattr(be, "map_streaming", None)
     try:
         if iommu_map is not None:
-            dma = iommu_map(dev, [(pa, size)], int(d))
+            dma = iommu_map(dev, runs, int(d))
         else:
-            dma = be.phys_to_dma(dev, pa) if be is not None else pa
+            dma = be.phys_to_dma(dev, runs[0][0]) if be is not None else runs[0][0]
     except BaseException:
-        m.free_pages(page, _npages(size))
+        give_back()
         raise
-    sm = StreamMapping(dev, kind, dma, size, int(d), [(pa, size)], checked=True)
+    sm = StreamMapping(dev, kind, dma, size, int(d), runs, checked=True)
     sm.extra["iommu"] = iommu_map is not None
     with dev.dma_debug.lock:
         removed = dev.removed
@@ -94,9 +115,9 @@ def _alloc(dev: Device, size: int, d: DmaDirection, kind: str) -> tuple[Page, St
             sm.give_to_cpu(0, size)   # the CPU owns a fresh allocation until it syncs for the device
     if removed:
         _release(dev, sm)
-        m.free_pages(page, _npages(size))
+        give_back()
         dev._check()
-    return page, sm
+    return pages[0], sm
 
 
 def _free(dev: Device, what: str, dma_handle: int, size: int, d: DmaDirection, kind: str,
@@ -119,7 +140,8 @@ def _free(dev: Device, what: str, dma_handle: int, size: int, d: DmaDirection, k
                      f"(dma_vunmap_noncontiguous first)", dma_handle)
         return None
     _release(dev, sm)
-    dev.machine.free_pages(Page(dev.machine, sm.runs[0][0] >> PAGE_SHIFT), _npages(sm.size))
+    for pa, n in sm.runs:
+        dev.machine.free_pages(Page(dev.machine, pa >> PAGE_SHIFT), _npages(n))
     return sm
 
 
@@ -193,9 +215,12 @@ def dma_alloc_noncontiguous(dev: Device, size: int, direction: int) -> SgTableNC
     dev = _device(dev)
     d = _direction(direction, "dma_alloc_noncontiguous")
     size = _size(size, "dma_alloc_noncontiguous")
-    page, sm = _alloc(dev, size, d, "noncontiguous")
-    sg = Scatterlist(page, 0, size, sm.dma_addr, size)
-    return SgTableNC([sg], 1, size, int(d))
+    iommu = getattr(dev.machine.backend, "map_streaming", None) is not None
+    _page, sm = _alloc(dev, size, d, "noncontiguous", scattered=iommu)
+    m = dev.machine
+    sgl = [Scatterlist(Page(m, pa >> PAGE_SHIFT), 0, n) for pa, n in sm.runs]
+    sgl[0].dma_address, sgl[0].dma_length = sm.dma_addr, size   # one bus segment either way
+    return SgTableNC(sgl, 1, size, int(d))
 
 
 def _sgt(dev: Device, sgt: SgTableNC, what: str) -> StreamMapping:
@@ -265,7 +290,15 @@ def dma_mmap_noncontiguous(dev: Device, vma: Vma, size: int, sgt: SgTableNC) -> 
     size = _size(size, "dma_mmap_noncontiguous")
     if size > sm.size:
         raise InvalidArgumentError(f"dma_mmap_noncontiguous: {size:#x} bytes exceed the {sm.size:#x} allocated")
-    _mmap_chunks(dev, vma, sm.runs[0][0], size, "dma_mmap_noncontiguous")
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    if vma.machine is not dev.machine:
+        raise InvalidArgumentError("dma_mmap_noncontiguous: VMA belongs to another machine", vma.start)
+    if vma.nr_pages > _npages(size):
+        raise InvalidArgumentError(f"dma_mmap_noncontiguous: VMA of {vma.nr_pages} pages is larger than the "
+                                   f"buffer's {_npages(size)} (-ENXIO)", vma.start)
+    chunks = [(pa >> PAGE_SHIFT, _npages(n)) for pa, n in sm.runs]
+    remap_pfn_chunks(vma, vma.start, chunks, 0, vma.nr_pages, vma.page_prot)
 
 
 def _sync_sgt(dev: Device, sgt: SgTableNC, direction: int, for_cpu: bool, what: str) -> None:

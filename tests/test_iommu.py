@@ -107,3 +107,27 @@ def test_iova_space_reused_after_unmap(env: tuple[d.Machine, d.Device]) -> None:
         d.dma_unmap_single(dev, h, 8192, d.DMA_FROM_DEVICE)
     assert len(seen) <= 2
     assert iommu_of(m).iotlb_invalidations >= 100
+
+
+def test_noncontiguous_allocation_is_scattered_pages_behind_one_iova(env: tuple[d.Machine, d.Device]) -> None:
+    m, dev = env
+    for _ in range(3):   # interleave other allocations so the pages cannot all be neighbours
+        m.alloc_pages(1)
+    sgt = d.dma_alloc_noncontiguous(dev, 5 * 4096 - 100, d.DMA_BIDIRECTIONAL)
+    assert sgt.orig_nents == 5 and sgt.nents == 1 and sgt.sgl[0].dma_length == 5 * 4096 - 100
+    kva = d.dma_vmap_noncontiguous(dev, 5 * 4096 - 100, sgt)
+    mm = m.new_address_space()
+    vma = mm.mmap(5 * 4096)
+    d.dma_mmap_noncontiguous(dev, vma, 5 * 4096 - 100, sgt)
+    d.dma_sync_sgtable_for_device(dev, sgt, d.DMA_BIDIRECTIONAL)
+    dev.dma_write(sgt.dma_address + 4096 - 2, b"span")   # across two pages of the IOVA range
+    d.dma_sync_sgtable_for_cpu(dev, sgt, d.DMA_BIDIRECTIONAL)
+    assert m.kernel.read(kva + 4096 - 2, 4) == b"span"
+    assert mm.read(vma.start + 4096 - 2, 4) == b"span"
+    assert m.kernel.read(m.page_address(sgt.sgl[1].page), 2) == b"an"
+    used = m.stats.ram_pages_used
+    d.dma_vunmap_noncontiguous(dev, kva)
+    mm.munmap(vma)
+    d.dma_free_noncontiguous(dev, 5 * 4096 - 100, sgt, d.DMA_BIDIRECTIONAL)
+    assert m.stats.ram_pages_used < used - 4
+    mm.close()
