@@ -283,6 +283,9 @@ class Device:
         self.removed = True
         m = self.machine
         self.dma_debug.drop_all_streams()
+        hook = getattr(m.backend, "device_removed", None)
+        if hook is not None and not m.closed:
+            hook(self)   # e.g. an IOMMU gives the device's domain back
         m.bus.detach(self)
         m.port_space.release(self)
         for b in self.bars:

@@ -131,3 +131,16 @@ def test_noncontiguous_allocation_is_scattered_pages_behind_one_iova(env: tuple[
     d.dma_free_noncontiguous(dev, 5 * 4096 - 100, sgt, d.DMA_BIDIRECTIONAL)
     assert m.stats.ram_pages_used < used - 4
     mm.close()
+
+
+def test_forced_removal_gives_the_domain_back(env: tuple[d.Machine, d.Device]) -> None:
+    m, dev = env
+    base = m.stats.ram_pages_used
+    buf = d.kmalloc(m, 4096)
+    h = d.dma_map_single(dev, buf, 4096, d.DMA_TO_DEVICE)
+    assert not d.dma_mapping_error(dev, h)
+    assert m.stats.ram_pages_used > base + 1   # the buffer and the domain's tables
+    dev.remove(force=True)
+    assert dev.id not in iommu_of(m).domains
+    d.kfree(m, buf)
+    assert m.stats.ram_pages_used == base

@@ -33,6 +33,10 @@ class IommuBackend(ArmBackend):
     def dma_to_phys(self, dev: Device, dma_addr: int) -> int:
         return iommu_of(dev.machine).translate(dev, dma_addr, 1, False)[0][0]
 
+    def device_removed(self, dev: Device) -> None:
+        """The device is gone: its domain (tables, IOTLB) goes with it."""
+        iommu_of(dev.machine).detach(dev)
+
     def map_streaming(self, dev: Device, runs: list[tuple[int, int]], direction: int) -> int:
         return iommu_of(dev.machine).map_runs(dev, runs, writable=direction != 1)
 
