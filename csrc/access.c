@@ -61,6 +61,8 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             as->dm_user = (uint8_t)!!d.user;
             as->dm_cacheable = a->cache_cacheable[d.cache];
             as->dm_device = a->cache_device[d.cache];
+            as->dm_wc = (uint8_t)(d.cache == a->writecombine && !a->cache_cacheable[d.cache] &&
+                                  !a->cache_device[d.cache]);
             as->dm_attr = ent & ~as->pa_mask[level];
             as->dm_level = level;
             as->dm_fast = level == 0 && as->dm_valid && (as->kernel || as->dm_user) ? as->dm_attr : ~0ULL;
@@ -105,6 +107,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         t->user = as->dm_user;
         t->cacheable = as->dm_cacheable;
         t->device = as->dm_device;
+        t->wc = as->dm_wc;
         *out = t;
         return 0;
     }
@@ -145,19 +148,32 @@ int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *val
     uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
     if (t->host) {
         uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+        if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, (uint64_t)size, is_write, err)))
+            return rc;
         if (t->cacheable && as->m->cache) {
             if (is_write)
-                dmamap_cache_write(as->m, pa, h, value, (uint64_t)size);
+                dmamap_cache_write(as->m, va, pa, h, value, (uint64_t)size);
             else
-                dmamap_cache_read(as->m, pa, h, value, (uint64_t)size);
+                dmamap_cache_read(as->m, va, pa, h, value, (uint64_t)size);
+        } else if (t->wc && as->m->wcb_n) {
+            if (is_write) {
+                dmamap_wcb_store(as->m, pa, value, (uint64_t)size);
+            } else {
+                dmamap_wcb_drain_all(as->m);   /* a WC load sees the CPU's own stores */
+                memcpy(value, h, (size_t)size);
+            }
         } else if (is_write) {
             memcpy(h, value, (size_t)size);
         } else {
             memcpy(value, h, (size_t)size);
         }
+        if (!t->cacheable && !t->wc)
+            dmamap_wcb_drain_all(as->m);   /* an uncached access drains the WC buffer, after itself */
         return 0;
     }
-    return dmamap_io_access(as->m, pa, size, is_write, value, err);
+    rc = dmamap_io_access(as->m, pa, size, is_write, value, err);
+    dmamap_wcb_drain_all(as->m);
+    return rc;
 }
 
 static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write, struct dmamap_err *err)
@@ -172,16 +188,27 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
         if (t && t->host && !t->device) {
             uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
             uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
+            if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
+                return rc;
             if (t->cacheable && as->m->cache) {
                 if (is_write)
-                    dmamap_cache_write(as->m, pa, h, b, chunk);
+                    dmamap_cache_write(as->m, va, pa, h, b, chunk);
                 else
-                    dmamap_cache_read(as->m, pa, h, b, chunk);
+                    dmamap_cache_read(as->m, va, pa, h, b, chunk);
+            } else if (t->wc && as->m->wcb_n) {
+                if (is_write) {
+                    dmamap_wcb_store(as->m, pa, b, chunk);
+                } else {
+                    dmamap_wcb_drain_all(as->m);
+                    memcpy(b, h, chunk);
+                }
             } else if (is_write) {
                 memcpy(h, b, chunk);
             } else {
                 memcpy(b, h, chunk);
             }
+            if (!t->cacheable && !t->wc)
+                dmamap_wcb_drain_all(as->m);
         } else {
             /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
             uint64_t done = 0;

@@ -40,7 +40,8 @@ enum {
     DMAMAP_ECLOSED = -17,        /* machine or address space already closed */
     DMAMAP_EIO = -18,            /* access to an unclaimed MMIO / port address */
     DMAMAP_ERANGE = -19,         /* address range outside the VMA / address space */
-    DMAMAP_EIOFAULT = -20        /* access past the ports a port mapping reaches (#GP / abort) */
+    DMAMAP_EIOFAULT = -20,       /* access past the ports a port mapping reaches (#GP / abort) */
+    DMAMAP_EDMAOWN = -21         /* CPU access to a device-owned streaming DMA buffer */
 };
 
 /* Instruction sets built in (arch/arches.h); run-time variants get ids from
@@ -289,6 +290,9 @@ int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *o
 
 int dmamap_alloc_pages(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
                        uint64_t *pfn_out, struct dmamap_err *err);
+/* As dmamap_alloc_pages, every page at or below max_pa (a DMA mask); ENOMEM if none fit. */
+int dmamap_alloc_pages_below(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
+                             uint64_t max_pa, uint64_t *pfn_out, struct dmamap_err *err);
 int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct dmamap_err *err);
 int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);
 int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err);
@@ -307,6 +311,32 @@ int dmamap_clean_dcache_range(dmamap_machine *m, uint64_t pa, uint64_t size, str
 /* Device DMA: reads/writes memory, never the CPU cache. */
 int dmamap_dma_rw(dmamap_machine *m, uint64_t pa, void *buf, uint64_t n, int is_write,
                   struct dmamap_err *err);
+
+/* Streaming-DMA ownership (dma_own.c): physical ranges the device owns.  A CPU
+ * access through a cacheable mapping to one fails with DMAMAP_EDMAOWN, or, in
+ * record mode, succeeds and is appended to a log drained by dmamap_dma_own_drain. */
+struct dmamap_dma_own_event {
+    uint64_t pa;       /* first byte of the access inside the owned range */
+    uint64_t start;    /* the owned range */
+    uint64_t size;
+    int64_t tag;       /* caller's tag of the range */
+    int is_write;
+};
+int dmamap_dma_own_add(dmamap_machine *m, uint64_t pa, uint64_t size, int64_t tag, struct dmamap_err *err);
+int dmamap_dma_own_remove(dmamap_machine *m, uint64_t pa, uint64_t size, struct dmamap_err *err);
+void dmamap_dma_own_set_record(dmamap_machine *m, int record);
+int dmamap_dma_own_drain(dmamap_machine *m, struct dmamap_dma_own_event *out, int max, uint64_t *dropped);
+
+/* Write-combining buffer (wcb.c): with entries > 0, CPU stores through WC
+ * (x86) / Normal-NC (arm) mappings of memory gather in `entries` 64-byte lines
+ * and reach memory at a barrier (dmamap_wcb_drain), after an uncached access,
+ * or when evicted; entries 0 turns it off (the default). */
+int dmamap_machine_set_wcb(dmamap_machine *m, int entries, struct dmamap_err *err);
+int dmamap_wcb_drain(dmamap_machine *m, struct dmamap_err *err);
+void dmamap_wcb_stats(dmamap_machine *m, uint64_t *out3);
+
+/* Index the data cache by virtual address (VIPT; tags stay physical). */
+int dmamap_machine_set_vipt(dmamap_machine *m, int vipt, struct dmamap_err *err);
 
 /* Memtype tracking. */
 int dmamap_memtype_reserve(dmamap_machine *m, uint64_t pa, uint64_t size, int cache, struct dmamap_err *err);

@@ -17,8 +17,9 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
          * dirty line of the source (a write-back cache) is what gets copied;
          * the copy is cleaned to memory for a non-cacheable user alias */
         uint8_t buf[PAGE_SIZE];
-        dmamap_cache_read(as->m, src_pfn << PAGE_SHIFT, src, buf, PAGE_SIZE);
-        dmamap_cache_write(as->m, pfn << PAGE_SHIFT, dst, buf, PAGE_SIZE);
+        uint64_t dm = as->m->arch->page_offset - (as->m->ram_base_pfn << PAGE_SHIFT);   /* direct-map VA - pa */
+        dmamap_cache_read(as->m, dm + (src_pfn << PAGE_SHIFT), src_pfn << PAGE_SHIFT, src, buf, PAGE_SIZE);
+        dmamap_cache_write(as->m, dm + (pfn << PAGE_SHIFT), pfn << PAGE_SHIFT, dst, buf, PAGE_SIZE);
         dmamap_cache_maint(as->m, pfn << PAGE_SHIFT, PAGE_SIZE, 1, 0);
     } else if (src) {
         memcpy(dst, src, PAGE_SIZE);

@@ -110,6 +110,15 @@ struct cache_line {
     uint8_t data[CACHE_LINE];
 };
 
+#define WCB_MAX 16
+struct wcb_entry {
+    uint64_t line;       /* line-aligned physical address */
+    uint64_t mask;       /* bytes written */
+    uint64_t age;
+    int valid;
+    uint8_t data[64];
+};
+
 struct dmamap_machine {
     const struct dmamap_arch *arch;
     uint8_t *backing;
@@ -147,6 +156,7 @@ struct dmamap_machine {
     /* cache model (NULL when DMA snoops) */
     struct cache_line *cache;
     int cache_sets, cache_ways;
+    int cache_vipt;                /* sets indexed by the virtual address (an aliasing VIPT cache) */
     uint64_t cache_clock;
     /* the kernel half shared by every user root (arch->kernel_half > 0): the
      * first kernel address space, its root's shared entries as last published
@@ -158,7 +168,33 @@ struct dmamap_machine {
     /* stats */
     _Atomic uint64_t dma_read, dma_written, cache_hits, cache_misses, cache_wb, cache_maint_lines;
     _Atomic uint64_t mmio_accesses, port_accesses, port_master_aborts;
+    /* write-combining buffer (wcb.c): WC / Normal-NC stores gather here, under wcb_lock */
+    pthread_mutex_t wcb_lock;
+    struct wcb_entry wcb[WCB_MAX];
+    _Atomic int wcb_n;
+    uint64_t wcb_clock;
+    _Atomic uint64_t wcb_drains, wcb_merges, wcb_evictions;
+    /* streaming-DMA ownership (dma_own.c): device-owned ranges, under own_lock */
+    pthread_mutex_t own_lock;
+    struct dma_own_range *own;
+    _Atomic int nown;
+    int capown, own_record;
+    struct dmamap_dma_own_event *own_log;
+    int nown_log;
+    uint64_t own_dropped;
 };
+
+/* 0 when [pa, pa+n) is held by the write-combining buffer */
+void dmamap_wcb_store(dmamap_machine *m, uint64_t pa, const void *buf, uint64_t n);
+void dmamap_wcb_drain_all(dmamap_machine *m);
+
+struct dma_own_range {
+    uint64_t pa, end;
+    int64_t tag;
+};
+
+/* 0, or DMAMAP_EDMAOWN (or a logged event) when [pa, pa+n) touches a device-owned range. */
+int dmamap_dma_own_check(dmamap_machine *m, uint64_t pa, uint64_t n, int is_write, struct dmamap_err *err);
 
 #define TLB_SIZE 512
 #define LEAF_CACHE 512   /* leaf tables the walk cache remembers: 1 GiB of 4 KiB pages */
@@ -168,7 +204,7 @@ struct tlb_entry {
     uint64_t vpn;        /* va >> 12, ~0 when invalid */
     uint64_t pa_page;
     uint8_t *host;       /* host pointer of the page for RAM/SRAM, NULL otherwise */
-    uint8_t writable, user, cacheable, device;
+    uint8_t writable, user, cacheable, device, wc;
     int region;
 };
 
@@ -226,7 +262,7 @@ struct dmamap_as {
     uint64_t dm_attr;
     uint64_t dm_fast;     /* dm_attr when it decodes to a valid 4 KiB leaf this space may use, else ~0 */
     int dm_level;
-    uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
+    uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device, dm_wc;
     /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
      * fault path while rsv_batch (a touch loop) is set: see fault.c */
     uint64_t rsv_pfn, rsv_mask;
@@ -262,8 +298,9 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
                      struct dmamap_err *err);
 
 /* cache.c */
-void dmamap_cache_read(dmamap_machine *m, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
-void dmamap_cache_write(dmamap_machine *m, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
+/* va picks the set on a VIPT cache (tags are always physical). */
+void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
+void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
 
 /* memtype.c */

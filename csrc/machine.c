@@ -34,6 +34,8 @@ dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->region_lock, NULL);
     pthread_mutex_init(&m->cache_lock, NULL);
+    pthread_mutex_init(&m->own_lock, NULL);
+    pthread_mutex_init(&m->wcb_lock, NULL);
     return m;
 }
 
@@ -47,6 +49,10 @@ void dmamap_machine_free(dmamap_machine *m)
     free(m->table_cache);
     free(m->cache);
     free(m->users);
+    free(m->own);
+    free(m->own_log);
+    pthread_mutex_destroy(&m->own_lock);
+    pthread_mutex_destroy(&m->wcb_lock);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->region_lock);
     pthread_mutex_destroy(&m->cache_lock);

@@ -109,12 +109,24 @@ static int find_run(dmamap_machine *m, uint64_t npages, uint64_t align, uint64_t
     }
 }
 
+static int alloc_below(dmamap_machine *m, uint64_t npages, uint64_t align, uint32_t flags, uint64_t limit,
+                       uint64_t *pfn_out, struct dmamap_err *err);
+
 static int alloc_locked(dmamap_machine *m, uint64_t npages, uint64_t align, uint32_t flags,
                         uint64_t *pfn_out, struct dmamap_err *err)
 {
+    return alloc_below(m, npages, align, flags, m->ram_pages, pfn_out, err);
+}
+
+/* As alloc_locked, from RAM pages [0, limit) only (below a DMA mask). */
+static int alloc_below(dmamap_machine *m, uint64_t npages, uint64_t align, uint32_t flags, uint64_t limit,
+                       uint64_t *pfn_out, struct dmamap_err *err)
+{
     uint64_t idx;
-    if (!find_run(m, npages, align, m->alloc_hint, m->ram_pages, &idx) &&
-        !find_run(m, npages, align, 0, m->ram_pages, &idx))
+    if (limit > m->ram_pages)
+        limit = m->ram_pages;
+    if (!find_run(m, npages, align, m->alloc_hint, limit, &idx) &&
+        !find_run(m, npages, align, 0, limit, &idx))
         return dmamap_fail(err, DMAMAP_ENOMEM, npages << PAGE_SHIFT, "out of emulated RAM: no free run "
                            "of %llu pages (%llu of %llu pages in use)", (unsigned long long)npages,
                            (unsigned long long)m->pages_used, (unsigned long long)m->ram_pages);
@@ -155,6 +167,29 @@ int dmamap_alloc_pages(dmamap_machine *m, uint64_t npages, uint64_t align_pages,
         return dmamap_fail(err, DMAMAP_EINVAL, 0, "page flags %#x are not allocatable", flags);
     LOCK(&m->lock);
     int rc = alloc_locked(m, npages, align_pages, flags, pfn_out, err);
+    UNLOCK(&m->lock);
+    return dmamap_m_done(m, rc, err);
+}
+
+int dmamap_alloc_pages_below(dmamap_machine *m, uint64_t npages, uint64_t align_pages, uint32_t flags,
+                             uint64_t max_pa, uint64_t *pfn_out, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, 0, "machine is closed");
+    if (!pfn_out || npages == 0 || (align_pages & (align_pages - 1)))
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "bad allocation request");
+    if (flags & ~(uint32_t)(DMAMAP_PG_RESERVED | DMAMAP_PG_ANON | DMAMAP_PG_DMA))
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "page flags %#x are not allocatable", flags);
+    if (!m->pages)
+        return dmamap_fail(err, DMAMAP_ENOMEM, 0, "machine has no RAM");
+    uint64_t top = (max_pa >> PAGE_SHIFT) + 1;   /* first pfn above max_pa */
+    if (max_pa == ~0ULL)
+        top = ~0ULL >> PAGE_SHIFT;
+    if (top <= m->ram_base_pfn)
+        return dmamap_fail(err, DMAMAP_ENOMEM, max_pa, "no RAM at or below %#llx", (unsigned long long)max_pa);
+    LOCK(&m->lock);
+    int rc = alloc_below(m, npages, align_pages ? align_pages : 1, flags, top - m->ram_base_pfn, pfn_out, err);
     UNLOCK(&m->lock);
     return dmamap_m_done(m, rc, err);
 }

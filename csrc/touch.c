@@ -16,6 +16,9 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
     uint64_t vpn = va >> PAGE_SHIFT;
     struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
     dmamap_machine *m = as->m;
+    /* Streaming-DMA ownership checks and the write-combining buffer live on the general path. */
+    if (atomic_load_explicit(&m->nown, memory_order_relaxed) || atomic_load_explicit(&m->wcb_n, memory_order_relaxed))
+        return NULL;
     if (t->vpn == vpn) {
         if (!t->host || (t->cacheable && m->cache) || (is_write && !t->writable))
             return NULL;
@@ -51,6 +54,7 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
         t->user = as->dm_user;
         t->cacheable = as->dm_cacheable;
         t->device = as->dm_device;
+        t->wc = as->dm_wc;
         as->st.tlb_misses++;
         as->st.page_walks++;
     }

@@ -22,6 +22,7 @@ shell: ``dmamap info``, ``dmamap demo``, ``dmamap conformance BACKEND``.
 
 import importlib.metadata as _metadata
 
+from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
 from dmamap.chardev import DeviceFile
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
@@ -41,6 +42,11 @@ from dmamap.dma import (
     mmio_map,
     pio_map,
 )
+from dmamap.dma_debug import DmaDebugEvent, DmaDebugReport
+from dmamap.dma_noncoherent import *  # noqa: F403
+from dmamap.dma_noncoherent import __all__ as _noncoherent_names
+from dmamap.dma_stream import *  # noqa: F403
+from dmamap.dma_stream import __all__ as _stream_names
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
 from dmamap.errors import DmamapError
 from dmamap.errors import __all__ as _error_names
@@ -72,6 +78,8 @@ from dmamap.mm import (
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
 from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
+from dmamap.slab import kfree, kmalloc, ksize
+from dmamap.vipt import flush_dcache_page
 from dmamap.vm_ops import VmOperations
 
 try:
@@ -118,5 +126,7 @@ __all__ = [
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
     "unregister_backend", "registry", "set_memory_uc", "set_memory_wc", "set_memory_wb", "DeviceFile", "VmOperations",
 ]
+__all__ += ["wmb", "mb", "dma_wmb", "set_write_combining", "flush_dcache_page", "DmaDebugEvent", "DmaDebugReport",
+            "kmalloc", "kfree", "ksize", *_stream_names, *_noncoherent_names]
 __all__ += [n for n in _error_names if n not in __all__]
 del _error_names

@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from dmamap._binding import in_buffer, out_buffer, phys
 from dmamap._check import PAGE_SIZE, u64
-from dmamap.dma_debug import DmaDebug
-from dmamap.errors import DmaLeakError, InvalidArgumentError, MachineClosedError, OutOfMemoryError
+from dmamap.dma_debug import DmaDebug, machine_debug
+from dmamap.errors import (
+    DmaLeakError,
+    InvalidArgumentError,
+    MachineClosedError,
+    OutOfMemoryError,
+    PhysicalAddressError,
+)
 from dmamap.physmem import PhysicalMemory
 
 if TYPE_CHECKING:
@@ -81,6 +87,9 @@ class Device:
         self.ports: list[PortRange] = []
         self.removed = False
         self.dma_debug: DmaDebug = DmaDebug(self)
+        #: Bus addresses the device can drive (dma_set_mask / dma_set_coherent_mask); all 64 bits by default.
+        self.dma_mask: int = (1 << 64) - 1
+        self.coherent_dma_mask: int = (1 << 64) - 1
         bar_objs = [b if isinstance(b, Bar) else Bar(u64("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
         ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]
@@ -169,24 +178,72 @@ class Device:
 
     # ---- DMA engine ----
     def dma_read(self, dma_addr: int, n: int) -> bytes:
-        """The device reads ``n`` bytes of memory at bus address ``dma_addr``."""
+        """The device reads ``n`` bytes of memory at bus address ``dma_addr``
+        (translated page by page: bus-contiguous need not be physically contiguous)."""
         self._check()
         n = u64("n", n)
-        pa = self._bus_to_phys(dma_addr)
+        runs = self._bus_runs(dma_addr, n, False)
         if not n:
             return b""
-        self.machine._check_phys_span(pa, n)
+        for pa, ln in runs:
+            self.machine._check_phys_span(pa, ln)
+        self.dma_debug.check_device_access(runs, False)
         buf = out_buffer(n)
-        phys.dma_rw(self.machine._ptr(), pa, in_buffer("buffer", buf)[0], n, False)
+        cbuf = in_buffer("buffer", buf)[0]
+        done = 0
+        for pa, ln in runs:
+            phys.dma_rw(self.machine._ptr(), pa, cbuf + done, ln, False)
+            done += ln
         return bytes(buf)
 
     def dma_write(self, dma_addr: int, data: bytes | bytearray | memoryview) -> None:
         """The device writes ``data`` to memory at bus address ``dma_addr``."""
         self._check()
         cdata, n = in_buffer("data", data)
-        pa = self._bus_to_phys(dma_addr)
-        if n:
-            phys.dma_rw(self.machine._ptr(), pa, cdata, n, True)
+        runs = self._bus_runs(dma_addr, n, True)
+        if not n:
+            return
+        for pa, ln in runs:
+            self.machine._check_phys_span(pa, ln)
+        self.dma_debug.check_device_access(runs, True)
+        done = 0
+        for pa, ln in runs:
+            phys.dma_rw(self.machine._ptr(), pa, cdata + done, ln, True)
+            done += ln
+
+    def _bus_runs(self, dma_addr: int, n: int, is_write: bool) -> list[tuple[int, int]]:
+        """The physically contiguous (pa, length) runs behind bus bytes
+        [dma_addr, dma_addr+n): every page is translated (an IOMMU or a backend's
+        own dma_to_phys may scatter them), then runs are coalesced."""
+        dma_addr = u64("dma_addr", dma_addr)
+        be = self.machine.backend
+        if be is not None and hasattr(be, "dma_runs"):   # an IOMMU: translates and faults itself
+            if not n:
+                return []
+            runs: list[tuple[int, int]] = be.dma_runs(self, dma_addr, n, is_write)
+        elif be is None or getattr(type(be).dma_to_phys, "linear", False):
+            runs = [(self._bus_to_phys(dma_addr), n)]
+        else:
+            if dma_addr + n > 1 << 64 or n > 1 << 40:
+                raise PhysicalAddressError(f"bus range {dma_addr:#x}+{n:#x} is larger than any memory", dma_addr)
+            runs = []
+            addr, left = dma_addr, n
+            while True:
+                take = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), left)
+                pa = self._bus_to_phys(addr)
+                if runs and runs[-1][0] + runs[-1][1] == pa:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + take)
+                else:
+                    runs.append((pa, take))
+                addr += take
+                left -= take
+                if left <= 0:
+                    break
+        for pa, _ln in runs:
+            if not 0 <= pa < 1 << 64:
+                raise InvalidArgumentError(f"bus address {dma_addr:#x} translates outside physical memory",
+                                           dma_addr)
+        return runs
 
     def _bus_to_phys(self, dma_addr: int) -> int:
         dma_addr = u64("dma_addr", dma_addr)
@@ -210,8 +267,10 @@ class Device:
                 return
             leaks = self.dma_debug.outstanding()
             if leaks and not force:
-                raise DmaLeakError(f"device {self.name!r} removed with DMA buffers still allocated or mapped: "
-                                   + "; ".join(leaks), 0)
+                msg = f"device {self.name!r} removed with DMA buffers still allocated or mapped: " + "; ".join(leaks)
+                if machine_debug(self.machine).mode == "raise":
+                    raise DmaLeakError(msg, 0)
+                machine_debug(self.machine).violation(self, DmaLeakError, msg, 0)
             self._detach()
 
     def _closing(self) -> None:
@@ -223,6 +282,10 @@ class Device:
             return
         self.removed = True
         m = self.machine
+        self.dma_debug.drop_all_streams()
+        hook = getattr(m.backend, "device_removed", None)
+        if hook is not None and not m.closed:
+            hook(self)   # e.g. an IOMMU gives the device's domain back
         m.bus.detach(self)
         m.port_space.release(self)
         for b in self.bars:

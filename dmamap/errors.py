@@ -186,6 +186,52 @@ class DmaLeakError(DmaApiError):
     rule = "DMA buffers still allocated or mapped at device release"
 
 
+class DmaCpuOwnershipError(DmaApiError):
+    """The CPU read or wrote a streaming buffer the device owns (mapped, or
+    handed back with dma_sync_*_for_device, and not yet synced for the CPU)."""
+
+    rule = "CPU access to a device-owned DMA buffer"
+
+
+class DmaDeviceOwnershipError(DmaApiError):
+    """The device wrote a streaming buffer the CPU owns (after
+    dma_sync_*_for_cpu), or one mapped DMA_TO_DEVICE."""
+
+    rule = "device write to a CPU-owned DMA buffer"
+
+
+class DmaSyncError(DmaApiError, ValueError):
+    """A sync or unmap whose size or direction differs from the mapping's."""
+
+    rule = "DMA sync/unmap with a different size or direction than the map"
+
+
+class DmaUnmapError(DmaApiError, ValueError):
+    """Unmapping or syncing a DMA address that was never mapped."""
+
+    rule = "DMA unmap of memory that was never mapped"
+
+
+class DmaDoubleUnmapError(DmaUnmapError):
+    """Unmapping a streaming mapping twice."""
+
+    rule = "DMA double unmap"
+
+
+class DmaMappingErrorUncheckedError(DmaApiError):
+    """A streaming mapping was used or unmapped without dma_mapping_error()
+    ever being called on its address (debug.c check_unmap)."""
+
+    rule = "dma_mapping_error() not checked"
+
+
+class IommuFaultError(DmamapError):
+    """A device DMA to an IOVA its IOMMU domain does not map, or a write to a
+    read-only one: the IOMMU refuses the transfer and records the fault."""
+
+    rule = "IOMMU fault"
+
+
 class StrategyError(DmamapError, ValueError):
     """A mapping strategy that is illegal for this memory (e.g. pages for non-RAM)."""
 

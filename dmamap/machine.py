@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE
 from dmamap.device import BarSpec, Device, PortSpec, ReadFn, WriteFn
+from dmamap.dma_debug import DmaDebugReport, machine_debug
 from dmamap.errors import InvalidArgumentError
 from dmamap.isa import ISAS
 from dmamap.mm import AddressSpace, remap_pfn_range
@@ -73,6 +74,20 @@ class Machine(PhysicalMemory):
 
     def __enter__(self) -> Machine:
         return self
+
+    @property
+    def dma_debug_mode(self) -> str:
+        """``"raise"`` (DMA API misuse raises its DmaApiError subclass) or
+        ``"record"`` (it is logged for :meth:`dma_debug_report` and the call goes on)."""
+        return machine_debug(self).mode
+
+    @dma_debug_mode.setter
+    def dma_debug_mode(self, mode: str) -> None:
+        machine_debug(self).set_mode(mode)
+
+    def dma_debug_report(self, *, clear: bool = False) -> DmaDebugReport:
+        """Every DMA API violation recorded so far (record mode), with counts per rule."""
+        return machine_debug(self).report(clear=clear)
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""

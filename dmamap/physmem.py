@@ -399,9 +399,13 @@ class PhysicalMemory:
             raise InvalidArgumentError("page belongs to another machine", page.phys_addr)
         return page
 
-    def alloc_pages(self, npages: int = 1, *, align: int = 1, dma: bool = False) -> Page:
-        """Allocate ``npages`` physically contiguous RAM pages; returns the first."""
+    def alloc_pages(self, npages: int = 1, *, align: int = 1, dma: bool = False, max_pa: int | None = None) -> Page:
+        """Allocate ``npages`` physically contiguous RAM pages; returns the first.
+        With ``max_pa`` every page lies at or below it (memory a DMA mask reaches)."""
         flags = PageFlag.RESERVED | (PageFlag.DMA if dma else 0)
+        if max_pa is not None:
+            return Page(self, phys.alloc_pages_below(self._ptr(), u64("npages", npages), u64("align", align),
+                                                     flags, u64("max_pa", max_pa)))
         return Page(self, phys.alloc_pages(self._ptr(), u64("npages", npages), u64("align", align), flags))
 
     def free_pages(self, page: Page, npages: int = 1) -> None:

@@ -19,3 +19,11 @@ class TestSramConformance(BackendConformance):
 
 class TestRiscvConformance(BackendConformance):
     backend = "riscv"
+
+
+class TestIommuConformance(BackendConformance):
+    backend = "iommu"
+
+
+class TestArmv6Conformance(BackendConformance):
+    backend = "armv6"

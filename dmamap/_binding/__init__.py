@@ -26,6 +26,7 @@ from dmamap.errors import (
     AlignmentFault,
     BadPageError,
     CowFaultError,
+    DmaCpuOwnershipError,
     DmamapError,
     FaultHandlerSigbus,
     HandlerError,
@@ -87,6 +88,7 @@ class Err(enum.IntEnum):
     EIO = lib.DMAMAP_EIO
     ERANGE = lib.DMAMAP_ERANGE
     EIOFAULT = lib.DMAMAP_EIOFAULT
+    EDMAOWN = lib.DMAMAP_EDMAOWN
 
 
 #: The core's return codes -> exception classes.
@@ -98,6 +100,7 @@ CODE_TO_ERROR: dict[int, type[DmamapError]] = {
     Err.EHANDLER: HandlerError, Err.EVIRT: VirtToPageError, Err.ENOVMA: VmaNotMappedError,
     Err.ECLOSED: MachineClosedError, Err.EIO: UnclaimedIOError, Err.ERANGE: AddressRangeError,
     Err.EIOFAULT: PortRangeFault,
+    Err.EDMAOWN: DmaCpuOwnershipError,
 }
 
 

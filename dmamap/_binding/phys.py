@@ -13,8 +13,12 @@ __all__ = [
     "backing_map", "backing_retire", "backing_unmap", "machine_new", "machine_free", "machine_close",
     "machine_set_io", "machine_set_memtype_policy", "machine_set_cache", "machine_stats", "add_region",
     "remove_region", "regions", "region_of", "phys_read", "phys_write", "pfn_valid", "page_info", "alloc_pages",
-    "free_pages", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access", "flush_dcache_range",
-    "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "memtype_reserve", "memtype_free",
+    "free_pages", "alloc_pages_below", "get_page", "put_page", "iowin_map", "iowin_unmap", "port_access",
+    "flush_dcache_range",
+    "invalidate_dcache_range", "clean_dcache_range", "dma_rw", "dma_own_add", "dma_own_remove",
+    "dma_own_set_record", "dma_own_drain", "machine_set_wcb", "wcb_drain", "wcb_stats",
+    "machine_set_vipt", "memtype_reserve",
+    "memtype_free",
     "memtype_lookup", "memtype_reports", "MEMTYPE_REPORTS_MAX",
 ]
 
@@ -134,6 +138,13 @@ def alloc_pages(m: Any, npages: int, align: int, flags: int) -> int:
     return int(out[0])
 
 
+def alloc_pages_below(m: Any, npages: int, align: int, flags: int, max_pa: int) -> int:
+    """As alloc_pages, every page at or below ``max_pa``."""
+    out = ffi.new("uint64_t *")
+    call(lib.dmamap_alloc_pages_below, m, npages, align, flags, max_pa, out)
+    return int(out[0])
+
+
 def free_pages(m: Any, pfn: int, npages: int) -> None:
     call(lib.dmamap_free_pages, m, pfn, npages)
 
@@ -166,6 +177,58 @@ def port_access(m: Any, port: int, size: int, is_write: bool, value: int = 0) ->
 def dma_rw(m: Any, pa: int, buf: Any, n: int, is_write: bool) -> None:
     """Device DMA: memory, never the CPU cache."""
     call(lib.dmamap_dma_rw, m, pa, buf, n, int(is_write))
+
+
+# ---- streaming-DMA ownership (dma_own.c) ----
+
+def dma_own_add(m: Any, pa: int, size: int, tag: int) -> None:
+    """The device owns [pa, pa+size): cacheable CPU accesses to it are refused (or logged)."""
+    call(lib.dmamap_dma_own_add, m, pa, size, tag)
+
+
+def dma_own_remove(m: Any, pa: int, size: int) -> None:
+    call(lib.dmamap_dma_own_remove, m, pa, size)
+
+
+def dma_own_set_record(m: Any, record: bool) -> None:
+    lib.dmamap_dma_own_set_record(m, int(record))
+
+
+def dma_own_drain(m: Any) -> tuple[list[tuple[int, int, int, int, bool]], int]:
+    """Logged CPU accesses to device-owned ranges: ``(pa, start, size, tag, is_write)``
+    each, and how many did not fit the log."""
+    out: list[tuple[int, int, int, int, bool]] = []
+    buf = ffi.new("struct dmamap_dma_own_event[]", 256)
+    dropped = ffi.new("uint64_t *")
+    total_dropped = 0
+    while True:
+        n = lib.dmamap_dma_own_drain(m, buf, 256, dropped)
+        total_dropped += int(dropped[0])
+        out += [(int(e.pa), int(e.start), int(e.size), int(e.tag), bool(e.is_write)) for e in buf[0:n]]
+        if n < 256:
+            return out, total_dropped
+
+
+def machine_set_vipt(m: Any, vipt: bool) -> None:
+    """Index the data cache by virtual address (an aliasing VIPT cache)."""
+    call(lib.dmamap_machine_set_vipt, m, int(vipt))
+
+
+# ---- the write-combining buffer (wcb.c) ----
+
+def machine_set_wcb(m: Any, entries: int) -> None:
+    call(lib.dmamap_machine_set_wcb, m, entries)
+
+
+def wcb_drain(m: Any) -> None:
+    call(lib.dmamap_wcb_drain, m)
+
+
+def wcb_stats(m: Any) -> tuple[int, int, int]:
+    """(drains, merges, evictions)."""
+    out = ffi.new("uint64_t[3]")
+    lib.dmamap_wcb_stats(m, out)
+    return int(out[0]), int(out[1]), int(out[2])
 
 
 # ---- the cache model ----

@@ -69,7 +69,11 @@ class Backend:
         return pa - self.dma_offset
 
     def dma_to_phys(self, dev: Device, dma_addr: int) -> int:
+        """Bus address -> physical address, asked for every page of a transfer
+        unless left linear (this default, marked ``linear``)."""
         return dma_addr + self.dma_offset
+
+    dma_to_phys.linear = True  # type: ignore[attr-defined]
 
     def dma_pgprot(self, dev: Device, prot: PgProt) -> PgProt:
         """The user attribute for coherent memory (kernel/dma/mapping.c dma_pgprot)."""
@@ -89,7 +93,7 @@ class Backend:
                 m.sram_pool.free(pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
                 raise
             return CoherentAlloc(pfn, npages, cpu, False, kvma)
-        page = _alloc_aligned(m, npages)
+        page = _alloc_aligned(m, npages, self._coherent_limit(dev))
         pa, size = page.phys_addr, npages << PAGE_SHIFT
         try:
             if kind == CoherentMemory.REMAP:
@@ -103,6 +107,13 @@ class Backend:
         except BaseException:
             m.free_pages(page, npages)
             raise
+
+    def _coherent_limit(self, dev: Device) -> int | None:
+        """The highest physical address the device's coherent DMA mask reaches (None: all)."""
+        mask = getattr(dev, "coherent_dma_mask", (1 << 64) - 1)
+        if mask >= (1 << 64) - 1:
+            return None
+        return self.dma_to_phys(dev, mask) if getattr(type(self).dma_to_phys, "linear", False) else None
 
     def free_coherent(self, dev: Device, alloc: CoherentAlloc) -> None:
         m = dev.machine
@@ -226,14 +237,14 @@ def _size(n: int) -> str:
 MAX_ORDER_PAGES = 1024
 
 
-def _alloc_aligned(m: Machine, npages: int) -> Page:
+def _alloc_aligned(m: Machine, npages: int, max_pa: int | None = None) -> Page:
     align = min(1 << (npages - 1).bit_length(), MAX_ORDER_PAGES)
     try:
-        return m.alloc_pages(npages, align=align, dma=True)
+        return m.alloc_pages(npages, align=align, dma=True, max_pa=max_pa)
     except OutOfMemoryError:
         if align == 1:
             raise
-        return m.alloc_pages(npages, dma=True)   # fragmented: any contiguous run will do
+        return m.alloc_pages(npages, dma=True, max_pa=max_pa)   # fragmented: any contiguous run will do
 
 
 def _kernel_remap(m: Machine, pfn: int, npages: int, cache: str) -> tuple[KernelAddress, Vma]:

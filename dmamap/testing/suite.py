@@ -125,9 +125,13 @@ class ModelConformance(ConformanceBase, groups=("model",)):
     """Random operation sequences against a reference model (needs hypothesis)."""
 
 
+class StreamingConformance(ConformanceBase, groups=("streaming",)):
+    """Streaming DMA: data per direction with the syncs, scatter lists, ownership rules."""
+
+
 class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,
                          ScatterGatherConformance, UnmapConformance, BadInputConformance, IOConformance,
-                         ModelConformance):
+                         ModelConformance, StreamingConformance):
     """The whole conformance suite: subclass it as ``Test...`` and set ``backend``."""
 
 

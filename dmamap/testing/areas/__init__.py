@@ -17,10 +17,11 @@ from dmamap.testing.areas import bad_inputs
 from dmamap.testing.areas import io
 from dmamap.testing.areas import large_pages
 from dmamap.testing.areas import model
+from dmamap.testing.areas import streaming
 # isort: on
 
 __all__ = ["AREAS"]
 
 #: The area modules, in suite order (each registers its rules when imported).
 AREAS = (coherency, attributes, page_descriptors, scatter_gather, unmap, resources, bad_inputs, io, large_pages,
-         model)
+         model, streaming)
