@@ -8,18 +8,26 @@ from importlib.metadata import PackageNotFoundError, version
 
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
+    DMA_ATTR_WRITE_COMBINE,
     STRATEGIES,
     DmaBuffer,
     SgEntry,
     SgTable,
+    dma_alloc_attrs,
     dma_alloc_coherent,
     dma_alloc_coherent_sg,
+    dma_alloc_wc,
     dma_coherent_to_page,
     dma_coherent_to_pfn,
+    dma_free_attrs,
     dma_free_coherent,
     dma_free_coherent_sg,
+    dma_free_wc,
+    dma_mmap_attrs,
     dma_mmap_coherent,
     dma_mmap_coherent_sg,
+    dma_mmap_pages,
+    dma_mmap_wc,
     dma_munmap_coherent,
     mmio_map,
     pio_map,
@@ -27,6 +35,10 @@ from dmamap.dma import (
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
 from dmamap.errors import DmamapError
 from dmamap.errors import __all__ as _error_names
+from dmamap.iomem import *  # noqa: F403 - ioremap and the readl/writel family
+from dmamap.iomem import __all__ as _iomem_names
+from dmamap.irq import *  # noqa: F403 - request_irq and friends
+from dmamap.irq import __all__ as _irq_names
 from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region, resolve_machine
 from dmamap.mm import (
     PAGE_SHIFT,
@@ -53,6 +65,18 @@ from dmamap.mm import (
     zap_vma_ptes,
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
+from dmamap.vmap import (
+    io_remap_pfn_range,
+    remap_vmalloc_range,
+    remap_vmalloc_range_partial,
+    vfree,
+    vm_insert_pages,
+    vm_iomap_memory,
+    vm_map_pages,
+    vm_map_pages_zero,
+    vmalloc_to_page,
+    vmalloc_user,
+)
 
 try:
     __version__ = version("dmamap")
@@ -98,4 +122,10 @@ __all__ = [
     "pfn_to_page", "page_to_pfn", "page_address", "available_backends", "get_backend", "register_backend",
     "unregister_backend", "registry",
 ]
-__all__ += _error_names
+__all__ += [
+    "DMA_ATTR_WRITE_COMBINE", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
+    "dma_mmap_wc", "dma_mmap_pages", "io_remap_pfn_range", "remap_vmalloc_range", "remap_vmalloc_range_partial",
+    "vfree", "vm_insert_pages", "vm_iomap_memory", "vm_map_pages", "vm_map_pages_zero", "vmalloc_to_page",
+    "vmalloc_user",
+]
+__all__ += _error_names + _iomem_names + _irq_names

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE
 from dmamap.device import BarSpec, Device, PortSpec, ReadFn, WriteFn
 from dmamap.errors import InvalidArgumentError
+from dmamap.irq import IrqController
 from dmamap.isa import ISAS
 from dmamap.mm import AddressSpace, remap_pfn_range
 from dmamap.pgprot import PgProt
@@ -47,6 +48,7 @@ class Machine(PhysicalMemory):
                  strict_memtype: bool | None = None) -> None:
         isa, backend = resolve_backend(arch)
         self.backend = backend
+        self.irq = IrqController()   # interrupt lines (dmamap.irq)
         super().__init__(
             backend.name if backend else isa, isa, ram=ram,
             sram=(backend.default_sram if backend else 0) if sram is None else sram,
@@ -90,11 +92,12 @@ class Machine(PhysicalMemory):
         return self.bus.devices()
 
     def add_device(self, name: str, *, bars: Sequence[BarSpec] = (), ports: Sequence[PortSpec] = (),
-                   read: ReadFn | None = None, write: WriteFn | None = None) -> Device:
+                   read: ReadFn | None = None, write: WriteFn | None = None, irqs: Sequence[int] = ()) -> Device:
         """Attach a device: ``bars`` are sizes or :class:`Bar` objects, ``ports``
         ``(base, count)`` pairs or :class:`PortRange` objects; ``read``/``write``
-        are the default register callbacks (see :class:`dmamap.device.Device`)."""
-        return Device(self, name, bars=bars, ports=ports, read=read, write=write)
+        are the default register callbacks (see :class:`dmamap.device.Device`);
+        ``irqs`` the interrupt lines it raises."""
+        return Device(self, name, bars=bars, ports=ports, read=read, write=write, irqs=irqs)
 
     def remove_device(self, dev: Device | str) -> None:
         if not isinstance(dev, (str, Device)):
