@@ -158,7 +158,7 @@ def test_a_dropped_machine_is_collected_with_its_kernel_side_state() -> None:
     m = dmamap.Machine("arm", ram=16 << 20)
     dev = m.add_device("d", bars=[4096], irqs=[3])
     io = dmamap.ioremap(m, *dev.bar(0))
-    dmamap.request_irq(m, 3, lambda n, d: dmamap.readl(io) and dmamap.IRQ_HANDLED, 0, "d", dev)
+    dmamap.request_irq(m, 3, lambda n, cookie: dmamap.readl(cookie) and dmamap.IRQ_HANDLED, 0, "d", io)
     dmamap.vmalloc_user(m, 2 * 4096)
     dev.raise_irq()
     ref = weakref.ref(m)
