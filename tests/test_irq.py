@@ -165,3 +165,30 @@ def test_a_dropped_machine_is_collected_with_its_kernel_side_state() -> None:
     del m, dev, io
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("via", ["kernel", "user"])
+def test_a_device_raising_from_its_register_callback_runs_the_handler_nested(mach: dmamap.Machine, via: str) -> None:
+    """A doorbell write makes the device interrupt at once; the handler reads the
+    device's status through the kernel's ioremap while the access is in progress."""
+    state = {"status": 0}
+    dev: list[dmamap.Device] = []
+
+    def write(off: int, size: int, value: int) -> None:
+        state["status"] = value
+        dev[0].raise_irq()
+
+    dev.append(mach.add_device("db", bars=[dmamap.Bar(4096, read=lambda off, size: state["status"], write=write)],
+                               irqs=[12]))
+    io = dmamap.ioremap(mach, *dev[0].bar(0))
+    seen: list[int] = []
+    dmamap.request_irq(mach, 12, lambda n, cookie: seen.append(dmamap.readl(cookie)) or dmamap.IRQ_HANDLED, 0,
+                       "db", io)
+    if via == "kernel":
+        dmamap.writel(0x55, io)
+    else:
+        mm = mach.new_address_space()
+        vma = mm.mmap(4096)
+        dmamap.mmio_map(vma, dev[0].bar(0)[0], 4096)
+        mm.write32(vma.start, 0x55)
+    assert seen == [0x55]
