@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, u64
 from dmamap.errors import InvalidArgumentError, IoremapError
 from dmamap.isa import isa_info
-from dmamap.mm import remap_pfn_range
+from dmamap.mm import AddressSpace, remap_pfn_range
 from dmamap.pgprot import PgProt, cache_names
 from dmamap.physmem import PhysicalMemory
 
@@ -152,18 +152,18 @@ def _target(addr: IoMem, what: str) -> IoMem:
     return addr
 
 
+_READ = {1: AddressSpace.read8, 2: AddressSpace.read16, 4: AddressSpace.read32, 8: AddressSpace.read64}
+_WRITE = {1: AddressSpace.write8, 2: AddressSpace.write16, 4: AddressSpace.write32, 8: AddressSpace.write64}
+
+
 def _read(addr: IoMem, size: int, what: str) -> int:
     a = _target(addr, what)
-    kernel = a.machine.kernel   # type: ignore[attr-defined]
-    return kernel.read8(int(a)) if size == 1 else kernel.read16(int(a)) if size == 2 else \
-        kernel.read32(int(a)) if size == 4 else kernel.read64(int(a))
+    return _READ[size](a.machine.kernel, int(a))   # type: ignore[attr-defined]
 
 
 def _write(value: int, addr: IoMem, size: int, what: str) -> None:
     a = _target(addr, what)
-    kernel = a.machine.kernel   # type: ignore[attr-defined]
-    (kernel.write8 if size == 1 else kernel.write16 if size == 2 else kernel.write32 if size == 4
-     else kernel.write64)(int(a), value)
+    _WRITE[size](a.machine.kernel, int(a), value)   # type: ignore[attr-defined]
 
 
 def readb(addr: IoMem) -> int:

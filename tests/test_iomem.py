@@ -105,3 +105,15 @@ def test_kernel_and_user_wc_mappings_of_one_aperture_agree(m: dmamap.Machine) ->
     assert mm.read32(vma.start + 0x2000) == 0xCAFEF00D
     assert mm.translate(vma.start).cache == m.kernel.translate(int(io)).cache
     assert m.attribute_reports == []
+
+
+def test_a_closed_machine_refuses_ioremap_and_accesses() -> None:
+    m = dmamap.Machine("arm", ram=16 << 20)
+    base = m.add_device("d", bars=[PAGE_SIZE]).bar(0)[0]
+    io = dmamap.ioremap(m, base, PAGE_SIZE)
+    m.close()
+    with pytest.raises(dmamap.MachineClosedError):
+        dmamap.readl(io)
+    with pytest.raises(dmamap.MachineClosedError):
+        dmamap.ioremap(m, base, PAGE_SIZE)
+    dmamap.iounmap(io)   # nothing left to tear down: forgotten quietly, as a closed machine's mappings are
