@@ -9,7 +9,9 @@ Run it: ``python examples/drivers/pcm.py [platform]``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dmamap
 from dmamap import PAGE_SHIFT, PAGE_SIZE
@@ -31,6 +33,28 @@ CTRL_RUN = 1
 # struct snd_pcm_mmap_status / snd_pcm_mmap_control, reduced to the two pointers.
 STATUS_HW_PTR = 0x8
 CONTROL_APPL_PTR = 0x0
+
+
+class _LocalDeviceFile:
+    """A stand-in for ``dmamap.DeviceFile`` (same shape) where dmamap has none
+    yet: it records the mmap offset as ``vma.vm_pgoff`` and calls the driver."""
+
+    def __init__(self, dev: dmamap.Device, *, mmap: Callable[[Any, dmamap.Vma], None],
+                 private_data: Any = None) -> None:
+        self.dev, self.private_data, self._mmap = dev, private_data, mmap
+
+    def mmap(self, mm: dmamap.AddressSpace, length: int, *, offset: int = 0, prot: str = "rw") -> dmamap.Vma:
+        vma = mm.mmap(length, prot=prot)
+        vma.vm_pgoff = offset >> PAGE_SHIFT   # type: ignore[attr-defined]
+        try:
+            self._mmap(self, vma)
+        except BaseException:
+            mm.munmap(vma)
+            raise
+        return vma
+
+
+DeviceFile: Any = getattr(dmamap, "DeviceFile", _LocalDeviceFile)
 
 
 @dataclass
@@ -77,8 +101,9 @@ class PcmDriver:
         dmamap.request_irq(machine, IRQ_LINE, self.interrupt, dmamap.IRQF_SHARED, "pcm", self)
 
     # -- file operations --
-    def mmap(self, vma: dmamap.Vma, offset: int) -> None:
+    def mmap(self, file: Any, vma: dmamap.Vma) -> None:
         """snd_pcm_mmap: dispatch on the mmap offset (vma->vm_pgoff << PAGE_SHIFT)."""
+        offset = vma.vm_pgoff << PAGE_SHIFT
         if offset == SNDRV_PCM_MMAP_OFFSET_STATUS:
             dmamap.vm_insert_pages(vma, vma.start, [self.status])
         elif offset == SNDRV_PCM_MMAP_OFFSET_CONTROL:
@@ -86,7 +111,7 @@ class PcmDriver:
         elif offset == SNDRV_PCM_MMAP_OFFSET_DATA:
             dmamap.dma_mmap_coherent(self.dev, vma, *self.buf)   # snd_pcm_lib_default_mmap
         else:
-            raise dmamap.InvalidArgumentError(f"pcm: no mapping at offset {offset:#x} (-ENXIO)")
+            raise dmamap.InvalidArgumentError(f"pcm: no mapping at offset {offset:#x} (-EINVAL)")
 
     def trigger_start(self) -> None:
         """SNDRV_PCM_TRIGGER_START: program the engine and run."""
@@ -127,13 +152,17 @@ def main(platform: str = "x86") -> dict[str, object]:
         drv = PcmDriver(m, dev)
 
         # user space: three mmaps of one device file, told apart by offset
+        pcm_file = DeviceFile(dev, mmap=drv.mmap)
         mm = m.new_address_space()
-        data = mm.mmap(BUFFER_BYTES)
-        drv.mmap(data, SNDRV_PCM_MMAP_OFFSET_DATA)
-        status = mm.mmap(PAGE_SIZE, prot="r")
-        drv.mmap(status, SNDRV_PCM_MMAP_OFFSET_STATUS)
-        control = mm.mmap(PAGE_SIZE)
-        drv.mmap(control, SNDRV_PCM_MMAP_OFFSET_CONTROL)
+        data = pcm_file.mmap(mm, BUFFER_BYTES, offset=SNDRV_PCM_MMAP_OFFSET_DATA)
+        status = pcm_file.mmap(mm, PAGE_SIZE, offset=SNDRV_PCM_MMAP_OFFSET_STATUS, prot="r")
+        control = pcm_file.mmap(mm, PAGE_SIZE, offset=SNDRV_PCM_MMAP_OFFSET_CONTROL)
+        try:
+            pcm_file.mmap(mm, PAGE_SIZE, offset=0x1000_0000)   # no such object: the driver refuses
+        except dmamap.InvalidArgumentError:
+            pass
+        else:
+            raise AssertionError("an unknown mmap offset was accepted")
 
         total = BUFFER_BYTES * 5 // 2
         stream = bytes(i * 7 & 0xFF for i in range(total))
