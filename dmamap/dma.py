@@ -525,19 +525,19 @@ def dma_free_wc(dev: Device, size: int, cpu_addr: int, dma_handle: int) -> None:
 
 
 def dma_mmap_attrs(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, attrs: int = 0, *,
-                   offset: int = 0, strategy: str | None = None) -> None:
-    """dma_mmap_coherent with attributes: DMA_ATTR_WRITE_COMBINE maps the
+                   strategy: str | None = None) -> None:
+    """dma_mmap_coherent with attributes (the kernel's signature: the offset
+    comes from the VMA, never an argument).  DMA_ATTR_WRITE_COMBINE maps the
     user side write-combining on a non-coherent device (AArch64 NORMAL_NC,
     RISC-V NC); a coherent device (x86) keeps the VMA's cacheable protection,
     as the kernel's dma_pgprot does."""
-    dma_mmap_coherent(dev, vma, cpu_addr, dma_handle, size, offset=offset, strategy=strategy,
-                      attrs=_attrs(attrs))
+    dma_mmap_coherent(dev, vma, cpu_addr, dma_handle, size, strategy=strategy, attrs=_attrs(attrs))
 
 
-def dma_mmap_wc(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *, offset: int = 0,
+def dma_mmap_wc(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
                 strategy: str | None = None) -> None:
     """Map a dma_alloc_wc buffer to user space write-combining."""
-    dma_mmap_attrs(dev, vma, cpu_addr, dma_handle, size, DMA_ATTR_WRITE_COMBINE, offset=offset, strategy=strategy)
+    dma_mmap_attrs(dev, vma, cpu_addr, dma_handle, size, DMA_ATTR_WRITE_COMBINE, strategy=strategy)
 
 
 def dma_mmap_pages(dev: Device, vma: Vma, size: int, page: Page) -> None:
