@@ -29,6 +29,14 @@ def test_accesses_reach_the_device_once_at_their_width(m: dmamap.Machine, plat: 
     io = dmamap.ioremap(m, base + 0x100, 0x100)
     assert isinstance(io, dmamap.IoMem) and io.machine is m
     assert int(io) % PAGE_SIZE == 0x100   # the offset inside the page is kept
+    assert isinstance(io + 4, dmamap.IoMem) and isinstance(4 + io, dmamap.IoMem) and (io + 4).machine is m
+    assert isinstance((io + 8) - 4, dmamap.IoMem) and (io + 8) - io == 8 and type((io + 8) - io) is int
+    with pytest.raises(TypeError):
+        io + "x"   # type: ignore[operator]
+    with pytest.raises(TypeError):
+        dmamap.IoMem(int(io), object())  # type: ignore[arg-type]
+    with pytest.raises(dmamap.InvalidArgumentError):
+        dmamap.IoMem(-1, m)
     for fn, size in ((dmamap.readb, 1), (dmamap.readw, 2), (dmamap.readl, 4), (dmamap.readq, 8),
                      (dmamap.readl_relaxed, 4), (dmamap.ioread8, 1), (dmamap.ioread16, 2), (dmamap.ioread32, 4)):
         log.clear()
