@@ -201,3 +201,34 @@ def test_vm_insert_pages_from_many_threads() -> None:
         assert not errors
         assert mm.count_present(vma.start, len(vma)) == 256
         assert all(mm.translate(vma.start + i * PAGE_SIZE).pa == p.phys_addr for i, p in enumerate(pages))
+
+
+@pytest.mark.parametrize("plat", ["x86", "arm", "riscv"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_vm_insert_pages_checks_attributes_as_vm_insert_page_does(plat: str, strict: bool) -> None:
+    """The 2004 case: the right pages (dma_coherent_to_page) into a VMA with the
+    default cacheable protection.  Whatever one vm_insert_page per page does --
+    report, refuse or map -- one vm_insert_pages call does the same."""
+    with dmamap.Machine(plat, ram=16 << 20, strict_memtype=strict) as m:
+        dev = m.add_device("d")
+        buf = dmamap.dma_alloc_coherent(dev, 2 * PAGE_SIZE)
+        pages = [dmamap.dma_coherent_to_page(dev, buf.cpu_addr, buf.dma_handle, i * PAGE_SIZE) for i in range(2)]
+        mm = m.new_address_space()
+
+        def attempt(fn: object) -> tuple[str, int, list[str | None]]:
+            vma = mm.mmap(2 * PAGE_SIZE)
+            before = len(m.attribute_reports)
+            try:
+                fn(vma)   # type: ignore[operator]
+                outcome = "mapped"
+            except dmamap.DmamapError as exc:
+                outcome = type(exc).__name__
+            caches = [(t.cache if (t := mm.translate(vma.start + i * PAGE_SIZE)) else None) for i in range(2)]
+            return outcome, len(m.attribute_reports) - before, caches
+
+        single = attempt(lambda v: [dmamap.vm_insert_page(v, v.start + i * PAGE_SIZE, p) for i, p in enumerate(pages)])
+        multi = attempt(lambda v: dmamap.vm_insert_pages(v, v.start, pages))
+        if single[0] != "mapped":   # refused: the single inserts stop at the first page, the list inserts none
+            assert multi[0] == single[0] and multi[2] == [None, None]
+        else:
+            assert multi == single
