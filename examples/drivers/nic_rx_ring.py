@@ -13,6 +13,7 @@ Run it: ``python examples/drivers/nic_rx_ring.py [platform]``.
 
 from __future__ import annotations
 
+import inspect
 import struct
 import sys
 
@@ -24,6 +25,14 @@ DESC = struct.Struct("<QHHI")  # buffer bus address, length, flags, reserved (16
 DESC_DONE = 1
 IRQ_LINE = 11
 REG_RING_LO, REG_RING_HI, REG_TAIL, REG_INT_STATUS, REG_INT_MASK = 0x00, 0x04, 0x08, 0x0C, 0x10
+
+
+def partial_munmap(mm: dmamap.AddressSpace, vma: dmamap.Vma, addr: int, length: int) -> bool:
+    """munmap(2) of part of a VMA, splitting it, where dmamap has it; False otherwise."""
+    if "length" not in inspect.signature(mm.munmap).parameters:
+        return False
+    mm.munmap(vma, addr, length)   # type: ignore[call-arg]
+    return True
 
 
 class Nic:
@@ -130,6 +139,23 @@ def main(platform: str = "x86") -> dict[str, object]:
         assert drv.frames == len(frames) == dmamap.irq_stats(m, IRQ_LINE).handled
         result = {"platform": platform, "frames": len(got), "chunks": len(drv.bufs),
                   "user_cache": mm.translate(bufs.start).cache, "attribute_reports": len(m.attribute_reports)}
+        # user space gives back the upper half of its buffer view (munmap of part of the VMA)
+        half = RING // 2 * PAGE_SIZE
+        split = partial_munmap(mm, bufs, bufs.start + half, half)
+        if split:
+            low = mm.find_vma(bufs.start)
+            assert low is not None and low.end == bufs.start + half and mm.find_vma(bufs.start + half) is None
+            for slot in range(RING // 2):   # the kept half still shows the last frame of each slot
+                last = max(k for k in range(len(frames)) if k % RING == slot)
+                assert mm.read(low.start + slot * PAGE_SIZE, len(frames[last])) == frames[last]
+            try:
+                mm.read(bufs.start + half, 1)
+            except dmamap.AccessFault:
+                pass
+            else:
+                raise AssertionError("a read of the unmapped half did not fault")
+            bufs = low
+        result["partial_munmap"] = split
         dmamap.dma_munmap_coherent(bufs)
         dmamap.dma_munmap_coherent(ring)
         drv.remove()
