@@ -6,6 +6,8 @@ Every access goes through the kernel's page tables and reaches the device's
 register callback exactly once, at the access's width, little-endian.  The
 ``_relaxed`` forms are the same accesses without the ordering barrier; the
 emulated CPU executes accesses in program order, so they differ only in name.
+``ioread*``/``iowrite*`` also take the port cookie of ``ioport_map`` and then
+make port accesses (``in``/``out``), as lib/iomap.c does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = [
     "IoMem", "ioremap", "ioremap_wc", "ioremap_cache_type", "iounmap", "readb", "readw", "readl", "readq",
     "writeb", "writew", "writel", "writeq", "readb_relaxed", "readw_relaxed", "readl_relaxed", "readq_relaxed",
     "writeb_relaxed", "writew_relaxed", "writel_relaxed", "writeq_relaxed", "ioread8", "ioread16", "ioread32",
-    "iowrite8", "iowrite16", "iowrite32",
+    "iowrite8", "iowrite16", "iowrite32", "IoPort", "ioport_map", "ioport_unmap",
 ]
 
 
@@ -147,8 +149,8 @@ def _target(addr: IoMem, what: str) -> IoMem:
     if type(addr) is not IoMem:
         if isinstance(addr, bool) or not isinstance(addr, int):
             raise TypeError(f"{what} takes an __iomem address, not {type(addr).__name__}")
-        raise IoremapError(f"{what}: {int(addr):#x} is a plain int, not an __iomem address from ioremap",
-                           int(addr))
+        kind = "a port cookie from ioport_map (use ioread*/iowrite*)" if isinstance(addr, IoPort) else "a plain int"
+        raise IoremapError(f"{what}: {int(addr):#x} is {kind}, not an __iomem address from ioremap", int(addr))
     return addr
 
 
@@ -200,5 +202,97 @@ def writeq(value: int, addr: IoMem) -> None:
 
 readb_relaxed, readw_relaxed, readl_relaxed, readq_relaxed = readb, readw, readl, readq
 writeb_relaxed, writew_relaxed, writel_relaxed, writeq_relaxed = writeb, writew, writel, writeq
-ioread8, ioread16, ioread32 = readb, readw, readl
-iowrite8, iowrite16, iowrite32 = writeb, writew, writel
+
+
+# ---- lib/iomap.c: one accessor family for MMIO and port cookies ----
+
+class IoPort(int):
+    """The ``__iomem`` cookie of ``ioport_map``: I/O port ``port`` of a machine
+    (Linux encodes it as PIO_OFFSET + port); ``cookie + i`` is port ``port + i``."""
+
+    machine: PhysicalMemory
+    base: int
+    count: int
+
+    def __new__(cls, port: int, machine: PhysicalMemory, base: int, count: int) -> IoPort:
+        if not isinstance(machine, PhysicalMemory):
+            raise TypeError(f"expected a Machine, got {type(machine).__name__}")
+        obj = super().__new__(cls, u64("port", port))
+        obj.machine, obj.base, obj.count = machine, base, count
+        return obj
+
+    def __add__(self, other: int) -> IoPort:
+        if isinstance(other, bool) or not isinstance(other, int):
+            return NotImplemented
+        return IoPort(int(self) + other, self.machine, self.base, self.count)
+
+    __radd__ = __add__
+
+    def __repr__(self) -> str:
+        return f"IoPort({int(self):#x})"
+
+
+def ioport_map(machine: PhysicalMemory, port: int, nr: int) -> IoPort:
+    """A cookie for ports ``[port, port + nr)`` that ioread*/iowrite* reach."""
+    if not isinstance(machine, PhysicalMemory):
+        raise TypeError(f"expected a Machine, got {type(machine).__name__}")
+    machine._ptr()
+    port, nr = u64("port", port), u64("nr", nr)
+    if nr == 0 or port + nr > 0x10000:
+        raise IoremapError(f"ioport_map: ports {port:#x}+{nr} are not inside the 64 KiB port space", port)
+    return IoPort(port, machine, port, nr)
+
+
+def ioport_unmap(addr: IoPort) -> None:
+    """Nothing to undo (as on x86); checks that ``addr`` is a port cookie."""
+    if not isinstance(addr, IoPort):
+        raise IoremapError(f"ioport_unmap: {addr!r} is not a cookie from ioport_map")
+
+
+def _ioread(addr: IoMem | IoPort, size: int, what: str) -> int:
+    if type(addr) is IoPort:
+        _port_in_range(addr, size, what)
+        return addr.machine.port_read(int(addr), size)
+    return _read(addr, size, what)   # type: ignore[arg-type]
+
+
+def _iowrite(value: int, addr: IoMem | IoPort, size: int, what: str) -> None:
+    if type(addr) is IoPort:
+        _port_in_range(addr, size, what)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{what}: value must be an int, not {type(value).__name__}")
+        if not 0 <= value < 1 << (8 * size):
+            raise InvalidArgumentError(f"{what}: value {value:#x} does not fit in {size} bytes", int(addr))
+        addr.machine.port_write(int(addr), value, size)
+        return
+    _write(value, addr, size, what)   # type: ignore[arg-type]
+
+
+def _port_in_range(addr: IoPort, size: int, what: str) -> None:
+    if not (addr.base <= int(addr) and int(addr) + size <= addr.base + addr.count):
+        raise IoremapError(f"{what}: port {int(addr):#x}+{size} is outside the ioport_map of "
+                           f"{addr.base:#x}+{addr.count}", int(addr))
+
+
+def ioread8(addr: IoMem | IoPort) -> int:
+    return _ioread(addr, 1, "ioread8")
+
+
+def ioread16(addr: IoMem | IoPort) -> int:
+    return _ioread(addr, 2, "ioread16")
+
+
+def ioread32(addr: IoMem | IoPort) -> int:
+    return _ioread(addr, 4, "ioread32")
+
+
+def iowrite8(value: int, addr: IoMem | IoPort) -> None:
+    _iowrite(value, addr, 1, "iowrite8")
+
+
+def iowrite16(value: int, addr: IoMem | IoPort) -> None:
+    _iowrite(value, addr, 2, "iowrite16")
+
+
+def iowrite32(value: int, addr: IoMem | IoPort) -> None:
+    _iowrite(value, addr, 4, "iowrite32")

@@ -125,3 +125,36 @@ def test_a_closed_machine_refuses_ioremap_and_accesses() -> None:
     with pytest.raises(dmamap.MachineClosedError):
         dmamap.ioremap(m, base, PAGE_SIZE)
     dmamap.iounmap(io)   # nothing left to tear down: forgotten quietly, as a closed machine's mappings are
+
+
+def test_ioread_iowrite_reach_ports_through_ioport_map(m: dmamap.Machine) -> None:
+    """lib/iomap.c: the same ioread*/iowrite* on an ioport_map cookie make port accesses."""
+    log: list[tuple[object, ...]] = []
+
+    def read(off: int, size: int) -> int:
+        log.append(("in", off, size))
+        return 0xA5A5A5A5 & ((1 << (8 * size)) - 1)
+
+    def write(off: int, size: int, value: int) -> None:
+        log.append(("out", off, size, value))
+
+    m.add_device("ports", ports=[dmamap.PortRange(0x300, 8, read=read, write=write)])
+    p = dmamap.ioport_map(m, 0x300, 8)
+    assert isinstance(p + 2, dmamap.IoPort) and int(p + 2) == 0x302
+    assert dmamap.ioread8(p + 1) == 0xA5 and dmamap.ioread16(p + 2) == 0xA5A5 and dmamap.ioread32(p + 4) == 0xA5A5A5A5
+    dmamap.iowrite8(0x12, p)
+    dmamap.iowrite32(0x11223344, p + 4)
+    assert log == [("in", 1, 1), ("in", 2, 2), ("in", 4, 4), ("out", 0, 1, 0x12), ("out", 4, 4, 0x11223344)]
+    log.clear()
+    with pytest.raises(dmamap.IoremapError):
+        dmamap.ioread32(p + 6)          # runs past the 8 mapped ports
+    with pytest.raises(dmamap.IoremapError):
+        dmamap.readl(p)                 # readl is MMIO only, as the kernel's
+    with pytest.raises(dmamap.InvalidArgumentError):
+        dmamap.iowrite8(0x100, p)
+    with pytest.raises(dmamap.IoremapError):
+        dmamap.ioport_map(m, 0xFFFC, 8)
+    with pytest.raises(dmamap.IoremapError):
+        dmamap.ioport_unmap(0x300)   # type: ignore[arg-type]
+    assert log == []
+    dmamap.ioport_unmap(p)

@@ -1,5 +1,6 @@
 """A 16550 UART at the PC's COM1 ports (0x3f8-0x3ff): the kernel driver
-takes the receive interrupt (IRQ 4) and drains the FIFO with port reads;
+takes the receive interrupt (IRQ 4) and drains the FIFO with port reads
+(``ioport_map`` + ``ioread8``);
 user space drives the same registers through ``pio_map`` (trapped port
 space on x86, the memory-mapped I/O window elsewhere) to set the line and
 transmit.
@@ -86,19 +87,21 @@ class SerialDriver:
     def __init__(self, machine: dmamap.Machine) -> None:
         self.m = machine
         self.tty = bytearray()
+        self.base = dmamap.ioport_map(machine, COM1, NPORTS)   # port I/O through the iomap cookie
         dmamap.request_irq(machine, IRQ_LINE, self.interrupt, dmamap.IRQF_SHARED, "serial", self)
-        machine.port_write(COM1 + UART_IER, UART_IER_RDI)     # outb
+        dmamap.iowrite8(UART_IER_RDI, self.base + UART_IER)     # an outb
 
     def interrupt(self, irq: int, dev_id: object) -> int:
-        if self.m.port_read(COM1 + UART_IIR) & UART_IIR_NO_INT:
+        if dmamap.ioread8(self.base + UART_IIR) & UART_IIR_NO_INT:
             return dmamap.IRQ_NONE
-        while self.m.port_read(COM1 + UART_LSR) & UART_LSR_DR:
-            self.tty.append(self.m.port_read(COM1 + UART_RX))   # inb
+        while dmamap.ioread8(self.base + UART_LSR) & UART_LSR_DR:
+            self.tty.append(dmamap.ioread8(self.base + UART_RX))   # an inb
         return dmamap.IRQ_HANDLED
 
     def remove(self) -> None:
-        self.m.port_write(COM1 + UART_IER, 0)
+        dmamap.iowrite8(0, self.base + UART_IER)
         dmamap.free_irq(self.m, IRQ_LINE, self)
+        dmamap.ioport_unmap(self.base)
 
 
 def main(platform: str = "x86") -> dict[str, object]:
