@@ -32,7 +32,7 @@ from dmamap.physmem import PhysicalMemory
 
 __all__ = [
     "IRQ_NONE", "IRQ_HANDLED", "IRQ_WAKE_THREAD", "IRQF_SHARED", "NR_IRQS", "IrqStats", "IrqController", "request_irq",
-    "free_irq", "irq_stats", "generic_handle_irq", "enable_irq", "disable_irq",
+    "request_threaded_irq", "free_irq", "irq_stats", "generic_handle_irq", "enable_irq", "disable_irq",
 ]
 
 IRQ_NONE = 0
@@ -53,6 +53,7 @@ class _Action:
     flags: int
     name: str
     dev_id: Any
+    thread_fn: IrqHandler | None = None
 
 
 @dataclass
@@ -118,10 +119,29 @@ def request_irq(machine: object, irq: int, handler: IrqHandler, flags: int, name
     """Install ``handler(irq, dev_id)`` on line ``irq``; returns 0.  A line may
     carry several handlers only if every one asks IRQF_SHARED with a non-None
     ``dev_id`` (as the kernel requires)."""
-    _machine(machine)
-    check_irq(irq)
     if not callable(handler):
         raise TypeError("request_irq: handler must be callable")
+    return request_threaded_irq(machine, irq, handler, None, flags, name, dev_id)
+
+
+def _default_primary(irq: int, dev_id: Any) -> int:
+    """irq_default_primary_handler: wake the thread."""
+    return IRQ_WAKE_THREAD
+
+
+def request_threaded_irq(machine: object, irq: int, handler: IrqHandler | None, thread_fn: IrqHandler | None,
+                         flags: int, name: str, dev_id: Any) -> int:
+    """request_irq with a threaded half: when ``handler`` (default: one that
+    always does) returns IRQ_WAKE_THREAD, ``thread_fn(irq, dev_id)`` runs once
+    every primary handler of the line has returned, on the same thread (the
+    emulation has no IRQ threads), and its return value is the interrupt's."""
+    _machine(machine)
+    check_irq(irq)
+    if handler is None and thread_fn is None:
+        raise IrqError(f"request_threaded_irq({irq}): neither a handler nor a thread_fn (-EINVAL)")
+    for fn in (handler, thread_fn):
+        if fn is not None and not callable(fn):
+            raise TypeError("request_threaded_irq: handler and thread_fn must be callable")
     if isinstance(flags, bool) or not isinstance(flags, int) or flags < 0:
         raise InvalidArgumentError(f"request_irq: flags must be a non-negative int, not {flags!r}")
     if not isinstance(name, str):
@@ -138,7 +158,7 @@ def request_irq(machine: object, irq: int, handler: IrqHandler, flags: int, name
                                f"{', '.join(repr(a.name) for a in d.actions)} and not shared by all (-EBUSY)")
             if any(a.dev_id is dev_id for a in d.actions):
                 raise IrqError(f"request_irq({irq}, {name!r}): dev_id already has a handler on this line")
-        d.actions.append(_Action(handler, flags, name, dev_id))
+        d.actions.append(_Action(handler or _default_primary, flags, name, dev_id, thread_fn))
     return 0
 
 
@@ -211,15 +231,19 @@ def generic_handle_irq(machine: object, irq: int, *, _count: bool = True) -> Non
                 actions = list(d.actions)
             ret = IRQ_NONE
             bad = 0
+            woken = []
             for a in actions:
-                try:
-                    r = a.handler(irq, a.dev_id)
-                except (DmamapError, TypeError):
-                    raise
-                except Exception as exc:   # as a device callback's: named, the original chained
-                    raise HandlerError(f"interrupt handler {a.name!r} on irq {irq} raised "
-                                       f"{type(exc).__name__}: {exc}") from exc
-                if isinstance(r, bool) or not isinstance(r, int) or r & ~(IRQ_HANDLED | IRQ_WAKE_THREAD):
+                r = _call(a, a.handler, irq)
+                if isinstance(r, bool) or not isinstance(r, int) or r & ~(IRQ_HANDLED | IRQ_WAKE_THREAD) or \
+                        (r & IRQ_WAKE_THREAD and a.thread_fn is None):   # warn_no_thread
+                    bad += 1
+                    continue
+                if r & IRQ_WAKE_THREAD:
+                    woken.append(a)
+                ret |= r & IRQ_HANDLED
+            for a in woken:   # irq_thread: after the hard handlers, with the line's accounting pending
+                r = _call(a, a.thread_fn, irq)   # type: ignore[arg-type]
+                if isinstance(r, bool) or not isinstance(r, int) or r & ~IRQ_HANDLED:
                     bad += 1
                     continue
                 ret |= r
@@ -229,6 +253,15 @@ def generic_handle_irq(machine: object, irq: int, *, _count: bool = True) -> Non
         with c.lock:
             d.running = False
         raise
+
+
+def _call(a: _Action, fn: IrqHandler, irq: int) -> Any:
+    try:
+        return fn(irq, a.dev_id)
+    except (DmamapError, TypeError):
+        raise
+    except Exception as exc:   # as a device callback's: named, the original chained
+        raise HandlerError(f"interrupt handler {a.name!r} on irq {irq} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _note_interrupt(d: _Desc, ret: int, bad: int, any_action: bool) -> None:

@@ -192,3 +192,31 @@ def test_a_device_raising_from_its_register_callback_runs_the_handler_nested(mac
         dmamap.mmio_map(vma, dev[0].bar(0)[0], 4096)
         mm.write32(vma.start, 0x55)
     assert seen == [0x55]
+
+
+def test_threaded_handlers_run_after_every_primary_handler(mach: dmamap.Machine) -> None:
+    a = mach.add_device("a", irqs=[13])
+    b = mach.add_device("b", irqs=[13])
+    order: list[str] = []
+    dmamap.request_threaded_irq(mach, 13, lambda n, d: order.append("a-hard") or dmamap.IRQ_WAKE_THREAD,
+                                lambda n, d: order.append("a-thread") or dmamap.IRQ_HANDLED,
+                                dmamap.IRQF_SHARED, "a", a)
+    dmamap.request_irq(mach, 13, lambda n, d: order.append("b-hard") or dmamap.IRQ_NONE, dmamap.IRQF_SHARED, "b", b)
+    a.raise_irq()
+    assert order == ["a-hard", "b-hard", "a-thread"]
+    assert dmamap.irq_stats(mach, 13).handled == 1
+    dmamap.free_irq(mach, 13, a)
+    dmamap.free_irq(mach, 13, b)
+    # no primary handler: the default one wakes the thread
+    dmamap.request_threaded_irq(mach, 13, None, lambda n, d: order.append("only-thread") or dmamap.IRQ_HANDLED,
+                                0, "a", a)
+    a.raise_irq()
+    assert order[-1] == "only-thread"
+    dmamap.free_irq(mach, 13, a)
+    # IRQ_WAKE_THREAD with no thread_fn is a bad return (the kernel's warn_no_thread)
+    dmamap.request_irq(mach, 13, lambda n, d: dmamap.IRQ_WAKE_THREAD, 0, "a", a)
+    a.raise_irq()
+    s = dmamap.irq_stats(mach, 13)
+    assert (s.handled, s.bad_returns, s.unhandled) == (2, 1, 1)
+    with pytest.raises(dmamap.IrqError):
+        dmamap.request_threaded_irq(mach, 14, None, None, 0, "x", a)
