@@ -92,12 +92,11 @@ class Machine(PhysicalMemory):
         return self.bus.devices()
 
     def add_device(self, name: str, *, bars: Sequence[BarSpec] = (), ports: Sequence[PortSpec] = (),
-                   read: ReadFn | None = None, write: WriteFn | None = None, irqs: Sequence[int] = ()) -> Device:
+                   read: ReadFn | None = None, write: WriteFn | None = None) -> Device:
         """Attach a device: ``bars`` are sizes or :class:`Bar` objects, ``ports``
         ``(base, count)`` pairs or :class:`PortRange` objects; ``read``/``write``
-        are the default register callbacks (see :class:`dmamap.device.Device`);
-        ``irqs`` the interrupt lines it raises."""
-        return Device(self, name, bars=bars, ports=ports, read=read, write=write, irqs=irqs)
+        are the default register callbacks (see :class:`dmamap.device.Device`)."""
+        return Device(self, name, bars=bars, ports=ports, read=read, write=write)
 
     def remove_device(self, dev: Device | str) -> None:
         if not isinstance(dev, (str, Device)):

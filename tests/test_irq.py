@@ -18,7 +18,7 @@ def mach() -> dmamap.Machine:
 
 
 def test_handler_runs_synchronously_with_its_dev_id(mach: dmamap.Machine) -> None:
-    dev = mach.add_device("d", bars=[4096], irqs=[5, 6])
+    dev = dmamap.Device(mach, "d", bars=[4096], irqs=[5, 6])
     seen: list[tuple[int, object, str]] = []
     dmamap.request_irq(mach, 6, lambda n, d: seen.append((n, d, threading.current_thread().name)) or
                        dmamap.IRQ_HANDLED, 0, "d", dev)
@@ -33,8 +33,8 @@ def test_handler_runs_synchronously_with_its_dev_id(mach: dmamap.Machine) -> Non
 
 
 def test_shared_line_runs_every_handler_and_counts_irq_none(mach: dmamap.Machine) -> None:
-    a = mach.add_device("a", irqs=[9])
-    b = mach.add_device("b", irqs=[9])
+    a = dmamap.Device(mach, "a", irqs=[9])
+    b = dmamap.Device(mach, "b", irqs=[9])
     calls: list[str] = []
     dmamap.request_irq(mach, 9, lambda n, d: calls.append("a") or dmamap.IRQ_NONE, dmamap.IRQF_SHARED, "a", a)
     dmamap.request_irq(mach, 9, lambda n, d: calls.append("b") or dmamap.IRQ_HANDLED, dmamap.IRQF_SHARED, "b", b)
@@ -47,7 +47,7 @@ def test_shared_line_runs_every_handler_and_counts_irq_none(mach: dmamap.Machine
 
 
 def test_bad_return_values_are_counted(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[3])
+    d = dmamap.Device(mach, "d", irqs=[3])
     dmamap.request_irq(mach, 3, lambda n, dev: "yes", 0, "d", d)   # type: ignore[arg-type, return-value]
     d.raise_irq()
     s = dmamap.irq_stats(mach, 3)
@@ -55,7 +55,7 @@ def test_bad_return_values_are_counted(mach: dmamap.Machine) -> None:
 
 
 def test_a_line_nobody_handles_is_disabled_after_99900_of_100000(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[4])
+    d = dmamap.Device(mach, "d", irqs=[4])
     dmamap.request_irq(mach, 4, lambda n, dev: dmamap.IRQ_NONE, 0, "d", d)
     for _ in range(100_000):
         irqmod.generic_handle_irq(mach, 4)
@@ -69,7 +69,7 @@ def test_a_line_nobody_handles_is_disabled_after_99900_of_100000(mach: dmamap.Ma
 
 
 def test_a_raise_inside_the_handler_is_replayed_not_nested(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[7])
+    d = dmamap.Device(mach, "d", irqs=[7])
     depth = [0]
     log: list[int] = []
 
@@ -88,7 +88,7 @@ def test_a_raise_inside_the_handler_is_replayed_not_nested(mach: dmamap.Machine)
 
 
 def test_disable_irq_latches_and_enable_delivers(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[8])
+    d = dmamap.Device(mach, "d", irqs=[8])
     calls: list[int] = []
     dmamap.request_irq(mach, 8, lambda n, dev: calls.append(n) or dmamap.IRQ_HANDLED, 0, "d", d)
     dmamap.disable_irq(mach, 8)
@@ -101,7 +101,7 @@ def test_disable_irq_latches_and_enable_delivers(mach: dmamap.Machine) -> None:
 
 
 def test_handler_exception_propagates_and_the_line_stays_usable(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[2])
+    d = dmamap.Device(mach, "d", irqs=[2])
 
     def boom(n: int, dev: object) -> int:
         raise RuntimeError("handler bug")
@@ -117,7 +117,7 @@ def test_handler_exception_propagates_and_the_line_stays_usable(mach: dmamap.Mac
 
 
 def test_misuse_raises_irq_error_and_changes_nothing(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[1])
+    d = dmamap.Device(mach, "d", irqs=[1])
     h = lambda n, dev: dmamap.IRQ_HANDLED  # noqa: E731
     dmamap.request_irq(mach, 1, h, 0, "d", d)
     with pytest.raises(dmamap.IrqError):
@@ -133,16 +133,16 @@ def test_misuse_raises_irq_error_and_changes_nothing(mach: dmamap.Machine) -> No
     with pytest.raises(dmamap.IrqError):
         d.raise_irq(2)                                             # not wired to line 2
     with pytest.raises(dmamap.IrqError):
-        mach.add_device("quiet").raise_irq()
+        dmamap.Device(mach, "quiet").raise_irq()
     with pytest.raises(dmamap.IrqError):
-        mach.add_device("bad", irqs=[-1])
+        dmamap.Device(mach, "bad", irqs=[-1])
     assert "bad" not in mach.devices
     d.raise_irq()
     assert dmamap.irq_stats(mach, 1).handled == 1
 
 
 def test_closed_machine_refuses(mach: dmamap.Machine) -> None:
-    d = mach.add_device("d", irqs=[1])
+    d = dmamap.Device(mach, "d", irqs=[1])
     mach.close()
     with pytest.raises(dmamap.MachineClosedError):
         dmamap.request_irq(mach, 1, lambda n, dev: 1, 0, "d", d)
@@ -156,7 +156,7 @@ def test_a_dropped_machine_is_collected_with_its_kernel_side_state() -> None:
     import weakref
 
     m = dmamap.Machine("arm", ram=16 << 20)
-    dev = m.add_device("d", bars=[4096], irqs=[3])
+    dev = dmamap.Device(m, "d", bars=[4096], irqs=[3])
     io = dmamap.ioremap(m, *dev.bar(0))
     dmamap.request_irq(m, 3, lambda n, cookie: dmamap.readl(cookie) and dmamap.IRQ_HANDLED, 0, "d", io)
     dmamap.vmalloc_user(m, 2 * 4096)
@@ -178,7 +178,7 @@ def test_a_device_raising_from_its_register_callback_runs_the_handler_nested(mac
         state["status"] = value
         dev[0].raise_irq()
 
-    dev.append(mach.add_device("db", bars=[dmamap.Bar(4096, read=lambda off, size: state["status"], write=write)],
+    dev.append(dmamap.Device(mach, "db", bars=[dmamap.Bar(4096, read=lambda off, size: state["status"], write=write)],
                                irqs=[12]))
     io = dmamap.ioremap(mach, *dev[0].bar(0))
     seen: list[int] = []
@@ -195,8 +195,8 @@ def test_a_device_raising_from_its_register_callback_runs_the_handler_nested(mac
 
 
 def test_threaded_handlers_run_after_every_primary_handler(mach: dmamap.Machine) -> None:
-    a = mach.add_device("a", irqs=[13])
-    b = mach.add_device("b", irqs=[13])
+    a = dmamap.Device(mach, "a", irqs=[13])
+    b = dmamap.Device(mach, "b", irqs=[13])
     order: list[str] = []
     dmamap.request_threaded_irq(mach, 13, lambda n, d: order.append("a-hard") or dmamap.IRQ_WAKE_THREAD,
                                 lambda n, d: order.append("a-thread") or dmamap.IRQ_HANDLED,

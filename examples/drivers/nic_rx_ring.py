@@ -112,7 +112,7 @@ class RxDriver:
 def main(platform: str = "x86") -> dict[str, object]:
     with dmamap.Machine(platform, ram=32 << 20) as m:
         nic = Nic()
-        dev = m.add_device("nic", bars=[dmamap.Bar(PAGE_SIZE, read=nic.read, write=nic.write)], irqs=[IRQ_LINE])
+        dev = dmamap.Device(m, "nic", bars=[dmamap.Bar(PAGE_SIZE, read=nic.read, write=nic.write)], irqs=[IRQ_LINE])
         nic.dev = dev
         drv = RxDriver(m, dev)
         mm = m.new_address_space()

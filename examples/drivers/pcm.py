@@ -146,7 +146,7 @@ def main(platform: str = "x86") -> dict[str, object]:
     """Play 2.5 buffers of a ramp through the mmapped ring; returns what was checked."""
     with dmamap.Machine(platform, ram=32 << 20) as m:
         codec = Codec()
-        dev = m.add_device("pcm", bars=[dmamap.Bar(PAGE_SIZE, read=codec.read, write=codec.write)],
+        dev = dmamap.Device(m, "pcm", bars=[dmamap.Bar(PAGE_SIZE, read=codec.read, write=codec.write)],
                            irqs=[IRQ_LINE])
         codec.dev = dev
         drv = PcmDriver(m, dev)

@@ -107,7 +107,7 @@ class SerialDriver:
 def main(platform: str = "x86") -> dict[str, object]:
     with dmamap.Machine(platform, ram=16 << 20) as m:
         chip = Uart16550()
-        dev = m.add_device("serial8250", ports=[dmamap.PortRange(COM1, NPORTS, read=chip.read, write=chip.write)],
+        dev = dmamap.Device(m, "serial8250", ports=[dmamap.PortRange(COM1, NPORTS, read=chip.read, write=chip.write)],
                            irqs=[IRQ_LINE])
         chip.dev = dev
         drv = SerialDriver(m)
