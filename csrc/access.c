@@ -28,7 +28,30 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
         as->st.page_walks += found != 0;   /* MMU walks that found an entry: a refused access counts none */
         struct vma *v = NULL;
         uint64_t ent = found ? *e : 0;
-        if (found && (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr)) {
+        if (!found) {
+            v = vma_find(as, va);
+            if (!v)
+                return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
+                                   (unsigned long long)va);
+            if (!(v->flags & (is_write ? DMAMAP_VM_WRITE : DMAMAP_VM_READ)))
+                return dmamap_fail(err, DMAMAP_EPROT, va, "%s of %#llx in a VMA without %s permission "
+                                   "(SIGSEGV)", is_write ? "write" : "read", (unsigned long long)va,
+                                   is_write ? "write" : "read");
+            if (v->fault_kind == DMAMAP_FAULT_PIO) {
+                *out = NULL;   /* trapped port I/O: the caller dispatches */
+                return 0;
+            }
+            if (level != 0 || *e || !fault_fast(as, v, va, is_write, e)) {
+                int rc = handle_fault(as, v, va, is_write, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
+            /* the fast fault wrote the PTE: the retried access's walk finds it */
+            ent = *e;
+            as->st.page_walks++;
+        }
+        if (level != as->dm_level || (ent & ~as->pa_mask[level]) != as->dm_attr) {
             /* Decode only what the TLB entry needs (no entry_pa / region lookups as
              * translate does), and remember it for the next leaf with the same bits. */
             struct dmamap_xlate d;
@@ -40,64 +63,50 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             as->dm_device = a->cache_device[d.cache];
             as->dm_attr = ent & ~as->pa_mask[level];
             as->dm_level = level;
+            as->dm_fast = level == 0 && as->dm_valid && (as->kernel || as->dm_user) ? as->dm_attr : ~0ULL;
         }
-        if (found && as->dm_valid) {
-            struct {
-                uint64_t pa;
-                int writable, user, cacheable, device;
-            } x = {((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
-                   (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1)), as->dm_writable,
-                   as->dm_user, as->dm_cacheable, as->dm_device};
-            if (!as->kernel && !x.user)
-                return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
+        if (!as->dm_valid) {   /* non-present but not none: PROT_NONE */
+            v = vma_find(as, va);
+            if (!v)
+                return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
                                    (unsigned long long)va);
-            if (is_write && !x.writable) {
-                v = vma_find(as, va);
-                if (v && (v->flags & DMAMAP_VM_WRITE) && !(v->flags & DMAMAP_VM_SHARED)) {
-                    uint64_t pfn = x.pa >> PAGE_SHIFT;
-                    if (!dmamap_pfn_is_ram(as->m, pfn))
-                        return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault at %#llx on non-RAM "
-                                           "pfn %#llx: SIGBUS, not a copy", (unsigned long long)va,
-                                           (unsigned long long)pfn);
-                    if (level != 0)
-                        return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault on a large page at %#llx",
-                                           (unsigned long long)va);
-                    as->st.faults++;
-                    int rc = cow_page(as, v, va, pfn, 1, err);
-                    if (rc)
-                        return rc;
-                    continue;
-                }
-                return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
-                                   (unsigned long long)va);
-            }
-            t->vpn = vpn;
-            t->pa_page = x.pa & PAGE_MASK;
-            t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
-            t->writable = (uint8_t)x.writable;
-            t->user = (uint8_t)x.user;
-            t->cacheable = (uint8_t)x.cacheable;
-            t->device = (uint8_t)x.device;
-            *out = t;
-            return 0;
-        }
-        v = vma_find(as, va);
-        if (!v)
-            return dmamap_fail(err, DMAMAP_ESEGV, va, "access to %#llx, which no VMA maps (SIGSEGV)",
-                               (unsigned long long)va);
-        if (found)   /* non-present but not none: PROT_NONE */
             return dmamap_fail(err, DMAMAP_EPROT, va, "access to PROT_NONE page at %#llx (SIGSEGV)",
                                (unsigned long long)va);
-        if (!(v->flags & (is_write ? DMAMAP_VM_WRITE : DMAMAP_VM_READ)))
-            return dmamap_fail(err, DMAMAP_EPROT, va, "%s of %#llx in a VMA without %s permission (SIGSEGV)",
-                               is_write ? "write" : "read", (unsigned long long)va, is_write ? "write" : "read");
-        if (v->fault_kind == DMAMAP_FAULT_PIO) {
-            *out = NULL;   /* trapped port I/O: the caller dispatches */
-            return 0;
         }
-        int rc = handle_fault(as, v, va, is_write, err);
-        if (rc)
-            return rc;
+        uint64_t pa = ((ent & as->pa_mask[level]) >> as->pfn_shift << PAGE_SHIFT) +
+                      (va & ((1ULL << (PAGE_SHIFT + 9 * level)) - 1));
+        if (!as->kernel && !as->dm_user)
+            return dmamap_fail(err, DMAMAP_EPROT, va, "user access to kernel-only page at %#llx",
+                               (unsigned long long)va);
+        if (is_write && !as->dm_writable) {
+            v = vma_find(as, va);
+            if (v && (v->flags & DMAMAP_VM_WRITE) && !(v->flags & DMAMAP_VM_SHARED)) {
+                uint64_t pfn = pa >> PAGE_SHIFT;
+                if (!dmamap_pfn_is_ram(as->m, pfn))
+                    return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault at %#llx on non-RAM "
+                                       "pfn %#llx: SIGBUS, not a copy", (unsigned long long)va,
+                                       (unsigned long long)pfn);
+                if (level != 0)
+                    return dmamap_fail(err, DMAMAP_ECOW, va, "private write fault on a large page at %#llx",
+                                       (unsigned long long)va);
+                as->st.faults++;
+                int rc = cow_page(as, v, va, pfn, 1, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
+            return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
+                               (unsigned long long)va);
+        }
+        t->vpn = vpn;
+        t->pa_page = pa & PAGE_MASK;
+        t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        *out = t;
+        return 0;
     }
     return dmamap_fail(err, DMAMAP_ESIGBUS, va, "fault at %#llx did not resolve", (unsigned long long)va);
 }
@@ -123,7 +132,7 @@ static int check_device_align(dmamap_as *as, const struct tlb_entry *t, uint64_t
 }
 
 /* One access of `size` (1/2/4/8) bytes within a page. */
-static int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err)
+int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err)
 {
     struct tlb_entry *t;
     int rc = resolve(as, va, is_write, &t, err);
@@ -258,40 +267,4 @@ int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct 
 int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err)
 {
     return rw_n(as, va, size, 1, &value, err);
-}
-
-static int touch_one(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
-{
-    uint64_t v = 0;
-    int rc = access_one(as, va, 1, 0, &v, err);
-    if (!rc && is_write)
-        rc = access_one(as, va, 1, 1, &v, err);
-    return rc;
-}
-
-int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, int is_write, struct dmamap_err *err)
-{
-    dmamap_err_clear(err);
-    AS_CHECK(as, err, va);
-    if (count && (stride == 0 || (count - 1) > (~0ULL - va) / stride))
-        return dmamap_fail(err, DMAMAP_EINVAL, va, "touch of %llu addresses with stride %llu wraps",
-                           (unsigned long long)count, (unsigned long long)stride);
-    int rc = 0;
-    AS_LOCK(as, err, va);
-    for (uint64_t i = 0; i < count && !rc; i++)
-        rc = touch_one(as, va + i * stride, is_write, err);
-    return as_unlock(as, rc, err);
-}
-
-int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
-{
-    dmamap_err_clear(err);
-    AS_CHECK(as, err, 0);
-    if (count && !vas)
-        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL address list");
-    int rc = 0;
-    AS_LOCK(as, err, 0);
-    for (uint64_t i = 0; i < count && !rc; i++)
-        rc = touch_one(as, vas[i], is_write, err);
-    return as_unlock(as, rc, err);
 }

@@ -39,6 +39,7 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     as->va_lo = as->kernel ? m->arch->kern_lo : m->arch->user_lo;
     as->va_hi = as->kernel ? m->arch->kern_hi : m->arch->user_hi;
     as->dm_level = -1;
+    as->dm_fast = ~0ULL;
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
@@ -72,7 +73,8 @@ void dmamap_as_close(dmamap_as *as)
         return;
     LOCK(&as->lock);
     if (!atomic_load_explicit(&as->closed, memory_order_relaxed)) {
-        atomic_store_explicit(&as->closed, 1, memory_order_release);
+        /* Marked closed only once torn down: a caller that sees it closed (a VMA no
+         * longer live) may free what its mappings held, so no PTE may remain then. */
         dmamap_pt_user_detach(as);   /* no longer shares (or publishes) the kernel half */
         if (!atomic_load_explicit(&as->m->closed, memory_order_acquire)) {
             for (int i = 0; i < as->nvmas; i++) {
@@ -91,6 +93,7 @@ void dmamap_as_close(dmamap_as *as)
         }
         as->last_vma = -1;
         dmamap_tlb_flush_range(as, 0, (uint64_t)TLB_SIZE << PAGE_SHIFT);
+        atomic_store_explicit(&as->closed, 1, memory_order_release);
     }
     UNLOCK(&as->lock);
 }

@@ -161,8 +161,138 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     return 0;
 }
 
+/* Page references taken ahead (touch loops only, as->rsv_batch): the first
+ * fast page fault of a run takes, under one hold of the machine lock, the
+ * reference and map count of its page and of up to RSV_MAX - 1 pages that
+ * follow it in the chunk, which the next faults of the run most likely map;
+ * a fault on a reserved page then takes no lock.  What the run did not use is
+ * given back before anything else can run on this address space: before the
+ * general fault path (which may call out) and when the touch call returns. */
+static void rsv_drop_locked(dmamap_as *as)
+{
+    for (uint64_t mask = as->rsv_mask; mask; mask &= mask - 1) {
+        struct page_desc *p = &as->m->pages[as->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn];
+        p->mapcount--;
+        p->refcount--;
+    }
+    as->rsv_mask = 0;
+}
+
+void fault_rsv_release(dmamap_as *as)
+{
+    if (!as->rsv_mask)
+        return;
+    LOCK(&as->m->lock);
+    rsv_drop_locked(as);
+    UNLOCK(&as->m->lock);
+}
+
+/* page_get's rules: allocated, neither anonymous nor a page table (machine lock held). */
+static inline int page_mappable(const struct page_desc *p)
+{
+    return p->refcount > 0 && !(p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE));
+}
+
+/* Take the reference and map count a PTE of pfn holds (run: pages of the chunk
+ * from pfn on, for references taken ahead).  0 when pfn may not be mapped. */
+static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
+{
+    dmamap_machine *m = as->m;
+    if (rsv_take(as, pfn))
+        return 1;
+    if (!dmamap_pfn_is_ram(m, pfn))
+        return 0;
+    LOCK(&m->lock);
+    rsv_drop_locked(as);
+    struct page_desc *p = &m->pages[pfn - m->ram_base_pfn];
+    int ok = page_mappable(p);
+    if (ok) {
+        p->mapcount++;
+        p->refcount++;
+        if (as->rsv_batch) {
+            uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
+            if (m->ram_base_pfn + m->ram_pages - pfn < n)
+                n = m->ram_base_pfn + m->ram_pages - pfn;
+            for (uint64_t j = 1; j < n && page_mappable(&p[j]); j++) {
+                p[j].mapcount++;
+                p[j].refcount++;
+                mask |= 1ULL << j;
+            }
+            as->rsv_pfn = pfn;
+            as->rsv_mask = mask;
+        }
+    }
+    UNLOCK(&m->lock);
+    return ok;
+}
+
+/* Whether VMA v's faults may take the fast case: a built-in 4 KiB page or
+ * PFN handler, a read (or a shared write), no fault-around or huge fault. */
+int fault_fast_vma(const struct vma *v, int is_write)
+{
+    int kind = v->fault_kind;
+    return (kind == DMAMAP_FAULT_PAGE || kind == DMAMAP_FAULT_PFN) && !(v->large && kind == DMAMAP_FAULT_PFN) &&
+           !(is_write && !(v->flags & DMAMAP_VM_SHARED)) && !(v->fault_around > 1 && !is_write) &&
+           (kind == DMAMAP_FAULT_PAGE ||
+            (v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == DMAMAP_VM_PFNMAP ||
+            (v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP)) == DMAMAP_VM_MIXEDMAP);
+}
+
+/* The pfn behind va in v and the pages of its chunk from there (*run), or ~0. */
+uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run)
+{
+    uint64_t k = ((va - v->start) >> PAGE_SHIFT) + v->first_page;
+    if (v->nchunks == 1 && k < v->chunk_start[1]) {
+        *run = v->chunk_start[1] - k;
+        return v->chunks[0].pfn + (k - v->chunk_start[0]);
+    }
+    return chunk_pfn(v, k - v->first_page, run);
+}
+
+/* What a fast fault of pfn needs before its PTE is written: the page
+ * reference (page handler) or a memtype range already found free of
+ * conflicts (PFN handler, fault_memtype_check's fast case).  0: take the
+ * general path (nothing changed). */
+int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run)
+{
+    if (v->fault_kind == DMAMAP_FAULT_PAGE)
+        return fast_page_ref(as, pfn, run);
+    uint64_t pa = pfn << PAGE_SHIFT;
+    return v->mt_gen == atomic_load_explicit(&as->m->memtype_gen, memory_order_acquire) + 1 &&
+           v->mt_prot == v->prot && pa >= v->mt_lo && pa + PAGE_SIZE <= v->mt_hi;
+}
+
+/* The 4 KiB leaf of pfn 0 a fault in v writes (special for PFN handlers). */
+uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v)
+{
+    int special = v->fault_kind == DMAMAP_FAULT_PFN;
+    uint64_t prot = special ? v->prot | as->special_bit : v->prot;
+    return as->lf_ok && as->lf_prot == prot ? as->lf_base : dmamap_pt_leaf_base(as, v->prot, special);
+}
+
+/* The common lazy fault without the general path's detours: a fault
+ * fault_fast_vma allows, whose leaf table exists: slot is va's empty PTE in
+ * the walk cache's leaf table.  Returns 1 with the PTE written and everything
+ * counted as handle_fault would count it, or 0 having changed nothing: the
+ * general path then takes the fault (and reports whatever rule it breaks). */
+int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot)
+{
+    uint64_t run, pfn;
+    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0] ||
+        (pfn = fault_fast_pfn(v, va, &run)) == ~0ULL || !fault_fast_take(as, v, pfn, run))
+        return 0;
+    *slot = fault_fast_leaf(as, v) | (pfn << as->pfn_shift);
+    table_desc(as->m, as->wc_pa[0])->table_used++;
+    as->st.ptes_written++;
+    as->st.faults++;
+    as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
+    as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;
+    return 1;
+}
+
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
+    fault_rsv_release(as);   /* the general path may call out: no references held ahead */
     as->st.faults++;
     as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
     as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;

@@ -156,6 +156,9 @@ struct dmamap_machine {
 };
 
 #define TLB_SIZE 512
+#define LEAF_CACHE 512   /* leaf tables the walk cache remembers: 1 GiB of 4 KiB pages */
+#define LC_GEN_SHIFT 44
+#define LC_VA_MASK ((1ULL << LC_GEN_SHIFT) - 1)
 struct tlb_entry {
     uint64_t vpn;        /* va >> 12, ~0 when invalid */
     uint64_t pa_page;
@@ -200,6 +203,11 @@ struct dmamap_as {
      * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
+    /* and behind wc[0], a direct-mapped cache of leaf tables (a PDE cache):
+     * entry (va >> 21) % LEAF_CACHE holds the leaf table of the VAs with
+     * va >> 21 == tag & LC_VA_MASK, valid while tag >> LC_GEN_SHIFT == lc_gen */
+    struct { uint64_t tag, pa; } lc[LEAF_CACHE];
+    uint64_t lc_gen;
     /* Per-ISA constants, so hot paths make no indirect calls: the output-address
      * bits of a leaf at each level, and the software "special" bit.  Both ISAs
      * encode a leaf as (output address | attribute bits). */
@@ -210,8 +218,13 @@ struct dmamap_as {
     /* decode memo of the TLB-miss path: what the last leaf attribute bits seen
      * (entry & ~pa_mask[level]) decode to; decoding depends on those bits only. */
     uint64_t dm_attr;
+    uint64_t dm_fast;     /* dm_attr when it decodes to a valid 4 KiB leaf this space may use, else ~0 */
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device;
+    /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
+     * fault path while rsv_batch (a touch loop) is set: see fault.c */
+    uint64_t rsv_pfn, rsv_mask;
+    int rsv_batch;
     /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;
@@ -264,6 +277,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
 void dmamap_pt_clear(dmamap_as *as, uint64_t va, uint64_t npages);
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
 int dmamap_pt_walk_mem(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out);
+const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *level_out);
 int dmamap_pt_protect(dmamap_as *as, uint64_t va, uint64_t npages, uint64_t prot,
                       struct dmamap_err *err);
 int dmamap_pt_split_edges(dmamap_as *as, uint64_t va, uint64_t end, struct dmamap_err *err);
@@ -337,6 +351,15 @@ void page_unget(dmamap_as *as, uint64_t pfn);
 int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
+
+/* access.c */
+int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err);
+int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
+int fault_fast_vma(const struct vma *v, int is_write);
+uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run);
+int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run);
+uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v);
+void fault_rsv_release(dmamap_as *as);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
 {
@@ -350,6 +373,39 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
         return m->sram_host + (pa - m->sram_base);
     }
     return dmamap_host_ptr(m, pa, PAGE_SIZE, type);
+}
+
+/* Page references taken ahead by the fault path (fault.c): use the one of
+ * pfn if there is one. */
+#define RSV_MAX 64
+static inline int rsv_take(dmamap_as *as, uint64_t pfn)
+{
+    uint64_t bit = pfn - as->rsv_pfn;
+    if (bit >= RSV_MAX || !(as->rsv_mask >> bit & 1))
+        return 0;
+    as->rsv_mask &= ~(1ULL << bit);
+    return 1;
+}
+
+/* va_ok(as, va, 1) for the hot paths: va inside the address space's VA range. */
+static inline int va_in(const dmamap_as *as, uint64_t va)
+{
+    return va >= as->va_lo && va != ~0ULL && (as->va_hi == ~0ULL || va < as->va_hi);
+}
+
+/* The leaf table covering va when the walk cache holds it (the last one, then
+ * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
+static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
+{
+    uint64_t k = va >> (PAGE_SHIFT + 9);
+    if (k == as->wc_tag[0]) {
+        *table = as->wc_pa[0];
+        return 1;
+    }
+    if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
+        return 0;
+    *table = as->lc[k % LEAF_CACHE].pa;
+    return 1;
 }
 
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */

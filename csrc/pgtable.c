@@ -24,13 +24,19 @@ static int wc_find_up(dmamap_as *as, uint64_t va, int min_level, uint64_t *table
 
 /* The walk cache remembers the last table reached at each level, so a run of
  * entries under one table (4 KiB entries under one 2 MiB region, 2 MiB blocks
- * under one 1 GiB region) does not re-walk from the root.  A table only goes
- * away through drop_table (or free_all), which resets the whole cache. */
+ * under one 1 GiB region) does not re-walk from the root, and up to
+ * LEAF_CACHE leaf tables besides, so that scattered accesses do not either.
+ * A table only goes away through drop_table (or free_all), which resets the
+ * whole cache; resetting the leaf tables is a new generation. */
 void dmamap_pt_cache_reset(dmamap_as *as)
 {
     for (int l = 0; l < MAX_LEVELS; l++) {
         as->wc_tag[l] = ~0ULL;
         as->wc_pa[l] = 0;
+    }
+    if (++as->lc_gen >= 1ULL << (64 - LC_GEN_SHIFT)) {   /* generations wrapped: forget them all */
+        memset(as->lc, 0, sizeof as->lc);
+        as->lc_gen = 1;
     }
 }
 
@@ -38,17 +44,21 @@ static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_
 {
     as->wc_tag[level] = va >> (PAGE_SHIFT + 9 * (uint64_t)(level + 1));
     as->wc_pa[level] = table_pa;
+    if (level == 0) {
+        uint64_t k = va >> (PAGE_SHIFT + 9);
+        as->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+        as->lc[k % LEAF_CACHE].pa = table_pa;
+    }
 }
 
 static inline int wc_find(dmamap_as *as, uint64_t va, int min_level, uint64_t *table)
 {
-    if (min_level == 0 && (va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case */
-        *table = as->wc_pa[0];
+    if (min_level == 0 && leaf_cached(as, va, table)) {   /* the common case */
+        wc_set(as, 0, va, *table);
         return 0;
     }
     return wc_find_up(as, va, min_level ? min_level : 1, table);
 }
-
 
 static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 {
@@ -88,13 +98,15 @@ int split_block(dmamap_as *as, uint64_t *e, int level, struct dmamap_err *err)
 }
 
 /* Entry slot for va at `level`, creating tables on the way down; *table_out is
- * the table page holding the slot.  Fails with EBUSY if a block above `level`
- * already covers va. */
+ * the table page holding the slot, and *fresh (when given) says whether this
+ * call created it: a new table page is all zeros (the allocator's contract).
+ * Fails with EBUSY if a block above `level` already covers va. */
 static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint64_t *table_out,
-                   struct dmamap_err *err)
+                   int *fresh, struct dmamap_err *err)
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t table;
+    int made = 0;
     for (int l = wc_find(as, va, level, &table); l > level; l--) {
         uint64_t *e = &dmamap_table_ptr(as->m, table)[pt_index(va, l)];
         if (*e == 0) {
@@ -104,6 +116,7 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
                 return rc;
             *e = a->table_entry(child, as->kernel);
             table_desc(as->m, table)->table_used++;
+            made = l - 1 == level;
         } else if (!a->is_table(*e, l)) {
             return dmamap_fail(err, DMAMAP_EBUSY, va, "prefault into a non-empty entry: %#llx is "
                                "already mapped by a %s block", (unsigned long long)va,
@@ -118,6 +131,8 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
     }
     *slot = &dmamap_table_ptr(as->m, table)[pt_index(va, level)];
     *table_out = table;
+    if (fresh)
+        *fresh = made;
     return 0;
 }
 
@@ -133,6 +148,26 @@ static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
         }
     }
     UNLOCK(&as->m->lock);
+}
+
+/* slot[i] = e + i * step for i < n, two entries per vector store where the
+ * run allows (GCC vector extensions: SSE2 on x86-64, NEON on AArch64). */
+static void store_run(uint64_t *slot, uint64_t n, uint64_t e, uint64_t step)
+{
+    typedef uint64_t v2 __attribute__((vector_size(16), aligned(8), may_alias));
+    uint64_t i = 0;
+    if (n >= 8) {
+        v2 a = {e, e + step}, b = {e + 2 * step, e + 3 * step};
+        v2 inc = {4 * step, 4 * step};
+        for (; i + 4 <= n; i += 4) {
+            *(v2 *)&slot[i] = a;
+            *(v2 *)&slot[i + 2] = b;
+            a += inc;
+            b += inc;
+        }
+    }
+    for (; i < n; i++)
+        slot[i] = e + i * step;
 }
 
 static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, uint64_t prot,
@@ -155,9 +190,10 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
             }
         }
         uint64_t *slot, table;
-        int rc = descend(as, va, level, &slot, &table, err);
+        int fresh;
+        int rc = descend(as, va, level, &slot, &table, &fresh, err);
         while (rc == 0 && level > 0 && *slot != 0)   /* a table lives there: go smaller */
-            rc = descend(as, va, --level, &slot, &table, err);
+            rc = descend(as, va, --level, &slot, &table, &fresh, err);
         if (rc) {
             /* Out of memory part-way down leaves fresh, empty tables on the path
              * to va; nothing maps va then, so clearing its page frees them too.
@@ -173,16 +209,16 @@ static int pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
         uint64_t step = 1ULL << level_shift(level);
         uint64_t estep = (step >> PAGE_SHIFT) << as->pfn_shift;   /* the entry's output address per step */
         uint64_t e = a->leaf(pa, prot, level);
-        /* Two branch-free passes (check, then store) instead of one loop with
-         * an early exit: both run at store-loop speed. */
+        /* A table this fill created is empty; any other is checked first, in a
+         * branch-free pass, rather than in one loop with an early exit. */
         uint64_t any = 0, ok = n;
-        for (uint64_t i = 0; i < n; i++)
-            any |= slot[i];
+        if (!fresh)
+            for (uint64_t i = 0; i < n; i++)
+                any |= slot[i];
         if (any)
             for (ok = 0; !slot[ok]; ok++)
                 ;
-        for (uint64_t i = 0; i < ok; i++)
-            slot[i] = e + i * estep;
+        store_run(slot, ok, e, estep);
         if (ok < n) {
             uint64_t i = ok;
             if (!special)
@@ -214,7 +250,7 @@ static int pt_insert(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t prot, in
 {
     const struct dmamap_arch *a = as->m->arch;
     uint64_t *slot, table;
-    int rc = descend(as, va, 0, &slot, &table, err);
+    int rc = descend(as, va, 0, &slot, &table, NULL, err);
     if (rc) {
         if (rc != DMAMAP_EBUSY)
             dmamap_pt_clear(as, va, 1);   /* free the fresh, empty tables on the way */
@@ -266,7 +302,7 @@ int dmamap_pt_fill(dmamap_as *as, uint64_t va, uint64_t pfn, uint64_t npages, ui
 static uint64_t *pt_slot(dmamap_as *as, uint64_t va, uint64_t *table_pa, struct dmamap_err *err)
 {
     uint64_t *slot;
-    int rc = descend(as, va, 0, &slot, table_pa, err);
+    int rc = descend(as, va, 0, &slot, table_pa, NULL, err);
     if (rc && rc != DMAMAP_EBUSY)
         dmamap_pt_clear(as, va & PAGE_MASK, 1);   /* free the fresh, empty tables on the way */
     return rc ? NULL : slot;
@@ -324,15 +360,43 @@ static int walk_from(dmamap_as *as, uint64_t va, int l, uint64_t table, uint64_t
  * accesses use.  The cache is flushed with the TLB, as hardware's is. */
 int dmamap_pt_walk(dmamap_as *as, uint64_t va, uint64_t **entry_out, int *level_out)
 {
-    if ((va >> (PAGE_SHIFT + 9)) == as->wc_tag[0]) {   /* the common case: a cached leaf table */
-        uint64_t *e = &dmamap_ram_table(as->m, as->wc_pa[0])[pt_index(va, 0)];
+    uint64_t table;
+    if (leaf_cached(as, va, &table)) {   /* the common case: a cached leaf table */
+        wc_set(as, 0, va, table);
+        uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, 0)];
         *entry_out = e;
         *level_out = 0;
         return *e != 0;
     }
-    uint64_t table;
     int l = wc_find_up(as, va, 1, &table);
     return walk_from(as, va, l, table, entry_out, level_out, 1);
+}
+
+/* For prefetching: the slot of va's entry in the lowest table the walk cache
+ * and the tables reach, changing nothing (no cache fill, no counter).  With
+ * load_leaf 0 the level-0 entry itself is not read, so that its line can be
+ * prefetched first.  NULL when the walk meets a corrupt entry. */
+const uint64_t *dmamap_pt_peek(dmamap_as *as, uint64_t va, int load_leaf, int *level_out)
+{
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t table;
+    int l = leaf_cached(as, va, &table) ? 0 : wc_find_up(as, va, 1, &table);
+    for (;; l--) {
+        const uint64_t *e = &dmamap_ram_table(as->m, table)[pt_index(va, l)];
+        uint64_t x;
+        if (l == 0 && !load_leaf) {
+            *level_out = 0;
+            return e;
+        }
+        x = *e;
+        if (l == 0 || !x || !a->is_table(x, l)) {
+            *level_out = l;
+            return e;
+        }
+        table = a->table_pa(x);
+        if (!table_ok(as->m, table))
+            return NULL;
+    }
 }
 
 /* A walk of the tables as they are in memory now, from the root, touching no

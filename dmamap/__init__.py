@@ -1,10 +1,26 @@
-"""dmamap: architecture-portable mmap helpers for device memory, and an
-emulated machine (real x86-64 / AArch64 page tables, page descriptors, a
-non-snooped write-back cache, devices with a DMA engine) to run them on."""
+"""dmamap: architecture-portable mmap helpers for device memory, and an emulated
+machine to run them on (real x86-64 / AArch64 page tables, page descriptors, a
+non-snooped write-back cache, devices with DMA engines).
 
-from __future__ import annotations
+A driver calls one helper per memory kind and the platform backend does the
+rest:
 
-from importlib.metadata import PackageNotFoundError, version
+- coherent DMA: ``dma_alloc_coherent``, ``dma_mmap_coherent`` (``*_sg`` for
+  scatter lists), ``dma_coherent_to_page`` / ``dma_coherent_to_pfn``;
+- device registers and port I/O: ``mmio_map``, ``pio_map``;
+- the kernel primitives underneath: ``remap_pfn_range``, ``vmf_insert_pfn``,
+  ``vm_insert_page``, ``pgprot_*``, ``virt_to_page`` and friends.
+
+The machine: ``Machine(platform)`` (platforms: ``available_backends()``),
+``Machine.add_device``, ``Machine.new_address_space``.  Every refusal is a
+``DmamapError`` subclass naming the rule broken (``dmamap.errors``).
+
+Documentation: the site built from docs/ (``mkdocs serve`` in a clone) has the
+quick start, the porting and driver guides and the API reference.  From the
+shell: ``dmamap info``, ``dmamap demo``, ``dmamap conformance BACKEND``.
+"""
+
+import importlib.metadata as _metadata
 
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
@@ -39,7 +55,8 @@ from dmamap.iomem import *  # noqa: F403 - ioremap and the readl/writel family
 from dmamap.iomem import __all__ as _iomem_names
 from dmamap.irq import *  # noqa: F403 - request_irq and friends
 from dmamap.irq import __all__ as _irq_names
-from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region, resolve_machine
+from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region
+from dmamap.machine import resolve_machine as _resolve_machine
 from dmamap.mm import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -79,23 +96,23 @@ from dmamap.vmap import (
 )
 
 try:
-    __version__ = version("dmamap")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("dmamap")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 
 def virt_to_page(kaddr: int, *, machine: Machine | None = None) -> Page:
     """Page descriptor of a direct-mapped RAM kernel address; anything else raises VirtToPageError."""
-    return resolve_machine(kaddr, machine).virt_to_page(kaddr)
+    return _resolve_machine(kaddr, machine).virt_to_page(kaddr)
 
 
 def virt_to_phys(kaddr: int, *, machine: Machine | None = None) -> int:
-    return resolve_machine(kaddr, machine).virt_to_phys(kaddr)
+    return _resolve_machine(kaddr, machine).virt_to_phys(kaddr)
 
 
 def pfn_to_page(pfn: int, *, machine: Machine | None = None) -> Page:
     """Page descriptor of a RAM pfn; non-RAM raises BadPageError."""
-    return resolve_machine(pfn, machine).pfn_to_page(pfn)
+    return _resolve_machine(pfn, machine).pfn_to_page(pfn)
 
 
 def page_to_pfn(page: Page) -> int:
@@ -128,4 +145,5 @@ __all__ += [
     "vfree", "vm_insert_pages", "vm_iomap_memory", "vm_map_pages", "vm_map_pages_zero", "vmalloc_to_page",
     "vmalloc_user",
 ]
-__all__ += _error_names + _iomem_names + _irq_names
+__all__ += [n for n in _error_names + _iomem_names + _irq_names if n not in __all__]
+del _error_names, _iomem_names, _irq_names

@@ -1,4 +1,10 @@
-"""The ``dmamap`` command."""
+"""The ``dmamap`` command (also ``python -m dmamap``).
+
+Every command reads at 80 columns and in pipes: table cells wrap instead of
+being cut, and when stdout is not a terminal there is no colour, no progress
+display and no box drawing.  ``--json FILE`` writes the results as JSON;
+``--json -`` prints only the JSON, on stdout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -17,12 +24,21 @@ from rich.table import Table
 
 import dmamap
 from dmamap.bench.config import SWEEP_STRATEGIES
-from dmamap.errors import DmamapError
+from dmamap.errors import BackendError, DmamapError
+from dmamap.isa import ISAS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Architecture-portable mmap helpers for device memory, on an emulated machine.")
 console = Console()
 err_console = Console(stderr=True)
+
+#: The seed backends, shown first (in this order) wherever every backend is listed.
+SEED_BACKENDS = ("x86", "arm", "sram")
+#: Exit status after Ctrl-C, as a shell reports a SIGINT death.
+EXIT_INTERRUPTED = 130
+
+JsonOption = Annotated[str | None, typer.Option(  # noqa: UP007
+    "--json", metavar="FILE", help="Also write the results as JSON to FILE ('-': only the JSON, on stdout).")]
 
 
 def _version(value: bool) -> None:
@@ -34,60 +50,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,  # noqa: UP007
-                                                    help="Show the version and exit.")] = None,
+                                                    metavar="", help="Show the version and exit.")] = None,
 ) -> None:
     """dmamap command line."""
 
 
 def fail(exc: DmamapError) -> NoReturn:
     """A library error: one red line naming its class, exit status 1."""
-    err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(1)
-
-
-@app.command()
-def info(
-    platform: Annotated[str, typer.Argument(
-        help="Backend (x86, arm, sram, riscv, ...) or ISA (x86_64, aarch64, riscv64).")] = "x86",
-    ram: Annotated[int, typer.Option(help="Emulated RAM in MiB.")] = 256,
-) -> None:
-    """Print a machine's configuration and physical memory map."""
-    try:
-        with dmamap.Machine(platform, ram=ram << 20) as m:
-            data = m.info()
-            table = Table(title=f"dmamap machine: {data['platform']}")
-            table.add_column("setting")
-            table.add_column("value")
-            for k, v in data.items():
-                if k == "memory_map":
-                    continue
-                table.add_row(k, hex(v) if k == "page_offset" else str(v))
-            console.print(table)
-            mt = Table(title="physical memory map")
-            for col in ("start", "end", "kind", "owner"):
-                mt.add_column(col)
-            for r in data["memory_map"]:
-                mt.add_row(f"{r.base:#014x}", f"{r.end:#014x}", r.kind, r.owner or "")
-            console.print(mt)
-            console.print(f"backends: {', '.join(dmamap.available_backends())}")
-    except DmamapError as exc:
-        fail(exc)
-
-
-@app.command()
-def demo(
-    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
-                                                           help="Platforms to run (default: all four).")] = None,
-) -> None:
-    """Replay the original bug: three drivers on each platform."""
-    from dmamap.demo import run_demo
-
-    try:
-        ok = run_demo(platforms or ["x86", "arm", "sram", "riscv"], console)
-    except DmamapError as exc:
-        fail(exc)
-    if not ok:
-        raise typer.Exit(1)
 
 
 def error_line(message: str) -> NoReturn:
@@ -96,43 +68,178 @@ def error_line(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _out(json_file: str | None) -> Console:
+    """Where the human-readable output goes: nowhere when the JSON owns stdout."""
+    return Console(quiet=True) if json_file == "-" else console
+
+
+def _emit_json(json_file: str | None, data: dict[str, Any]) -> None:
+    if json_file is None:
+        return
+    text = json.dumps(data, indent=2) + "\n"
+    if json_file == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        Path(json_file).write_text(text)
+    except OSError as exc:
+        error_line(f"cannot write {json_file}: {exc.strerror or exc}")
+    console.print(f"results written to {escape(json_file)}", highlight=False)
+
+
+def _table(title: str, *columns: str) -> Table:
+    """A table whose cells fold (never an ellipsis); no box drawing outside a terminal."""
+    table = Table(title=title, box=box.HEAVY_HEAD if console.is_terminal else None)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    return table
+
+
+def all_backends() -> list[str]:
+    """Every registered backend, the seed ones first."""
+    names = dmamap.available_backends()
+    return [n for n in SEED_BACKENDS if n in names] + [n for n in names if n not in SEED_BACKENDS]
+
+
+def require_backend(name: str) -> None:
+    """Refuse a bare ISA or an unknown name with a BackendError that lists the backends."""
+    if name in ISAS:
+        raise BackendError(f"{name!r} is a bare ISA, not a backend: it has no DMA policy to run; "
+                           f"backends: {', '.join(all_backends())}")
+    if name not in dmamap.available_backends():
+        raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(all_backends())}")
+    dmamap.get_backend(name)   # loads and validates it
+
+
+#: The owner column for regions that no device owns.
+_REGION_OWNERS = {"ram": "RAM", "sram": "SRAM pool", "io-window": "I/O window"}
+
+
+@app.command()
+def info(
+    platform: Annotated[str, typer.Argument(metavar="PLATFORM", help="A backend (listed at the end) or a bare ISA "
+                                                                     "(x86_64, aarch64, riscv64).")] = "x86",
+    ram: Annotated[int, typer.Option(metavar="MIB", help="Emulated RAM in MiB.")] = 256,
+    json_file: JsonOption = None,
+) -> None:
+    """Print a platform's policy, its machine's configuration and physical memory map."""
+    out = _out(json_file)
+    try:
+        with dmamap.Machine(platform, ram=ram << 20) as m:
+            data = m.info()
+            policy = m.backend.describe() if m.backend is not None else None
+            description = m.backend.description if m.backend is not None else "bare ISA: no DMA policy"
+    except DmamapError as exc:
+        fail(exc)
+    regions = [{"kind": r.kind, "start": r.base, "end": r.end, "size": r.size,
+                "owner": r.owner or _REGION_OWNERS.get(r.kind, "")} for r in data.pop("memory_map")]
+    backends = all_backends()
+    table = _table(f"dmamap machine: {data['platform']}", "setting", "value")
+    table.add_row("description", escape(description))
+    for k, v in data.items():
+        table.add_row(k, hex(v) if k == "page_offset" else escape(str(v)))
+    out.print(table)
+    if policy is not None:
+        pt = _table(f"{data['platform']} policy (Backend.describe())", "setting", "value")
+        for k, v in policy.items():
+            if k != "isa":
+                pt.add_row(k, escape(v))
+        out.print(pt)
+    mt = _table("physical memory map", "start", "end", "size", "kind", "owner")
+    for r in regions:
+        mt.add_row(f"{r['start']:#014x}", f"{r['end']:#014x}", _size(r["size"]), r["kind"], escape(r["owner"]))
+    out.print(mt)
+    out.print(f"ISAs (bare, no DMA policy): {', '.join(ISAS)}", highlight=False)
+    out.print(f"backends: {', '.join(backends)}", highlight=False)
+    _emit_json(json_file, {
+        "platform": data["platform"], "description": description, "machine": data, "policy": policy,
+        "memory_map": [{**r, "start_hex": hex(r["start"]), "end_hex": hex(r["end"])} for r in regions],
+        "isas": list(ISAS), "backends": backends,
+    })
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:#x}"
+
+
+@app.command()
+def demo(
+    platforms: Annotated[list[str] | None, typer.Option(  # noqa: UP007
+        "--platform", "-p", metavar="BACKEND",
+        help="Backend to run (repeatable; default: every registered backend).")] = None,
+    json_file: JsonOption = None,
+) -> None:
+    """Replay the original bug: three drivers on each platform."""
+    from dmamap.demo import collect, demo_table
+
+    out = _out(json_file)
+    names = platforms or all_backends()
+    try:
+        for name in names:
+            require_backend(name)
+        run = collect(names)
+    except DmamapError as exc:
+        fail(exc)
+    out.print(demo_table(run, boxed=out.is_terminal))
+    out.print(f"ran in {run.seconds:.2f} s")
+    _emit_json(json_file, run.to_dict())
+
+
 @app.command()
 def conformance(
-    backend: Annotated[str, typer.Argument(help="A registered backend (x86, arm, sram or a dmamap.arch entry "
-                                                "point).")],
-    json_file: Annotated[Path | None, typer.Option("--json", metavar="FILE",  # noqa: UP007
-                                                   help="Also write the results as JSON to FILE.")] = None,
-    rule: Annotated[list[str] | None, typer.Option("--rule", "-r",  # noqa: UP007
+    backend: Annotated[str, typer.Argument(metavar="BACKEND", help="A registered backend (x86, arm, sram or a "
+                                                                   "dmamap.arch entry point).")],
+    json_file: JsonOption = None,
+    rule: Annotated[list[str] | None, typer.Option("--rule", "-r", metavar="RULE",  # noqa: UP007
                                                    help="Run only this rule (repeatable).")] = None,
-    detail: Annotated[bool, typer.Option("--detail", help="One row per check instead of per rule.")] = False,
-    examples: Annotated[int, typer.Option(help="Examples for the model-based rule.")] = 30,
-    shrink: Annotated[bool, typer.Option(help="Shrink a model-based failure to a minimal sequence.")] = True,
+    detail: Annotated[bool, typer.Option("--detail", metavar="",
+                                         help="One row per check instead of per rule.")] = False,
+    examples: Annotated[int, typer.Option(min=1, metavar="N", help="Examples for the model-based rule.")] = 30,
+    shrink: Annotated[bool, typer.Option(metavar="", help="Shrink a model-based failure to a minimal "
+                                                          "sequence.")] = True,
 ) -> None:
-    """Run the conformance suite against BACKEND; exit status 1 on any failure."""
+    """Run the conformance suite against BACKEND; exit status 1 on any failure, 130 on Ctrl-C (after
+    printing, and writing as JSON, what ran)."""
     from dmamap.testing import runner
     from dmamap.testing.render import render_report
     from dmamap.testing.rules import rule_by_name
 
+    out = _out(json_file)
     try:
         names = None if not rule else [rule_by_name(n).name for n in rule]
     except KeyError as exc:
         error_line(str(exc.args[0]))
+    try:
+        require_backend(backend)
+    except DmamapError as exc:
+        error_line(str(exc))
     runner.isolate_hypothesis_home()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=True)
+                        TimeElapsedColumn(), console=out, transient=True)
+    total = runner.count_checks(names)
     try:
         with progress:
-            task = progress.add_task(f"conformance {backend}", total=runner.count_checks(names))
+            task = progress.add_task(f"conformance {backend}", total=total)
             report = runner.run_conformance(
                 backend, rules=names, model_examples=examples, model_shrink=shrink,
                 on_start=lambda r, v: progress.update(task, description=f"{r.name}{f'[{v}]' if v else ''}"),
                 on_result=lambda res: progress.advance(task))
+    except runner.Interrupted as exc:
+        report = exc.report
+    except KeyboardInterrupt:
+        err_console.print("interrupted before any check ran", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except DmamapError as exc:
         fail(exc)
-    render_report(console, report, detail=detail)
-    if json_file is not None:
-        json_file.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        console.print(f"results written to {escape(str(json_file))}", highlight=False)
+    render_report(out, report, detail=detail)
+    _emit_json(json_file, report.to_dict())
+    if report.interrupted:
+        err_console.print(f"interrupted: {len(report.results)} of {total} checks ran", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not report.ok:
         raise typer.Exit(1)
 

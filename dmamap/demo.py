@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import dmamap
@@ -86,19 +89,42 @@ def exercise(platform: str, driver: Callable[[Device, Vma, DmaBuffer], None]) ->
         return Outcome("correct", f"coherent both ways, user {t.cache if t else '?'}")
 
 
-def run_demo(platforms: list[str], console: Console) -> bool:
+@dataclass
+class DemoRun:
+    """Every driver's outcome on every platform, in order."""
+
+    outcomes: dict[str, dict[str, Outcome]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"platforms": [{"platform": p, "drivers": {d: asdict(o) for d, o in row.items()}}
+                              for p, row in self.outcomes.items()],
+                "seconds": round(self.seconds, 3)}
+
+
+def collect(platforms: list[str]) -> DemoRun:
+    """Run the three drivers on each platform."""
     t0 = time.perf_counter()
-    table = Table(title="dmamap demo: one buffer, three drivers, each platform")
-    table.add_column("platform")
+    outcomes = {p: {name: exercise(p, driver) for name, driver in DRIVERS.items()} for p in platforms}
+    return DemoRun(outcomes, time.perf_counter() - t0)
+
+
+def demo_table(run: DemoRun, *, boxed: bool = True) -> Table:
+    """One row per platform, one column per driver; cells fold, never truncate."""
+    table = Table(title="dmamap demo: one buffer, three drivers, each platform", box=box.HEAVY_HEAD if boxed else None)
+    table.add_column("platform", overflow="fold")
     for name in DRIVERS:
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     styles = {"correct": "green", "stale": "yellow", "error": "red"}
-    for platform in platforms:
-        row = [platform]
-        for driver in DRIVERS.values():
-            o = exercise(platform, driver)
-            row.append(f"[{styles[o.verdict]}]{o.verdict}[/]: {o.detail}")
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"ran in {time.perf_counter() - t0:.2f} s")
+    for platform, row in run.outcomes.items():
+        table.add_row(escape(platform), *(f"[{styles[o.verdict]}]{o.verdict}[/]: {escape(o.detail)}"
+                                          for o in row.values()))
+    return table
+
+
+def run_demo(platforms: list[str], console: Console) -> bool:
+    """Run and print the demo; True when it ran (the verdicts are the point, not a failure)."""
+    run = collect(platforms)
+    console.print(demo_table(run, boxed=console.is_terminal))
+    console.print(f"ran in {run.seconds:.2f} s")
     return True

@@ -59,6 +59,9 @@ class DmaBuffer(NamedTuple):
     dma_handle: int
     size: int
 
+    def __repr__(self) -> str:
+        return f"DmaBuffer(cpu_addr={int(self.cpu_addr):#x}, dma_handle={self.dma_handle:#x}, size={self.size:#x})"
+
 
 class SgEntry(NamedTuple):
     """One physically contiguous chunk of a scatter list."""
@@ -70,6 +73,9 @@ class SgEntry(NamedTuple):
     @property
     def length(self) -> int:
         return self.nr_pages << PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        return f"SgEntry(cpu_addr={int(self.cpu_addr):#x}, dma_handle={self.dma_handle:#x}, nr_pages={self.nr_pages})"
 
 
 @dataclass
@@ -91,6 +97,9 @@ class SgTable:
 
     def __getitem__(self, i: int) -> SgEntry:
         return self.entries[i]
+
+    def __repr__(self) -> str:
+        return f"<SgTable {len(self.entries)} entries, {self.nr_pages} pages, device {self.device.name!r}>"
 
     def locate(self, page: int) -> tuple[SgEntry, int]:
         """(chunk, page within chunk) of linear page ``page``."""
@@ -202,11 +211,13 @@ def _window(chunks: list[tuple[int, int]], first_page: int, nr_pages: int) -> li
 
 
 def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int, prot: PgProt,
-                strategy: str, is_ram: bool) -> None:
+                strategy: str, is_ram: bool, old_prot: PgProt | None = None) -> None:
     """Map nr_pages of the chunk list, from first_page, at vma.start; on failure
-    nothing stays mapped and the VMA's protection is restored."""
+    nothing stays mapped and the VMA's protection (``old_prot``, read if not
+    given) is restored."""
     window = _window(chunks, first_page, nr_pages)
-    old_prot = vma.page_prot
+    if old_prot is None:
+        old_prot = vma.page_prot
     vma.page_prot = prot
     rec = STRATEGIES[strategy]
     try:
@@ -256,10 +267,11 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
         if vma.machine is not dev.machine:
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
-        prot = dma_pgprot(dev, vma.page_prot, attrs)
+        old_prot = vma.page_prot
+        prot = dma_pgprot(dev, old_prot, attrs)
         chunks = [(rec.alloc.pfn, npages)]
         if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
-            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram)
+            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
         _track_mapping(dev, [rec], vma)
 
 

@@ -35,6 +35,9 @@ from dmamap.physmem import Page, PhysicalMemory
 if TYPE_CHECKING:
     from dmamap.machine import Machine
 
+#: mmap's prot letters as plain vm_flags bits (IntFlag arithmetic costs a microsecond a go).
+_PROT_FLAGS = (("r", int(VmFlag.VM_READ)), ("w", int(VmFlag.VM_WRITE)), ("x", int(VmFlag.VM_EXEC)))
+_VM_SHARED = int(VmFlag.VM_SHARED)
 #: Accesses up to this size go straight to the core; larger ones are checked first.
 _SMALL_ACCESS = 1 << 16
 _U64_LIMIT = 1 << 64
@@ -80,6 +83,12 @@ class Translation:
     @property
     def pfn(self) -> int:
         return self.pa >> PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        flags = " ".join(f for f in ("cacheable", "writable", "user", "executable", "special", "device")
+                         if getattr(self, f))
+        return (f"Translation(va={self.va:#x}, pa={self.pa:#x}, page_size={self.page_size:#x}, cache={self.cache!r}, "
+                f"flags={flags!r}, entry={self.entry:#018x}, entry_pa={self.entry_pa:#x}, region={self.region!r})")
 
 
 @dataclass(frozen=True)
@@ -351,11 +360,11 @@ class AddressSpace:
             raise InvalidArgumentError(f"prot must combine 'r', 'w', 'x', not {prot!r}")
         length = page_align("mmap", length)
         vmf = u64("flags", flags)   # unknown bits are refused by the core
-        for ch, bit in (("r", VmFlags.VM_READ), ("w", VmFlags.VM_WRITE), ("x", VmFlags.VM_EXEC)):
+        for ch, bit in _PROT_FLAGS:
             if ch in prot:
                 vmf |= bit
         if shared:
-            vmf |= VmFlags.VM_SHARED
+            vmf |= _VM_SHARED
         # vm_get_page_prot: private writable mappings start read-only (COW).
         pp = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared,
                          exec="x" in prot, user=not self.kernel)

@@ -57,6 +57,10 @@ class Region:
     def end(self) -> int:
         return self.base + self.size
 
+    def __repr__(self) -> str:
+        owner = "" if self.owner is None else f", owner={self.owner!r}"
+        return f"Region({self.kind!r}, base={self.base:#x}, size={self.size:#x}{owner})"
+
 
 @dataclass(frozen=True)
 class MachineStats:

@@ -46,6 +46,8 @@ def register_backend(name: str, backend: str | Backend, *, clobber: bool = False
     if not isinstance(backend, (str, Backend)):
         raise BackendError(f"backend {name!r} must be a Backend, a Backend subclass or a 'module:attr' string, "
                            f"not {type(backend).__name__}")
+    if isinstance(backend, Backend):
+        backend.validate()
     _scan()
     with _lock:
         if name in _known and not clobber and _known[name] != backend:
@@ -88,6 +90,7 @@ def get_backend(name: str) -> Backend:
             obj = obj()
         if not isinstance(obj, Backend):
             raise BackendError(f"backend {name!r} ({entry!r}) is not a dmamap.backends.Backend")
+        obj.validate()
         with _lock:
             _known[name] = obj
         entry = obj
@@ -122,6 +125,9 @@ class _View(Mapping[str, str]):
     def __len__(self) -> int:
         _scan()
         return len(_known)
+
+    def __repr__(self) -> str:
+        return f"<dmamap.registry {dict(self)!r}>"
 
 
 #: Read-only view: backend name -> where it is loaded from.

@@ -8,7 +8,9 @@ tables, the page descriptors and the counters must agree with each other, and
 unmapping and freeing everything must return every page.
 
 The run is short by default (a few seconds per test); set
-``DMAMAP_FUZZ_EXAMPLES`` to run more examples, e.g. ``DMAMAP_FUZZ_EXAMPLES=2000``.
+``DMAMAP_FUZZ_EXAMPLES`` to run more examples, e.g. ``DMAMAP_FUZZ_EXAMPLES=2000``
+(about ten minutes on one core).  The cheap tests run a fixed multiple of it, so
+each test costs about the same; the timeout grows with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
@@ -32,6 +35,11 @@ STEPS = int(os.environ.get("DMAMAP_FUZZ_STEPS", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 ALLOWED = (DmamapError, TypeError)
+#: Seconds per unit of DMAMAP_FUZZ_EXAMPLES that any one test may take: the most
+#: expensive one needs about 0.13 s per unit on an idle core; this leaves a margin
+#: for a loaded machine (pytest.ini's 300 s stays the floor).
+SECONDS_PER_EXAMPLE = 0.5
+pytestmark = pytest.mark.timeout(max(300, int(EXAMPLES * SECONDS_PER_EXAMPLE)))
 U64 = 1 << 64
 
 # ---- hostile values ----

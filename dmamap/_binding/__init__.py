@@ -169,6 +169,12 @@ class VmFlag(enum.IntFlag):
     VM_DONTDUMP = lib.DMAMAP_VM_DONTDUMP
     VM_MIXEDMAP = lib.DMAMAP_VM_MIXEDMAP
 
+    def __str__(self) -> str:
+        # Flag names on every Python (3.11's IntFlag prints the bare integer).
+        known = [f for f in type(self) if f in self]
+        rest = int(self) & ~sum(int(f) for f in known)
+        return "|".join([str(f.name) for f in known] + ([f"{rest:#x}"] if rest else [])) or "0"
+
 
 class RemapFlag(enum.IntFlag):
     LARGE = lib.DMAMAP_REMAP_LARGE

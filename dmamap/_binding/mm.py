@@ -97,10 +97,11 @@ def as_stats(p: Any) -> dict[str, int]:
 
 def mmap(p: Any, addr: int, length: int, flags: int, prot: int, align: int) -> tuple[int, int, int]:
     """Create a VMA; ``(id, start, end)``."""
-    out = ffi.new("int64_t *")
+    out = _local.i64 if hasattr(_local, "i64") else _slot("i64", "int64_t *")
     call(lib.dmamap_mmap, p, addr, length, flags, prot, align, out)
-    info = vma_info(p, int(out[0]))
-    return int(out[0]), info.start, info.end
+    vid = int(out[0])
+    info = vma_info(p, vid)
+    return vid, info.start, info.end
 
 
 def munmap(p: Any, vid: int, *, flush_tlb: bool = True) -> None:
@@ -110,15 +111,22 @@ def munmap(p: Any, vid: int, *, flush_tlb: bool = True) -> None:
         call(lib.dmamap_munmap_flags, p, vid, lib.DMAMAP_MUNMAP_NOFLUSH)
 
 
+def _slot(name: str, ctype: str) -> Any:
+    """A per-thread output slot of C type ``ctype``, made once (no allocation per call)."""
+    v = ffi.new(ctype)
+    setattr(_local, name, v)
+    return v
+
+
 def vma_info(p: Any, vid: int) -> VmaInfo:
-    info = ffi.new("struct dmamap_vma_info *")
+    info = getattr(_local, "vma_info", None) or _slot("vma_info", "struct dmamap_vma_info *")
     call(lib.dmamap_vma_info, p, vid, info)
     return VmaInfo(int(info.start), int(info.end), int(info.flags), int(info.page_prot), int(info.fault_kind))
 
 
 def vma_live(p: Any, vid: int) -> bool:
     """Whether VMA ``vid`` is mapped (False on a closed space, never an error)."""
-    info = ffi.new("struct dmamap_vma_info *")
+    info = getattr(_local, "vma_info", None) or _slot("vma_info", "struct dmamap_vma_info *")
     return lib.dmamap_vma_info(p, vid, info, NULL) == 0
 
 

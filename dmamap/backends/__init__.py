@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dmamap.errors import BadPageError, OutOfMemoryError
+from dmamap.errors import BackendError, BadPageError, OutOfMemoryError
+from dmamap.isa import ISAS, isa_info
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE, PgProt, Vma, remap_pfn_range
+from dmamap.pgprot import cache_names
 from dmamap.physmem import KernelAddress, Page
 from dmamap.policy import CoherentMemory, PioMethod
 from dmamap.strategy import STRATEGIES
@@ -143,14 +145,79 @@ class Backend:
         vma.mm.munmap(vma)
 
     def describe(self) -> dict[str, str]:
+        """The platform's whole policy, one human-readable line per setting (``dmamap info``)."""
+        offset = self.dma_offset
         return {
             "isa": self.isa,
             "dma_coherent": "yes (snooping)" if self.dma_coherent else "no",
             "coherent memory": CoherentMemory(self.coherent_memory).description,
+            "kernel attribute": self.kernel_cache,
             "user attribute": self.user_cache,
             "default strategy": self.default_strategy,
+            "bus offset": "none (bus address = physical address)" if offset == 0
+            else f"bus address = physical address {'-' if offset > 0 else '+'} {abs(offset):#x}",
+            "memtype policy": "conflicting cache types raise (x86 PAT)" if self.strict_memtype
+            else "conflicting cache types are reported (mismatched attributes)",
             "pio": PioMethod(self.pio).description,
+            "sram pool": _size(self.default_sram) if self.default_sram else "none",
         }
+
+    def validate(self) -> None:
+        """Check every policy attribute; raise :class:`BackendError` naming the
+        first bad one and its allowed values.
+
+        Called by the registry when a backend is registered or first loaded, so
+        a typo (``pio = "windows"``) fails at once instead of silently skipping
+        rules.  The ISAs and cache names are read from the core at call time.
+        """
+        who = f"backend {self.name or type(self).__name__!r}"
+
+        def bad(attr: str, allowed: str) -> BackendError:
+            return BackendError(f"{who}: {attr} = {getattr(self, attr)!r} is not valid; {allowed}")
+
+        for attr in ("name", "description"):
+            if not isinstance(getattr(self, attr), str):
+                raise bad(attr, "it must be a str")
+        if not isinstance(self.isa, str) or self.isa not in ISAS:
+            raise bad("isa", f"allowed: {', '.join(map(repr, ISAS))}")
+        for attr in ("dma_coherent", "strict_memtype"):
+            if not isinstance(getattr(self, attr), bool):
+                raise bad(attr, "it must be True or False")
+        for attr, enum in (("pio", PioMethod), ("coherent_memory", CoherentMemory)):
+            if getattr(self, attr) not in set(enum):
+                raise bad(attr, f"allowed: {', '.join(repr(m.value) for m in enum)} "
+                                f"(dmamap.policy.{enum.__name__})")
+        names = list(dict.fromkeys(cache_names(self.isa)))
+        for attr in ("kernel_cache", "user_cache"):
+            if getattr(self, attr) not in names:
+                raise bad(attr, f"{self.isa} cache types: {', '.join(names)}")
+        if self.default_strategy not in STRATEGIES:
+            raise bad("default_strategy", f"allowed: {', '.join(STRATEGIES)}")
+        has_pages = CoherentMemory(self.coherent_memory).has_page_descriptors
+        if not STRATEGIES[self.default_strategy].allowed_for(has_pages):
+            raise bad("default_strategy", "SRAM coherent memory has no page descriptors: pick a strategy that "
+                                          "inserts PFNs")
+        sram_max = isa_info(self.isa).layout.sram_max
+        sram = self.default_sram
+        if (not isinstance(sram, int) or isinstance(sram, bool) or sram < 0 or sram % PAGE_SIZE
+                or (sram_max is not None and sram > sram_max)):
+            limit = f"{sram_max:#x}" if sram_max is not None else "the ISA's SRAM window"
+            raise bad("default_sram", f"it must be a multiple of {PAGE_SIZE:#x} bytes between 0 and {limit}")
+        off = self.dma_offset
+        if not isinstance(off, int) or isinstance(off, bool) or not -(1 << 64) < off < 1 << 64:
+            raise bad("dma_offset", "it must be an int with |dma_offset| < 2**64")
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name!r}: {self.isa}, coherent memory "
+                f"{getattr(self.coherent_memory, 'value', self.coherent_memory)}, user {self.user_cache}, "
+                f"default {self.default_strategy}>")
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:#x} bytes"
 
 
 #: Like the buddy allocator behind dma_direct_alloc, coherent RAM is aligned to

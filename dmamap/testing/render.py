@@ -14,18 +14,26 @@ __all__ = ["report_table", "render_report"]
 _STYLE = {PASSED: "green", FAILED: "bold red", SKIPPED: "yellow"}
 
 
-def report_table(report: Report, detail: bool) -> Table:
-    """One row per rule (per check with ``detail``), outcome and first message line."""
+def report_table(report: Report, detail: bool, width: int = 80) -> Table:
+    """One row per rule (per check with ``detail``), outcome and first message line.
+
+    Every column folds, so at ``width`` columns long check names and messages
+    wrap and never end in an ellipsis; names up to half the width stay whole.
+    """
     table = Table(title=f"dmamap conformance: {report.backend}", show_lines=False)
-    table.add_column("rule", no_wrap=True, min_width=max(len(r.check if detail else r.rule) for r in report.results))
-    table.add_column("checks", justify="right")
-    table.add_column("result")
+    longest = max((len(r.rule) for r in report.results), default=4)
+    table.add_column("rule", overflow="fold", min_width=min(longest, max(16, width // 2 - 8)))
+    if not detail:   # always 1 with --detail
+        table.add_column("checks", justify="right", overflow="fold", max_width=10)
+    table.add_column("result", overflow="fold", min_width=len(SKIPPED))
     table.add_column("message", overflow="fold")
     for name in dict.fromkeys(r.rule for r in report.results):
         rs = [r for r in report.results if r.rule == name]
         if detail:
             for r in rs:
-                table.add_row(escape(r.check), "1", f"[{_STYLE[r.outcome]}]{r.outcome}[/]",
+                # A space before the variant lets a narrow column break there, not mid-word.
+                name = f"{r.rule} [{r.variant}]" if r.variant else r.rule
+                table.add_row(escape(name), f"[{_STYLE[r.outcome]}]{r.outcome}[/]",
                               escape(r.message.split("\n")[0]))
             continue
         outcome = report.rule_outcome(name)
@@ -45,14 +53,21 @@ def report_table(report: Report, detail: bool) -> Table:
 
 
 def render_report(console: Console, report: Report, *, detail: bool = False) -> None:
-    """The table, the claimed capabilities, the verdict and every multi-line failure in full."""
-    console.print(report_table(report, detail))
+    """The table, the claimed capabilities, the verdict and every multi-line failure in full.
+
+    On a console that is not a terminal (a pipe, a file) the table has no box
+    drawing, so the output greps and diffs cleanly."""
+    table = report_table(report, detail, console.width)
+    if not console.is_terminal:
+        table.box = None
+    console.print(table)
     caps = report.capabilities
     claimed = [k.replace("_", " ") for k in ("page_descriptors", "port_io", "large_pages", "scatter_gather")
                if caps[k]]
     console.print(f"capabilities: {', '.join(claimed) or 'none'}; strategies: {', '.join(caps['strategies'])}",
                   highlight=False)
-    verdict = "[green]conforms[/]" if report.ok else "[bold red]does not conform[/]"
+    verdict = ("[yellow]interrupted[/]" if report.interrupted else
+               "[green]conforms[/]" if report.ok else "[bold red]does not conform[/]")
     console.print(f"{report.backend} {verdict}: {report.count(PASSED)} passed, {report.count(FAILED)} failed, "
                   f"{report.count(SKIPPED)} skipped in {report.seconds:.2f} s")
     for r in report.results:

@@ -20,8 +20,8 @@ import dmamap
 from dmamap.backends import Backend
 from dmamap.testing.rules import RULES, ConformanceFailure, Rule, RuleSkipped, Target, rule_by_name, run_rule
 
-__all__ = ["Result", "Report", "run_conformance", "count_checks", "isolate_hypothesis_home", "PASSED", "FAILED",
-           "SKIPPED"]
+__all__ = ["Result", "Report", "Interrupted", "run_conformance", "count_checks", "isolate_hypothesis_home", "PASSED",
+           "FAILED", "SKIPPED"]
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -50,13 +50,16 @@ class Report:
     capabilities: dict[str, Any]
     results: list[Result] = field(default_factory=list)
     seconds: float = 0.0
+    #: The run was stopped (Ctrl-C) before every selected check ran.
+    interrupted: bool = False
 
     def count(self, outcome: str) -> int:
         return sum(r.outcome == outcome for r in self.results)
 
     @property
     def ok(self) -> bool:
-        return self.count(FAILED) == 0
+        """No check failed and the run was complete."""
+        return self.count(FAILED) == 0 and not self.interrupted
 
     @property
     def failed_rules(self) -> set[str]:
@@ -78,9 +81,18 @@ class Report:
             })
         return {
             "backend": self.backend, "dmamap_version": dmamap.__version__, "ok": self.ok,
+            "interrupted": self.interrupted,
             "capabilities": self.capabilities, "seconds": round(self.seconds, 3),
             "summary": {o: self.count(o) for o in (PASSED, FAILED, SKIPPED)}, "rules": rules,
         }
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: ``report`` holds every check that completed."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(f"conformance run interrupted after {len(report.results)} checks")
+        self.report = report
 
 
 def _selected(rules: Iterable[str] | None) -> list[Rule]:
@@ -103,12 +115,17 @@ def run_conformance(backend: str | Backend | type[Backend], *, rules: Iterable[s
     overrides (``page_descriptors``, ``port_io``, ``large_pages``,
     ``scatter_gather``, ``strategies``), ``ram``, ``model_examples``,
     ``model_steps``, ``model_shrink``.  Never raises for a broken backend:
-    failures are results.
+    failures are results.  Ctrl-C raises :class:`Interrupted` (a
+    ``KeyboardInterrupt``) carrying the partial report.
     """
     t0 = time.perf_counter()
     selected = _selected(rules)
-    with Target(backend, **target_options) as target:
-        report = _run(target, selected, on_start, on_result)
+    try:
+        with Target(backend, **target_options) as target:
+            report = _run(target, selected, on_start, on_result)
+    except Interrupted as exc:
+        exc.report.seconds = time.perf_counter() - t0
+        raise
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -116,6 +133,16 @@ def run_conformance(backend: str | Backend | type[Backend], *, rules: Iterable[s
 def _run(target: Target, selected: list[Rule], on_start: Callable[[Rule, str], None] | None,
          on_result: Callable[[Result], None] | None) -> Report:
     report = Report(target.name, target.caps.as_dict())
+    try:
+        _run_into(report, target, selected, on_start, on_result)
+    except KeyboardInterrupt as exc:
+        report.interrupted = True
+        raise Interrupted(report) from exc
+    return report
+
+
+def _run_into(report: Report, target: Target, selected: list[Rule], on_start: Callable[[Rule, str], None] | None,
+              on_result: Callable[[Result], None] | None) -> None:
     for rule in selected:
         for variant in rule.variants:
             if on_start is not None:
@@ -132,7 +159,6 @@ def _run(target: Target, selected: list[Rule], on_start: Callable[[Rule, str], N
             report.results.append(res)
             if on_result is not None:
                 on_result(res)
-    return report
 
 
 def isolate_hypothesis_home() -> None:

@@ -39,6 +39,7 @@ static const struct layout *L;
 static dmamap_as *shared;
 static pthread_barrier_t start;
 static _Atomic int stop_machine;
+static uint64_t dma_pa;   /* pages allocated for the device's DMA (one per thread), never handed out again */
 static _Atomic unsigned long touched, remapped, inserted, refused;   /* what ran, to show the harness did work */
 static uint64_t list_pfn;   /* four RAM pages every thread vm_insert_pages into the shared space */
 
@@ -139,8 +140,8 @@ static void *worker(void *arg)
         unsigned seed = k * 1000003u + i;
         private_space(seed);
         shared_space(shared, seed);
-        dmamap_dma_rw(m, L->ram_base + (RAM >> 1) + k * PAGE, buf, sizeof buf, (int)(i & 1), &err);
-        dmamap_flush_dcache_range(m, L->ram_base + (RAM >> 1), 16 * PAGE, &err);
+        dmamap_dma_rw(m, dma_pa + k * PAGE, buf, sizeof buf, (int)(i & 1), &err);
+        dmamap_flush_dcache_range(m, dma_pa, THREADS * PAGE, &err);
         dmamap_machine_stats(m, &st);
         dmamap_regions(m, regs, DMAMAP_MAX_REGIONS);
         dmamap_region_of(m, L->mmio_base + 8);
@@ -183,6 +184,10 @@ static int run(const struct layout *lay)
     shared = dmamap_as_new(m, 0, &err);
     if (!shared || dmamap_alloc_pages(m, 4, 1, 0, &list_pfn, &err))
         return 1;
+    uint64_t pfn;
+    if (dmamap_alloc_pages(m, THREADS, 1, 0, &pfn, &err))
+        return 1;
+    dma_pa = pfn << 12;
     stop_machine = 0;
     touched = remapped = inserted = refused = 0;
     pthread_t t[THREADS + 1];

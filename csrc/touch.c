@@ -1,0 +1,283 @@
+/* Touches: one C call that accesses a byte at each of many addresses (a
+ * stride or a list), as a benchmark or a driver's page walk does, with fast
+ * paths for what the TLB or the walk cache answers, runs of read faults taken
+ * in one loop, and the next block's loads issued ahead (touch_list). */
+#include <string.h>
+#include "internal.h"
+
+/* Resolve a touch (a byte loaded, and stored back when is_write) that the
+ * TLB, or a walk the walk cache answers with a leaf whose attribute bits were
+ * decoded last time (after the fault path's fast case for a read), reaches
+ * in memory the CPU accesses directly (RAM or SRAM outside the cache model):
+ * the byte's host address, counted as the general path counts the access up
+ * to the load; NULL, having changed nothing, for the general path to take it. */
+static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dmamap_as *as, uint64_t va, int is_write)
+{
+    uint64_t vpn = va >> PAGE_SHIFT;
+    struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
+    dmamap_machine *m = as->m;
+    if (t->vpn == vpn) {
+        if (!t->host || (t->cacheable && m->cache) || (is_write && !t->writable))
+            return NULL;
+        as->st.tlb_hits++;
+    } else {
+        uint64_t table;
+        if (!va_in(as, va) || !leaf_cached(as, va, &table))
+            return NULL;
+        uint64_t *e = &dmamap_ram_table(m, table)[pt_index(va, 0)];
+        uint64_t ent = *e;
+        as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+        as->wc_pa[0] = table;
+        if (!ent && !is_write) {   /* a read fault the fault path's fast case takes */
+            struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
+            if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) ||
+                !fault_fast(as, v, va, 0, e))
+                return NULL;
+            ent = *e;   /* the retried access: if it cannot finish here, the general path walks again */
+        }
+        if ((ent & ~as->pa_mask[0]) != as->dm_fast || (is_write && !as->dm_writable) ||
+            (as->dm_cacheable && m->cache))
+            return NULL;
+        uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+        int region;
+        uint8_t *host = dmamap_host_page(m, pa, &region);
+        if (!host)
+            return NULL;
+        t->vpn = vpn;
+        t->pa_page = pa;
+        t->host = host;
+        t->region = region;
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        as->st.tlb_misses++;
+        as->st.page_walks++;
+    }
+    return t->host + (va & (PAGE_SIZE - 1));
+}
+/* The whole touch, when touch_fast_at resolves it: 1 done, 0 not started. */
+static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, uint64_t va, int is_write)
+{
+    volatile uint8_t *h = touch_fast_at(as, va, is_write);
+    if (!h)
+        return 0;
+    uint8_t v = *h;
+    if (is_write) {   /* the store's TLB lookup hits the entry just used */
+        as->st.tlb_hits++;
+        *h = v;
+    }
+    return 1;
+}
+
+
+
+/* A run of read touches va + i * stride (i < n, stride a page multiple) that
+ * are all faults the fast case takes, in one leaf table, VMA and chunk run:
+ * each faults (PTE written, reference taken), fills its TLB entry and loads
+ * its byte, in order, as touch_fast would one by one, with the checks that
+ * hold for the whole run made once.  Returns the touches done; it stops
+ * (0: none) where the next touch is anything else, which touch_fast or the
+ * general path then takes. */
+static uint64_t touch_fault_run(dmamap_as *as, uint64_t va, uint64_t stride, uint64_t n)
+{
+    dmamap_machine *m = as->m;
+    uint64_t vpn = va >> PAGE_SHIFT, table, run;
+    if (!stride || (stride & (PAGE_SIZE - 1)) || as->tlb[vpn % TLB_SIZE].vpn == vpn || !va_in(as, va) ||
+        !leaf_cached(as, va, &table))
+        return 0;
+    uint64_t *tbl = dmamap_ram_table(m, table);
+    uint64_t idx = (uint64_t)pt_index(va, 0), step = stride >> PAGE_SHIFT;
+    if (tbl[idx])
+        return 0;
+    struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
+    if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) || !fault_fast_vma(v, 0))
+        return 0;
+    uint64_t pfn = fault_fast_pfn(v, va, &run);
+    uint64_t base = fault_fast_leaf(as, v);
+    if (pfn == ~0ULL || (base & ~as->pa_mask[0]) != as->dm_fast || (as->dm_cacheable && m->cache))
+        return 0;   /* (an attribute not decoded yet: the single fault decodes it) */
+    /* how far the run may go: this leaf table, the VMA, the chunk run, the touches */
+    uint64_t cnt = (ENTRIES - idx + step - 1) / step, lim = (v->end - va + stride - 1) / stride;
+    cnt = cnt < lim ? cnt : lim;
+    lim = (run + step - 1) / step;
+    cnt = cnt < lim ? cnt : lim;
+    cnt = cnt < n ? cnt : n;
+    uint64_t pa = pfn << PAGE_SHIFT, last = pa + (cnt - 1) * stride;
+    int region;
+    uint8_t *host = dmamap_host_page(m, pa, &region);
+    if (!host || (region == DMAMAP_MEM_RAM ? last - (m->ram_base_pfn << PAGE_SHIFT) >= m->ram_pages << PAGE_SHIFT
+                  : region != DMAMAP_MEM_SRAM || last - m->sram_base >= m->sram_size))
+        return 0;   /* not all in the one RAM or SRAM region the fast lookups know */
+    as->wc_tag[0] = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+    as->wc_pa[0] = table;
+    uint64_t off = va & (PAGE_SIZE - 1), i;
+    int page = v->fault_kind == DMAMAP_FAULT_PAGE;
+    /* a PFN handler's run: fault_memtype_check's fast case, its range checked once */
+    int mt_ok = v->mt_prot == v->prot && pa >= v->mt_lo && last + PAGE_SIZE <= v->mt_hi && last >= pa;
+    uint8_t sink = 0;
+    for (i = 0; i < cnt; i++) {
+        uint64_t *e = &tbl[idx + i * step], p = pfn + i * step;
+        struct tlb_entry *t = &as->tlb[(vpn + i * step) % TLB_SIZE];
+        if (*e || t->vpn == vpn + i * step)   /* mapped, or a stale TLB entry the touch would hit */
+            break;
+        if (page ? !rsv_take(as, p) && !fault_fast_take(as, v, p, run - i * step)
+                 : !mt_ok || v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1)
+            break;
+        *e = base | (p << as->pfn_shift);
+        t->vpn = vpn + i * step;
+        t->pa_page = pa + i * stride;
+        t->host = host + i * stride;
+        t->region = region;
+        t->writable = as->dm_writable;
+        t->user = as->dm_user;
+        t->cacheable = as->dm_cacheable;
+        t->device = as->dm_device;
+        sink ^= *(volatile const uint8_t *)(t->host + off);
+    }
+    (void)sink;
+    table_desc(m, table)->table_used += (uint32_t)i;
+    as->st.ptes_written += i;
+    as->st.faults += i;
+    if (page)
+        as->st.faults_page += i;
+    else
+        as->st.faults_pfn += i;
+    as->st.tlb_misses += i;
+    as->st.page_walks += i;   /* each retried access's walk finds its PTE */
+    return i;
+}
+
+/* A touch by the general path (touch_fast first where the caller loops). */
+static __attribute__((noinline)) int touch_slow(dmamap_as *as, uint64_t va, int is_write, struct dmamap_err *err)
+{
+    fault_rsv_release(as);   /* the general path may call out: no references held ahead */
+    uint64_t v = 0;
+    int rc = access_one(as, va, 1, 0, &v, err);
+    if (!rc && is_write)
+        rc = access_one(as, va, 1, 1, &v, err);
+    return rc;
+}
+
+int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, int is_write, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
+    if (count && (stride == 0 || (count - 1) > (~0ULL - va) / stride))
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "touch of %llu addresses with stride %llu wraps",
+                           (unsigned long long)count, (unsigned long long)stride);
+    int rc = 0;
+    AS_LOCK(as, err, va);
+    as->rsv_batch = 1;
+    for (uint64_t i = 0; i < count && !rc;) {
+        uint64_t a = va + i * stride, done = is_write ? 0 : touch_fault_run(as, a, stride, count - i);
+        if (done) {
+            i += done;
+            continue;
+        }
+        if (!touch_fast(as, a, is_write))
+            rc = touch_slow(as, a, is_write, err);
+        i++;
+    }
+    as->rsv_batch = 0;
+    fault_rsv_release(as);
+    return as_unlock(as, rc, err);
+}
+
+/* touch_list prefetches in blocks of PF_BLOCK touches: the leaf entries of
+ * the block two ahead, then the memory of the block one ahead (its entries in
+ * cache by then).  An out-of-order CPU overlaps the misses of independent
+ * accesses; the emulator's path per access is too long for the CPU to see the
+ * next ones, so the misses of a block are started together, up front. */
+#define PF_BLOCK 32
+#define PF_RING (4 * PF_BLOCK)
+
+struct pf_slot {
+    const uint64_t *e;   /* va's entry (NULL: nothing to prefetch) */
+    uint64_t va;
+    int level;
+};
+
+/* Issue the loads of a block back to back, so that their misses are all in
+ * flight together.  A load, not a prefetch hint: hints that miss the host
+ * TLB may be dropped. */
+static inline void pf_load_block(const uint8_t *const *addr, int n)
+{
+    uint8_t sink = 0;
+    for (int k = 0; k < n; k++)
+        sink ^= *(volatile const uint8_t *)addr[k];
+    (void)sink;
+}
+
+/* Stage 0 for vas[lo, hi): find each leaf entry and load its line.  Reads
+ * tables only through the walk cache and changes nothing the emulator shows. */
+static void pf_entries(dmamap_as *as, const uint64_t *vas, uint64_t lo, uint64_t hi, struct pf_slot *ring)
+{
+    const uint8_t *addr[PF_BLOCK];
+    int n = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        struct pf_slot *p = &ring[i % PF_RING];
+        uint64_t va = vas[i], table;
+        p->va = va;
+        p->e = NULL;
+        if (!va_in(as, va) || as->tlb[(va >> PAGE_SHIFT) % TLB_SIZE].vpn == va >> PAGE_SHIFT)
+            continue;
+        if (leaf_cached(as, va, &table)) {
+            p->e = &dmamap_ram_table(as->m, table)[pt_index(va, 0)];
+            p->level = 0;
+        } else {
+            p->e = dmamap_pt_peek(as, va, 0, &p->level);
+        }
+        if (p->e)
+            addr[n++] = (const uint8_t *)p->e;
+    }
+    pf_load_block(addr, n);
+}
+
+/* Stage 1 for vas[lo, hi): load the RAM each entry maps. */
+static void pf_memory(dmamap_as *as, uint64_t lo, uint64_t hi, const struct pf_slot *ring)
+{
+    dmamap_machine *m = as->m;
+    uint64_t ram_lo = m->ram_base_pfn << PAGE_SHIFT, ram_size = m->ram_pages << PAGE_SHIFT;
+    const uint8_t *addr[PF_BLOCK];
+    int n = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        const struct pf_slot *p = &ring[i % PF_RING];
+        if (!p->e)
+            continue;
+        uint64_t x = *p->e;
+        uint64_t off = ((x & as->pa_mask[p->level]) >> as->pfn_shift << PAGE_SHIFT) +
+                       (p->va & ((1ULL << (PAGE_SHIFT + 9 * p->level)) - 1)) - ram_lo;
+        if (x && off < ram_size)
+            addr[n++] = m->ram_host + off;
+    }
+    pf_load_block(addr, n);
+}
+
+int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    if (count && !vas)
+        return dmamap_fail(err, DMAMAP_EINVAL, 0, "NULL address list");
+    int rc = 0;
+    struct pf_slot ring[PF_RING];
+    AS_LOCK(as, err, 0);
+    as->rsv_batch = 1;
+#define PF_MIN(x) ((x) < count ? (x) : count)
+    pf_entries(as, vas, 0, PF_MIN(PF_BLOCK), ring);
+    pf_entries(as, vas, PF_MIN(PF_BLOCK), PF_MIN(2 * PF_BLOCK), ring);
+    pf_memory(as, 0, PF_MIN(PF_BLOCK), ring);
+    for (uint64_t i = 0; i < count && !rc; i++) {
+        if (i % PF_BLOCK == 0 && i + PF_BLOCK < count) {
+            pf_entries(as, vas, PF_MIN(i + 2 * PF_BLOCK), PF_MIN(i + 3 * PF_BLOCK), ring);
+            pf_memory(as, i + PF_BLOCK, PF_MIN(i + 2 * PF_BLOCK), ring);
+        }
+        if (!touch_fast(as, vas[i], is_write))
+            rc = touch_slow(as, vas[i], is_write, err);
+    }
+#undef PF_MIN
+    as->rsv_batch = 0;
+    fault_rsv_release(as);
+    return as_unlock(as, rc, err);
+}
