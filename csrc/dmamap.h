@@ -404,6 +404,9 @@ int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int64_t id, uint64_t addr, uint64_
                                struct dmamap_err *err);
 int dmamap_vmf_insert_mixed(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
 int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);
+/* vm_insert_pages: n RAM pages at consecutive addresses from addr, all or nothing. */
+int dmamap_vm_insert_pages(dmamap_as *as, int64_t id, uint64_t addr, const uint64_t *pfns, uint64_t n,
+                           struct dmamap_err *err);
 int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, struct dmamap_err *err);
 int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uint64_t prot,
                     struct dmamap_err *err);

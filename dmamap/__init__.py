@@ -26,18 +26,26 @@ from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
 from dmamap.chardev import DeviceFile
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
+    DMA_ATTR_WRITE_COMBINE,
     STRATEGIES,
     DmaBuffer,
     SgEntry,
     SgTable,
+    dma_alloc_attrs,
     dma_alloc_coherent,
     dma_alloc_coherent_sg,
+    dma_alloc_wc,
     dma_coherent_to_page,
     dma_coherent_to_pfn,
+    dma_free_attrs,
     dma_free_coherent,
     dma_free_coherent_sg,
+    dma_free_wc,
+    dma_mmap_attrs,
     dma_mmap_coherent,
     dma_mmap_coherent_sg,
+    dma_mmap_pages,
+    dma_mmap_wc,
     dma_munmap_coherent,
     mmio_map,
     pio_map,
@@ -50,6 +58,10 @@ from dmamap.dma_stream import __all__ as _stream_names
 from dmamap.errors import *  # noqa: F403 - the documented exception classes
 from dmamap.errors import DmamapError
 from dmamap.errors import __all__ as _error_names
+from dmamap.iomem import *  # noqa: F403 - ioremap and the readl/writel family
+from dmamap.iomem import __all__ as _iomem_names
+from dmamap.irq import *  # noqa: F403 - request_irq and friends
+from dmamap.irq import __all__ as _irq_names
 from dmamap.machine import KernelAddress, Machine, MachineStats, Page, Region
 from dmamap.machine import resolve_machine as _resolve_machine
 from dmamap.mm import (
@@ -81,6 +93,18 @@ from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
 from dmamap.slab import kfree, kmalloc, ksize
 from dmamap.vipt import flush_dcache_page
 from dmamap.vm_ops import VmOperations
+from dmamap.vmap import (
+    io_remap_pfn_range,
+    remap_vmalloc_range,
+    remap_vmalloc_range_partial,
+    vfree,
+    vm_insert_pages,
+    vm_iomap_memory,
+    vm_map_pages,
+    vm_map_pages_zero,
+    vmalloc_to_page,
+    vmalloc_user,
+)
 
 try:
     __version__ = _metadata.version("dmamap")
@@ -128,5 +152,11 @@ __all__ = [
 ]
 __all__ += ["wmb", "mb", "dma_wmb", "set_write_combining", "flush_dcache_page", "DmaDebugEvent", "DmaDebugReport",
             "kmalloc", "kfree", "ksize", *_stream_names, *_noncoherent_names]
-__all__ += [n for n in _error_names if n not in __all__]
-del _error_names
+__all__ += [
+    "DMA_ATTR_WRITE_COMBINE", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
+    "dma_mmap_wc", "io_remap_pfn_range", "remap_vmalloc_range", "remap_vmalloc_range_partial",
+    "vfree", "vm_insert_pages", "vm_iomap_memory", "vm_map_pages", "vm_map_pages_zero", "vmalloc_to_page",
+    "vmalloc_user",
+]
+__all__ += [n for n in _error_names + _iomem_names + _irq_names if n not in __all__]
+del _error_names, _iomem_names, _irq_names

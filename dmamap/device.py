@@ -8,12 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dmamap import irq
 from dmamap._binding import in_buffer, out_buffer, phys
 from dmamap._check import PAGE_SIZE, u64
 from dmamap.dma_debug import DmaDebug, machine_debug
 from dmamap.errors import (
     DmaLeakError,
     InvalidArgumentError,
+    IrqError,
     MachineClosedError,
     OutOfMemoryError,
     PhysicalAddressError,
@@ -73,7 +75,8 @@ class Device:
     """
 
     def __init__(self, machine: Machine, name: str, *, bars: Sequence[BarSpec] = (),
-                 ports: Sequence[PortSpec] = (), read: ReadFn | None = None, write: WriteFn | None = None) -> None:
+                 ports: Sequence[PortSpec] = (), read: ReadFn | None = None, write: WriteFn | None = None,
+                 irqs: Sequence[int] = ()) -> None:
         if not isinstance(machine, PhysicalMemory):
             raise TypeError(f"expected a Machine, got {type(machine).__name__}")
         if not isinstance(name, str):
@@ -90,6 +93,7 @@ class Device:
         #: Bus addresses the device can drive (dma_set_mask / dma_set_coherent_mask); all 64 bits by default.
         self.dma_mask: int = (1 << 64) - 1
         self.coherent_dma_mask: int = (1 << 64) - 1
+        self.irqs: tuple[int, ...] = tuple(irq.check_irq(n) for n in irqs)
         bar_objs = [b if isinstance(b, Bar) else Bar(u64("bar size", b)) for b in bars]
         port_objs = [p if isinstance(p, PortRange) else PortRange(*p) for p in ports]
         ranges: list[Bar | PortRange] = [*bar_objs, *port_objs]
@@ -157,6 +161,18 @@ class Device:
             raise InvalidArgumentError(f"device {self.name!r} has no BAR{i} (it has {len(self.bars)})")
         b = self.bars[i]
         return b.base, b.size
+
+    def raise_irq(self, line: int | None = None) -> None:
+        """Raise interrupt ``line`` (one of the device's ``irqs``; default its
+        first): the handlers requested on it run now, on this thread (see
+        :mod:`dmamap.irq` for the context they run in)."""
+        self._check()
+        if not self.irqs:
+            raise IrqError(f"device {self.name!r} has no interrupt line (create it with irqs=[...])")
+        n = self.irqs[0] if line is None else irq.check_irq(line)
+        if n not in self.irqs:
+            raise IrqError(f"device {self.name!r} is not wired to irq {n} (its lines: {list(self.irqs)})")
+        irq.generic_handle_irq(self.machine, n)
 
     def _check(self) -> None:
         self.machine._ptr()   # a closed machine's devices are all removed: say why

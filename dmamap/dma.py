@@ -48,6 +48,10 @@ __all__ = [
     "DmaBuffer", "SgEntry", "SgTable", "dma_alloc_coherent", "dma_free_coherent", "dma_mmap_coherent",
     "dma_alloc_coherent_sg", "dma_free_coherent_sg", "dma_mmap_coherent_sg", "dma_munmap_coherent",
     "dma_coherent_to_page", "dma_coherent_to_pfn", "mmio_map", "pio_map", "STRATEGIES",
+    "DMA_ATTR_WEAK_ORDERING", "DMA_ATTR_WRITE_COMBINE", "DMA_ATTR_NO_KERNEL_MAPPING", "DMA_ATTR_SKIP_CPU_SYNC",
+    "DMA_ATTR_FORCE_CONTIGUOUS", "DMA_ATTR_ALLOC_SINGLE_PAGES", "DMA_ATTR_NO_WARN", "DMA_ATTR_PRIVILEGED",
+    "dma_pgprot", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
+    "dma_mmap_wc", "dma_mmap_pages",
 ]
 
 
@@ -271,7 +275,7 @@ def _first_page(vma: Vma, offset: int | _Unset, unit: int, what: str) -> int:
 
 
 def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
-                      offset: int | _Unset = _UNSET, strategy: str | None = None) -> None:
+                      offset: int | _Unset = _UNSET, strategy: str | None = None, attrs: int = 0) -> None:
     """Map a coherent buffer into ``vma`` from its page ``vma.vm_pgoff``
     (dma_mmap_attrs / dma_direct_mmap), with the platform's attribute and
     mapping strategy.  ``size`` may be smaller than the allocation (ALSA passes
@@ -297,7 +301,7 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
             raise InvalidArgumentError("VMA belongs to another machine", vma.start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
         old_prot = vma.page_prot
-        prot = be.dma_pgprot(dev, old_prot)
+        prot = dma_pgprot(dev, old_prot, attrs)
         chunks = [(rec.alloc.pfn, rec.alloc.npages)]
         if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
             _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
@@ -536,3 +540,97 @@ def pio_map(vma: Vma, port: int, count: int) -> None:
 
     vma._add_unmap_callback(release)
     vma.vm_ops = PIO_VM_OPS
+
+
+# ---- attributes, write-combining buffers, pages (kernel/dma/mapping.c) ----
+
+#: include/linux/dma-mapping.h
+DMA_ATTR_WEAK_ORDERING = 1 << 1
+DMA_ATTR_WRITE_COMBINE = 1 << 2
+DMA_ATTR_NO_KERNEL_MAPPING = 1 << 4
+DMA_ATTR_SKIP_CPU_SYNC = 1 << 5
+DMA_ATTR_FORCE_CONTIGUOUS = 1 << 6
+DMA_ATTR_ALLOC_SINGLE_PAGES = 1 << 7
+DMA_ATTR_NO_WARN = 1 << 8
+DMA_ATTR_PRIVILEGED = 1 << 9
+_DMA_ATTRS = (DMA_ATTR_WEAK_ORDERING | DMA_ATTR_WRITE_COMBINE | DMA_ATTR_NO_KERNEL_MAPPING | DMA_ATTR_SKIP_CPU_SYNC
+              | DMA_ATTR_FORCE_CONTIGUOUS | DMA_ATTR_ALLOC_SINGLE_PAGES | DMA_ATTR_NO_WARN | DMA_ATTR_PRIVILEGED)
+
+
+def _attrs(attrs: int) -> int:
+    attrs = u64("attrs", attrs)
+    if attrs & ~_DMA_ATTRS:
+        raise InvalidArgumentError(f"unknown DMA attribute bits {attrs & ~_DMA_ATTRS:#x}")
+    return attrs
+
+
+def dma_pgprot(dev: Device, prot: PgProt, attrs: int) -> PgProt:
+    """The user attribute of coherent memory (kernel/dma/mapping.c): unchanged
+    for a DMA-coherent device, write-combining with DMA_ATTR_WRITE_COMBINE,
+    else the platform's coherent attribute."""
+    be = _backend(_device(dev))
+    if not isinstance(prot, PgProt):
+        raise TypeError(f"expected a PgProt, got {type(prot).__name__}")
+    attrs = _attrs(attrs)
+    if be.dma_coherent:
+        return be.dma_pgprot(dev, prot)
+    if attrs & DMA_ATTR_WRITE_COMBINE:
+        return pgprot_writecombine(prot)
+    return be.dma_pgprot(dev, prot)
+
+
+def dma_alloc_attrs(dev: Device, size: int, attrs: int = 0) -> DmaBuffer:
+    """dma_alloc_coherent with attributes.  Every in-tree platform's kernel
+    alias of coherent memory is already write-combining where DMA does not
+    snoop (AArch64 and RISC-V NC) and WB where it does, so the allocation is
+    the coherent one; the attributes choose the user mapping."""
+    _attrs(attrs)
+    return dma_alloc_coherent(dev, size)
+
+
+def dma_free_attrs(dev: Device, size: int, cpu_addr: int, dma_handle: int, attrs: int = 0) -> None:
+    _attrs(attrs)
+    dma_free_coherent(dev, size, cpu_addr, dma_handle)
+
+
+def dma_alloc_wc(dev: Device, size: int) -> DmaBuffer:
+    """A coherent buffer meant to be mapped write-combining (dma_mmap_wc)."""
+    return dma_alloc_attrs(dev, size, DMA_ATTR_WRITE_COMBINE)
+
+
+def dma_free_wc(dev: Device, size: int, cpu_addr: int, dma_handle: int) -> None:
+    dma_free_attrs(dev, size, cpu_addr, dma_handle, DMA_ATTR_WRITE_COMBINE)
+
+
+def dma_mmap_attrs(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, attrs: int = 0, *,
+                   strategy: str | None = None) -> None:
+    """dma_mmap_coherent with attributes (the kernel's signature: the offset
+    comes from the VMA, never an argument).  DMA_ATTR_WRITE_COMBINE maps the
+    user side write-combining on a non-coherent device (AArch64 NORMAL_NC,
+    RISC-V NC); a coherent device (x86) keeps the VMA's cacheable protection,
+    as the kernel's dma_pgprot does."""
+    dma_mmap_coherent(dev, vma, cpu_addr, dma_handle, size, strategy=strategy, attrs=_attrs(attrs))
+
+
+def dma_mmap_wc(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
+                strategy: str | None = None) -> None:
+    """Map a dma_alloc_wc buffer to user space write-combining."""
+    dma_mmap_attrs(dev, vma, cpu_addr, dma_handle, size, DMA_ATTR_WRITE_COMBINE, strategy=strategy)
+
+
+def dma_mmap_pages(dev: Device, vma: Vma, size: int, page: Page) -> None:
+    """Map pages from ``page`` (of a ``size``-byte allocation, e.g.
+    dma_alloc_pages) over the whole VMA from ``vm_pgoff``, with the VMA's protection."""
+    _device(dev)
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    if not isinstance(page, Page):
+        raise TypeError(f"dma_mmap_pages takes a Page, not {type(page).__name__}")
+    if page.machine is not vma.machine or dev.machine is not vma.machine:
+        raise InvalidArgumentError("dma_mmap_pages: device, page and VMA must belong to one machine", vma.start)
+    count = (_size(size) + PAGE_SIZE - 1) >> PAGE_SHIFT
+    off = int(getattr(vma, "vm_pgoff", 0))
+    if off >= count or vma.nr_pages > count - off:
+        raise InvalidArgumentError(f"dma_mmap_pages: VMA of {vma.nr_pages} pages from vm_pgoff {off} does not fit "
+                                   f"the {count} pages (-ENXIO)", vma.start)
+    remap_pfn_range(vma, vma.start, page.pfn + off, len(vma), vma.page_prot)

@@ -250,4 +250,22 @@ class HandlerError(DmamapError):
     rule = "callback failed"
 
 
+class IoremapError(DmamapError, ValueError):
+    """ioremap of memory that is not MMIO, or iounmap/readl of an address ioremap did not return."""
+
+    rule = "ioremap of non-MMIO or unknown __iomem address"
+
+
+class IrqError(DmamapError, ValueError):
+    """request_irq/free_irq misuse: a line taken without IRQF_SHARED, a bad line, a free of no handler."""
+
+    rule = "interrupt line misuse"
+
+
+class VmallocError(DmamapError, ValueError):
+    """remap_vmalloc_range of memory vmalloc_user did not return, or a range past its end."""
+
+    rule = "remap of memory that is not a vmalloc_user area"
+
+
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, DmamapError)]

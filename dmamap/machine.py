@@ -14,6 +14,7 @@ from dmamap._check import PAGE_SHIFT, PAGE_SIZE
 from dmamap.device import BarSpec, Device, PortSpec, ReadFn, WriteFn
 from dmamap.dma_debug import DmaDebugReport, machine_debug
 from dmamap.errors import InvalidArgumentError
+from dmamap.irq import IrqController
 from dmamap.isa import ISAS
 from dmamap.mm import AddressSpace, remap_pfn_range
 from dmamap.pgprot import PgProt
@@ -48,6 +49,7 @@ class Machine(PhysicalMemory):
                  strict_memtype: bool | None = None) -> None:
         isa, backend = resolve_backend(arch)
         self.backend = backend
+        self.irq = IrqController()   # interrupt lines (dmamap.irq)
         super().__init__(
             backend.name if backend else isa, isa, ram=ram,
             sram=(backend.default_sram if backend else 0) if sram is None else sram,

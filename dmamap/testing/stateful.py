@@ -237,6 +237,7 @@ class DmaModel(RuleBasedStateMachine):
     def unmap(self, data: Any) -> None:
         self._step()
         mp = data.draw(st.sampled_from(self.maps), label="mapping")
+        self.mm.touch(mp.vma.start, mp.n)   # warm TLB entries: the unmap must shoot them down
         dmamap.dma_munmap_coherent(mp.vma)
         self.maps.remove(mp)
         mp.buf.maps.remove(mp)

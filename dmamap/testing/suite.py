@@ -28,8 +28,8 @@ from dmamap.testing.rules import RULES, Rule, RuleSkipped, Target, run_rule
 
 __all__ = [
     "ConformanceBase", "CoherencyConformance", "AttributeConformance", "PageDescriptorConformance",
-    "ScatterGatherConformance", "UnmapConformance", "BadInputConformance", "IOConformance", "ModelConformance",
-    "BackendConformance",
+    "ScatterGatherConformance", "UnmapConformance", "BadInputConformance", "IOConformance", "KernelSideConformance",
+    "ModelConformance", "BackendConformance",
 ]
 
 
@@ -121,6 +121,10 @@ class IOConformance(ConformanceBase, groups=("I/O",)):
     """MMIO width exactness and port I/O reachability."""
 
 
+class KernelSideConformance(ConformanceBase, groups=("kernel side",)):
+    """ioremap and the readl/writel family; dma_mmap_wc attributes."""
+
+
 class ModelConformance(ConformanceBase, groups=("model",)):
     """Random operation sequences against a reference model (needs hypothesis)."""
 
@@ -131,7 +135,7 @@ class StreamingConformance(ConformanceBase, groups=("streaming",)):
 
 class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,
                          ScatterGatherConformance, UnmapConformance, BadInputConformance, IOConformance,
-                         ModelConformance, StreamingConformance):
+                         KernelSideConformance, ModelConformance, StreamingConformance):
     """The whole conformance suite: subclass it as ``Test...`` and set ``backend``."""
 
 

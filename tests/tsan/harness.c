@@ -40,7 +40,8 @@ static dmamap_as *shared;
 static pthread_barrier_t start;
 static _Atomic int stop_machine;
 static uint64_t dma_pa;   /* pages allocated for the device's DMA (one per thread), never handed out again */
-static _Atomic unsigned long touched, remapped, refused;   /* what ran, to show the harness did work */
+static _Atomic unsigned long touched, remapped, inserted, refused;   /* what ran, to show the harness did work */
+static uint64_t list_pfn;   /* four RAM pages every thread vm_insert_pages into the shared space */
 
 static int io_cb(void *ctx, int kind, int owner, int bar, uint64_t offset, int size, int is_write, uint64_t *value)
 {
@@ -99,6 +100,16 @@ static void shared_space(dmamap_as *as, unsigned seed)
         return;
     }
     struct dmamap_vma_info info;
+    if (seed % 3 == 1 && dmamap_vma_info(as, id, &info, &err) == 0) {   /* shared RAM pages, as one list */
+        uint64_t pfns[4] = {list_pfn + 2, list_pfn + 3, list_pfn, list_pfn + 1};
+        if (dmamap_vm_insert_pages(as, id, info.start, pfns, 4, &err) == 0) {
+            uint64_t v = 0;
+            inserted++;
+            dmamap_read_n(as, info.start + 24, 8, &v, &err);
+        }
+        dmamap_munmap(as, id, &err);
+        return;
+    }
     if (dmamap_vma_info(as, id, &info, &err) == 0) {
         int mmio = seed % 3 == 0;
         uint64_t pa = mmio ? L->mmio_base : L->sram_base + (seed % 16) * 4 * PAGE;
@@ -171,14 +182,14 @@ static int run(const struct layout *lay)
             return 1;
         }
     shared = dmamap_as_new(m, 0, &err);
-    if (!shared)
+    if (!shared || dmamap_alloc_pages(m, 4, 1, 0, &list_pfn, &err))
         return 1;
     uint64_t pfn;
     if (dmamap_alloc_pages(m, THREADS, 1, 0, &pfn, &err))
         return 1;
     dma_pa = pfn << 12;
     stop_machine = 0;
-    touched = remapped = refused = 0;
+    touched = remapped = inserted = refused = 0;
     pthread_t t[THREADS + 1];
     pthread_barrier_init(&start, NULL, THREADS);
     for (uintptr_t k = 0; k < THREADS; k++)
@@ -192,10 +203,10 @@ static int run(const struct layout *lay)
     dmamap_as_free(shared);
     dmamap_machine_free(m);
     munmap(backing, size);
-    printf("tsan harness %s: %lu private touches, %lu shared remaps, %lu calls refused\n",
+    printf("tsan harness %s: %lu private touches, %lu shared remaps, %lu page-list inserts, %lu calls refused\n",
            lay->isa == DMAMAP_ISA_X86_64 ? "x86_64" : "aarch64", (unsigned long)touched,
-           (unsigned long)remapped, (unsigned long)refused);
-    if (touched < THREADS * ITERS / 2 || !remapped || !refused) {
+           (unsigned long)remapped, (unsigned long)inserted, (unsigned long)refused);
+    if (touched < THREADS * ITERS / 2 || !remapped || !inserted || !refused) {
         fprintf(stderr, "the harness did too little work to mean anything\n");
         return 1;
     }

@@ -15,6 +15,7 @@ from dmamap.testing.areas import unmap
 from dmamap.testing.areas import resources
 from dmamap.testing.areas import bad_inputs
 from dmamap.testing.areas import io
+from dmamap.testing.areas import kernel_side
 from dmamap.testing.areas import large_pages
 from dmamap.testing.areas import model
 from dmamap.testing.areas import streaming
@@ -23,5 +24,5 @@ from dmamap.testing.areas import streaming
 __all__ = ["AREAS"]
 
 #: The area modules, in suite order (each registers its rules when imported).
-AREAS = (coherency, attributes, page_descriptors, scatter_gather, unmap, resources, bad_inputs, io, large_pages,
-         model, streaming)
+AREAS = (coherency, attributes, page_descriptors, scatter_gather, unmap, resources, bad_inputs, io, kernel_side,
+         large_pages, model, streaming)
