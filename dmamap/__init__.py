@@ -44,7 +44,6 @@ from dmamap.dma import (
     dma_mmap_attrs,
     dma_mmap_coherent,
     dma_mmap_coherent_sg,
-    dma_mmap_pages,
     dma_mmap_wc,
     dma_munmap_coherent,
     mmio_map,
