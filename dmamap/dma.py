@@ -18,7 +18,7 @@ from dmamap._binding import phys
 from dmamap._check import u64
 from dmamap.backends import STRATEGIES, Backend
 from dmamap.device import Device
-from dmamap.dma_debug import DmaRecord
+from dmamap.dma_debug import DmaRecord, slice_runs
 from dmamap.errors import (
     DmaDoubleFreeError,
     DmaFreeError,
@@ -198,19 +198,7 @@ def _pick_strategy(be: Backend, strategy: str | None, is_ram: bool) -> str:
 
 def _window(chunks: list[tuple[int, int]], first_page: int, nr_pages: int) -> list[tuple[int, int]]:
     """The (pfn, npages) runs of pages [first_page, first_page + nr_pages) of a chunk list."""
-    out: list[tuple[int, int]] = []
-    skip, left = first_page, nr_pages
-    for pfn, n in chunks:
-        if not left:
-            break
-        if skip >= n:
-            skip -= n
-            continue
-        take = min(n - skip, left)
-        out.append((pfn + skip, take))
-        left -= take
-        skip = 0
-    return out
+    return slice_runs(chunks, first_page, nr_pages)
 
 
 def _map_chunks(vma: Vma, chunks: list[tuple[int, int]], first_page: int, nr_pages: int, prot: PgProt,

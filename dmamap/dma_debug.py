@@ -203,18 +203,7 @@ class StreamMapping:
 
     def phys_of(self, offset: int, length: int) -> list[tuple[int, int]]:
         """The (pa, length) pieces of bus bytes [dma_addr+offset, +length)."""
-        out = []
-        for pa, n in self.runs:
-            if length <= 0:
-                break
-            if offset >= n:
-                offset -= n
-                continue
-            take = min(n - offset, length)
-            out.append((pa + offset, take))
-            length -= take
-            offset = 0
-        return out
+        return slice_runs(self.runs, offset, length)
 
     def _set_owned(self, new: list[tuple[int, int]]) -> None:
         m = self.dev.machine
@@ -253,6 +242,23 @@ class StreamMapping:
             if cur < hi:
                 return cur
         return None
+
+
+def slice_runs(runs: list[tuple[int, int]], skip: int, length: int) -> list[tuple[int, int]]:
+    """The ``(start, count)`` pieces of units [skip, skip + length) of a list of
+    ``(start, count)`` runs laid end to end (pages of a chunk list, bytes of a mapping)."""
+    out: list[tuple[int, int]] = []
+    for start, n in runs:
+        if length <= 0:
+            break
+        if skip >= n:
+            skip -= n
+            continue
+        take = min(n - skip, length)
+        out.append((start + skip, take))
+        length -= take
+        skip = 0
+    return out
 
 
 @dataclass
