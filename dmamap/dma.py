@@ -51,7 +51,7 @@ __all__ = [
     "DMA_ATTR_WEAK_ORDERING", "DMA_ATTR_WRITE_COMBINE", "DMA_ATTR_NO_KERNEL_MAPPING", "DMA_ATTR_SKIP_CPU_SYNC",
     "DMA_ATTR_FORCE_CONTIGUOUS", "DMA_ATTR_ALLOC_SINGLE_PAGES", "DMA_ATTR_NO_WARN", "DMA_ATTR_PRIVILEGED",
     "dma_pgprot", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
-    "dma_mmap_wc", "dma_mmap_pages",
+    "dma_mmap_wc",
 ]
 
 
@@ -604,21 +604,3 @@ def dma_mmap_wc(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int
                 strategy: str | None = None) -> None:
     """Map a dma_alloc_wc buffer to user space write-combining."""
     dma_mmap_attrs(dev, vma, cpu_addr, dma_handle, size, DMA_ATTR_WRITE_COMBINE, strategy=strategy)
-
-
-def dma_mmap_pages(dev: Device, vma: Vma, size: int, page: Page) -> None:
-    """Map pages from ``page`` (of a ``size``-byte allocation, e.g.
-    dma_alloc_pages) over the whole VMA from ``vm_pgoff``, with the VMA's protection."""
-    _device(dev)
-    if not isinstance(vma, Vma):
-        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    if not isinstance(page, Page):
-        raise TypeError(f"dma_mmap_pages takes a Page, not {type(page).__name__}")
-    if page.machine is not vma.machine or dev.machine is not vma.machine:
-        raise InvalidArgumentError("dma_mmap_pages: device, page and VMA must belong to one machine", vma.start)
-    count = (_size(size) + PAGE_SIZE - 1) >> PAGE_SHIFT
-    off = int(getattr(vma, "vm_pgoff", 0))
-    if off >= count or vma.nr_pages > count - off:
-        raise InvalidArgumentError(f"dma_mmap_pages: VMA of {vma.nr_pages} pages from vm_pgoff {off} does not fit "
-                                   f"the {count} pages (-ENXIO)", vma.start)
-    remap_pfn_range(vma, vma.start, page.pfn + off, len(vma), vma.page_prot)
