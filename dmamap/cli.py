@@ -21,13 +21,35 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 import dmamap
 from dmamap.bench.config import SWEEP_STRATEGIES
 from dmamap.errors import BackendError, DmamapError
 from dmamap.isa import ISAS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _Command(TyperCommand):
+    """A command whose --help shows no value type (typer prints ``<bool>`` for it)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class _Group(TyperGroup):
+    """The app's group, with the same --help as :class:`_Command`."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Group, rich_markup_mode="markdown",
                   help="Architecture-portable mmap helpers for device memory, on an emulated machine.")
 console = Console()
 err_console = Console(stderr=True)
@@ -116,7 +138,7 @@ def require_backend(name: str) -> None:
 _REGION_OWNERS = {"ram": "RAM", "sram": "SRAM pool", "io-window": "I/O window"}
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(
     platform: Annotated[str, typer.Argument(metavar="PLATFORM", help="A backend (listed at the end) or a bare ISA "
                                                                      "(x86_64, aarch64, riscv64).")] = "x86",
@@ -166,7 +188,7 @@ def _size(n: int) -> str:
     return f"{n:#x}"
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     platforms: Annotated[list[str] | None, typer.Option(  # noqa: UP007
         "--platform", "-p", metavar="BACKEND",
@@ -189,7 +211,7 @@ def demo(
     _emit_json(json_file, run.to_dict())
 
 
-@app.command()
+@app.command(cls=_Command)
 def conformance(
     backend: Annotated[str, typer.Argument(metavar="BACKEND", help="A registered backend (x86, arm, sram or a "
                                                                    "dmamap.arch entry point).")],
@@ -259,12 +281,12 @@ def _progress(total: int) -> tuple[Progress, Callable[[str], None]]:
     return progress, advance
 
 
-@app.command()
+@app.command(cls=_Command)
 def calibrate(
     output: Annotated[str | None, typer.Option("--output", "-o", metavar="FILE",  # noqa: UP007
                                                help="Where to save the profile (default: the profile "
                                                     "dmamap bench loads).")] = None,
-    repeat: Annotated[int, typer.Option(min=1, help="Runs per calibration point (median kept).")] = 5,
+    repeat: Annotated[int, typer.Option(min=1, metavar="N", help="Runs per calibration point (median kept).")] = 5,
 ) -> None:
     """Measure the host kernel's cost per event (PTE written, fault, TLB miss, PTE cleared, call) on this
     machine and save it as a cost profile for dmamap bench --profile."""
@@ -288,39 +310,40 @@ def calibrate(
     console.print(f"profile written to {path}", highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command("bench")
+@app.command("bench", cls=_Command)
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="Small preset (4 KiB, 1 MiB, 64 MiB; median of 5): "
+    quick: Annotated[bool, typer.Option("--quick", metavar="", help="Small preset (4 KiB, 1 MiB, 64 MiB; median of 5): "
                                                         "under a minute.")] = False,
-    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p",  # noqa: UP007
+    platforms: Annotated[list[str] | None, typer.Option("--platform", "-p", metavar="BACKEND",  # noqa: UP007
                                                            help="Platforms: any registered backend (default x86, "
                                                                 "arm, sram, riscv).")] = None,
-    sizes: Annotated[list[str] | None, typer.Option("--size", "-s",  # noqa: UP007
+    sizes: Annotated[list[str] | None, typer.Option("--size", "-s", metavar="SIZE",  # noqa: UP007
                                                        help="Buffer sizes, e.g. 4K 64K 1M 16M 256M 1G.")] = None,
-    densities: Annotated[list[float] | None, typer.Option("--density", "-d",  # noqa: UP007
+    densities: Annotated[list[float] | None, typer.Option("--density", "-d", metavar="D",  # noqa: UP007
                                                              help="Touched fraction of pages, 0 < d ≤ 1.")] = None,
-    orders: Annotated[list[str] | None, typer.Option("--order", help="seq and/or random.")] = None,  # noqa: UP007
+    orders: Annotated[list[str] | None, typer.Option("--order", metavar="ORDER", help="seq and/or random.")] = None,  # noqa: UP007
     strategies: Annotated[list[str] | None, typer.Option(  # noqa: UP007
-        "--strategy", help=f"Strategies: {', '.join(SWEEP_STRATEGIES)}.")] = None,
-    repeat: Annotated[int | None, typer.Option(help="Runs per point, interleaved (median and IQR kept).")  # noqa: UP007
+        "--strategy", metavar="NAME", help=f"Strategies: {', '.join(SWEEP_STRATEGIES)}.")] = None,
+    repeat: Annotated[int | None, typer.Option(metavar="N", help="Runs per point, interleaved (median and IQR kept).")  # noqa: UP007
                       ] = None,
-    targets: Annotated[bool, typer.Option(help="Measure the ratio targets too.")] = True,
-    sweep: Annotated[bool, typer.Option(help="Run the strategy sweep.")] = True,
-    full: Annotated[bool, typer.Option("--full", help="Every run, not the summary.")] = False,
+    targets: Annotated[bool, typer.Option(metavar="", help="Measure the ratio targets too.")] = True,
+    sweep: Annotated[bool, typer.Option(metavar="", help="Run the strategy sweep.")] = True,
+    full: Annotated[bool, typer.Option("--full", metavar="", help="Every run, not the summary.")] = False,
     profile_file: Annotated[str | None, typer.Option("--profile", metavar="FILE",  # noqa: UP007
                                                      help="Cost profile for the host predictions (default: the "
                                                           "one dmamap calibrate saved, else calibrate now).")] = None,
-    scenario: Annotated[list[str] | None, typer.Option("--scenario", help="Preset from real use: gpu-32x4g, "  # noqa: UP007
+    scenario: Annotated[list[str] | None, typer.Option(  # noqa: UP007
+        "--scenario", metavar="NAME", help="Preset from real use: gpu-32x4g, "
                                                        "alsa, nic-ring (repeatable; skips the sweep and "
                                                        "targets unless asked).")] = None,
     compare_files: Annotated[list[str] | None, typer.Option("--compare", metavar="JSON",  # noqa: UP007
                                                             help="Compare two --json results (give it twice) "
                                                                  "instead of measuring.")] = None,
-    json_file: Annotated[str | None, typer.Option("--json",  # noqa: UP007
+    json_file: Annotated[str | None, typer.Option("--json", metavar="FILE",  # noqa: UP007
                                                   help="Write all results to this JSON file.")] = None,
-    plot_file: Annotated[str | None, typer.Option("--plot",  # noqa: UP007
+    plot_file: Annotated[str | None, typer.Option("--plot", metavar="PNG",  # noqa: UP007
                                                   help="Draw cost against density (PNG).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random touch orders.")] = 1,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the random touch orders.")] = 1,
 ) -> None:
     """Prefault versus lazy fault across sizes, densities and orders, against the store-loop limit, the host
     kernel and the cost model's prediction of it; ratio targets with PASS/MISS."""
