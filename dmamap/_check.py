@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from dmamap.errors import InvalidArgumentError
 
-__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "u64", "page_align"]
+__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "u64", "page_align", "hex_repr"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -31,3 +34,17 @@ def page_align(what: str, size: int) -> int:
     if size >= 1 << 64:
         raise InvalidArgumentError(f"{what}: size wraps when rounded up to pages")
     return size
+
+
+def hex_repr(*hex_fields: str) -> Callable[[object], str]:
+    """A dataclass ``__repr__`` printing ``hex_fields`` (addresses) in hex and the
+    other fields as the default repr does."""
+    def __repr__(self: object) -> str:
+        parts = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            v = getattr(self, f.name)
+            parts.append(f"{f.name}={v:#x}" if f.name in hex_fields and isinstance(v, int) else f"{f.name}={v!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+    return __repr__

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dmamap._binding import phys
-from dmamap._check import u64
+from dmamap._check import hex_repr, u64
 from dmamap.errors import (
     DmaApiError,
     DmaCpuOwnershipError,
@@ -59,6 +59,8 @@ class DmaDebugEvent:
     device: str
     addr: int
     message: str
+
+    __repr__ = hex_repr("addr")
 
 
 @dataclass

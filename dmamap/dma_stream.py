@@ -16,7 +16,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from dmamap._check import PAGE_SIZE, u64
+from dmamap._check import PAGE_SIZE, hex_repr, u64
 from dmamap.device import Device
 from dmamap.dma_debug import StreamMapping, dir_name, machine_debug
 from dmamap.errors import (
@@ -70,6 +70,8 @@ class Scatterlist:
     length: int = 0
     dma_address: int = 0
     dma_length: int = 0
+
+    __repr__ = hex_repr("dma_address")
 
     @property
     def phys_addr(self) -> int:

@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dmamap._check import PAGE_SHIFT, PAGE_SIZE
+from dmamap._check import PAGE_SHIFT, PAGE_SIZE, hex_repr
 from dmamap.errors import IommuFaultError, OutOfMemoryError
 from dmamap.genalloc import GenPool
 from dmamap.physmem import Page, PhysicalMemory
@@ -44,6 +44,8 @@ class IommuFault:
     iova: int
     is_write: bool
     reason: str
+
+    __repr__ = hex_repr("iova")
 
 
 @dataclass(eq=False)

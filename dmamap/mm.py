@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from dmamap._binding import Err, FaultKind, FaultResult, Region, RemapFlag, VmFlag, in_buffer, new_handle, u64_array
 from dmamap._binding import mm as cmm
-from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
+from dmamap._check import PAGE_SHIFT, PAGE_SIZE, hex_repr, page_align, u64
 from dmamap.errors import (
     AddressRangeError,
     DmamapError,
@@ -126,6 +126,8 @@ class VmFault:
     address: int
     pgoff: int
     write: bool
+
+    __repr__ = hex_repr("address")
 
 
 FaultHandler = Callable[[VmFault], Union["Page", int, None]]

@@ -7,6 +7,8 @@ import inspect
 import pkgutil
 import re
 
+import pytest
+
 import dmamap
 from dmamap import PAGE_SIZE, VmFlags
 
@@ -34,6 +36,38 @@ def test_reprs_show_addresses_in_hex() -> None:
         assert "owner='nic BAR0'" in texts["regions"] and "size=0x1000000" in texts["regions"]
         for name, text in texts.items():
             assert not re.search(r"=\d{5,}", text), (name, text)   # no long decimal numbers
+
+
+def test_event_and_fault_reprs_show_addresses_in_hex() -> None:
+    """DmaDebugEvent, Scatterlist, VmFault and IommuFault print addresses in hex."""
+    from dmamap.iommu import iommu_of
+
+    texts: list[str] = []
+    with dmamap.Machine("arm", ram=16 << 20) as m:
+        dev = m.add_device("nic")
+        m.dma_debug_mode = "record"
+        rx = dmamap.kmalloc(m, 2048)
+        h = dmamap.dma_map_single(dev, rx, 2048, dmamap.DMA_FROM_DEVICE)
+        m.kernel.read(rx, 4)
+        dmamap.dma_unmap_single(dev, h, 2048, dmamap.DMA_FROM_DEVICE)
+        texts += [repr(e) for e in m.dma_debug_report().events]
+        sgl = dmamap.sg_init_table(1)
+        dmamap.sg_set_page(sgl[0], m.alloc_pages(1), PAGE_SIZE, 0)
+        dmamap.dma_map_sg(dev, sgl, 1, dmamap.DMA_TO_DEVICE)
+        texts.append(repr(sgl[0]))
+        mm = m.new_address_space()
+        vma = mm.mmap(PAGE_SIZE)
+        vma.set_fault_handler(lambda vmf: (texts.append(repr(vmf)), dmamap.VM_FAULT_SIGBUS)[1])
+        with pytest.raises(dmamap.DmamapError):
+            mm.read(vma.start, 1)
+    with dmamap.Machine("iommu", ram=16 << 20) as m:
+        dev = m.add_device("nic")
+        with pytest.raises(dmamap.IommuFaultError):
+            dev.dma_read(0x100000, 4)
+        texts.append(repr(iommu_of(m).faults[-1]))
+    assert len(texts) >= 5 and "iova=0x100000" in texts[-1]
+    for text in texts:
+        assert not re.search(r"=\d{5,}", text), text
 
 
 def test_vmflags_print_names() -> None:

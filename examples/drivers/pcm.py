@@ -9,12 +9,10 @@ Run it: ``python examples/drivers/pcm.py [platform]``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import dmamap
-from dmamap import PAGE_SHIFT, PAGE_SIZE
+from dmamap import PAGE_SHIFT, PAGE_SIZE, DeviceFile
 
 # include/uapi/sound/asound.h
 SNDRV_PCM_MMAP_OFFSET_DATA = 0x00000000
@@ -33,29 +31,6 @@ CTRL_RUN = 1
 # struct snd_pcm_mmap_status / snd_pcm_mmap_control, reduced to the two pointers.
 STATUS_HW_PTR = 0x8
 CONTROL_APPL_PTR = 0x0
-
-
-class _LocalDeviceFile:
-    """A stand-in for ``dmamap.DeviceFile`` (same shape) where dmamap has none
-    yet: it records the mmap offset as ``vma.vm_pgoff`` and calls the driver."""
-
-    def __init__(self, dev: dmamap.Device, *, mmap: Callable[[Any, dmamap.Vma], None],
-                 private_data: Any = None) -> None:
-        self.dev, self.private_data, self._mmap = dev, private_data, mmap
-
-    def mmap(self, mm: dmamap.AddressSpace, length: int, *, offset: int = 0, prot: str = "rw") -> dmamap.Vma:
-        vma = mm.mmap(length, prot=prot)
-        vma.vm_pgoff = offset >> PAGE_SHIFT   # type: ignore[attr-defined]
-        try:
-            self._mmap(self, vma)
-        except BaseException:
-            mm.munmap(vma)
-            raise
-        return vma
-
-
-DeviceFile: Any = getattr(dmamap, "DeviceFile", _LocalDeviceFile)
-
 
 @dataclass
 class Codec:
@@ -101,7 +76,7 @@ class PcmDriver:
         dmamap.request_irq(machine, IRQ_LINE, self.interrupt, dmamap.IRQF_SHARED, "pcm", self)
 
     # -- file operations --
-    def mmap(self, file: Any, vma: dmamap.Vma) -> None:
+    def mmap(self, file: DeviceFile, vma: dmamap.Vma) -> None:
         """snd_pcm_mmap: dispatch on the mmap offset (vma->vm_pgoff << PAGE_SHIFT)."""
         offset = vma.vm_pgoff << PAGE_SHIFT
         if offset == SNDRV_PCM_MMAP_OFFSET_STATUS:
