@@ -41,6 +41,7 @@ from dmamap.mm import (
 )
 from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
+from dmamap.remote import generic_access_phys
 from dmamap.vm_ops import VmOperations
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "DMA_ATTR_WEAK_ORDERING", "DMA_ATTR_WRITE_COMBINE", "DMA_ATTR_NO_KERNEL_MAPPING", "DMA_ATTR_SKIP_CPU_SYNC",
     "DMA_ATTR_FORCE_CONTIGUOUS", "DMA_ATTR_ALLOC_SINGLE_PAGES", "DMA_ATTR_NO_WARN", "DMA_ATTR_PRIVILEGED",
     "dma_pgprot", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
-    "dma_mmap_wc",
+    "dma_mmap_wc", "COHERENT_VM_OPS", "COHERENT_SG_VM_OPS", "MMIO_VM_OPS", "PIO_VM_OPS",
 ]
 
 
@@ -290,10 +291,11 @@ def _dma_close(vma: Vma) -> None:
 
 #: vm_operations of the helpers' memory kinds: coherent buffers count their
 #: mappings through open/close (dma_free_coherent is refused while one lives);
-#: MMIO and port I/O mappings name their kind.
+#: MMIO mappings let a debugger in through generic_access_phys (access_process_vm);
+#: port I/O mappings name their kind.
 COHERENT_VM_OPS = VmOperations("dma-coherent", open=_dma_open, close=_dma_close)
 COHERENT_SG_VM_OPS = VmOperations("dma-coherent-sg", open=_dma_open, close=_dma_close)
-MMIO_VM_OPS = VmOperations("mmio")
+MMIO_VM_OPS = VmOperations("mmio", access=generic_access_phys)
 PIO_VM_OPS = VmOperations("pio")
 
 

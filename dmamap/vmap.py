@@ -17,10 +17,12 @@ from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
 from dmamap.errors import InvalidArgumentError, MmapError, OutOfMemoryError, VmallocError
 from dmamap.mm import Vma, VmFlags, remap_pfn_range
 from dmamap.physmem import KernelAddress, Page, PhysicalMemory
+from dmamap.vm_ops import VmOperations
 
 __all__ = [
     "vm_insert_pages", "vm_map_pages", "vm_map_pages_zero", "vm_iomap_memory", "io_remap_pfn_range",
     "vmalloc_user", "vfree", "remap_vmalloc_range", "remap_vmalloc_range_partial", "vmalloc_to_page",
+    "VMALLOC_VM_OPS",
 ]
 
 
@@ -206,6 +208,13 @@ def vmalloc_to_page(addr: KernelAddress) -> Page:
     return Page(m, area.pfns[off >> PAGE_SHIFT])
 
 
+#: vm_operations of vmalloc_user memory mapped by remap_vmalloc_range: RAM pages
+#: with their descriptors, inserted whole (VM_MIXEDMAP); each PTE holds a page
+#: reference, so a vfree while mapped leaves the pages to the last unmap.  The
+#: pages are reachable by access_process_vm's normal path (no ``access``).
+VMALLOC_VM_OPS = VmOperations("vmalloc")
+
+
 def remap_vmalloc_range_partial(vma: Vma, uaddr: int, kaddr: KernelAddress, pgoff: int, size: int) -> None:
     """Map ``size`` bytes of a vmalloc_user area, from page ``pgoff`` after
     ``kaddr``, at user address ``uaddr`` page by page (vm_insert_page each)."""
@@ -225,6 +234,7 @@ def remap_vmalloc_range_partial(vma: Vma, uaddr: int, kaddr: KernelAddress, pgof
                            f"{len(area.pfns)} pages (-EINVAL)", uaddr)
     ckernel.vm_insert_pages(vma.mm._ptr(), vma.id, uaddr, list(area.pfns[first:first + n]))
     vma.vm_flags_set(VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
+    vma.vm_ops = VMALLOC_VM_OPS
 
 
 def remap_vmalloc_range(vma: Vma, addr: KernelAddress, pgoff: int) -> None:

@@ -514,7 +514,8 @@ class ApiFuzz(RuleBasedStateMachine):
     @rule(target=sgs, data=st.data())
     def sg_alloc(self, data: st.DataObject) -> Any:
         dev = self._dev(data)
-        r = self._atomic(dmamap.dma_alloc_coherent_sg, dev, data.draw(st.one_of(st.integers(1, 12 * PAGE_SIZE), ints()), "size"),
+        size = data.draw(st.one_of(st.integers(1, 12 * PAGE_SIZE), ints()), "size")
+        r = self._atomic(dmamap.dma_alloc_coherent_sg, dev, size,
                          max_chunk_pages=data.draw(st.one_of(st.integers(1, 4), ints()), "chunk"),
                          seed=data.draw(st.integers(0, 3), "seed"))
         if isinstance(r, dmamap.SgTable):

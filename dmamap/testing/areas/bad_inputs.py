@@ -241,7 +241,8 @@ def _c22(env: _Env) -> tuple[Callable[[], Any], type[BaseException]]:
 def _c23(env: _Env) -> tuple[Callable[[], Any], type[BaseException]]:
     _need_sg(env)
     pages = (env.m.ram_size + env.m.sram_size) >> PAGE_SHIFT
-    return lambda: dmamap.dma_alloc_coherent_sg(env.dev, pages * PAGE_SIZE, max_chunk_pages=512, seed=1), OutOfMemoryError
+    return (lambda: dmamap.dma_alloc_coherent_sg(env.dev, pages * PAGE_SIZE, max_chunk_pages=512, seed=1),
+            OutOfMemoryError)
 
 
 def _sg(env: _Env, pages: int = 6) -> SgTable:
