@@ -18,9 +18,9 @@ _NO_GUP = VmFlags.VM_IO | VmFlags.VM_PFNMAP   # check_vma_flags: get_user_pages 
 def access_process_vm(mm: AddressSpace, addr: int, buf: int | bytes | bytearray | memoryview, *,
                       write: bool = False) -> bytes | int:
     """Read ``buf`` bytes (an int) from, or write ``buf`` (bytes) to, ``mm`` at
-    ``addr`` as a debugger does.  Ordinary mappings are accessed page by page
-    (faulting pages in); a VM_IO / VM_PFNMAP VMA only through its
-    ``vm_ops.access``.  Like the kernel's, it stops at the first page it cannot
+    ``addr`` as a debugger does.  Ordinary mappings are accessed page by page,
+    faulting pages in, where a page descriptor backs them (get_user_pages); a
+    VM_IO / VM_PFNMAP VMA only through its ``vm_ops.access``.  Like the kernel's, it stops at the first page it cannot
     reach and returns what it did: the bytes read, or the count written."""
     if not isinstance(mm, AddressSpace):
         raise TypeError(f"expected an AddressSpace, got {type(mm).__name__}")
@@ -58,7 +58,11 @@ def access_process_vm(mm: AddressSpace, addr: int, buf: int | bytes | bytearray 
             done += min(n, length - done)
             continue
         n = min(length - done, PAGE_SIZE - (cur & (PAGE_SIZE - 1)))
-        try:
+        try:   # get_user_pages: fault the page in, then it must be a normal page (vm_normal_page)
+            mm.touch(cur, write=write)
+            t = mm.translate(cur)
+            if t is None or t.special or not mm.machine.pfn_valid(t.pfn):
+                break
             if write:
                 mm.write(cur, data[done:done + n])
             else:
