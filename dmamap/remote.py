@@ -7,7 +7,7 @@ refuses -- VM_IO / VM_PFNMAP mappings, whose memory has no page descriptor.
 from __future__ import annotations
 
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, u64
-from dmamap.errors import AccessFault, InvalidArgumentError
+from dmamap.errors import DmamapError, InvalidArgumentError, MachineClosedError
 from dmamap.mm import AddressSpace, PgProt, Vma, VmFlags, remap_pfn_range
 
 __all__ = ["access_process_vm", "generic_access_phys"]
@@ -67,7 +67,9 @@ def access_process_vm(mm: AddressSpace, addr: int, buf: int | bytes | bytearray 
                 mm.write(cur, data[done:done + n])
             else:
                 data[done:done + n] = mm.read(cur, n)
-        except AccessFault:   # get_user_pages failed: stop here
+        except MachineClosedError:
+            raise
+        except DmamapError:   # the fault-in failed (SIGSEGV, SIGBUS, a refused page): GUP stops here
             break
         done += n
     return done if write else bytes(data[:done])
