@@ -477,15 +477,17 @@ class AddressSpace:
         object mapped alike: the same vm_file, vm_ops (none with ``close``), fault
         handler and private data here; flags, protection, vm_pgoff and chunk
         contiguity in the core.  b is then gone (its ``close`` is never called:
-        the kernel merges no VMA that has one)."""
+        the kernel merges no VMA that has one).  The kernel address space's VMAs
+        (ioremap, vmalloc and allocator aliases, each with its own bookkeeping)
+        never merge."""
         ops = a._vm_ops
-        if a.end != b.start or a.vm_file is not b.vm_file or ops is not b._vm_ops or \
+        if self.kernel or a.end != b.start or a.vm_file is not b.vm_file or ops is not b._vm_ops or \
                 (ops is not None and ops.close is not None) or a.fault_handler is not b.fault_handler or \
                 a.private_data is not b.private_data or a._dma_mapping is not b._dma_mapping:
             return False
         try:
             cvm.vma_merge(self._ptr(), a.id, b.id)
-        except InvalidArgumentError:
+        except (InvalidArgumentError, VmaNotMappedError):   # not mergeable, or unmapped meanwhile
             return False
         a.end = b.end
         with self._lock:
