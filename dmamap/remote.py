@@ -6,6 +6,8 @@ refuses -- VM_IO / VM_PFNMAP mappings, whose memory has no page descriptor.
 
 from __future__ import annotations
 
+from typing import overload
+
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, u64
 from dmamap.errors import DmamapError, InvalidArgumentError, MachineClosedError
 from dmamap.mm import AddressSpace, PgProt, Vma, VmFlags, remap_pfn_range
@@ -13,6 +15,15 @@ from dmamap.mm import AddressSpace, PgProt, Vma, VmFlags, remap_pfn_range
 __all__ = ["access_process_vm", "generic_access_phys"]
 
 _NO_GUP = VmFlags.VM_IO | VmFlags.VM_PFNMAP   # check_vma_flags: get_user_pages refuses these
+
+
+@overload
+def access_process_vm(mm: AddressSpace, addr: int, buf: int, *, write: bool = False) -> bytes: ...
+
+
+@overload
+def access_process_vm(mm: AddressSpace, addr: int, buf: bytes | bytearray | memoryview, *,
+                      write: bool = True) -> int: ...
 
 
 def access_process_vm(mm: AddressSpace, addr: int, buf: int | bytes | bytearray | memoryview, *,

@@ -423,3 +423,15 @@ def test_remap_vmalloc_range_installs_the_vmalloc_kind(m: dmamap.Machine) -> Non
     assert dmamap.access_process_vm(mm, vma.start + P, 2) == b"vm"   # pages: the normal path
     mm.munmap(vma)
     dmamap.vfree(buf)
+
+
+def test_standard_kind_objects_are_exported() -> None:
+    """One standard VmOperations per memory kind, exported at the top level."""
+    from dmamap import dma, vmap
+
+    kinds = {"COHERENT_VM_OPS": dma, "COHERENT_SG_VM_OPS": dma, "MMIO_VM_OPS": dma, "PIO_VM_OPS": dma,
+             "VMALLOC_VM_OPS": vmap}
+    for name, mod in kinds.items():
+        assert name in dmamap.__all__ and getattr(dmamap, name) is getattr(mod, name)
+        assert isinstance(getattr(dmamap, name), VmOperations)
+    assert len({getattr(dmamap, n).name for n in kinds}) == len(kinds)
