@@ -152,9 +152,9 @@ def test_page_mkwrite_before_the_first_write_to_each_page(m: dmamap.Machine) -> 
     """vma_wants_writenotify: with ->page_mkwrite a shared writable VMA's PTEs
     are installed read-only; the first write to a page (present: wp_page_shared;
     not present: do_shared_fault) calls it once, then the PTE is writable."""
-    obj = Pages(m, 4)
+    obj = Pages(m, 5)
     mm = m.new_address_space()
-    vma = mm.mmap(4 * P, offset=0)
+    vma = mm.mmap(5 * P, offset=0)
     vma.vm_ops = VmOperations("pages", fault=obj.fault, page_mkwrite=obj.page_mkwrite)
     assert not vma.vm_page_prot.writable
     mm.read8(vma.start + P)               # read fault: a read-only PTE, no page_mkwrite
@@ -166,13 +166,16 @@ def test_page_mkwrite_before_the_first_write_to_each_page(m: dmamap.Machine) -> 
     assert obj.faults == [1, 2] and obj.mkwrites == [1, 2]
     assert mm.read(vma.start + P + 3, 2) == b"\xa5\xa6"
     assert mm.read32(vma.start + 2 * P) == 0x01020304
+    mm.touch(vma.start + 3 * P, 2)              # the touch loop: read faults, read-only PTEs
+    mm.touch(vma.start + 3 * P, 2, write=True)  # and its write path meets them
+    assert obj.mkwrites == [1, 2, 3, 4] and mm.translate(vma.start + 4 * P).writable
     # mprotect keeps write-notify: write access comes back read-only in the PTEs
     mm.mprotect(vma, prot="r")
     mm.mprotect(mm.vmas[0], prot="rw")
     vma = mm.vmas[0]
     assert not mm.translate(vma.start + P).writable
     mm.write8(vma.start + P, 1)
-    assert obj.mkwrites == [1, 2, 1]
+    assert obj.mkwrites == [1, 2, 3, 4, 1]
 
 
 def test_page_mkwrite_refusal_fails_the_write(m: dmamap.Machine) -> None:
@@ -435,3 +438,29 @@ def test_standard_kind_objects_are_exported() -> None:
         assert name in dmamap.__all__ and getattr(dmamap, name) is getattr(mod, name)
         assert isinstance(getattr(dmamap, name), VmOperations)
     assert len({getattr(dmamap, n).name for n in kinds}) == len(kinds)
+
+
+def test_access_callback_is_called_until_done_or_refused(m: dmamap.Machine) -> None:
+    """__access_remote_vm calls ->access again from where the last call stopped,
+    and stops at a call that does nothing (bytes <= 0)."""
+    regs = bytearray(range(256)) * 16
+    calls: list[tuple[int, int, bool]] = []
+
+    def access(vma: Vma, addr: int, buf: memoryview, write: bool) -> int:
+        off = addr - vma.start
+        calls.append((off, len(buf), write))
+        n = min(len(buf), 3, 16 - off if off < 16 else 0)
+        if write:
+            regs[off:off + n] = buf[:n]
+        else:
+            buf[:n] = regs[off:off + n]
+        return n
+
+    mm = m.new_address_space()
+    vma = mm.mmap(P, flags=VmFlags.VM_IO | VmFlags.VM_PFNMAP)
+    vma.vm_ops = VmOperations("regs", access=access)
+    assert dmamap.access_process_vm(mm, vma.start + 2, 7) == bytes(range(2, 9))
+    assert [c[:2] for c in calls] == [(2, 7), (5, 4), (8, 1)]
+    calls.clear()
+    assert dmamap.access_process_vm(mm, vma.start + 12, b"abcdefgh", write=True) == 4   # 16 - 12, then 0
+    assert regs[12:16] == b"abcd" and calls[-1] == (16, 4, True)
