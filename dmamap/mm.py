@@ -801,7 +801,7 @@ class AddressSpace:
             return self._page_mkwrite(ops, vmf)
         if vma.fault_handler is None:
             return Err.ENOHANDLER
-        if ops is not None:
+        if ops is not None and (ops.huge_fault is not None or ops.map_pages is not None):
             done = self._fault_ahead(ops, vmf)
             if done is not None:
                 return done
@@ -825,15 +825,15 @@ class AddressSpace:
         ->fault: NOPAGE when one of them mapped the faulting address, SIGBUS
         when one said so, None to go on to ->fault."""
         vma, va = vmf.vma, vmf.address
-        shared_or_read = not vmf.write or vma.shared
         haddr = va & ~(_PMD_SIZE - 1)
-        if ops.huge_fault is not None and shared_or_read and haddr >= vma.start and haddr + _PMD_SIZE <= vma.end \
+        if ops.huge_fault is not None and (not vmf.write or vma.shared) and haddr >= vma.start \
+                and haddr + _PMD_SIZE <= vma.end \
                 and ((vma.start >> PAGE_SHIFT) - vma.vm_pgoff) % (1 << PMD_ORDER) == 0 \
                 and cvm.pmd_none(self._as, haddr):   # thp_vma_suitable_order, pmd_none
             r = ops.huge_fault(vmf, PMD_ORDER)
             if r == VM_FAULT_SIGBUS:
                 return FaultResult.SIGBUS
-            if r != VM_FAULT_FALLBACK and r not in (None, VM_FAULT_NOPAGE):
+            if r != VM_FAULT_FALLBACK and r not in (None, 0, VM_FAULT_NOPAGE):
                 raise InvalidArgumentError(f"huge_fault returned {r!r}; expected VM_FAULT_NOPAGE, "
                                            f"VM_FAULT_FALLBACK or VM_FAULT_SIGBUS", va)
             if r != VM_FAULT_FALLBACK and self._present(va):
