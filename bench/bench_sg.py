@@ -22,7 +22,7 @@ def sg(request: pytest.FixtureRequest) -> Iterator[tuple[dmamap.Machine, dmamap.
                                                          dmamap.AddressSpace]]:
     with dmamap.Machine(request.param, ram=256 * MiB) as m:
         dev = m.add_device("bench")
-        table = dmamap.dma_alloc_coherent_sg(dev, PAGES, max_chunk_pages=64, seed=1)
+        table = dmamap.dma_alloc_coherent_sg(dev, PAGES << PAGE_SHIFT, max_chunk_pages=64, seed=1)
         yield m, dev, table, m.new_address_space()
 
 

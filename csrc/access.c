@@ -97,6 +97,13 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
                     return rc;
                 continue;
             }
+            if (v && v->wrnotify && (v->flags & (DMAMAP_VM_WRITE | DMAMAP_VM_SHARED)) ==
+                                        (DMAMAP_VM_WRITE | DMAMAP_VM_SHARED)) {
+                int rc = wp_page_shared(as, v, va, err);
+                if (rc)
+                    return rc;
+                continue;
+            }
             return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
                                (unsigned long long)va);
         }

@@ -95,6 +95,12 @@ enum {
 /* Fault callback results. */
 enum { DMAMAP_VM_FAULT_PAGE = 0, DMAMAP_VM_FAULT_NOPAGE = 1, DMAMAP_VM_FAULT_SIGBUS = 2 };
 
+/* The fault callback's is_write argument: bit 0 a write; with
+ * DMAMAP_FAULT_FLAG_MKWRITE the call is vm_ops->page_mkwrite, made when a
+ * write meets a read-only PTE of a shared writable write-notify VMA
+ * (wp_page_shared); NOPAGE from it lets the PTE become writable. */
+enum { DMAMAP_FAULT_FLAG_WRITE = 1, DMAMAP_FAULT_FLAG_MKWRITE = 2 };
+
 /* Access kinds for the I/O callback. */
 enum { DMAMAP_IO_MMIO = 0, DMAMAP_IO_PORT = 1 };
 
@@ -408,6 +414,24 @@ int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn
 int dmamap_vm_insert_pages(dmamap_as *as, int64_t id, uint64_t addr, const uint64_t *pfns, uint64_t n,
                            struct dmamap_err *err);
 int dmamap_zap_vma_ptes(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, struct dmamap_err *err);
+/* mm/huge_memory.c vmf_insert_pfn_pmd: one 2 MiB special block at the PMD of
+ * addr (pfn 2 MiB-aligned, the block inside the VM_PFNMAP / VM_MIXEDMAP VMA);
+ * a PMD that is not none is left as it is (0 returned, nothing inserted). */
+int dmamap_vmf_insert_pfn_pmd(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, int write,
+                              struct dmamap_err *err);
+/* 1 when the PMD entry of va is none (no block, no table: create_huge_pmd may
+ * run), 0 when not, or an error (negative). */
+int dmamap_pmd_none(dmamap_as *as, uint64_t va, struct dmamap_err *err);
+/* vma_wants_writenotify: PTEs of a shared writable VMA are installed
+ * read-only (write dropped from its protection) and the first write to each
+ * calls the fault callback with DMAMAP_FAULT_FLAG_MKWRITE (page_mkwrite). */
+int dmamap_vma_set_wrnotify(dmamap_as *as, int64_t id, int on, struct dmamap_err *err);
+/* mm/vma.c vma_merge: VMA b, adjacent after VMA a, joins it when both are
+ * compatible (same flags, protection, fault handler and chunk list, vm_pgoff
+ * and chunk pages contiguous, no port window, no VM_SPECIAL flag); b is gone,
+ * its PTEs and memtype reservations now a's.  DMAMAP_EINVAL when not mergeable
+ * (nothing changed). */
+int dmamap_vma_merge(dmamap_as *as, int64_t a, int64_t b, struct dmamap_err *err);
 int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uint64_t prot,
                     struct dmamap_err *err);
 

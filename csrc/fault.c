@@ -360,3 +360,45 @@ int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct
                            (unsigned long long)v->start, (unsigned long long)v->end);
     }
 }
+
+/* mm/memory.c wp_page_shared: a write met a read-only PTE of a shared
+ * writable write-notify VMA.  The owner's page_mkwrite (the fault callback
+ * with DMAMAP_FAULT_FLAG_MKWRITE) is asked first; if it agrees, the PTE
+ * becomes writable (wp_page_reuse), its memory type and special bit kept. */
+int wp_page_shared(dmamap_as *as, struct vma *v, uint64_t va, struct dmamap_err *err)
+{
+    fault_rsv_release(as);
+    as->st.faults++;
+    if (!as->fault_fn)
+        return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "write-notify VMA has no fault callback");
+    int64_t id = v->id;
+    uint64_t pfn = 0;
+    int r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, DMAMAP_FAULT_FLAG_WRITE | DMAMAP_FAULT_FLAG_MKWRITE,
+                         &pfn);
+    if (as_dead(as))
+        return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by page_mkwrite at %#llx",
+                           (unsigned long long)va);
+    v = vma_get(as, id, NULL);
+    if (!v)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own page_mkwrite at %#llx",
+                           (unsigned long long)va);
+    if (r == DMAMAP_VM_FAULT_SIGBUS)
+        return dmamap_fail(err, DMAMAP_ESIGBUS, va, "page_mkwrite returned VM_FAULT_SIGBUS at %#llx",
+                           (unsigned long long)va);
+    if (r != DMAMAP_VM_FAULT_NOPAGE)
+        return dmamap_fail(err, r < 0 ? r : DMAMAP_EHANDLER, va, "page_mkwrite failed at %#llx",
+                           (unsigned long long)va);
+    const struct dmamap_arch *a = as->m->arch;
+    uint64_t *e;
+    int level;
+    if (!dmamap_pt_walk(as, va, &e, &level))
+        return 0;   /* unmapped meanwhile (zapped by the handler): the retried access faults again */
+    struct dmamap_xlate x;
+    a->decode(a, *e, level, &x);
+    uint64_t prot = a->prot_make(a, a->prot_flags(v->prot) | DMAMAP_PROT_WRITE, x.cache);
+    *e = a->leaf(a->entry_pa(*e, level), x.special ? a->set_special(prot) : prot, level);
+    dmamap_pt_kernel_sync(as);
+    uint64_t span = 1ULL << (PAGE_SHIFT + 9 * level);
+    dmamap_tlb_flush_range(as, va & ~(span - 1), span);
+    return 0;
+}

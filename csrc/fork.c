@@ -99,6 +99,7 @@ int dmamap_fork(dmamap_as *parent, dmamap_as *child, int64_t *ids, int max, int 
         c->fault_kind = v->fault_kind;
         c->fault_around = v->fault_around;
         c->large = v->large;
+        c->wrnotify = v->wrnotify;
         c->first_page = v->first_page;
         c->pio_port = v->pio_port;
         c->pio_count = v->pio_count;

@@ -219,6 +219,7 @@ struct vma {
     uint64_t first_page;
     uint64_t fault_around;
     int large;
+    int wrnotify;                 /* vma_wants_writenotify: writes to read-only PTEs call page_mkwrite */
     uint64_t pio_port;
     uint64_t pio_count;   /* ports reachable from the VMA start */
     int64_t id;
@@ -402,6 +403,7 @@ void page_unget(dmamap_as *as, uint64_t pfn);
 int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int replace,
     struct dmamap_err *err);
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err);
+int wp_page_shared(dmamap_as *as, struct vma *v, uint64_t va, struct dmamap_err *err);
 
 /* access.c */
 int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err);

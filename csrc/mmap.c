@@ -326,6 +326,7 @@ int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, 
     n->fault_kind = v->fault_kind;
     n->fault_around = v->fault_around;
     n->large = v->large;
+    n->wrnotify = v->wrnotify;
     n->first_page = v->first_page + delta;
     if (v->nchunks) {
         memcpy(c, v->chunks, (size_t)v->nchunks * sizeof *c);
@@ -351,6 +352,78 @@ int dmamap_vma_split(dmamap_as *as, int64_t id, uint64_t addr, int64_t *new_id, 
     v->end = addr;
     v->mt_gen = 0;
     *new_id = n->id;
+out:
+    return as_unlock(as, rc, err);
+}
+
+/* mm/vma.c is_mergeable_vma / can_vma_merge_after: b follows a directly and
+ * maps the continuation of the same object the same way. */
+static const char *unmergeable(const struct vma *a, const struct vma *b)
+{
+    const uint64_t special = DMAMAP_VM_IO | DMAMAP_VM_DONTEXPAND | DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP;
+    uint64_t pages = (a->end - a->start) >> PAGE_SHIFT;
+    if (a->end != b->start)
+        return "the VMAs are not adjacent";
+    if (a->flags != b->flags)
+        return "their vm_flags differ";
+    if (a->flags & special)
+        return "VM_SPECIAL (VM_IO, VM_DONTEXPAND, VM_PFNMAP, VM_MIXEDMAP) VMAs never merge";
+    if (a->prot != b->prot)
+        return "their protections differ";
+    if (a->fault_kind != b->fault_kind || a->fault_around != b->fault_around || a->large != b->large ||
+        a->wrnotify != b->wrnotify)
+        return "their fault handlers differ";
+    if (a->fault_kind == DMAMAP_FAULT_PIO || a->pio_count || b->pio_count)
+        return "port windows never merge";
+    if (b->pgoff != a->pgoff + pages)
+        return "vm_pgoff is not contiguous";
+    if (a->nchunks != b->nchunks ||
+        (a->nchunks && (memcmp(a->chunks, b->chunks, (size_t)a->nchunks * sizeof *a->chunks) ||
+                        b->first_page != a->first_page + pages)))
+        return "their chunk lists are not one object mapped contiguously";
+    return NULL;
+}
+
+int dmamap_vma_merge(dmamap_as *as, int64_t a_id, int64_t b_id, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    int rc = 0;
+    struct vma *a = vma_enter(as, a_id, 0, 0, NULL, 0, err, &rc);
+    if (!a)
+        return rc;
+    struct vma *b = a_id == b_id ? NULL : vma_get(as, b_id, err);
+    if (!b) {
+        rc = a_id == b_id ? dmamap_fail(err, DMAMAP_EINVAL, a->start, "vma_merge: a VMA cannot merge with "
+                                        "itself") : DMAMAP_ENOVMA;
+        goto out;
+    }
+    const char *why = unmergeable(a, b);
+    if (why) {
+        rc = dmamap_fail(err, DMAMAP_EINVAL, b->start, "vma_merge: [%#llx, %#llx) and [%#llx, %#llx): %s",
+                         (unsigned long long)a->start, (unsigned long long)a->end,
+                         (unsigned long long)b->start, (unsigned long long)b->end, why);
+        goto out;
+    }
+    if (b->nmemtypes) {   /* b's reservations become a's */
+        int need = a->nmemtypes + b->nmemtypes;
+        if (need > a->capmemtypes) {
+            struct memtype_entry *mt = realloc(a->memtypes, (size_t)need * sizeof *mt);
+            if (!mt) {
+                rc = dmamap_fail(err, DMAMAP_ENOMEM, b->start, "host out of memory for a VMA merge");
+                goto out;
+            }
+            a->memtypes = mt;
+            a->capmemtypes = need;
+        }
+        memcpy(a->memtypes + a->nmemtypes, b->memtypes, (size_t)b->nmemtypes * sizeof *b->memtypes);
+        a->nmemtypes = need;
+    }
+    a->end = b->end;
+    a->mt_gen = 0;
+    uint64_t gen = b->gen;
+    vma_release(b);
+    b->gen = gen;
 out:
     return as_unlock(as, rc, err);
 }

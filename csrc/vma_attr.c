@@ -182,3 +182,22 @@ uint64_t chunk_pfn(const struct vma *v, uint64_t idx, uint64_t *run)
         *run = v->chunk_start[c + 1] - idx;
     return v->chunks[c].pfn + (idx - v->chunk_start[c]);
 }
+
+int dmamap_vma_set_wrnotify(dmamap_as *as, int64_t id, int on, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, 0);
+    int rc;
+    struct vma *v = vma_enter(as, id, 0, 0, NULL, 0, err, &rc);
+    if (!v)
+        return rc;
+    const struct dmamap_arch *a = as->m->arch;
+    int shared_w = (v->flags & (DMAMAP_VM_WRITE | DMAMAP_VM_SHARED)) == (DMAMAP_VM_WRITE | DMAMAP_VM_SHARED);
+    int cache = a->prot_cache(a, v->prot);
+    if (shared_w && cache >= 0) {   /* vma_set_page_prot: write-notify VMAs start read-only */
+        unsigned f = a->prot_flags(v->prot);
+        v->prot = a->prot_make(a, on ? f & ~DMAMAP_PROT_WRITE : f | DMAMAP_PROT_WRITE, cache);
+    }
+    v->wrnotify = !!on;
+    return as_unlock(as, 0, err);
+}

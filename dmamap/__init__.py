@@ -26,7 +26,11 @@ from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
 from dmamap.chardev import DeviceFile
 from dmamap.device import Bar, Device, PortRange
 from dmamap.dma import (
+    COHERENT_SG_VM_OPS,
+    COHERENT_VM_OPS,
     DMA_ATTR_WRITE_COMBINE,
+    MMIO_VM_OPS,
+    PIO_VM_OPS,
     STRATEGIES,
     DmaBuffer,
     SgEntry,
@@ -66,6 +70,8 @@ from dmamap.machine import resolve_machine as _resolve_machine
 from dmamap.mm import (
     PAGE_SHIFT,
     PAGE_SIZE,
+    PMD_ORDER,
+    VM_FAULT_FALLBACK,
     VM_FAULT_NOPAGE,
     VM_FAULT_SIGBUS,
     AddressSpace,
@@ -84,15 +90,18 @@ from dmamap.mm import (
     vm_insert_page,
     vmf_insert_mixed,
     vmf_insert_pfn,
+    vmf_insert_pfn_pmd,
     vmf_insert_pfn_prot,
     zap_vma_ptes,
 )
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
+from dmamap.remote import access_process_vm, generic_access_phys
 from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
 from dmamap.slab import kfree, kmalloc, ksize
 from dmamap.vipt import flush_dcache_page
-from dmamap.vm_ops import VmOperations
+from dmamap.vm_ops import VmOperations, fault_around_bytes, set_fault_around_bytes
 from dmamap.vmap import (
+    VMALLOC_VM_OPS,
     io_remap_pfn_range,
     remap_vmalloc_range,
     remap_vmalloc_range_partial,
@@ -156,6 +165,11 @@ __all__ += [
     "dma_mmap_wc", "io_remap_pfn_range", "remap_vmalloc_range", "remap_vmalloc_range_partial",
     "vfree", "vm_insert_pages", "vm_iomap_memory", "vm_map_pages", "vm_map_pages_zero", "vmalloc_to_page",
     "vmalloc_user",
+]
+__all__ += [
+    "COHERENT_VM_OPS", "COHERENT_SG_VM_OPS", "MMIO_VM_OPS", "PIO_VM_OPS", "VMALLOC_VM_OPS", "VM_FAULT_FALLBACK",
+    "PMD_ORDER", "vmf_insert_pfn_pmd", "access_process_vm", "generic_access_phys", "fault_around_bytes",
+    "set_fault_around_bytes",
 ]
 __all__ += [n for n in _error_names + _iomem_names + _irq_names if n not in __all__]
 del _error_names, _iomem_names, _irq_names

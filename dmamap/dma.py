@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,6 +41,7 @@ from dmamap.mm import (
 )
 from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
+from dmamap.remote import generic_access_phys
 from dmamap.vm_ops import VmOperations
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     "DMA_ATTR_WEAK_ORDERING", "DMA_ATTR_WRITE_COMBINE", "DMA_ATTR_NO_KERNEL_MAPPING", "DMA_ATTR_SKIP_CPU_SYNC",
     "DMA_ATTR_FORCE_CONTIGUOUS", "DMA_ATTR_ALLOC_SINGLE_PAGES", "DMA_ATTR_NO_WARN", "DMA_ATTR_PRIVILEGED",
     "dma_pgprot", "dma_alloc_attrs", "dma_free_attrs", "dma_alloc_wc", "dma_free_wc", "dma_mmap_attrs",
-    "dma_mmap_wc",
+    "dma_mmap_wc", "COHERENT_VM_OPS", "COHERENT_SG_VM_OPS", "MMIO_VM_OPS", "PIO_VM_OPS",
 ]
 
 
@@ -242,34 +242,13 @@ def _check_vma_room(vma: Vma, nr_pages: int, what: str) -> None:
                         f"available from the offset (-ENXIO)", vma.start)
 
 
-class _Unset:
-    """The deprecated ``offset=`` keyword was not given (None is a bad offset)."""
-
-
-_UNSET = _Unset()
-
-
-def _first_page(vma: Vma, offset: int | _Unset, unit: int, what: str) -> int:
-    """The object page a helper maps at vma.start: vma.vm_pgoff, as the kernel's
-    dma_mmap_attrs, or the deprecated ``offset=`` (``unit`` bytes each)."""
-    if isinstance(offset, _Unset):
-        return vma.vm_pgoff
-    warnings.warn(f"{what}(offset=) is deprecated: set the VMA's vm_pgoff (mm.mmap(offset=...)) instead",
-                  DeprecationWarning, stacklevel=3)
-    offset = u64("offset", offset)
-    if unit > 1 and offset % unit:
-        raise InvalidArgumentError(f"{what}: offset {offset:#x} is not page-aligned", vma.start)
-    return offset // unit
-
-
 def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, size: int, *,
-                      offset: int | _Unset = _UNSET, strategy: str | None = None, attrs: int = 0) -> None:
+                      strategy: str | None = None, attrs: int = 0) -> None:
     """Map a coherent buffer into ``vma`` from its page ``vma.vm_pgoff``
     (dma_mmap_attrs / dma_direct_mmap), with the platform's attribute and
     mapping strategy.  ``size`` may be smaller than the allocation (ALSA passes
     runtime->dma_bytes): only its pages may be mapped, and a VMA past them
-    raises MmapError (-ENXIO).  ``offset`` (bytes, page-aligned) is deprecated:
-    when given it replaces vm_pgoff."""
+    raises MmapError (-ENXIO)."""
     dev = _device(dev)
     be = _backend(dev)
     size = _size(size)
@@ -280,7 +259,7 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
             raise MmapError(f"dma_mmap_coherent: size {size:#x} is larger than the {rec.size:#x} bytes "
                             f"allocated at cpu_addr {int(cpu_addr):#x}", vma.start)
         count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        first = _first_page(vma, offset, PAGE_SIZE, "dma_mmap_coherent")
+        first = vma.vm_pgoff
         if first >= count:
             raise MmapError(f"dma_mmap_coherent: page offset {first} is past the buffer's {count} pages "
                             f"(-ENXIO)", vma.start)
@@ -312,10 +291,11 @@ def _dma_close(vma: Vma) -> None:
 
 #: vm_operations of the helpers' memory kinds: coherent buffers count their
 #: mappings through open/close (dma_free_coherent is refused while one lives);
-#: MMIO and port I/O mappings name their kind.
+#: MMIO mappings let a debugger in through generic_access_phys (access_process_vm);
+#: port I/O mappings name their kind.
 COHERENT_VM_OPS = VmOperations("dma-coherent", open=_dma_open, close=_dma_close)
 COHERENT_SG_VM_OPS = VmOperations("dma-coherent-sg", open=_dma_open, close=_dma_close)
-MMIO_VM_OPS = VmOperations("mmio")
+MMIO_VM_OPS = VmOperations("mmio", access=generic_access_phys)
 PIO_VM_OPS = VmOperations("pio")
 
 
@@ -338,14 +318,16 @@ def dma_munmap_coherent(vma: Vma) -> None:
 
 # ---- scatter-gather ----
 
-def dma_alloc_coherent_sg(dev: Device, nr_pages: int, *, max_chunk_pages: int = 16,
+def dma_alloc_coherent_sg(dev: Device, size: int, *, max_chunk_pages: int = 16,
                           seed: int | None = None) -> SgTable:
-    """Allocate ``nr_pages`` as physically discontiguous chunks of at most
-    ``max_chunk_pages`` pages each (sizes vary, seeded for reproducibility)."""
+    """Allocate ``size`` bytes (rounded up to whole pages, as dma_alloc_coherent
+    does) as physically discontiguous chunks of at most ``max_chunk_pages``
+    pages each (sizes vary, seeded for reproducibility)."""
     dev = _device(dev)
-    nr_pages = u64("nr_pages", nr_pages)
-    if nr_pages == 0:
-        raise InvalidArgumentError("dma_alloc_coherent_sg: nr_pages is zero")
+    size = u64("size", size)
+    if size == 0:
+        raise InvalidArgumentError("dma_alloc_coherent_sg: size is zero")
+    nr_pages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
     max_chunk_pages = u64("max_chunk_pages", max_chunk_pages)
     if max_chunk_pages == 0:
         raise InvalidArgumentError("dma_alloc_coherent_sg: max_chunk_pages is zero")
@@ -405,33 +387,29 @@ def dma_free_coherent_sg(dev: Device, sglist: SgTable) -> None:
             dma_free_coherent(dev, e.length, e.cpu_addr, e.dma_handle)
 
 
-def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, offset: int | _Unset = _UNSET,
-                         nr_pages: int | None = None, strategy: str | None = None) -> None:
+def dma_mmap_coherent_sg(dev: Device, vma: Vma, sglist: SgTable, *, nr_pages: int | None = None,
+                         strategy: str | None = None) -> None:
     """Map pages [vma.vm_pgoff, vma.vm_pgoff + nr_pages) of a scatter list as
     one linear range at ``vma.start`` (the offset may fall inside any chunk);
-    ``nr_pages`` defaults to what fits.  ``offset`` (pages) is deprecated: when
-    given it replaces vm_pgoff."""
+    ``nr_pages`` defaults to what fits."""
     dev = _device(dev)
     be = _backend(dev)
     if not isinstance(sglist, SgTable):
         raise TypeError(f"expected an SgTable, got {type(sglist).__name__}")
     if not isinstance(vma, Vma):
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
-    if isinstance(offset, _Unset):
-        _check_vma_live(vma, "dma_mmap_coherent_sg")
-    offset = _first_page(vma, offset, 1, "dma_mmap_coherent_sg")
+    _check_vma_live(vma, "dma_mmap_coherent_sg")
+    offset = vma.vm_pgoff
     total = sglist.nr_pages
     if offset >= total:
         raise MmapError(f"dma_mmap_coherent_sg: page offset {offset} is past the {total} pages (-ENXIO)",
                         vma.start)
     if nr_pages is None:
-        nr_pages = min(total - offset, vma.nr_pages if isinstance(vma, Vma) else 0)
+        nr_pages = min(total - offset, vma.nr_pages)
     nr_pages = u64("nr_pages", nr_pages)
     if nr_pages == 0 or offset + nr_pages > total:
         raise MmapError(f"dma_mmap_coherent_sg: pages [{offset}, {offset + nr_pages}) are not inside the "
                         f"{total} pages of the scatter list (-ENXIO)", vma.start)
-    if not isinstance(vma, Vma):
-        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if nr_pages > vma.nr_pages:
         raise MmapError(f"dma_mmap_coherent_sg: {nr_pages} pages do not fit the VMA's {vma.nr_pages}",
                         vma.start)

@@ -28,7 +28,7 @@ from dmamap.dma_stream import (
     _size,
     _sync_mapping,
 )
-from dmamap.errors import DmaFreeError, DmaSyncError, InvalidArgumentError
+from dmamap.errors import DmaFreeError, DmaSyncError, InvalidArgumentError, MmapError
 from dmamap.mm import PgProt, Vma, remap_pfn_chunks, remap_pfn_range
 from dmamap.physmem import KernelAddress, Page
 
@@ -169,10 +169,11 @@ def _mmap_chunks(dev: Device, vma: Vma, pa: int, size: int, what: str) -> None:
         raise TypeError(f"expected a Vma, got {type(vma).__name__}")
     if vma.machine is not dev.machine:
         raise InvalidArgumentError(f"{what}: VMA belongs to another machine", vma.start)
-    if vma.nr_pages > _npages(size):
-        raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the buffer's "
-                                   f"{_npages(size)} (-ENXIO)", vma.start)
-    remap_pfn_range(vma, vma.start, pa >> PAGE_SHIFT, vma.nr_pages << PAGE_SHIFT, vma.page_prot)
+    count, off = _npages(size), vma.vm_pgoff   # kernel/dma/mapping.c dma_mmap_pages
+    if off >= count or vma.nr_pages > count - off:
+        raise MmapError(f"{what}: VMA of {vma.nr_pages} pages from vm_pgoff {off} does not fit the buffer's "
+                        f"{count} pages (-ENXIO)", vma.start)
+    remap_pfn_range(vma, vma.start, (pa >> PAGE_SHIFT) + off, vma.nr_pages << PAGE_SHIFT, vma.page_prot)
 
 
 def dma_mmap_pages(dev: Device, vma: Vma, size: int, page: Page) -> None:

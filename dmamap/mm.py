@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from dmamap._binding import Err, FaultKind, FaultResult, Region, RemapFlag, VmFlag, in_buffer, new_handle, u64_array
 from dmamap._binding import mm as cmm
+from dmamap._binding import vmops as cvm
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, hex_repr, page_align, u64
 from dmamap.errors import (
     AddressRangeError,
@@ -35,7 +36,7 @@ from dmamap.pgprot import (
     pgprot_writecombine,
 )
 from dmamap.physmem import Page, PhysicalMemory
-from dmamap.vm_ops import VmOperations
+from dmamap.vm_ops import PMD_ORDER, VM_FAULT_FALLBACK, VmOperations, fault_around_pages, fault_around_window
 
 if TYPE_CHECKING:
     from dmamap.machine import Machine
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 #: mmap's prot letters as plain vm_flags bits (IntFlag arithmetic costs a microsecond a go).
 _PROT_FLAGS = (("r", int(VmFlag.VM_READ)), ("w", int(VmFlag.VM_WRITE)), ("x", int(VmFlag.VM_EXEC)))
 _VM_SHARED = int(VmFlag.VM_SHARED)
+_FAULT_FLAG_WRITE = 1     # DMAMAP_FAULT_FLAG_WRITE
+_FAULT_FLAG_MKWRITE = 2   # DMAMAP_FAULT_FLAG_MKWRITE: the call is page_mkwrite
+_PMD_SIZE = PAGE_SIZE << PMD_ORDER
 #: Accesses up to this size go straight to the core; larger ones are checked first.
 _SMALL_ACCESS = 1 << 16
 _U64_LIMIT = 1 << 64
@@ -51,6 +55,7 @@ __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
     "AsStats", "VM_FAULT_NOPAGE", "VM_FAULT_SIGBUS", "remap_pfn_range", "vmf_insert_pfn",
     "vmf_insert_pfn_prot", "remap_pfn_chunks", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes",
+    "vmf_insert_pfn_pmd", "VM_FAULT_FALLBACK", "PMD_ORDER",
     "change_protection", "pgprot_noncached", "pgprot_writecombine", "pgprot_dmacoherent", "pgprot_cached",
 ]
 
@@ -211,6 +216,11 @@ class Vma:
             raise TypeError(f"vm_ops must be a VmOperations, not {type(ops).__name__}")
         if ops is not None and ops.fault is not None:
             self.set_fault_handler(ops.fault)
+        wants = ops is not None and ops.page_mkwrite is not None
+        old = self._vm_ops
+        if wants != (old is not None and old.page_mkwrite is not None):
+            # vma_wants_writenotify: with page_mkwrite, PTEs start read-only
+            cvm.vma_set_wrnotify(self.mm._ptr(), self.id, wants)
         self._vm_ops = ops
 
     @property
@@ -462,6 +472,53 @@ class AddressSpace:
             if self._closed:   # closed by another thread meanwhile: the core forgot the VMA
                 raise MachineClosedError("address space is closed")
             self._vmas[vma.id] = vma
+        return self._merge_around(vma)
+
+    def _merge(self, a: Vma, b: Vma) -> bool:
+        """mm/vma.c vma_merge of b, directly after a, into a when they are one
+        object mapped alike: the same vm_file, vm_ops (none with ``close``), fault
+        handler and private data here; flags, protection, vm_pgoff and chunk
+        contiguity in the core.  b is then gone (its ``close`` is never called:
+        the kernel merges no VMA that has one).  The kernel address space's VMAs
+        (ioremap, vmalloc and allocator aliases, each with its own bookkeeping)
+        never merge."""
+        ops = a._vm_ops
+        if self.kernel or a.end != b.start or a.vm_file is not b.vm_file or ops is not b._vm_ops or \
+                (ops is not None and ops.close is not None) or a.fault_handler is not b.fault_handler or \
+                a.private_data is not b.private_data or a._dma_mapping is not b._dma_mapping:
+            return False
+        try:
+            cvm.vma_merge(self._ptr(), a.id, b.id)
+        except (InvalidArgumentError, VmaNotMappedError):   # not mergeable, or unmapped meanwhile
+            return False
+        a.end = b.end
+        with self._lock:
+            self._vmas.pop(b.id, None)
+        b._gone = True
+        ga, gb = a._group, b._group
+        if gb is not ga:   # one mapping now: b's pieces and unmap callbacks join a's
+            with gb.lock:
+                pieces, cbs = gb.pieces - {b}, gb.callbacks
+                gb.pieces, gb.callbacks = set(), []
+            for p in pieces:
+                ga.add_piece(p)
+            for cb in cbs:
+                ga.add_callback(cb)
+        with ga.lock:
+            ga.pieces.discard(b)
+        return True
+
+    def _merge_around(self, vma: Vma) -> Vma:
+        """Merge ``vma`` with the VMAs right before and after it where they may
+        (mmap next to a compatible VMA, mprotect back to a neighbour's flags);
+        returns the VMA that now holds its range."""
+        with self._lock:
+            prev = next((v for v in self._vmas.values() if v.end == vma.start), None)
+            nxt = next((v for v in self._vmas.values() if v.start == vma.end), None)
+        if prev is not None and self._merge(prev, vma):
+            vma = prev
+        if nxt is not None:
+            self._merge(vma, nxt)
         return vma
 
     def _own(self, vma: Vma) -> Vma:
@@ -541,8 +598,10 @@ class AddressSpace:
         piece = self._split_range(vma, addr, length, "mprotect")
         old = piece.vm_page_prot
         shared = piece.shared
-        new = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared, exec="x" in prot,
-                          user=not self.kernel, cache=old.cache)
+        ops = piece.vm_ops
+        notify = ops is not None and ops.page_mkwrite is not None   # vma_wants_writenotify: stays read-only
+        new = PgProt.make(self.machine.isa, read=bool(prot), write="w" in prot and shared and not notify,
+                          exec="x" in prot, user=not self.kernel, cache=old.cache)
         bits = VmFlags.VM_READ | VmFlags.VM_WRITE | VmFlags.VM_EXEC
         want = (VmFlags.VM_READ if "r" in prot else 0) | (VmFlags.VM_WRITE if "w" in prot else 0) | \
             (VmFlags.VM_EXEC if "x" in prot else 0)
@@ -550,7 +609,7 @@ class AddressSpace:
         piece.vm_flags_set(want)
         piece.vm_page_prot = new
         change_protection(piece, piece.start, len(piece), new)
-        return piece
+        return self._merge_around(piece)
 
     def mremap(self, vma: Vma, new_len: int, *, may_move: bool = True) -> Vma:
         """mremap(2) of a whole VMA: shrinking unmaps its tail; growing extends it in
@@ -728,13 +787,27 @@ class AddressSpace:
         cmm.tlb_flush_all(self._ptr())
 
     # ---- fault callback ----
-    def _fault(self, vid: int, va: int, write: bool) -> tuple[int, int] | int:
-        """The core's callback for a VMA with a Python handler: what the handler says, for the core."""
+    def _fault(self, vid: int, va: int, flags: int) -> tuple[int, int] | int:
+        """The core's callback for a VMA with a Python handler, or for page_mkwrite
+        (``flags``: DMAMAP_FAULT_FLAG_* bits): what the callbacks say, for the core.
+        A fault runs huge_fault, then map_pages (read faults), then fault, as
+        mm/memory.c's __handle_mm_fault / do_read_fault do."""
         vma = self._vmas.get(vid)   # one dict read: atomic
-        if vma is None or vma.fault_handler is None:
+        write = bool(flags & _FAULT_FLAG_WRITE)
+        if vma is None:
             return Err.ENOHANDLER
         # linear_page_index: the page's offset in the mapped object
-        res = vma.fault_handler(VmFault(vma, va, vma.vm_pgoff + ((va - vma.start) >> PAGE_SHIFT), write))
+        vmf = VmFault(vma, va, vma.vm_pgoff + ((va - vma.start) >> PAGE_SHIFT), write)
+        ops = vma._vm_ops
+        if flags & _FAULT_FLAG_MKWRITE:
+            return self._page_mkwrite(ops, vmf)
+        if vma.fault_handler is None:
+            return Err.ENOHANDLER
+        if ops is not None and (ops.huge_fault is not None or ops.map_pages is not None):
+            done = self._fault_ahead(ops, vmf)
+            if done is not None:
+                return done
+        res = vma.fault_handler(vmf)
         if isinstance(res, Page):
             if res.machine is not self.machine:
                 raise InvalidArgumentError("fault handler returned a page of another machine", va)
@@ -745,6 +818,52 @@ class AddressSpace:
             return FaultResult.SIGBUS
         raise InvalidArgumentError(f"fault handler returned {res!r}; expected a Page, VM_FAULT_NOPAGE or "
                                    f"VM_FAULT_SIGBUS", va)
+
+    def _present(self, va: int) -> bool:
+        return cmm.translate(self._as, va) is not None
+
+    def _fault_ahead(self, ops: VmOperations, vmf: VmFault) -> int | None:
+        """huge_fault (create_huge_pmd) and map_pages (do_fault_around) before
+        ->fault: NOPAGE when one of them mapped the faulting address, SIGBUS
+        when one said so, None to go on to ->fault."""
+        vma, va = vmf.vma, vmf.address
+        haddr = va & ~(_PMD_SIZE - 1)
+        if ops.huge_fault is not None and (not vmf.write or vma.shared) and haddr >= vma.start \
+                and haddr + _PMD_SIZE <= vma.end \
+                and ((vma.start >> PAGE_SHIFT) - vma.vm_pgoff) % (1 << PMD_ORDER) == 0 \
+                and cvm.pmd_none(self._as, haddr):   # thp_vma_suitable_order, pmd_none
+            r = ops.huge_fault(vmf, PMD_ORDER)
+            if r == VM_FAULT_SIGBUS:
+                return FaultResult.SIGBUS
+            if r != VM_FAULT_FALLBACK and r not in (None, 0, VM_FAULT_NOPAGE):
+                raise InvalidArgumentError(f"huge_fault returned {r!r}; expected VM_FAULT_NOPAGE, "
+                                           f"VM_FAULT_FALLBACK or VM_FAULT_SIGBUS", va)
+            if r != VM_FAULT_FALLBACK and self._present(va):
+                return FaultResult.NOPAGE
+            # a fallback, or a PMD found taken: the 4 KiB path, as the kernel's retried fault
+        if ops.map_pages is not None and not vmf.write and fault_around_pages() > 1:   # should_fault_around
+            start, end = fault_around_window(vmf)
+            r = ops.map_pages(vmf, start, end)
+            if r == VM_FAULT_SIGBUS:
+                return FaultResult.SIGBUS
+            if r not in (None, 0, VM_FAULT_NOPAGE):
+                raise InvalidArgumentError(f"map_pages returned {r!r}; expected None, VM_FAULT_NOPAGE or "
+                                           f"VM_FAULT_SIGBUS", va)
+            if self._present(va):   # it mapped the faulting page: ->fault is not called
+                return FaultResult.NOPAGE
+        return None
+
+    def _page_mkwrite(self, ops: VmOperations | None, vmf: VmFault) -> int:
+        """wp_page_shared's do_page_mkwrite: NOPAGE lets the PTE become writable."""
+        if ops is None or ops.page_mkwrite is None:   # write-notify without a callback: reuse the page
+            return FaultResult.NOPAGE
+        r = ops.page_mkwrite(vmf)
+        if r is None or r == VM_FAULT_NOPAGE:
+            return FaultResult.NOPAGE
+        if r == VM_FAULT_SIGBUS:
+            return FaultResult.SIGBUS
+        raise InvalidArgumentError(f"page_mkwrite returned {r!r}; expected None, VM_FAULT_NOPAGE or "
+                                   f"VM_FAULT_SIGBUS", vmf.address)
 
     def __enter__(self) -> AddressSpace:
         return self
@@ -820,6 +939,18 @@ def vm_insert_page(vma: Vma, addr: int, page: Page) -> None:
     if page.machine is not vma.machine:
         raise InvalidArgumentError("page belongs to another machine", addr)
     cmm.vm_insert_page(vma.mm._ptr(), vma.id, u64("addr", addr), page.pfn)
+
+
+def vmf_insert_pfn_pmd(vmf: VmFault, pfn: int, write: bool = False) -> int:
+    """Map one 2 MiB block of PFNs (``pfn`` 2 MiB-aligned) at the PMD of the
+    faulting address, with the VMA's protection, from a huge_fault handler
+    (mm/huge_memory.c); a PMD already taken is left alone.  Returns
+    VM_FAULT_NOPAGE."""
+    if not isinstance(vmf, VmFault):
+        raise TypeError(f"vmf_insert_pfn_pmd takes a VmFault, not {type(vmf).__name__}")
+    vma = vmf.vma
+    cvm.vmf_insert_pfn_pmd(vma.mm._ptr(), vma.id, u64("address", vmf.address), u64("pfn", pfn), bool(write))
+    return VM_FAULT_NOPAGE
 
 
 def zap_vma_ptes(vma: Vma, addr: int, size: int) -> None:

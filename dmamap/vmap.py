@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 from dmamap._binding import kernel as ckernel
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, page_align, u64
-from dmamap.errors import InvalidArgumentError, OutOfMemoryError, VmallocError
+from dmamap.errors import InvalidArgumentError, MmapError, OutOfMemoryError, VmallocError
 from dmamap.mm import Vma, VmFlags, remap_pfn_range
 from dmamap.physmem import KernelAddress, Page, PhysicalMemory
+from dmamap.vm_ops import VmOperations
 
 __all__ = [
     "vm_insert_pages", "vm_map_pages", "vm_map_pages_zero", "vm_iomap_memory", "io_remap_pfn_range",
     "vmalloc_user", "vfree", "remap_vmalloc_range", "remap_vmalloc_range_partial", "vmalloc_to_page",
+    "VMALLOC_VM_OPS",
 ]
 
 
@@ -31,8 +33,8 @@ def _vma(vma: Vma) -> Vma:
 
 
 def _pgoff(vma: Vma) -> int:
-    """vma->vm_pgoff: the mmap offset in pages (0 where the VMA model has none)."""
-    return int(getattr(vma, "vm_pgoff", 0))
+    """vma->vm_pgoff: the mmap offset in pages."""
+    return vma.vm_pgoff
 
 
 def _pfns(vma: Vma, pages: Sequence[Page], what: str) -> list[int]:
@@ -66,9 +68,9 @@ def _map_pages(vma: Vma, pages: Sequence[Page], num: int, offset: int, what: str
     if num > len(pfns):
         raise InvalidArgumentError(f"{what}: num {num} is more than the {len(pfns)} pages given", vma.start)
     if offset >= num:
-        raise InvalidArgumentError(f"{what}: vm_pgoff {offset} is past the {num} pages (-ENXIO)", vma.start)
+        raise MmapError(f"{what}: vm_pgoff {offset} is past the {num} pages (-ENXIO)", vma.start)
     if vma.nr_pages > num - offset:
-        raise InvalidArgumentError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {num - offset} "
+        raise MmapError(f"{what}: VMA of {vma.nr_pages} pages is larger than the {num - offset} "
                                    f"pages from vm_pgoff {offset} (-ENXIO)", vma.start)
     ckernel.vm_insert_pages(vma.mm._ptr(), vma.id, vma.start, pfns[offset:offset + vma.nr_pages])
 
@@ -104,12 +106,12 @@ def vm_iomap_memory(vma: Vma, start: int, len: int) -> None:   # noqa: A002 - th
     pages = (len + PAGE_SIZE - 1) >> PAGE_SHIFT
     off = _pgoff(vma)
     if off > pages:
-        raise InvalidArgumentError(f"vm_iomap_memory: vm_pgoff {off} is past the range's {pages} pages (-EINVAL)",
+        raise MmapError(f"vm_iomap_memory: vm_pgoff {off} is past the range's {pages} pages (-EINVAL)",
                                    vma.start)
     pfn += off
     pages -= off
     if vma.nr_pages > pages:
-        raise InvalidArgumentError(f"vm_iomap_memory: VMA of {vma.nr_pages} pages does not fit the {pages} "
+        raise MmapError(f"vm_iomap_memory: VMA of {vma.nr_pages} pages does not fit the {pages} "
                                    f"pages of the range from vm_pgoff {off} (-EINVAL)", vma.start)
     io_remap_pfn_range(vma, vma.start, pfn, vma.end - vma.start, vma.vm_page_prot)
 
@@ -206,6 +208,13 @@ def vmalloc_to_page(addr: KernelAddress) -> Page:
     return Page(m, area.pfns[off >> PAGE_SHIFT])
 
 
+#: vm_operations of vmalloc_user memory mapped by remap_vmalloc_range: RAM pages
+#: with their descriptors, inserted whole (VM_MIXEDMAP); each PTE holds a page
+#: reference, so a vfree while mapped leaves the pages to the last unmap.  The
+#: pages are reachable by access_process_vm's normal path (no ``access``).
+VMALLOC_VM_OPS = VmOperations("vmalloc")
+
+
 def remap_vmalloc_range_partial(vma: Vma, uaddr: int, kaddr: KernelAddress, pgoff: int, size: int) -> None:
     """Map ``size`` bytes of a vmalloc_user area, from page ``pgoff`` after
     ``kaddr``, at user address ``uaddr`` page by page (vm_insert_page each)."""
@@ -225,6 +234,7 @@ def remap_vmalloc_range_partial(vma: Vma, uaddr: int, kaddr: KernelAddress, pgof
                            f"{len(area.pfns)} pages (-EINVAL)", uaddr)
     ckernel.vm_insert_pages(vma.mm._ptr(), vma.id, uaddr, list(area.pfns[first:first + n]))
     vma.vm_flags_set(VmFlags.VM_DONTEXPAND | VmFlags.VM_DONTDUMP)
+    vma.vm_ops = VMALLOC_VM_OPS
 
 
 def remap_vmalloc_range(vma: Vma, addr: KernelAddress, pgoff: int) -> None:

@@ -505,8 +505,8 @@ class ApiFuzz(RuleBasedStateMachine):
         assume(buf is not None)
         dev, b = buf
         strategy = data.draw(st.sampled_from([None, *dmamap.STRATEGIES, "bogus"]), "strategy")
-        self._atomic(dmamap.dma_mmap_coherent, dev, vma, *b, offset=data.draw(st.one_of(st.just(0), ints()), "off"),
-                     strategy=strategy)
+        call(setattr, vma, "vm_pgoff", data.draw(st.one_of(st.just(0), ints()), "pgoff"))
+        self._atomic(dmamap.dma_mmap_coherent, dev, vma, *b, strategy=strategy)
         if data.draw(st.booleans(), "lookup"):
             call(dmamap.dma_coherent_to_page, dev, b.cpu_addr, b.dma_handle, data.draw(ints(), "offset"))
             call(dmamap.dma_coherent_to_pfn, dev, b.cpu_addr, b.dma_handle)
@@ -514,7 +514,8 @@ class ApiFuzz(RuleBasedStateMachine):
     @rule(target=sgs, data=st.data())
     def sg_alloc(self, data: st.DataObject) -> Any:
         dev = self._dev(data)
-        r = self._atomic(dmamap.dma_alloc_coherent_sg, dev, data.draw(st.one_of(st.integers(1, 12), ints()), "n"),
+        size = data.draw(st.one_of(st.integers(1, 12 * PAGE_SIZE), ints()), "size")
+        r = self._atomic(dmamap.dma_alloc_coherent_sg, dev, size,
                          max_chunk_pages=data.draw(st.one_of(st.integers(1, 4), ints()), "chunk"),
                          seed=data.draw(st.integers(0, 3), "seed"))
         if isinstance(r, dmamap.SgTable):
@@ -533,8 +534,8 @@ class ApiFuzz(RuleBasedStateMachine):
     def sg_mmap(self, sg: Any, vma: Any, data: st.DataObject) -> None:
         assume(sg is not None)
         dev, t = sg
-        self._atomic(dmamap.dma_mmap_coherent_sg, dev, vma, t, offset=data.draw(st.one_of(st.integers(0, 12), ints()),
-                                                                                   "offset"),
+        call(setattr, vma, "vm_pgoff", data.draw(st.one_of(st.integers(0, 12), ints()), "pgoff"))
+        self._atomic(dmamap.dma_mmap_coherent_sg, dev, vma, t,
                      nr_pages=data.draw(st.one_of(st.none(), st.integers(0, 12), ints()), "nr"),
                      strategy=data.draw(st.sampled_from([None, *dmamap.STRATEGIES]), "strategy"))
 
@@ -801,7 +802,7 @@ def _world() -> dict[str, Any]:
     mm = m.new_address_space()
     dev = m.add_device("d", bars=[PAGE_SIZE], ports=[(0x300, 8)])
     buf = dmamap.dma_alloc_coherent(dev, 2 * PAGE_SIZE)
-    sg = dmamap.dma_alloc_coherent_sg(dev, 3, seed=0)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 3 * PAGE_SIZE, seed=0)
     vma = mm.mmap(2 * PAGE_SIZE)
     dead = mm.mmap(PAGE_SIZE)
     mm.munmap(dead)

@@ -55,8 +55,8 @@ def test_coherent_both_directions(m: dmamap.Machine, plat: str, strategy: str, o
     buf = dmamap.dma_alloc_coherent(dev, 8 * P)
     npages = 8 - offset_pages
     mm = m.new_address_space()
-    vma = mm.mmap(npages * P)
-    dmamap.dma_mmap_coherent(dev, vma, *buf, offset=offset_pages * P, strategy=strategy)
+    vma = mm.mmap(npages * P, offset=offset_pages * P)
+    dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=strategy)
     base = buf.dma_handle + offset_pages * P
     n = npages * P
 
@@ -139,8 +139,8 @@ def test_large_strategies_use_2mib_pages(m: dmamap.Machine, plat: str, strategy:
     pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
     skip = (-pfn) % 512      # first 2 MiB-aligned page of the buffer
     mm = m.new_address_space()
-    vma = mm.mmap(512 * P)
-    dmamap.dma_mmap_coherent(dev, vma, *buf, offset=skip * P, strategy=strategy)
+    vma = mm.mmap(512 * P, offset=skip * P)
+    dmamap.dma_mmap_coherent(dev, vma, *buf, strategy=strategy)
     mm.write32(vma.start + 300 * P + 12, 0xCAFEF00D)
     t = mm.translate(vma.start + 300 * P)
     assert t is not None and t.page_size == 2 << 20
@@ -194,17 +194,20 @@ def test_mmap_argument_errors(m: dmamap.Machine) -> None:
     dev = m.add_device("nic")
     buf = dmamap.dma_alloc_coherent(dev, 4 * P)
     mm = m.new_address_space()
+    with pytest.raises(InvalidArgumentError):
+        mm.mmap(2 * P, offset=100)   # mmap(2) refuses an unaligned offset (EINVAL)
     vma = mm.mmap(2 * P)
+    vma.vm_pgoff = 4
     with pytest.raises(InvalidArgumentError):
-        dmamap.dma_mmap_coherent(dev, vma, *buf, offset=100)
+        dmamap.dma_mmap_coherent(dev, vma, *buf)
+    vma.vm_pgoff = 3
     with pytest.raises(InvalidArgumentError):
-        dmamap.dma_mmap_coherent(dev, vma, *buf, offset=4 * P)
-    with pytest.raises(InvalidArgumentError):
-        dmamap.dma_mmap_coherent(dev, vma, *buf, offset=3 * P)   # 2-page VMA, 1 page left
+        dmamap.dma_mmap_coherent(dev, vma, *buf)   # 2-page VMA, 1 page left
     with pytest.raises(InvalidArgumentError):
         dmamap.dma_alloc_coherent(dev, 0)
     assert mm.count_present(vma.start, len(vma)) == 0
-    dmamap.dma_mmap_coherent(dev, vma, *buf, offset=2 * P, strategy="prefault")
+    vma.vm_pgoff = 2
+    dmamap.dma_mmap_coherent(dev, vma, *buf, strategy="prefault")
     assert mm.count_present(vma.start, len(vma)) == 2
 
 
@@ -431,9 +434,9 @@ def test_free_while_user_mapped(m: dmamap.Machine) -> None:
     dev = m.add_device("nic")
     buf = dmamap.dma_alloc_coherent(dev, 2 * P)
     mm1, mm2 = m.new_address_space(), m.new_address_space()
-    v1, v2 = mm1.mmap(2 * P), mm2.mmap(P)
+    v1, v2 = mm1.mmap(2 * P), mm2.mmap(P, offset=P)
     dmamap.dma_mmap_coherent(dev, v1, *buf)
-    dmamap.dma_mmap_coherent(dev, v2, *buf, offset=P)
+    dmamap.dma_mmap_coherent(dev, v2, *buf)
     before = m.stats
     with pytest.raises(DmaFreeError):
         free(dev, buf)

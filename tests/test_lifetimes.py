@@ -242,7 +242,7 @@ def test_mmio_window_space_is_given_back_on_removal_and_refusal() -> None:
 def test_dma_free_coherent_sg_with_a_duplicated_chunk_frees_nothing() -> None:
     with dmamap.Machine("x86", ram=16 << 20) as m:
         dev = m.add_device("d")
-        sg = dma_alloc_coherent_sg(dev, 8, seed=1)
+        sg = dma_alloc_coherent_sg(dev, 8 * PAGE_SIZE, seed=1)
         used, live = m.stats.ram_pages_used, sorted(dev.dma_debug.live)
         with pytest.raises(DmaDoubleFreeError, match="twice"):
             dma_free_coherent_sg(dev, SgTable([sg[0], sg[0]], dev))

@@ -72,7 +72,7 @@ def test_dma_mmap_coherent_size_below_allocation(platform: str) -> None:
 def test_dma_mmap_coherent_sg_maps_from_vm_pgoff() -> None:
     with dmamap.Machine("arm", ram=RAM) as m:
         dev = m.add_device("nic")
-        sg = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=3, seed=1)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=3, seed=1)
         pages = [(e.dma_handle + (i << PAGE_SHIFT)) for e in sg for i in range(e.nr_pages)]
         for i, h in enumerate(pages):
             dev.dma_write(h, bytes([i]))
@@ -84,16 +84,28 @@ def test_dma_mmap_coherent_sg_maps_from_vm_pgoff() -> None:
             dmamap.dma_mmap_coherent_sg(dev, mm.mmap(P, offset=12 * P), sg)
 
 
-def test_deprecated_offset_keyword_still_works() -> None:
+def test_deprecated_offset_keyword_is_gone() -> None:
+    """The helpers take their offset from vma.vm_pgoff only, as the kernel's
+    dma_mmap_attrs: the old ``offset=`` keyword is refused as any unknown one."""
     with dmamap.Machine("x86", ram=RAM) as m:
         dev = m.add_device("d")
         buf = dmamap.dma_alloc_coherent(dev, 2 * P)
-        dev.dma_write(buf.dma_handle + P, b"B")
-        mm = m.new_address_space()
-        vma = mm.mmap(P)
-        with pytest.warns(DeprecationWarning):
-            dmamap.dma_mmap_coherent(dev, vma, *buf, offset=P)
-        assert mm.read(vma.start, 1) == b"B"
+        sg = dmamap.dma_alloc_coherent_sg(dev, 2 * P)
+        vma = m.new_address_space().mmap(P)
+        with pytest.raises(TypeError):
+            dmamap.dma_mmap_coherent(dev, vma, *buf, offset=P)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            dmamap.dma_mmap_coherent_sg(dev, vma, sg, offset=1)  # type: ignore[call-arg]
+
+
+def test_alloc_coherent_sg_takes_bytes() -> None:
+    """dma_alloc_coherent_sg counts bytes as dma_alloc_coherent does, rounded up
+    to whole pages (PAGE_ALIGN in dma_alloc_attrs)."""
+    with dmamap.Machine("x86", ram=RAM) as m:
+        dev = m.add_device("d")
+        assert dmamap.dma_alloc_coherent_sg(dev, 5 * P).nr_pages == 5
+        assert dmamap.dma_alloc_coherent_sg(dev, 5 * P + 1).nr_pages == 6
+        assert dmamap.dma_alloc_coherent_sg(dev, 1).nr_pages == 1
 
 
 # ALSA's fixed offsets (include/uapi/sound/asound.h)
@@ -160,3 +172,28 @@ def test_fault_pgoff_includes_vm_pgoff() -> None:
         mm.read(vma.start + P, 1)
         assert got == [7]
         assert mm.translate(vma.start + P).pa == (pages.pfn + 7) << PAGE_SHIFT
+
+
+@pytest.mark.parametrize("plat", PLATFORMS)
+def test_page_and_range_helpers_refuse_with_mmap_error(plat: str) -> None:
+    """vm_map_pages (mm/memory.c __vm_map_pages: -ENXIO), dma_mmap_pages
+    (kernel/dma/mapping.c: -ENXIO) and vm_iomap_memory (-EINVAL) refuse a VMA
+    that does not fit the object from its vm_pgoff with MmapError, as
+    dma_mmap_coherent does, mapping nothing; dma_mmap_pages maps from vm_pgoff."""
+    with dmamap.Machine(plat, ram=RAM) as m:
+        mm = m.new_address_space()
+        dev = m.add_device("d", bars=[4 * P])
+        pages = [m.alloc_pages(1) for _ in range(4)]
+        page, _handle = dmamap.dma_alloc_pages(dev, 4 * P, dmamap.DMA_BIDIRECTIONAL)
+        bar = dev.bar(0)[0]
+        for call in (lambda v: dmamap.vm_map_pages(v, pages, 4),
+                     lambda v: dmamap.dma_mmap_pages(dev, v, 4 * P, page),
+                     lambda v: dmamap.vm_iomap_memory(v, bar, 4 * P)):
+            for length, pgoff in ((5 * P, 0), (2 * P, 3), (P, 4)):
+                v = mm.mmap(length, offset=pgoff * P)
+                with pytest.raises(MmapError):
+                    call(v)
+                assert mm.count_present(v.start, len(v)) == 0
+        v = mm.mmap(2 * P, offset=2 * P)
+        dmamap.dma_mmap_pages(dev, v, 4 * P, page)
+        assert mm.translate(v.start).pa == page.phys_addr + 2 * P

@@ -23,7 +23,7 @@ def test_reprs_show_addresses_in_hex() -> None:
         vma = mm.mmap(2 * PAGE_SIZE)
         dmamap.dma_mmap_coherent(dev, vma, *buf)
         t = mm.translate(vma.start)
-        sg = dmamap.dma_alloc_coherent_sg(dev, 3)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 3 * PAGE_SIZE)
         texts = {
             "translation": repr(t), "buffer": repr(buf), "sg": repr(sg), "entry": repr(sg[0]),
             "regions": repr(m.memory_map), "page": repr(dmamap.virt_to_page(buf.cpu_addr, machine=m)),

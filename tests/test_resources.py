@@ -171,7 +171,7 @@ def test_dma_helpers_out_of_memory(platform: str) -> None:
         # more than there is
         before = debug()
         oom_leaves_no_trace(m, spaces, lambda: dmamap.dma_alloc_coherent(dev, 64 << 20))
-        oom_leaves_no_trace(m, spaces, lambda: dmamap.dma_alloc_coherent_sg(dev, 1 << 20))
+        oom_leaves_no_trace(m, spaces, lambda: dmamap.dma_alloc_coherent_sg(dev, (1 << 20) * PAGE_SIZE))
         assert debug() == before
         # the pages fit but nothing else does (arm needs kernel tables for the remap)
         pool = (64 << 10) // PAGE_SIZE if platform == "sram" else None
@@ -187,7 +187,7 @@ def test_dma_helpers_out_of_memory(platform: str) -> None:
             bufs = [dmamap.dma_alloc_coherent(dev, PAGE_SIZE) for _ in range(pool - 8)]   # type: ignore[operator]
         else:
             bufs = []
-        oom_leaves_no_trace(m, spaces, lambda: dmamap.dma_alloc_coherent_sg(dev, 8, max_chunk_pages=1))
+        oom_leaves_no_trace(m, spaces, lambda: dmamap.dma_alloc_coherent_sg(dev, 8 * PAGE_SIZE, max_chunk_pages=1))
         for b in bufs:
             dmamap.dma_free_coherent(dev, *b[2:], *b[:2])
         assert debug()[0] == before[0]

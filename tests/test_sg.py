@@ -89,7 +89,7 @@ def test_chunks_are_discontiguous(m: dmamap.Machine, plat: str) -> None:
     zeroed, with bus addresses that translate to their pages; the same seed gives
     the same chunk sizes."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 60, max_chunk_pages=6, seed=7)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 60 * PAGE_SIZE, max_chunk_pages=6, seed=7)
     assert sg.nr_pages == 60 == sum(e.nr_pages for e in sg)
     assert len(sg) >= 60 // 6 and len(sg) == len(sg.entries)
     assert all(1 <= e.nr_pages <= 6 for e in sg)
@@ -103,9 +103,9 @@ def test_chunks_are_discontiguous(m: dmamap.Machine, plat: str) -> None:
         assert e.length == e.nr_pages * P
         assert dev.dma_read(e.dma_handle, e.length) == bytes(e.length)
         assert m.region_of(chunk_pa(dev, e)) == ("sram" if plat == "sram" else "ram")
-    again = dmamap.dma_alloc_coherent_sg(dev, 60, max_chunk_pages=6, seed=7)
+    again = dmamap.dma_alloc_coherent_sg(dev, 60 * PAGE_SIZE, max_chunk_pages=6, seed=7)
     assert [e.nr_pages for e in again] == [e.nr_pages for e in sg]
-    ones = dmamap.dma_alloc_coherent_sg(dev, 5, max_chunk_pages=1)
+    ones = dmamap.dma_alloc_coherent_sg(dev, 5 * PAGE_SIZE, max_chunk_pages=1)
     assert [e.nr_pages for e in ones] == [1] * 5
 
 
@@ -117,7 +117,7 @@ def test_sg_both_directions(m: dmamap.Machine, plat: str, strategy: str, window:
     right chunk page, bytes go both ways with no sync call, pages outside the window
     are never touched, and accesses past nr_pages are SIGBUS."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 40, max_chunk_pages=5, seed=3)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 40 * PAGE_SIZE, max_chunk_pages=5, seed=3)
     if window == "inner":
         offset, nr = inner_window(sg)
         assert sg.locate(offset)[1] > 0                  # starts inside a chunk
@@ -129,8 +129,8 @@ def test_sg_both_directions(m: dmamap.Machine, plat: str, strategy: str, window:
         offset = starts(sg)[len(sg) // 2]
         nr = sg.nr_pages - offset
     mm = m.new_address_space()
-    vma = mm.mmap((nr + 2) * P)     # two spare pages after the window
-    dmamap.dma_mmap_coherent_sg(dev, vma, sg, offset=offset, nr_pages=nr, strategy=strategy)
+    vma = mm.mmap((nr + 2) * P, offset=offset * P)     # two spare pages after the window
+    dmamap.dma_mmap_coherent_sg(dev, vma, sg, nr_pages=nr, strategy=strategy)
     check_window(m, plat, dev, sg, mm, vma, offset, nr)
     # a width access straddling a chunk boundary lands in both chunks
     s = starts(sg)
@@ -155,13 +155,13 @@ def test_sg_both_directions(m: dmamap.Machine, plat: str, strategy: str, window:
 def test_sg_default_nr_pages(m: dmamap.Machine) -> None:
     """Without nr_pages the window is the rest of the list, capped by the VMA."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=3, seed=1)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=3, seed=1)
     mm = m.new_address_space()
-    small = mm.mmap(4 * P)
-    dmamap.dma_mmap_coherent_sg(dev, small, sg, offset=2, strategy="prefault")
+    small = mm.mmap(4 * P, offset=2 * P)
+    dmamap.dma_mmap_coherent_sg(dev, small, sg, strategy="prefault")
     assert mm.count_present(small.start, len(small)) == 4
-    big = mm.mmap(20 * P)
-    dmamap.dma_mmap_coherent_sg(dev, big, sg, offset=5, strategy="prefault")
+    big = mm.mmap(20 * P, offset=5 * P)
+    dmamap.dma_mmap_coherent_sg(dev, big, sg, strategy="prefault")
     assert mm.count_present(big.start, len(big)) == 7
     e, idx = sg.locate(5)
     assert mm.translate(big.start).pa == chunk_pa(dev, e) + idx * P
@@ -172,7 +172,7 @@ def test_sg_fault_page_refused_on_sram() -> None:
     as it was (no handler, prot unchanged, chunks still freeable)."""
     with dmamap.Machine("sram", ram=RAM) as m:
         dev = m.add_device("nic")
-        sg = dmamap.dma_alloc_coherent_sg(dev, 10, max_chunk_pages=3)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 10 * PAGE_SIZE, max_chunk_pages=3)
         mm = m.new_address_space()
         vma = mm.mmap(10 * P)
         prot, flags = vma.vm_page_prot, vma.vm_flags
@@ -191,18 +191,19 @@ def test_sg_argument_errors(m: dmamap.Machine) -> None:
     """Windows outside the list or larger than the VMA, zero pages and zero chunk
     sizes are refused and map nothing."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 10, max_chunk_pages=3, seed=2)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 10 * PAGE_SIZE, max_chunk_pages=3, seed=2)
     mm = m.new_address_space()
     vma = mm.mmap(8 * P)
     for kwargs in ({"offset": 10}, {"offset": 8, "nr_pages": 5}, {"offset": 0, "nr_pages": 9},
                    {"offset": 0, "nr_pages": 0}, {"offset": 11, "nr_pages": 1}):
+        vma.vm_pgoff = kwargs.pop("offset")   # the page offset: vm_pgoff, as dma_mmap_attrs
         with pytest.raises(InvalidArgumentError):
             dmamap.dma_mmap_coherent_sg(dev, vma, sg, strategy="prefault", **kwargs)
     assert mm.count_present(vma.start, len(vma)) == 0
     with pytest.raises(InvalidArgumentError):
         dmamap.dma_alloc_coherent_sg(dev, 0)
     with pytest.raises(InvalidArgumentError):
-        dmamap.dma_alloc_coherent_sg(dev, 4, max_chunk_pages=0)
+        dmamap.dma_alloc_coherent_sg(dev, 4 * PAGE_SIZE, max_chunk_pages=0)
     with pytest.raises(InvalidArgumentError):
         sg.locate(10)
 
@@ -213,11 +214,11 @@ def test_sg_free_checks(m: dmamap.Machine) -> None:
     DmaUseAfterFreeError; a list with one chunk already freed is refused without
     freeing the others. Counters are unchanged by every refusal."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=4, seed=1)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=4, seed=1)
     mm = m.new_address_space()
-    vma = mm.mmap(3 * P)
     offset = starts(sg)[-1]   # only the last chunk is mapped
-    dmamap.dma_mmap_coherent_sg(dev, vma, sg, offset=offset, nr_pages=min(3, sg[-1].nr_pages),
+    vma = mm.mmap(3 * P, offset=offset * P)
+    dmamap.dma_mmap_coherent_sg(dev, vma, sg, nr_pages=min(3, sg[-1].nr_pages),
                                 strategy="prefault")
     before = m.stats
     with pytest.raises(DmaFreeError):
@@ -238,7 +239,7 @@ def test_sg_free_checks(m: dmamap.Machine) -> None:
         dmamap.dma_mmap_coherent_sg(dev, mm.mmap(P), sg)
     assert m.stats.ram_pages_used == after.ram_pages_used
 
-    sg2 = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=4, seed=5)
+    sg2 = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=4, seed=5)
     gone = sg2[1]
     dmamap.dma_free_coherent(dev, gone.length, gone.cpu_addr, gone.dma_handle)
     before = m.stats
@@ -259,9 +260,9 @@ def test_sg_resources_return_to_baseline(m: dmamap.Machine, strategy: str) -> No
     mm = m.new_address_space()
     base = m.stats
     for seed in range(3):
-        sg = dmamap.dma_alloc_coherent_sg(dev, 50, max_chunk_pages=7, seed=seed)
-        vma = mm.mmap(45 * P)
-        dmamap.dma_mmap_coherent_sg(dev, vma, sg, offset=3, nr_pages=45, strategy=strategy)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 50 * PAGE_SIZE, max_chunk_pages=7, seed=seed)
+        vma = mm.mmap(45 * P, offset=3 * P)
+        dmamap.dma_mmap_coherent_sg(dev, vma, sg, nr_pages=45, strategy=strategy)
         mm.touch(vma.start, 45, write=True)
         assert mm.count_present(vma.start, len(vma)) == 45
         dmamap.dma_munmap_coherent(vma)
@@ -276,7 +277,7 @@ def test_sg_failed_prefault_rolls_back(m: dmamap.Machine, plat: str) -> None:
     mapped by the call are unmapped again, the occupied PTE and the VMA's protection
     are untouched, and the list stays unmapped as far as DMA-API debug is concerned."""
     dev = m.add_device("nic")
-    sg = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=3, seed=4)
+    sg = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=3, seed=4)
     other = dmamap.dma_alloc_coherent(dev, P)
     mm = m.new_address_space()
     vma = mm.mmap(12 * P)

@@ -163,7 +163,7 @@ class Worker:
             return self.op_free()
         pages = self.rng.randint(1, 24)
         if self.rng.random() < 0.3:
-            h: Any = dma_alloc_coherent_sg(self.dev, pages, max_chunk_pages=4, seed=self.rng.randrange(1 << 30))
+            h: Any = dma_alloc_coherent_sg(self.dev, pages * P, max_chunk_pages=4, seed=self.rng.randrange(1 << 30))
         else:
             h = dma_alloc_coherent(self.dev, pages * P)
         b = Buf(self.dev, h, bytearray(pages * P))

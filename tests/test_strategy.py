@@ -79,7 +79,7 @@ def test_backend_with_plain_policy_strings_works(plain_strings: _PlainStrings) -
         dev = m.add_device("d")
         buf = dmamap.dma_alloc_coherent(dev, 2 * dmamap.PAGE_SIZE)
         assert not m.pfn_valid(dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle))   # from SRAM
-        sg = dmamap.dma_alloc_coherent_sg(dev, 3, max_chunk_pages=1)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 3 * dmamap.PAGE_SIZE, max_chunk_pages=1)
         dmamap.dma_free_coherent_sg(dev, sg)
         with pytest.raises(dmamap.StrategyError, match="'fault-page' hands out page descriptors"):
             dmamap.dma_mmap_coherent(dev, m.new_address_space().mmap(2 * dmamap.PAGE_SIZE), *buf,

@@ -60,7 +60,7 @@ class World:
         self.mm = self.m.new_address_space()
         self.dev = self.m.add_device("dev", bars=[0x2000], ports=[(0x300, 16)])
         self.buf = dmamap.dma_alloc_coherent(self.dev, 3 * PAGE_SIZE)
-        self.sg = dmamap.dma_alloc_coherent_sg(self.dev, 6, max_chunk_pages=2, seed=1)
+        self.sg = dmamap.dma_alloc_coherent_sg(self.dev, 6 * PAGE_SIZE, max_chunk_pages=2, seed=1)
         # a mapped coherent buffer (prefaulted), an empty VMA, a PFN-map VMA, an unmapped VMA
         self.mapped = self.mm.mmap(3 * PAGE_SIZE)
         dmamap.dma_mmap_coherent(self.dev, self.mapped, *self.buf, strategy="prefault")
@@ -528,13 +528,13 @@ def test_dma_helpers_refuse(w: World) -> None:
     for value, exc in hostile_ints():
         w.refuses(exc, lambda: dmamap.dma_alloc_coherent(dev, value))
         w.refuses(exc, lambda: dmamap.dma_alloc_coherent_sg(dev, value))
-        w.refuses(exc, lambda: dmamap.dma_alloc_coherent_sg(dev, 4, max_chunk_pages=value))
+        w.refuses(exc, lambda: dmamap.dma_alloc_coherent_sg(dev, 4 * PAGE_SIZE, max_chunk_pages=value))
         w.refuses(exc, lambda: dmamap.mmio_map(w.empty, value, PAGE_SIZE))
         w.refuses(exc, lambda: dmamap.mmio_map(w.empty, dev.bar(0)[0], value))
         w.refuses(exc, lambda: dmamap.pio_map(w.empty, value, 4))
         w.refuses(exc, lambda: dmamap.pio_map(w.empty, 0x300, value))
-        w.refuses(exc, lambda: dmamap.dma_mmap_coherent(dev, w.empty, *buf, offset=value))
-        w.refuses(exc, lambda: dmamap.dma_mmap_coherent_sg(dev, w.empty, w.sg, offset=value))
+        w.refuses(exc, lambda: w.mm.mmap(PAGE_SIZE, offset=value))   # the helpers' offset: vm_pgoff
+        w.refuses(exc, lambda: setattr(w.empty, "vm_pgoff", value))
     # wrong types
     for not_dev in (None, "dev", w.m, 5):
         w.refuses(TypeError, lambda: dmamap.dma_alloc_coherent(not_dev, PAGE_SIZE))
@@ -551,7 +551,7 @@ def test_dma_helpers_refuse(w: World) -> None:
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_alloc_coherent(dev, 0))
     w.refuses(OutOfMemoryError, lambda: dmamap.dma_alloc_coherent(dev, 1 << 40))
     w.refuses(OutOfMemoryError, lambda: dmamap.dma_alloc_coherent(dev, U64 - 1))
-    w.refuses(OutOfMemoryError, lambda: dmamap.dma_alloc_coherent_sg(dev, 1 << 30))
+    w.refuses(OutOfMemoryError, lambda: dmamap.dma_alloc_coherent_sg(dev, (1 << 30) * PAGE_SIZE))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_alloc_coherent_sg(dev, 0))
     # wrong size / address / handle, double free, use after free
     w.refuses(DmaFreeError, lambda: dmamap.dma_free_coherent(dev, buf.size + 1, buf.cpu_addr, buf.dma_handle))
@@ -568,18 +568,19 @@ def test_dma_helpers_refuse(w: World) -> None:
     w.refuses(TypeError, lambda: dmamap.dma_free_coherent(dev, buf.size, float(buf.cpu_addr), buf.dma_handle))
     w.refuses(TypeError, lambda: dmamap.dma_free_coherent(dev, buf.size, str(buf.cpu_addr), buf.dma_handle))
     # mapping: offsets, room, other machine, unmapped VMA, strategies
-    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent(dev, w.empty, *buf, offset=1))
-    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent(dev, w.empty, *buf, offset=3 * PAGE_SIZE))
+    w.refuses(InvalidArgumentError, lambda: w.mm.mmap(PAGE_SIZE, offset=1))
+    past = {n: w.mm.mmap(PAGE_SIZE, offset=n * PAGE_SIZE) for n in (3, 5, 6)}   # vm_pgoff 3, 5, 6
+    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent(dev, past[3], *buf))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent(dev, w.empty, *buf))   # VMA too large
     small = w.mm.mmap(PAGE_SIZE)
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent(dev, w.other_vma, *buf))
     w.refuses(VmaNotMappedError, lambda: dmamap.dma_mmap_coherent(dev, w.gone, *buf))
     w.refuses(StrategyError, lambda: dmamap.dma_mmap_coherent(dev, small, *buf, strategy="bogus"))
     w.refuses(dmamap.PteBusyError, lambda: dmamap.dma_mmap_coherent(dev, w.mapped, *buf, strategy="prefault"))
-    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, offset=6))
+    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, past[6], w.sg))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, nr_pages=0))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, nr_pages=2))
-    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, offset=5, nr_pages=2))
+    w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, past[5], w.sg, nr_pages=2))
     w.refuses(VmaNotMappedError, lambda: dmamap.dma_mmap_coherent_sg(dev, w.gone, w.sg))
     w.refuses(InvalidArgumentError, lambda: dmamap.dma_mmap_coherent_sg(dev, w.other_vma, w.sg, nr_pages=1))
     w.refuses(StrategyError, lambda: dmamap.dma_mmap_coherent_sg(dev, small, w.sg, strategy="x"))

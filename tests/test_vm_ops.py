@@ -82,7 +82,7 @@ def test_helpers_install_one_object_per_kind() -> None:
     with dmamap.Machine("arm", ram=RAM) as m:
         dev = m.add_device("d", bars=[P], ports=[(0x3F8, 8)])
         buf = dmamap.dma_alloc_coherent(dev, 2 * P)
-        sg = dmamap.dma_alloc_coherent_sg(dev, 4, max_chunk_pages=2, seed=1)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 4 * PAGE_SIZE, max_chunk_pages=2, seed=1)
         mm = m.new_address_space()
         a, b, c, d = mm.mmap(2 * P), mm.mmap(4 * P), mm.mmap(P), mm.mmap(P)
         dmamap.dma_mmap_coherent(dev, a, *buf)

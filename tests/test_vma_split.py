@@ -105,7 +105,7 @@ def test_sg_ring_partially_unmapped() -> None:
     reads what the device wrote, the freed half faults."""
     with dmamap.Machine("arm", ram=RAM) as m:
         dev = m.add_device("nic")
-        sg = dmamap.dma_alloc_coherent_sg(dev, 16, max_chunk_pages=3, seed=7)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 16 * PAGE_SIZE, max_chunk_pages=3, seed=7)
         handles = [e.dma_handle + (i << PAGE_SHIFT) for e in sg for i in range(e.nr_pages)]
         mm = m.new_address_space()
         vma = mm.mmap(16 * P)

@@ -324,7 +324,7 @@ def _dmamap_io_cb(ctx: Any, kind: int, owner: int, bar: int, offset: int, size: 
 @ffi.def_extern()
 def _dmamap_fault_cb(ctx: Any, vid: int, va: int, is_write: int, pfn_out: Any) -> int:
     try:
-        res = ffi.from_handle(ctx)._fault(vid, va, bool(is_write))
+        res = ffi.from_handle(ctx)._fault(vid, va, int(is_write))   # DMAMAP_FAULT_FLAG_* bits
         if isinstance(res, tuple):   # (FaultResult.PAGE, pfn)
             pfn_out[0] = res[1]
             return int(res[0])

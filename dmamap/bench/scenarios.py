@@ -89,7 +89,7 @@ def nic_ring(cfg: SweepConfig, profile: Profile | None) -> Scenario:
     with bench_machine("x86", 64 * MiB) as (m, dev):
         mm = m.new_address_space()
         for pages, chunk in ((512, 1), (4096, 2), (4096, 16)):
-            sg = dmamap.dma_alloc_coherent_sg(dev, pages, max_chunk_pages=chunk, seed=1)
+            sg = dmamap.dma_alloc_coherent_sg(dev, pages * PAGE_SIZE, max_chunk_pages=chunk, seed=1)
             for strat in ("prefault", "fault"):
                 ts = []
                 for _ in range(5):

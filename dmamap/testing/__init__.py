@@ -34,7 +34,7 @@ from dmamap.testing.runner import Report, Result, run_conformance
 _SUITE = {
     "ConformanceBase", "BackendConformance", "CoherencyConformance", "AttributeConformance",
     "PageDescriptorConformance", "ScatterGatherConformance", "UnmapConformance", "BadInputConformance",
-    "IOConformance", "KernelSideConformance", "ModelConformance", "StreamingConformance",
+    "IOConformance", "KernelSideConformance", "ModelConformance", "StreamingConformance", "RemoteAccessConformance",
 }
 _STATEFUL = {"DmaModel", "model_for", "run_model"}
 

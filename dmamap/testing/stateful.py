@@ -144,7 +144,7 @@ class DmaModel(RuleBasedStateMachine):
     @rule(pages=st.integers(2, 12), max_chunk=st.integers(1, 4), seed=st.integers(0, 255))
     def alloc_sg(self, pages: int, max_chunk: int, seed: int) -> None:
         self._step()
-        sg = dmamap.dma_alloc_coherent_sg(self.dev, pages, max_chunk_pages=max_chunk, seed=seed)
+        sg = dmamap.dma_alloc_coherent_sg(self.dev, pages * PAGE_SIZE, max_chunk_pages=max_chunk, seed=seed)
         b = _Buf(sg, sg_pages(self.dev, sg), bytearray(pages * PAGE_SIZE))
         self.bufs.append(b)
         if any(self._dma_read(b, 0, len(b.data))):

@@ -29,7 +29,7 @@ from dmamap.testing.rules import RULES, Rule, RuleSkipped, Target, run_rule
 __all__ = [
     "ConformanceBase", "CoherencyConformance", "AttributeConformance", "PageDescriptorConformance",
     "ScatterGatherConformance", "UnmapConformance", "BadInputConformance", "IOConformance", "KernelSideConformance",
-    "ModelConformance", "BackendConformance",
+    "ModelConformance", "StreamingConformance", "RemoteAccessConformance", "BackendConformance",
 ]
 
 
@@ -133,9 +133,13 @@ class StreamingConformance(ConformanceBase, groups=("streaming",)):
     """Streaming DMA: data per direction with the syncs, scatter lists, ownership rules."""
 
 
+class RemoteAccessConformance(ConformanceBase, groups=("remote access",)):
+    """access_process_vm (ptrace) into the helpers' mappings, as get_user_pages and ->access allow."""
+
+
 class BackendConformance(CoherencyConformance, AttributeConformance, PageDescriptorConformance,
                          ScatterGatherConformance, UnmapConformance, BadInputConformance, IOConformance,
-                         KernelSideConformance, ModelConformance, StreamingConformance):
+                         KernelSideConformance, ModelConformance, StreamingConformance, RemoteAccessConformance):
     """The whole conformance suite: subclass it as ``Test...`` and set ``backend``."""
 
 

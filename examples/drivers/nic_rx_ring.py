@@ -74,7 +74,7 @@ class RxDriver:
     def __init__(self, machine: dmamap.Machine, dev: dmamap.Device) -> None:
         self.m, self.dev = machine, dev
         self.regs = dmamap.ioremap(machine, *dev.bar(0))
-        self.bufs = dmamap.dma_alloc_coherent_sg(dev, RING, max_chunk_pages=3, seed=7)
+        self.bufs = dmamap.dma_alloc_coherent_sg(dev, RING * PAGE_SIZE, max_chunk_pages=3, seed=7)
         self.ring = dmamap.dma_alloc_coherent(dev, PAGE_SIZE)
         for i in range(RING):
             entry, page = self.bufs.locate(i)

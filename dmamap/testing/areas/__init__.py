@@ -19,10 +19,11 @@ from dmamap.testing.areas import kernel_side
 from dmamap.testing.areas import large_pages
 from dmamap.testing.areas import model
 from dmamap.testing.areas import streaming
+from dmamap.testing.areas import remote_access
 # isort: on
 
 __all__ = ["AREAS"]
 
 #: The area modules, in suite order (each registers its rules when imported).
 AREAS = (coherency, attributes, page_descriptors, scatter_gather, unmap, resources, bad_inputs, io, kernel_side,
-         large_pages, model, streaming)
+         large_pages, model, streaming, remote_access)

@@ -27,7 +27,7 @@ def user_attribute_matches_kernel(t: Target, variant: str) -> None:
         touch(mp)
         check_attributes(chk, m, mp)
         if t.caps.scatter_gather:
-            sg = dmamap.dma_alloc_coherent_sg(dev, 9, max_chunk_pages=4, seed=3)
+            sg = dmamap.dma_alloc_coherent_sg(dev, 9 * PAGE_SIZE, max_chunk_pages=4, seed=3)
             mp = map_sg(dev, mm, sg, strategy, offset=1, nr_pages=8)
             touch(mp)
             check_attributes(chk, m, mp)

@@ -234,18 +234,19 @@ def _c21(env: _Env) -> tuple[Callable[[], Any], type[BaseException]]:
 @_case("sg-zero-max-chunk")
 def _c22(env: _Env) -> tuple[Callable[[], Any], type[BaseException]]:
     _need_sg(env)
-    return lambda: dmamap.dma_alloc_coherent_sg(env.dev, 4, max_chunk_pages=0), InvalidArgumentError
+    return lambda: dmamap.dma_alloc_coherent_sg(env.dev, 4 * PAGE_SIZE, max_chunk_pages=0), InvalidArgumentError
 
 
 @_case("sg-exhausted-rolls-back")
 def _c23(env: _Env) -> tuple[Callable[[], Any], type[BaseException]]:
     _need_sg(env)
     pages = (env.m.ram_size + env.m.sram_size) >> PAGE_SHIFT
-    return lambda: dmamap.dma_alloc_coherent_sg(env.dev, pages, max_chunk_pages=512, seed=1), OutOfMemoryError
+    return (lambda: dmamap.dma_alloc_coherent_sg(env.dev, pages * PAGE_SIZE, max_chunk_pages=512, seed=1),
+            OutOfMemoryError)
 
 
 def _sg(env: _Env, pages: int = 6) -> SgTable:
-    sg = dmamap.dma_alloc_coherent_sg(env.dev, pages, max_chunk_pages=2, seed=2)
+    sg = dmamap.dma_alloc_coherent_sg(env.dev, pages * PAGE_SIZE, max_chunk_pages=2, seed=2)
     env.sgs.append(sg)
     return sg
 

@@ -34,7 +34,7 @@ def coherency_mmap_sg(t: Target, variant: str) -> None:
     chk = Check("coherency_mmap_sg", variant)
     with t.machine() as m:
         dev = make_device(m)
-        sg = dmamap.dma_alloc_coherent_sg(dev, 12, max_chunk_pages=3, seed=7)
+        sg = dmamap.dma_alloc_coherent_sg(dev, 12 * PAGE_SIZE, max_chunk_pages=3, seed=7)
         mm = m.new_address_space()
         check_coherent(chk, dev, map_sg(dev, mm, sg, strategy, offset=0, nr_pages=12), ("sg", variant))
         check_coherent(chk, dev, map_sg(dev, mm, sg, strategy, offset=2, nr_pages=8), ("sg-off", variant))

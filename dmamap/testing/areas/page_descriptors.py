@@ -25,7 +25,7 @@ def page_descriptors_ram_only(t: Target, variant: str) -> None:
         buf = dmamap.dma_alloc_coherent(dev, 4 * PAGE_SIZE)
         mappings = [map_buffer(dev, mm, buf, strategy)]
         if t.caps.scatter_gather:
-            sg = dmamap.dma_alloc_coherent_sg(dev, 8, max_chunk_pages=3, seed=5)
+            sg = dmamap.dma_alloc_coherent_sg(dev, 8 * PAGE_SIZE, max_chunk_pages=3, seed=5)
             mappings.append(map_sg(dev, mm, sg, strategy, offset=0, nr_pages=8))
         before = {pa: page_state(m, pa) for mp in mappings for _, _, pa in mp.pages}
         for mp in mappings:

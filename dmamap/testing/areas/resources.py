@@ -47,7 +47,7 @@ def resources_return_to_baseline(t: Target, variant: str) -> None:
                 dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
         elif variant == "sg":
             for s in strategies:
-                sg = dmamap.dma_alloc_coherent_sg(dev, 10, max_chunk_pages=3, seed=1)
+                sg = dmamap.dma_alloc_coherent_sg(dev, 10 * PAGE_SIZE, max_chunk_pages=3, seed=1)
                 mp = map_sg(dev, mm, sg, s, offset=1, nr_pages=8)
                 mm.write(mp.start, pattern(s, mp.size))
                 dmamap.dma_munmap_coherent(mp.vma)

@@ -34,7 +34,7 @@ def sg_linear_mapping(t: Target, variant: str) -> None:
         mm = m.new_address_space()
         for trial in range(4):
             total, max_chunk, seed, offset, n = _sg_shape((variant, trial))
-            sg = dmamap.dma_alloc_coherent_sg(dev, total, max_chunk_pages=max_chunk, seed=seed)
+            sg = dmamap.dma_alloc_coherent_sg(dev, total * PAGE_SIZE, max_chunk_pages=max_chunk, seed=seed)
             extra = 1 if offset + n < total else 0
             mp = map_sg(dev, mm, sg, strategy, offset=offset, nr_pages=n, vma_pages=n + extra)
             rng = random.Random(repr((variant, trial, "bytes")))

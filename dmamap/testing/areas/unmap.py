@@ -24,7 +24,7 @@ def unmap_clears_ptes_and_tlb(t: Target, variant: str) -> None:
         buf = dmamap.dma_alloc_coherent(dev, 5 * PAGE_SIZE)
         mappings = [map_buffer(dev, mm, buf, strategy)]
         if t.caps.scatter_gather:
-            sg = dmamap.dma_alloc_coherent_sg(dev, 7, max_chunk_pages=2, seed=11)
+            sg = dmamap.dma_alloc_coherent_sg(dev, 7 * PAGE_SIZE, max_chunk_pages=2, seed=11)
             mappings.append(map_sg(dev, mm, sg, strategy, offset=1, nr_pages=6))
         for mp in mappings:
             for _ in range(2):                      # fault in, then hit the (now warm) TLB
