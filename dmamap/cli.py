@@ -195,7 +195,7 @@ def demo(
         help="Backend to run (repeatable; default: every registered backend).")] = None,
     json_file: JsonOption = None,
 ) -> None:
-    """Replay the original bug: three drivers on each platform."""
+    """Replay the original bug: one coherent buffer mapped by four drivers on each platform."""
     from dmamap.demo import collect, demo_table
 
     out = _out(json_file)

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 import dmamap
 from dmamap import PAGE_SHIFT, PAGE_SIZE, Device, DmaBuffer, Machine, Vma, VmFault
@@ -125,18 +126,32 @@ def collect(platforms: list[str]) -> DemoRun:
     return DemoRun(outcomes, time.perf_counter() - t0)
 
 
-def demo_table(run: DemoRun, *, boxed: bool = True) -> Table:
-    """One row per platform, one column per driver; cells fold, never truncate."""
-    table = Table(title="dmamap demo: one buffer, four drivers, each platform",
+def demo_table(run: DemoRun, *, boxed: bool = True) -> Group:
+    """One row per platform, one column per driver, a short verdict per cell; what
+    went stale is told once per distinct outcome, in numbered notes under the table."""
+    table = Table(title="dmamap demo: one coherent buffer, four drivers, each platform",
                   box=box.HEAVY_HEAD if boxed else None, show_edge=False, pad_edge=False)
     table.add_column("platform", width=8, overflow="fold")
     for name in DRIVERS:
         table.add_column(name, width=WIDTHS[name], overflow="fold")
     styles = {"correct": "green", "stale": "yellow", "error": "red"}
+    notes: dict[str, int] = {}
+
+    def cell(o: Outcome) -> str:
+        if o.verdict == "stale":
+            n = notes.setdefault(o.detail, len(notes) + 1)
+            return f"[{styles[o.verdict]}]stale[/] [{n}]"
+        if o.verdict == "correct":
+            return f"[{styles[o.verdict]}]correct[/] ({escape(o.detail.removeprefix('coherent both ways, user '))})"
+        return f"[{styles[o.verdict]}]{o.verdict}[/]: {escape(o.detail)}"
+
     for platform, row in run.outcomes.items():
-        table.add_row(escape(platform), *(f"[{styles[o.verdict]}]{o.verdict}[/]: {escape(o.detail)}"
-                                          for o in row.values()))
-    return table
+        table.add_row(escape(platform), *(cell(o) for o in row.values()))
+    legend = Text("correct: both DMA directions see the other side's bytes, through the user mapping's "
+                  "memory type (in brackets); stale: a side read old bytes; error: the mapping was refused (right where "
+                  "the memory has no page descriptor).", style="dim")
+    lines = [Text(f"[{n}] {detail}") for detail, n in notes.items()]
+    return Group(table, legend, *lines)
 
 
 def run_demo(platforms: list[str], console: Console) -> bool:
