@@ -26,7 +26,7 @@ from typer.core import TyperCommand, TyperGroup
 import dmamap
 from dmamap.bench.config import SWEEP_STRATEGIES
 from dmamap.errors import BackendError, DmamapError
-from dmamap.isa import ISAS
+from dmamap.isa import ISAS, isa_info
 
 
 class _Command(TyperCommand):
@@ -138,6 +138,15 @@ def require_backend(name: str) -> None:
 _REGION_OWNERS = {"ram": "RAM", "sram": "SRAM pool", "io-window": "I/O window"}
 
 
+def _ram_max_mib(platform: str) -> int | None:
+    """The most RAM, in MiB, ``platform``'s memory map holds (None: unknown platform)."""
+    try:
+        isa = platform if platform in ISAS else dmamap.get_backend(platform).isa
+        return isa_info(isa).layout.ram_max >> 20
+    except DmamapError:
+        return None
+
+
 @app.command(cls=_Command)
 def info(
     platform: Annotated[str, typer.Argument(metavar="PLATFORM", help="A backend (listed at the end) or a bare ISA "
@@ -147,6 +156,9 @@ def info(
 ) -> None:
     """Print a platform's policy, its machine's configuration and physical memory map."""
     out = _out(json_file)
+    ram_max = _ram_max_mib(platform)
+    if ram_max is not None and not 1 <= ram <= ram_max:
+        error_line(f"--ram is in MiB: between 1 and {ram_max} for {platform}, not {ram}")
     try:
         with dmamap.Machine(platform, ram=ram << 20) as m:
             data = m.info()

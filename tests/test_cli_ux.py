@@ -236,3 +236,11 @@ def test_sigint_to_the_process_writes_partial_json(tmp_path: Path) -> None:
     assert "Traceback" not in stderr and "interrupted: 1 of 2 checks ran" in stderr
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and [r["rule"] for r in data["rules"]] == ["pio_reachable"]
+
+
+@pytest.mark.parametrize("ram", ["0", "100000000"])
+def test_info_ram_errors_speak_mib(ram: str) -> None:
+    """info --ram takes MiB, and its refusal says so in MiB (not the byte count the machine was asked for)."""
+    res = CliRunner().invoke(cli.app, ["info", "x86", "--ram", ram], env=NARROW)
+    assert res.exit_code == 1
+    assert f"--ram is in MiB: between 1 and 196608 for x86, not {ram}" in " ".join(res.stderr.split())
