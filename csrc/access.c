@@ -295,3 +295,198 @@ int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct 
 {
     return rw_n(as, va, size, 1, &value, err);
 }
+
+/* ---- Register accesses for the Python fast path ----
+ * One call per access, the value as the return: widths 1, 2 and 4 return the
+ * value or a negative DMAMAP_E* code; width 8 returns the value, and ~0 is
+ * ambiguous until dmamap_fast_err()->code says whether it failed.  The error
+ * record is per thread, as errno.  A callback exception the binding stashed
+ * during the access (dmamap_fast_pending) fails the access even where the core
+ * finished it, so the binding need not look at its own state on success. */
+static _Thread_local struct dmamap_err fast_err;
+static _Thread_local int fast_pending;
+
+struct dmamap_err *dmamap_fast_err(void)
+{
+    return &fast_err;
+}
+
+void dmamap_fast_pending(int pending)
+{
+    fast_pending = pending;
+}
+
+/* The floor under the fast path: a call with the same arguments that does nothing. */
+int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va)
+{
+    return (int64_t)(va & 0xff) + (as != NULL);
+}
+
+static inline int fast_rw(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *v)
+{
+    struct dmamap_err err;   /* copied to the thread's record only on failure */
+    int rc = rw_n(as, va, size, is_write, v, &err);
+    if (fast_pending && !rc)
+        rc = err.code = DMAMAP_EHANDLER;
+    if (rc)
+        fast_err = err;
+    return rc;
+}
+
+static inline int64_t fast_read(dmamap_as *as, uint64_t va, int size)
+{
+    uint64_t v = 0;
+    int rc = fast_rw(as, va, size, 0, &v);
+    return rc ? (int64_t)rc : (int64_t)v;
+}
+
+int64_t dmamap_read8_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 1); }
+int64_t dmamap_read16_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 2); }
+int64_t dmamap_read32_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 4); }
+
+uint64_t dmamap_read64_fast(dmamap_as *as, uint64_t va)
+{
+    uint64_t v = 0;
+    if (fast_rw(as, va, 8, 0, &v))
+        return ~0ULL;
+    if (v == ~0ULL)
+        fast_err.code = 0;   /* the value, not a failure */
+    return v;
+}
+
+int dmamap_write8_fast(dmamap_as *as, uint64_t va, uint8_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 1, 1, &v);
+}
+
+int dmamap_write16_fast(dmamap_as *as, uint64_t va, uint16_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 2, 1, &v);
+}
+
+int dmamap_write32_fast(dmamap_as *as, uint64_t va, uint32_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 4, 1, &v);
+}
+
+int dmamap_write64_fast(dmamap_as *as, uint64_t va, uint64_t value)
+{
+    return fast_rw(as, va, 8, 1, &value);
+}
+
+/* ---- Zero-copy views (pin_user_pages with FOLL_PIN, then the host memory) ----
+ * [va, va+n) is resolved as an access would (faults, permissions, COW broken
+ * for a writable view) and pinned page by page when the CPU would reach it
+ * with no emulation between: host RAM with a page descriptor, through a
+ * cacheable mapping on a machine without the cache model, not Device memory,
+ * physically contiguous, and not owned by a device (streaming DMA).  Otherwise
+ * *refused is set, err->msg says why, nothing is pinned and 0 is returned. */
+static int view_refuse(int *refused, struct dmamap_err *err, uint64_t va, const char *why)
+{
+    *refused = 1;
+    dmamap_fail(err, DMAMAP_EINVAL, va, "no zero-copy view of %#llx: %s", (unsigned long long)va, why);
+    err->code = 0;
+    return 0;
+}
+
+static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
+                      int *refused, struct dmamap_err *err)
+{
+    uint64_t pa0 = 0;
+    uint8_t *host0 = NULL;
+    for (uint64_t off = 0; off < n;) {
+        uint64_t a = va + off;
+        struct tlb_entry *t;
+        int rc = resolve(as, a, is_write, &t, err);
+        if (rc)
+            return rc;
+        if (!t || !t->host || t->region != DMAMAP_MEM_RAM)
+            return view_refuse(refused, err, a, "not RAM (MMIO, ports or SRAM: no page descriptor to pin)");
+        if (t->device)
+            return view_refuse(refused, err, a, "Device memory (every access is emulated)");
+        if (!t->cacheable)
+            return view_refuse(refused, err, a, "an uncached or write-combining mapping (the access path "
+                               "orders and drains; use readinto/write)");
+        if (as->m->cache)
+            return view_refuse(refused, err, a, "a cacheable mapping on a non-coherent machine (the cache "
+                               "model sits between the CPU and memory; use readinto/write)");
+        uint64_t pa = t->pa_page | (a & (PAGE_SIZE - 1));
+        uint8_t *h = t->host + (a & (PAGE_SIZE - 1));
+        if (off == 0) {
+            pa0 = pa;
+            host0 = h;
+        } else if (pa != pa0 + off || h != host0 + off) {
+            return view_refuse(refused, err, a, "the range is not physically contiguous");
+        }
+        off += PAGE_SIZE - (a & (PAGE_SIZE - 1));
+    }
+    int rc = dmamap_dma_own_check(as->m, pa0, n, is_write, err);
+    if (rc)
+        return rc;
+    *host_out = host0;
+    *pa_out = pa0;
+    return 0;
+}
+
+/* Take one reference on each page of [pa, pa+n); all or none. */
+static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, struct dmamap_err *err)
+{
+    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
+    LOCK(&m->lock);
+    for (uint64_t pfn = first; pfn <= last; pfn++) {
+        struct page_desc *p = dmamap_page(m, pfn);
+        if (!p || p->refcount <= 0 || (p->flags & DMAMAP_PG_TABLE)) {
+            UNLOCK(&m->lock);
+            return view_refuse(refused, err, pfn << PAGE_SHIFT, p && p->refcount > 0 ? "a page-table page" :
+                               "a free page (no reference to pin)");
+        }
+    }
+    for (uint64_t pfn = first; pfn <= last; pfn++)
+        dmamap_page(m, pfn)->refcount++;
+    UNLOCK(&m->lock);
+    return 0;
+}
+
+int dmamap_view_pin(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
+                    int *refused, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
+    if (!host_out || !pa_out || !refused)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL out pointer");
+    *refused = 0;
+    if (n == 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "zero-length view");
+    if (va + n < va)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "view %#llx+%#llx wraps the address space (SIGSEGV)",
+                           (unsigned long long)va, (unsigned long long)n);
+    AS_LOCK(as, err, va);
+    int rc = view_check(as, va, n, is_write, host_out, pa_out, refused, err);
+    if (!rc && !*refused)
+        rc = view_pin(as->m, *pa_out, n, refused, err);
+    return as_unlock(as, rc, err);
+}
+
+/* Drop a view's references; a page whose last reference this was (an
+ * anonymous page unmapped under the view) is freed, as unpin_user_pages. */
+void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
+{
+    if (!m || m->closed || n == 0)
+        return;
+    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
+    for (uint64_t pfn = first; pfn <= last; pfn++) {
+        LOCK(&m->lock);
+        struct page_desc *p = dmamap_page(m, pfn);
+        int last_ref = p && p->refcount == 1;
+        if (p && p->refcount > 1)
+            p->refcount--;
+        UNLOCK(&m->lock);
+        if (last_ref) {
+            struct dmamap_err err;
+            dmamap_free_pages(m, pfn, 1, &err);
+        }
+    }
+}
