@@ -26,7 +26,7 @@ __all__ = [
     "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
     "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
     "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
-    "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "fast_failed",
+    "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "FAST_NOP", "fast_failed",
     "fast_raise", "view_pin", "view_buffer", "touch", "touch_list", "count_present", "tlb_flush_all", "fork",
 ]
 
@@ -289,6 +289,8 @@ READ_FAST: dict[int, Callable[[Any, int], int]] = {
 WRITE_FAST: dict[int, Callable[[Any, int, int], int]] = {
     1: lib.dmamap_write8_fast, 2: lib.dmamap_write16_fast, 4: lib.dmamap_write32_fast, 8: lib.dmamap_write64_fast,
 }
+#: A call with the fast path's arguments that does nothing: the cffi floor under it, for the benchmark.
+FAST_NOP: Callable[[Any, int], int] = lib.dmamap_fast_nop
 #: What a failed 8-byte fast read returns (a successful one may too: see fast_failed).
 ALL_ONES = (1 << 64) - 1
 
