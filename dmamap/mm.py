@@ -734,6 +734,11 @@ class AddressSpace:
 
         Accesses through the view bypass the emulator: no TLB, no statistics,
         no DMA-API ownership checks after the one made here."""
+        return self._pinned_view(va, size, write)[0]
+
+    def _pinned_view(self, va: int, size: int, write: bool) -> tuple[memoryview, Callable[[], None]]:
+        """:meth:`view`, with the function that drops its pins early (idempotent;
+        the view must not be used after it)."""
         va, size = u64("va", va), u64("size", size)
         if not size:
             raise InvalidArgumentError("zero-length view", va)
@@ -743,8 +748,9 @@ class AddressSpace:
             raise ZeroCopyError(pinned, va)
         host, pa = pinned
         m = self.machine
-        mv = memoryview(cmm.view_buffer(host, pa, size, lambda: None if m.closed else m._ptr(), m))
-        return mv if write else mv.toreadonly()
+        buf, unpin = cmm.view_buffer(host, pa, size, lambda: None if m.closed else m._ptr(), m)
+        mv = memoryview(buf)
+        return (mv if write else mv.toreadonly()), unpin
 
     # One-register accesses are the hot path of a register-poking driver: each
     # is one cffi call returning the value (csrc/access.c, the fast path); the

@@ -26,8 +26,9 @@ __all__ = [
     "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
     "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
     "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
-    "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "FAST_NOP", "fast_failed",
-    "fast_raise", "view_pin", "view_buffer", "touch", "touch_list", "count_present", "tlb_flush_all", "fork",
+    "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "FAST_NOP",
+    "fast_failed", "fast_raise", "view_pin", "view_buffer", "touch", "touch_list", "count_present", "tlb_flush_all",
+    "fork",
 ]
 
 @dataclass(frozen=True)
@@ -332,17 +333,28 @@ def view_pin(p: Any, va: int, n: int, write: bool) -> tuple[Any, int] | str:
     return host[0], int(pa[0])
 
 
-def view_buffer(host: Any, pa: int, n: int, machine_ptr: Callable[[], Any], keep: object) -> Any:
-    """A cffi buffer of ``n`` bytes at ``host`` whose pages are unpinned when the
-    buffer (and every memoryview of it) is gone; ``keep`` (the machine, whose
-    host memory this is) stays alive as long.  ``machine_ptr`` gives the C
-    machine, or None once it is closed (nothing left to unpin)."""
-    def unpin(_: Any, keep: object = keep) -> None:
+def view_buffer(host: Any, pa: int, n: int, machine_ptr: Callable[[], Any],
+                keep: object) -> tuple[Any, Callable[[], None]]:
+    """A cffi buffer of ``n`` bytes at ``host``, and the function that unpins its
+    pages: called by hand (once; later calls do nothing) or when the buffer,
+    and every memoryview of it, is gone.  ``keep`` (the machine, whose host
+    memory this is) stays alive as long; ``machine_ptr`` gives the C machine,
+    or None once it is closed (nothing left to unpin)."""
+    armed = [True]
+
+    def unpin() -> None:
+        try:
+            armed.pop()   # atomic: exactly one caller unpins
+        except IndexError:
+            return
         m = machine_ptr()
         if m is not None:
             lib.dmamap_view_unpin(m, pa, n)
 
-    return ffi.buffer(ffi.gc(host, unpin), n)
+    def on_gc(_: Any, keep: object = keep) -> None:
+        unpin()
+
+    return ffi.buffer(ffi.gc(host, on_gc), n), unpin
 
 
 def touch(p: Any, va: int, count: int, stride: int, write: bool) -> None:

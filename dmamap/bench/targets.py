@@ -24,6 +24,7 @@ from dmamap.bench.config import BASE_VA, SRAM_POOL, GiB, MiB, SweepConfig, fmt_s
 from dmamap.bench.harness import Pattern, aligned_coherent, bench_machine, populate, sram_pool, time_run
 from dmamap.bench.references import StoreLimit, host_sample
 from dmamap.bench.results import Target
+from dmamap.errors import ZeroCopyError
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
 from dmamap.policy import CoherentMemory
 from dmamap.registry import get_backend
@@ -174,7 +175,7 @@ def _zero_copy(mm: dmamap.AddressSpace, vma: dmamap.Vma) -> bool:
     """Whether the memory model gives a zero-copy view of ``vma`` (not through the cache model)."""
     try:
         mm.view(vma.start, PAGE_SIZE).release()
-    except dmamap.ZeroCopyError:
+    except ZeroCopyError:
         return False
     return True
 
