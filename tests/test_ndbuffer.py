@@ -177,3 +177,20 @@ def _no_numpy_import_module(real: Any) -> Any:
 def test_import_dmamap_does_not_import_numpy() -> None:
     code = "import sys, dmamap; assert 'numpy' not in sys.modules, 'numpy imported'; print(dmamap.allocate)"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("section", ["## Reading and writing mappings from Python", "## numpy buffers"])
+def test_docs_examples_run(section: str) -> None:
+    """docs/dma.md's examples of these sections run as written, warnings as errors."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "dma.md").read_text()
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"docs/dma.md {section} block {i}", "exec"), {})   # noqa: S102 - the docs' own code
