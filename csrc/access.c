@@ -490,3 +490,98 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
         }
     }
 }
+
+/* ---- Bulk accesses (read, readinto, write from Python) ----
+ * As dmamap_access, but a large one is refused up front unless VMAs cover the
+ * range end to end (so a refused access faults nothing in), and pages the CPU reaches with a plain copy (cacheable
+ * RAM with no cache model between) are gathered into runs of contiguous host
+ * memory and copied with one libc memmove each; anything else goes through
+ * access_locked page by page.  A run is copied before anything that could run
+ * a callback or fail (a TLB miss, a refused page), so every byte moves in the
+ * order, and with the partial effect on failure, of dmamap_access. */
+#define BULK_SMALL (64ULL << 10)
+static void *(*volatile bulk_move)(void *, const void *, size_t) = memmove;   /* libc's, never inlined */
+
+struct bulk_run {
+    uint8_t *host, *buf;
+    uint64_t len;
+};
+
+static void run_flush(struct bulk_run *r, int is_write)
+{
+    if (!r->len)
+        return;
+    if (is_write)
+        bulk_move(r->host, r->buf, r->len);
+    else
+        bulk_move(r->buf, r->host, r->len);
+    r->len = 0;
+}
+
+static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write,
+                              struct dmamap_err *err)
+{
+    struct bulk_run run = {0};
+    while (n) {
+        uint64_t off = va & (PAGE_SIZE - 1);
+        uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
+        uint64_t vpn = va >> PAGE_SHIFT;
+        struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
+        if (t->vpn != vpn || (is_write && !t->writable))
+            run_flush(&run, is_write);   /* a walk may fault, and a fault may call back */
+        int rc = resolve(as, va, is_write, &t, err);
+        if (rc) {
+            run_flush(&run, is_write);
+            return rc;
+        }
+        if (t && t->host && !t->device && t->cacheable && !as->m->cache) {
+            uint8_t *h = t->host + off;
+            if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
+                run_flush(&run, is_write);
+                return rc;
+            }
+            if (run.len && h != run.host + run.len)
+                run_flush(&run, is_write);
+            if (!run.len) {
+                run.host = h;
+                run.buf = b;
+            }
+            run.len += chunk;
+        } else {
+            run_flush(&run, is_write);
+            if ((rc = access_locked(as, va, b, chunk, is_write, err)))
+                return rc;
+        }
+        b += chunk;
+        va += chunk;
+        n -= chunk;
+    }
+    run_flush(&run, is_write);
+    return 0;
+}
+
+int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
+    if (n && !buf)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL buffer");
+    if (va + n < va)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "access %#llx+%#llx wraps the address space (SIGSEGV)",
+                           (unsigned long long)va, (unsigned long long)n);
+    AS_LOCK(as, err, va);
+    /* A large access needs VMAs end to end, or nothing is touched: the first gap
+     * refuses it whole.  A small one is an access like any (a gap is found by
+     * the TLB lookup and walk, as the CPU finds it). */
+    for (uint64_t cur = va; n > BULK_SMALL && cur < va + n;) {
+        struct vma *v = vma_find(as, cur);
+        if (!v) {
+            int rc = dmamap_fail(err, DMAMAP_ESEGV, cur, "access to %#llx, which no VMA maps (SIGSEGV)",
+                                 (unsigned long long)cur);
+            return as_unlock(as, rc, err);
+        }
+        cur = v->end;
+    }
+    int rc = access_bulk_locked(as, va, buf, n, is_write, err);
+    return as_unlock(as, rc, err);
+}

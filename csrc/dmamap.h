@@ -414,6 +414,9 @@ int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uin
 /* Walks and accesses. */
 int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struct dmamap_err *err);
 int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
+/* dmamap_access refused up front (SIGSEGV) unless VMAs cover the range, with
+ * runs of plainly copied memory moved by one memmove each. */
+int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
 int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct dmamap_err *err);
 int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err);
 /* Register accesses returning the value (the Python fast path): widths 1-4

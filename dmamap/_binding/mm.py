@@ -256,24 +256,24 @@ def read(p: Any, va: int, n: int) -> bytes:
     if n < 2:   # bytes of length 0 and 1 may be shared singletons: never filled in place
         b = bytearray(n)
         if n:
-            call(lib.dmamap_access, p, va, ffi.from_buffer(b), n, 0)
+            call(lib.dmamap_access_bulk, p, va, ffi.from_buffer(b), n, 0)
         return bytes(b)
     try:
         out = bytes(n)
     except MemoryError:
         raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
-    call(lib.dmamap_access, p, va, ffi.from_buffer("uint8_t[]", out), n, 0)
+    call(lib.dmamap_access_bulk, p, va, ffi.from_buffer("uint8_t[]", out), n, 0)
     return out
 
 
 def readinto(p: Any, va: int, buf: Any, n: int) -> None:
     """Read ``n`` bytes into ``buf`` (a cffi buffer or ``from_buffer`` cdata) in one
     call; the GIL is released while the core copies."""
-    call(lib.dmamap_access, p, va, buf, n, 0)
+    call(lib.dmamap_access_bulk, p, va, buf, n, 0)
 
 
 def write(p: Any, va: int, cdata: Any, n: int) -> None:
-    call(lib.dmamap_access, p, va, cdata, n, 1)
+    call(lib.dmamap_access_bulk, p, va, cdata, n, 1)
 
 
 def from_buffer(mv: memoryview) -> Any:
