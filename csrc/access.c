@@ -1,6 +1,7 @@
 /* CPU accesses through the software TLB: resolve (walk, fault, COW), reads and
  * writes of memory, MMIO and ports at the access's width, and touches. */
 #include <string.h>
+#include <sys/mman.h>
 #include "internal.h"
 
 /* Resolve va for an access, faulting as needed; returns a TLB entry. */
@@ -527,8 +528,14 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
         uint64_t vpn = va >> PAGE_SHIFT;
         struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
-        if (t->vpn != vpn || (is_write && !t->writable))
-            run_flush(&run, is_write);   /* a walk may fault, and a fault may call back */
+        if (t->vpn != vpn || (is_write && !t->writable)) {
+            /* a TLB miss may fault, and a fault may call back: copy first, unless
+             * it is a read the page tables already map (a walk, nothing more) */
+            uint64_t *e;
+            int level;
+            if (is_write || !dmamap_pt_walk(as, va, &e, &level))
+                run_flush(&run, is_write);
+        }
         int rc = resolve(as, va, is_write, &t, err);
         if (rc) {
             run_flush(&run, is_write);
@@ -584,4 +591,17 @@ int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is
     }
     int rc = access_bulk_locked(as, va, buf, n, is_write, err);
     return as_unlock(as, rc, err);
+}
+
+/* A fresh host buffer about to be filled by a bulk read: ask for transparent
+ * huge pages on its 2 MiB-aligned interior, so filling it costs a few host
+ * faults instead of one per 4 KiB (only a hint; nothing changes if refused). */
+void dmamap_host_prepare(void *buf, uint64_t n)
+{
+    uintptr_t start = ((uintptr_t)buf + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
+    uintptr_t end = ((uintptr_t)buf + n) & ~(uintptr_t)((2u << 20) - 1);
+#ifdef MADV_HUGEPAGE
+    if (buf && end > start)
+        madvise((void *)start, end - start, MADV_HUGEPAGE);
+#endif
 }

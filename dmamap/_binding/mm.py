@@ -247,6 +247,10 @@ def translate(p: Any, va: int) -> Xlate | None:
                  int(x.region))
 
 
+#: Reads from this size on ask the host for huge pages to fill (see dmamap_host_prepare).
+_HUGE_HINT = 4 << 20
+
+
 def read(p: Any, va: int, n: int) -> bytes:
     """``n`` bytes as the CPU reads them, copied once: straight into a fresh
     bytes object, which nothing else can see until it is returned (as C code
@@ -262,7 +266,10 @@ def read(p: Any, va: int, n: int) -> bytes:
         out = bytes(n)
     except MemoryError:
         raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
-    call(lib.dmamap_access_bulk, p, va, ffi.from_buffer("uint8_t[]", out), n, 0)
+    cbuf = ffi.from_buffer("uint8_t[]", out)
+    if n >= _HUGE_HINT:
+        lib.dmamap_host_prepare(cbuf, n)
+    call(lib.dmamap_access_bulk, p, va, cbuf, n, 0)
     return out
 
 
