@@ -177,6 +177,59 @@ int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *val
     return rc;
 }
 
+/* The part of one page an access covers, with the page resolved to t (NULL: trapped ports). */
+static int access_chunk(dmamap_as *as, struct tlb_entry *t, uint64_t va, uint8_t *b, uint64_t chunk, int is_write,
+                        struct dmamap_err *err)
+{
+    int rc;
+    if (t && t->host && !t->device) {
+        uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+        uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
+        if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
+            return rc;
+        if (t->cacheable && as->m->cache) {
+            if (is_write)
+                dmamap_cache_write(as->m, va, pa, h, b, chunk);
+            else
+                dmamap_cache_read(as->m, va, pa, h, b, chunk);
+        } else if (t->wc && as->m->wcb_n) {
+            if (is_write) {
+                dmamap_wcb_store(as->m, pa, b, chunk);
+            } else {
+                dmamap_wcb_drain_all(as->m);
+                memcpy(b, h, chunk);
+            }
+        } else if (is_write) {
+            memcpy(h, b, chunk);
+        } else {
+            memcpy(b, h, chunk);
+        }
+        if (!t->cacheable && !t->wc)
+            dmamap_wcb_drain_all(as->m);
+        return 0;
+    }
+    /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
+    uint64_t done = 0;
+    while (done < chunk) {
+        uint64_t a = va + done;
+        int size = 8;
+        while (size > 1 && ((a & (uint64_t)(size - 1)) || (uint64_t)size > chunk - done))
+            size >>= 1;
+        if ((!t || t->region == DMAMAP_MEM_IOWIN) && size == 8)
+            size = 4;   /* port space has no 8-byte access (trapped or through the I/O window) */
+        uint64_t val = 0;
+        if (is_write)
+            memcpy(&val, b + done, (size_t)size);
+        rc = access_one(as, a, size, is_write, &val, err);
+        if (rc)
+            return rc;
+        if (!is_write)
+            memcpy(b + done, &val, (size_t)size);
+        done += (uint64_t)size;
+    }
+    return 0;
+}
+
 static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write, struct dmamap_err *err)
 {
     while (n) {
@@ -186,51 +239,8 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
         int rc = resolve(as, va, is_write, &t, err);
         if (rc)
             return rc;
-        if (t && t->host && !t->device) {
-            uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
-            uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
-            if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
-                return rc;
-            if (t->cacheable && as->m->cache) {
-                if (is_write)
-                    dmamap_cache_write(as->m, va, pa, h, b, chunk);
-                else
-                    dmamap_cache_read(as->m, va, pa, h, b, chunk);
-            } else if (t->wc && as->m->wcb_n) {
-                if (is_write) {
-                    dmamap_wcb_store(as->m, pa, b, chunk);
-                } else {
-                    dmamap_wcb_drain_all(as->m);
-                    memcpy(b, h, chunk);
-                }
-            } else if (is_write) {
-                memcpy(h, b, chunk);
-            } else {
-                memcpy(b, h, chunk);
-            }
-            if (!t->cacheable && !t->wc)
-                dmamap_wcb_drain_all(as->m);
-        } else {
-            /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
-            uint64_t done = 0;
-            while (done < chunk) {
-                uint64_t a = va + done;
-                int size = 8;
-                while (size > 1 && ((a & (uint64_t)(size - 1)) || (uint64_t)size > chunk - done))
-                    size >>= 1;
-                if ((!t || t->region == DMAMAP_MEM_IOWIN) && size == 8)
-                    size = 4;   /* port space has no 8-byte access (trapped or through the I/O window) */
-                uint64_t val = 0;
-                if (is_write)
-                    memcpy(&val, b + done, (size_t)size);
-                rc = access_one(as, a, size, is_write, &val, err);
-                if (rc)
-                    return rc;
-                if (!is_write)
-                    memcpy(b + done, &val, (size_t)size);
-                done += (uint64_t)size;
-            }
-        }
+        if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
+            return rc;
         b += chunk;
         va += chunk;
         n -= chunk;
@@ -389,7 +399,8 @@ static int view_refuse(int *refused, struct dmamap_err *err, uint64_t va, const 
 {
     *refused = 1;
     dmamap_fail(err, DMAMAP_EINVAL, va, "no zero-copy view of %#llx: %s", (unsigned long long)va, why);
-    err->code = 0;
+    if (err)
+        err->code = 0;
     return 0;
 }
 
@@ -494,12 +505,13 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
 
 /* ---- Bulk accesses (read, readinto, write from Python) ----
  * As dmamap_access, but a large one is refused up front unless VMAs cover the
- * range end to end (so a refused access faults nothing in), and pages the CPU reaches with a plain copy (cacheable
- * RAM with no cache model between) are gathered into runs of contiguous host
- * memory and copied with one libc memmove each; anything else goes through
- * access_locked page by page.  A run is copied before anything that could run
- * a callback or fail (a TLB miss, a refused page), so every byte moves in the
- * order, and with the partial effect on failure, of dmamap_access. */
+ * range end to end (so a refused access faults nothing in), and pages the CPU
+ * reaches with a plain copy (cacheable RAM with no cache model between) are
+ * gathered into runs of contiguous host memory, copied with one libc memmove
+ * each; anything else goes through access_chunk page by page, as
+ * dmamap_access.  A run is copied before anything that could call back or
+ * fail (a fault, a refused page), so every byte moves in the order, and with
+ * the partial effect on failure, of dmamap_access. */
 #define BULK_SMALL (64ULL << 10)
 static void *(*volatile bulk_move)(void *, const void *, size_t) = memmove;   /* libc's, never inlined */
 
@@ -556,7 +568,7 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
             run.len += chunk;
         } else {
             run_flush(&run, is_write);
-            if ((rc = access_locked(as, va, b, chunk, is_write, err)))
+            if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
                 return rc;
         }
         b += chunk;
