@@ -531,6 +531,19 @@ static void run_flush(struct bulk_run *r, int is_write)
     r->len = 0;
 }
 
+/* Whether an access at va would resolve with a walk alone (no fault, no copy
+ * on write): a leaf is present, and writable for a write (known when its
+ * attribute bits are the ones resolve decoded last; otherwise: maybe not). */
+static int mapped_for(dmamap_as *as, uint64_t va, int is_write)
+{
+    uint64_t *e;
+    int level;
+    if (!dmamap_pt_walk(as, va, &e, &level))
+        return 0;
+    return !is_write || (level == as->dm_level && (*e & ~as->pa_mask[level]) == as->dm_attr && as->dm_valid &&
+                         as->dm_writable);
+}
+
 static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write,
                               struct dmamap_err *err)
 {
@@ -540,14 +553,10 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
         uint64_t vpn = va >> PAGE_SHIFT;
         struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
-        if (t->vpn != vpn || (is_write && !t->writable)) {
-            /* a TLB miss may fault, and a fault may call back: copy first, unless
-             * it is a read the page tables already map (a walk, nothing more) */
-            uint64_t *e;
-            int level;
-            if (is_write || !dmamap_pt_walk(as, va, &e, &level))
-                run_flush(&run, is_write);
-        }
+        /* a TLB miss may fault, and a fault may call back: copy first, unless
+         * the page tables already allow the access (a walk, nothing more) */
+        if ((t->vpn != vpn || (is_write && !t->writable)) && !mapped_for(as, va, is_write))
+            run_flush(&run, is_write);
         int rc = resolve(as, va, is_write, &t, err);
         if (rc) {
             run_flush(&run, is_write);
