@@ -150,6 +150,13 @@ class DmaMemory:
             self.freed = True
 
 
+    def __repr__(self) -> str:
+        kind = "coherent" if self.coherent else f"streaming {self.direction.name}"
+        how = "freed" if self.freed else "zero-copy" if self.zero_copy else "shadowed"
+        return (f"<DmaMemory {kind} {self.size:#x} bytes at bus {self.dma_handle:#x}, "
+                f"cpu {int(self.cpu_addr):#x}, {how}>")
+
+
 def _nothing() -> None:
     return None
 
