@@ -26,6 +26,7 @@ imports without it and :func:`allocate` says what to install.
 from __future__ import annotations
 
 import importlib
+import operator
 import threading
 from types import ModuleType
 from typing import Any
@@ -161,6 +162,22 @@ def _nothing() -> None:
     return None
 
 
+def _dims(shape: object) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of them, numpy integers included) as a tuple of ints."""
+    dims = list(shape) if isinstance(shape, (tuple, list)) else [shape]
+    out = []
+    for d in dims:
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            out.append(operator.index(d))   # type: ignore[arg-type]
+        except TypeError:
+            raise InvalidArgumentError(f"allocate: shape {shape!r} must be non-negative ints") from None
+        if out[-1] < 0:
+            raise InvalidArgumentError(f"allocate: shape {shape!r} must be non-negative ints")
+    return tuple(out)
+
+
 def dma_array_class() -> Any:
     """The ``DmaArray`` numpy subclass (imports numpy; ``dmamap.DmaArray`` is this)."""
     _numpy()
@@ -179,10 +196,7 @@ def allocate(dev: Device, shape: int | tuple[int, ...], dtype: Any = "u4", *, co
     np = _numpy()
     cls = dma_array_class()
     dt = np.dtype(dtype)
-    shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
-    for d in shape_t:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise InvalidArgumentError(f"allocate: shape {shape!r} must be non-negative ints")
+    shape_t = _dims(shape)
     count = 1
     for d in shape_t:
         count *= d

@@ -131,7 +131,8 @@ def test_leaked_buffer_is_reported_at_device_removal() -> None:
         dev.remove()
 
 
-@pytest.mark.parametrize(("shape", "dtype"), [((0,), "u4"), ((-1,), "u4"), ((2, 1.5), "u4"), (True, "u1")])
+@pytest.mark.parametrize(("shape", "dtype"), [((0,), "u4"), ((-1,), "u4"), ((2, 1.5), "u4"), (True, "u1"),
+                                             ((2, True), "u1"), ("ab", "u1")])
 def test_bad_shapes_are_refused(shape: Any, dtype: str) -> None:
     with dmamap.Machine("x86") as m:
         dev = m.add_device("engine")
@@ -200,3 +201,12 @@ def test_docs_examples_run(section: str) -> None:
         warnings.simplefilter("error")
         for i, code in enumerate(blocks):
             exec(compile(code, f"docs/dma.md {section} block {i}", "exec"), {})   # noqa: S102 - the docs' own code
+
+
+def test_shapes_take_numpy_integers() -> None:
+    with dmamap.Machine("x86") as m:
+        dev = m.add_device("engine")
+        for shape, want in ((np.int64(5), (5,)), ((np.int32(2), 3), (2, 3)), ([4], (4,))):
+            with dmamap.allocate(dev, shape, np.uint8) as a:
+                assert a.shape == want
+        dev.remove()
