@@ -171,6 +171,15 @@ def _copy_reference(size: int) -> tuple[str, Callable[[], object]]:
     return "numpy copy", lambda: np.copyto(b, a)
 
 
+def _destination(size: int) -> memoryview:
+    """Where the read variants copy to: the same kind of buffer as the reference's (numpy when installed)."""
+    try:
+        import numpy as np
+    except ImportError:
+        return memoryview(bytearray(size))
+    return memoryview(np.empty(size, dtype=np.uint8).data)
+
+
 def _zero_copy(mm: dmamap.AddressSpace, vma: dmamap.Vma) -> bool:
     """Whether the memory model gives a zero-copy view of ``vma`` (not through the cache model)."""
     try:
@@ -193,7 +202,7 @@ def target_bulk(platform: str, size: int, repeat: int) -> list[Target]:
         cache = m.isa_info.cached
         dmamap.remap_pfn_range(vma, vma.start, pfn, size, dmamap.PgProt.make(m.isa, write=True, cache=cache))
         data = bytes(size)
-        dst = memoryview(bytearray(size))
+        dst = _destination(size)
         ref_name, ref = _copy_reference(size)
         ops: dict[str, Callable[[], object]] = {
             "read": lambda: mm.read(vma.start, size),
