@@ -38,7 +38,7 @@ from dmamap.dma import dma_alloc_coherent, dma_free_coherent
 from dmamap.dma_noncoherent import dma_alloc_noncoherent, dma_free_noncoherent
 from dmamap.dma_stream import (
     DMA_BIDIRECTIONAL,
-    DmaDirection,
+    _direction,
     dma_sync_single_for_cpu,
     dma_sync_single_for_device,
 )
@@ -67,7 +67,7 @@ class DmaMemory:
             raise TypeError(f"expected a Device, got {type(dev).__name__}")
         self.dev = dev
         self.coherent = bool(coherent)
-        self.direction = DmaDirection(direction) if not coherent else DMA_BIDIRECTIONAL
+        self.direction = _direction(direction, "allocate") if not coherent else DMA_BIDIRECTIONAL
         if coherent:
             self.cpu_addr, self.dma_handle, self.size = dma_alloc_coherent(dev, size)
         else:

@@ -140,6 +140,10 @@ def test_bad_shapes_are_refused(shape: Any, dtype: str) -> None:
             dmamap.allocate(dev, shape, dtype)
         with pytest.raises(TypeError):
             dmamap.allocate("dev", 4)   # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError):
+            dmamap.allocate(dev, 4, coherent=False, direction=7)
+        with pytest.raises(TypeError):
+            dmamap.allocate(dev, 4, coherent=False, direction="in")   # type: ignore[arg-type]
         dev.remove()
 
 
