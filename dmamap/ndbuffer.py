@@ -141,12 +141,14 @@ class DmaMemory:
         with self._lock:
             if self.freed:
                 return
+            m = self.dev.machine
+            m._ptr()   # a closed machine: MachineClosedError, as every later use of it
             self._unpin()
             try:
                 self._free_dma()
             except BaseException:
-                if self.zero_copy:   # refused: keep the buffer as it was, pinned
-                    self.host, self._unpin = self.dev.machine.kernel._pinned_view(self.cpu_addr, self.size, True)
+                if self.zero_copy and not m.closed:   # refused: keep the buffer as it was, pinned
+                    self.host, self._unpin = m.kernel._pinned_view(self.cpu_addr, self.size, True)
                 raise
             self.freed = True
 

@@ -214,3 +214,17 @@ def test_shapes_take_numpy_integers() -> None:
             with dmamap.allocate(dev, shape, np.uint8) as a:
                 assert a.shape == want
         dev.remove()
+
+
+@pytest.mark.parametrize("platform", ["x86", "arm"])
+def test_buffer_of_a_closed_machine(platform: str) -> None:
+    m = dmamap.Machine(platform)
+    dev = m.add_device("engine")
+    a = dmamap.allocate(dev, 16, np.uint8)
+    a[:] = 3
+    m.close()
+    with pytest.raises(dmamap.MachineClosedError):
+        a.flush()
+    with pytest.raises(dmamap.MachineClosedError):
+        a.free()
+    assert a.shape == (16,)   # the array itself stays readable (zero-copy: the memory went back, zeroed)
