@@ -1,6 +1,7 @@
 /* CPU accesses through the software TLB: resolve (walk, fault, COW), reads and
  * writes of memory, MMIO and ports at the access's width, and touches. */
 #include <string.h>
+#include <sys/mman.h>
 #include "internal.h"
 
 /* Resolve va for an access, faulting as needed; returns a TLB entry. */
@@ -183,6 +184,59 @@ int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *val
     return rc;
 }
 
+/* The part of one page an access covers, with the page resolved to t (NULL: trapped ports). */
+static int access_chunk(dmamap_as *as, struct tlb_entry *t, uint64_t va, uint8_t *b, uint64_t chunk, int is_write,
+                        struct dmamap_err *err)
+{
+    int rc;
+    if (t && t->host && !t->device) {
+        uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
+        uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
+        if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
+            return rc;
+        if (t->cacheable && as->m->cache) {
+            if (is_write)
+                dmamap_cache_write(as->m, va, pa, h, b, chunk);
+            else
+                dmamap_cache_read(as->m, va, pa, h, b, chunk);
+        } else if (t->wc && as->m->wcb_n) {
+            if (is_write) {
+                dmamap_wcb_store(as->m, pa, b, chunk);
+            } else {
+                dmamap_wcb_drain_all(as->m);
+                memcpy(b, h, chunk);
+            }
+        } else if (is_write) {
+            memcpy(h, b, chunk);
+        } else {
+            memcpy(b, h, chunk);
+        }
+        if (!t->cacheable && !t->wc)
+            dmamap_wcb_drain_all(as->m);
+        return 0;
+    }
+    /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
+    uint64_t done = 0;
+    while (done < chunk) {
+        uint64_t a = va + done;
+        int size = 8;
+        while (size > 1 && ((a & (uint64_t)(size - 1)) || (uint64_t)size > chunk - done))
+            size >>= 1;
+        if ((!t || t->region == DMAMAP_MEM_IOWIN) && size == 8)
+            size = 4;   /* port space has no 8-byte access (trapped or through the I/O window) */
+        uint64_t val = 0;
+        if (is_write)
+            memcpy(&val, b + done, (size_t)size);
+        rc = access_one(as, a, size, is_write, &val, err);
+        if (rc)
+            return rc;
+        if (!is_write)
+            memcpy(b + done, &val, (size_t)size);
+        done += (uint64_t)size;
+    }
+    return 0;
+}
+
 static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write, struct dmamap_err *err)
 {
     while (n) {
@@ -192,51 +246,8 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
         int rc = resolve(as, va, is_write, &t, err);
         if (rc)
             return rc;
-        if (t && t->host && !t->device) {
-            uint8_t *h = t->host + (va & (PAGE_SIZE - 1));
-            uint64_t pa = t->pa_page | (va & (PAGE_SIZE - 1));
-            if (t->cacheable && (rc = dmamap_dma_own_check(as->m, pa, chunk, is_write, err)))
-                return rc;
-            if (t->cacheable && as->m->cache) {
-                if (is_write)
-                    dmamap_cache_write(as->m, va, pa, h, b, chunk);
-                else
-                    dmamap_cache_read(as->m, va, pa, h, b, chunk);
-            } else if (t->wc && as->m->wcb_n) {
-                if (is_write) {
-                    dmamap_wcb_store(as->m, pa, b, chunk);
-                } else {
-                    dmamap_wcb_drain_all(as->m);
-                    memcpy(b, h, chunk);
-                }
-            } else if (is_write) {
-                memcpy(h, b, chunk);
-            } else {
-                memcpy(b, h, chunk);
-            }
-            if (!t->cacheable && !t->wc)
-                dmamap_wcb_drain_all(as->m);
-        } else {
-            /* MMIO, ports and Device memory: naturally aligned accesses of up to 8 bytes */
-            uint64_t done = 0;
-            while (done < chunk) {
-                uint64_t a = va + done;
-                int size = 8;
-                while (size > 1 && ((a & (uint64_t)(size - 1)) || (uint64_t)size > chunk - done))
-                    size >>= 1;
-                if ((!t || t->region == DMAMAP_MEM_IOWIN) && size == 8)
-                    size = 4;   /* port space has no 8-byte access (trapped or through the I/O window) */
-                uint64_t val = 0;
-                if (is_write)
-                    memcpy(&val, b + done, (size_t)size);
-                rc = access_one(as, a, size, is_write, &val, err);
-                if (rc)
-                    return rc;
-                if (!is_write)
-                    memcpy(b + done, &val, (size_t)size);
-                done += (uint64_t)size;
-            }
-        }
+        if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
+            return rc;
         b += chunk;
         va += chunk;
         n -= chunk;
@@ -301,4 +312,324 @@ int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct 
 int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err)
 {
     return rw_n(as, va, size, 1, &value, err);
+}
+
+/* ---- Register accesses for the Python fast path ----
+ * One call per access, the value as the return: widths 1, 2 and 4 return the
+ * value or a negative DMAMAP_E* code; width 8 returns the value, and ~0 is
+ * ambiguous until dmamap_fast_err()->code says whether it failed.  The error
+ * record is per thread, as errno.  A callback exception the binding stashed
+ * during the access (dmamap_fast_pending) fails the access even where the core
+ * finished it, so the binding need not look at its own state on success. */
+static _Thread_local struct dmamap_err fast_err;
+static _Thread_local int fast_pending;
+
+struct dmamap_err *dmamap_fast_err(void)
+{
+    return &fast_err;
+}
+
+void dmamap_fast_pending(int pending)
+{
+    fast_pending = pending;
+}
+
+/* The floor under the fast path: a call with the same arguments that does nothing. */
+int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va)
+{
+    return (int64_t)(va & 0xff) + (as != NULL);
+}
+
+static inline int fast_rw(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *v)
+{
+    struct dmamap_err err;   /* copied to the thread's record only on failure */
+    int rc = rw_n(as, va, size, is_write, v, &err);
+    if (fast_pending && !rc)
+        rc = err.code = DMAMAP_EHANDLER;
+    if (rc)
+        fast_err = err;
+    return rc;
+}
+
+static inline int64_t fast_read(dmamap_as *as, uint64_t va, int size)
+{
+    uint64_t v = 0;
+    int rc = fast_rw(as, va, size, 0, &v);
+    return rc ? (int64_t)rc : (int64_t)v;
+}
+
+int64_t dmamap_read8_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 1); }
+int64_t dmamap_read16_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 2); }
+int64_t dmamap_read32_fast(dmamap_as *as, uint64_t va) { return fast_read(as, va, 4); }
+
+uint64_t dmamap_read64_fast(dmamap_as *as, uint64_t va)
+{
+    uint64_t v = 0;
+    if (fast_rw(as, va, 8, 0, &v))
+        return ~0ULL;
+    if (v == ~0ULL)
+        fast_err.code = 0;   /* the value, not a failure */
+    return v;
+}
+
+int dmamap_write8_fast(dmamap_as *as, uint64_t va, uint8_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 1, 1, &v);
+}
+
+int dmamap_write16_fast(dmamap_as *as, uint64_t va, uint16_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 2, 1, &v);
+}
+
+int dmamap_write32_fast(dmamap_as *as, uint64_t va, uint32_t value)
+{
+    uint64_t v = value;
+    return fast_rw(as, va, 4, 1, &v);
+}
+
+int dmamap_write64_fast(dmamap_as *as, uint64_t va, uint64_t value)
+{
+    return fast_rw(as, va, 8, 1, &value);
+}
+
+/* ---- Zero-copy views (pin_user_pages with FOLL_PIN, then the host memory) ----
+ * [va, va+n) is resolved as an access would (faults, permissions, COW broken
+ * for a writable view) and pinned page by page when the CPU would reach it
+ * with no emulation between: host RAM with a page descriptor, through a
+ * cacheable mapping on a machine without the cache model, not Device memory,
+ * physically contiguous, and not owned by a device (streaming DMA).  Otherwise
+ * *refused is set, err->msg says why, nothing is pinned and 0 is returned. */
+static int view_refuse(int *refused, struct dmamap_err *err, uint64_t va, const char *why)
+{
+    *refused = 1;
+    dmamap_fail(err, DMAMAP_EINVAL, va, "no zero-copy view of %#llx: %s", (unsigned long long)va, why);
+    if (err)
+        err->code = 0;
+    return 0;
+}
+
+static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
+                      int *refused, struct dmamap_err *err)
+{
+    uint64_t pa0 = 0;
+    uint8_t *host0 = NULL;
+    for (uint64_t off = 0; off < n;) {
+        uint64_t a = va + off;
+        struct tlb_entry *t;
+        int rc = resolve(as, a, is_write, &t, err);
+        if (rc)
+            return rc;
+        if (!t || !t->host || t->region != DMAMAP_MEM_RAM)
+            return view_refuse(refused, err, a, "not RAM (MMIO, ports or SRAM: no page descriptor to pin)");
+        if (t->device)
+            return view_refuse(refused, err, a, "Device memory (every access is emulated)");
+        if (!t->cacheable)
+            return view_refuse(refused, err, a, "an uncached or write-combining mapping (the access path "
+                               "orders and drains; use readinto/write)");
+        if (as->m->cache)
+            return view_refuse(refused, err, a, "a cacheable mapping on a non-coherent machine (the cache "
+                               "model sits between the CPU and memory; use readinto/write)");
+        uint64_t pa = t->pa_page | (a & (PAGE_SIZE - 1));
+        uint8_t *h = t->host + (a & (PAGE_SIZE - 1));
+        if (off == 0) {
+            pa0 = pa;
+            host0 = h;
+        } else if (pa != pa0 + off || h != host0 + off) {
+            return view_refuse(refused, err, a, "the range is not physically contiguous");
+        }
+        off += PAGE_SIZE - (a & (PAGE_SIZE - 1));
+    }
+    int rc = dmamap_dma_own_check(as->m, pa0, n, is_write, err);
+    if (rc)
+        return rc;
+    *host_out = host0;
+    *pa_out = pa0;
+    return 0;
+}
+
+/* Take one reference on each page of [pa, pa+n); all or none. */
+static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, struct dmamap_err *err)
+{
+    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
+    LOCK(&m->lock);
+    for (uint64_t pfn = first; pfn <= last; pfn++) {
+        struct page_desc *p = dmamap_page(m, pfn);
+        if (!p || p->refcount <= 0 || (p->flags & DMAMAP_PG_TABLE)) {
+            UNLOCK(&m->lock);
+            return view_refuse(refused, err, pfn << PAGE_SHIFT, p && p->refcount > 0 ? "a page-table page" :
+                               "a free page (no reference to pin)");
+        }
+    }
+    for (uint64_t pfn = first; pfn <= last; pfn++)
+        dmamap_page(m, pfn)->refcount++;
+    UNLOCK(&m->lock);
+    return 0;
+}
+
+int dmamap_view_pin(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
+                    int *refused, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
+    if (!host_out || !pa_out || !refused)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL out pointer");
+    *refused = 0;
+    if (n == 0)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "zero-length view");
+    if (va + n < va)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "view %#llx+%#llx wraps the address space (SIGSEGV)",
+                           (unsigned long long)va, (unsigned long long)n);
+    AS_LOCK(as, err, va);
+    int rc = view_check(as, va, n, is_write, host_out, pa_out, refused, err);
+    if (!rc && !*refused)
+        rc = view_pin(as->m, *pa_out, n, refused, err);
+    return as_unlock(as, rc, err);
+}
+
+/* Drop a view's references; a page whose last reference this was (an
+ * anonymous page unmapped under the view) is freed, as unpin_user_pages. */
+void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
+{
+    if (!m || m->closed || n == 0)
+        return;
+    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
+    for (uint64_t pfn = first; pfn <= last; pfn++) {
+        LOCK(&m->lock);
+        struct page_desc *p = dmamap_page(m, pfn);
+        int last_ref = p && p->refcount == 1;
+        if (p && p->refcount > 1)
+            p->refcount--;
+        UNLOCK(&m->lock);
+        if (last_ref) {
+            struct dmamap_err err;
+            dmamap_free_pages(m, pfn, 1, &err);
+        }
+    }
+}
+
+/* ---- Bulk accesses (read, readinto, write from Python) ----
+ * As dmamap_access, but a large one is refused up front unless VMAs cover the
+ * range end to end (so a refused access faults nothing in), and pages the CPU
+ * reaches with a plain copy (cacheable RAM with no cache model between) are
+ * gathered into runs of contiguous host memory, copied with one libc memmove
+ * each; anything else goes through access_chunk page by page, as
+ * dmamap_access.  A run is copied before anything that could call back or
+ * fail (a fault, a refused page), so every byte moves in the order, and with
+ * the partial effect on failure, of dmamap_access. */
+#define BULK_SMALL (64ULL << 10)
+static void *(*volatile bulk_move)(void *, const void *, size_t) = memmove;   /* libc's, never inlined */
+
+struct bulk_run {
+    uint8_t *host, *buf;
+    uint64_t len;
+};
+
+static void run_flush(struct bulk_run *r, int is_write)
+{
+    if (!r->len)
+        return;
+    if (is_write)
+        bulk_move(r->host, r->buf, r->len);
+    else
+        bulk_move(r->buf, r->host, r->len);
+    r->len = 0;
+}
+
+/* Whether an access at va would resolve with a walk alone (no fault, no copy
+ * on write): a leaf is present, and writable for a write (known when its
+ * attribute bits are the ones resolve decoded last; otherwise: maybe not). */
+static int mapped_for(dmamap_as *as, uint64_t va, int is_write)
+{
+    uint64_t *e;
+    int level;
+    if (!dmamap_pt_walk(as, va, &e, &level))
+        return 0;
+    return !is_write || (level == as->dm_level && (*e & ~as->pa_mask[level]) == as->dm_attr && as->dm_valid &&
+                         as->dm_writable);
+}
+
+static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write,
+                              struct dmamap_err *err)
+{
+    struct bulk_run run = {0};
+    while (n) {
+        uint64_t off = va & (PAGE_SIZE - 1);
+        uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
+        uint64_t vpn = va >> PAGE_SHIFT;
+        struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
+        /* a TLB miss may fault, and a fault may call back: copy first, unless
+         * the page tables already allow the access (a walk, nothing more) */
+        if ((t->vpn != vpn || (is_write && !t->writable)) && !mapped_for(as, va, is_write))
+            run_flush(&run, is_write);
+        int rc = resolve(as, va, is_write, &t, err);
+        if (rc) {
+            run_flush(&run, is_write);
+            return rc;
+        }
+        if (t && t->host && !t->device && t->cacheable && !as->m->cache) {
+            uint8_t *h = t->host + off;
+            if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
+                run_flush(&run, is_write);
+                return rc;
+            }
+            if (run.len && h != run.host + run.len)
+                run_flush(&run, is_write);
+            if (!run.len) {
+                run.host = h;
+                run.buf = b;
+            }
+            run.len += chunk;
+        } else {
+            run_flush(&run, is_write);
+            if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
+                return rc;
+        }
+        b += chunk;
+        va += chunk;
+        n -= chunk;
+    }
+    run_flush(&run, is_write);
+    return 0;
+}
+
+int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
+{
+    dmamap_err_clear(err);
+    AS_CHECK(as, err, va);
+    if (n && !buf)
+        return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL buffer");
+    if (va + n < va)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "access %#llx+%#llx wraps the address space (SIGSEGV)",
+                           (unsigned long long)va, (unsigned long long)n);
+    AS_LOCK(as, err, va);
+    /* A large access needs VMAs end to end, or nothing is touched: the first gap
+     * refuses it whole.  A small one is an access like any (a gap is found by
+     * the TLB lookup and walk, as the CPU finds it). */
+    for (uint64_t cur = va; n > BULK_SMALL && cur < va + n;) {
+        struct vma *v = vma_find(as, cur);
+        if (!v) {
+            int rc = dmamap_fail(err, DMAMAP_ESEGV, cur, "access to %#llx, which no VMA maps (SIGSEGV)",
+                                 (unsigned long long)cur);
+            return as_unlock(as, rc, err);
+        }
+        cur = v->end;
+    }
+    int rc = access_bulk_locked(as, va, buf, n, is_write, err);
+    return as_unlock(as, rc, err);
+}
+
+/* A fresh host buffer about to be filled by a bulk read: ask for transparent
+ * huge pages on its 2 MiB-aligned interior, so filling it costs a few host
+ * faults instead of one per 4 KiB (only a hint; nothing changes if refused). */
+void dmamap_host_prepare(void *buf, uint64_t n)
+{
+    uintptr_t start = ((uintptr_t)buf + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
+    uintptr_t end = ((uintptr_t)buf + n) & ~(uintptr_t)((2u << 20) - 1);
+#ifdef MADV_HUGEPAGE
+    if (buf && end > start)
+        madvise((void *)start, end - start, MADV_HUGEPAGE);
+#endif
 }

@@ -438,8 +438,38 @@ int dmamap_mprotect(dmamap_as *as, int64_t id, uint64_t addr, uint64_t size, uin
 /* Walks and accesses. */
 int dmamap_translate(dmamap_as *as, uint64_t va, struct dmamap_xlate *out, struct dmamap_err *err);
 int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
+/* dmamap_access refused up front (SIGSEGV) unless VMAs cover the range, with
+ * runs of plainly copied memory moved by one memmove each. */
+int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
+/* Hint that a fresh host buffer of n bytes is about to be filled (huge pages where the host allows). */
+void dmamap_host_prepare(void *buf, uint64_t n);
 int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct dmamap_err *err);
 int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err);
+/* Register accesses returning the value (the Python fast path): widths 1-4
+ * return the value or a negative DMAMAP_E* code, width 8 returns ~0 on failure
+ * (the value ~0 too: dmamap_fast_err()->code tells); the writes return the code.
+ * The error record is per thread; dmamap_fast_pending(1) (a callback raised)
+ * fails the thread's next fast access. */
+int64_t dmamap_read8_fast(dmamap_as *as, uint64_t va);
+int64_t dmamap_read16_fast(dmamap_as *as, uint64_t va);
+int64_t dmamap_read32_fast(dmamap_as *as, uint64_t va);
+uint64_t dmamap_read64_fast(dmamap_as *as, uint64_t va);
+int dmamap_write8_fast(dmamap_as *as, uint64_t va, uint8_t value);
+int dmamap_write16_fast(dmamap_as *as, uint64_t va, uint16_t value);
+int dmamap_write32_fast(dmamap_as *as, uint64_t va, uint32_t value);
+int dmamap_write64_fast(dmamap_as *as, uint64_t va, uint64_t value);
+int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va);   /* the cffi call floor, for the benchmark */
+struct dmamap_err *dmamap_fast_err(void);
+void dmamap_fast_pending(int pending);
+/* Zero-copy views: resolve [va, va+n) as an access (is_write: as a write) and
+ * pin its pages if the CPU reaches them with no emulation between (cacheable
+ * RAM, no cache model, physically contiguous, not device-owned); the host
+ * pointer and physical address out.  Otherwise *refused = 1, the reason in
+ * err->msg, nothing pinned.  unpin drops the references (freeing a page whose
+ * last one it was). */
+int dmamap_view_pin(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
+                    int *refused, struct dmamap_err *err);
+void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n);
 int dmamap_touch(dmamap_as *as, uint64_t va, uint64_t count, uint64_t stride, int is_write,
                  struct dmamap_err *err);
 int dmamap_touch_list(dmamap_as *as, const uint64_t *vas, uint64_t count, int is_write,

@@ -21,6 +21,7 @@ shell: ``dmamap info``, ``dmamap demo``, ``dmamap conformance BACKEND``.
 """
 
 import importlib.metadata as _metadata
+import typing as _typing
 
 from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
 from dmamap.chardev import DeviceFile
@@ -94,6 +95,7 @@ from dmamap.mm import (
     vmf_insert_pfn_prot,
     zap_vma_ptes,
 )
+from dmamap.ndbuffer import DmaMemory, allocate
 from dmamap.registry import available_backends, get_backend, register_backend, registry, unregister_backend
 from dmamap.remote import access_process_vm, generic_access_phys
 from dmamap.set_memory import set_memory_uc, set_memory_wb, set_memory_wc
@@ -171,5 +173,19 @@ __all__ += [
     "PMD_ORDER", "vmf_insert_pfn_pmd", "access_process_vm", "generic_access_phys", "fault_around_bytes",
     "set_fault_around_bytes",
 ]
+__all__ += ["allocate", "DmaMemory"]
 __all__ += [n for n in _error_names + _iomem_names + _irq_names if n not in __all__]
 del _error_names, _iomem_names, _irq_names
+
+
+
+if _typing.TYPE_CHECKING:
+    from dmamap._ndarray import DmaArray as DmaArray
+else:
+    def __getattr__(name: str) -> object:
+        # DmaArray is a numpy subclass: numpy (an optional extra) is imported only when it is asked for
+        if name == "DmaArray":
+            from dmamap.ndbuffer import dma_array_class
+
+            return dma_array_class()
+        raise AttributeError(f"module 'dmamap' has no attribute {name!r}")

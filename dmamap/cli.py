@@ -25,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 import dmamap
 from dmamap.bench.config import SWEEP_STRATEGIES
-from dmamap.errors import BackendError, DmamapError
+from dmamap.errors import BackendError, DmamapError, InvalidArgumentError
 from dmamap.isa import ISAS, isa_info
 
 
@@ -158,7 +158,7 @@ def info(
     out = _out(json_file)
     ram_max = _ram_max_mib(platform)
     if ram_max is not None and not 1 <= ram <= ram_max:
-        error_line(f"--ram is in MiB: between 1 and {ram_max} for {platform}, not {ram}")
+        fail(InvalidArgumentError(f"--ram is in MiB: between 1 and {ram_max} for {platform}, not {ram}"))
     try:
         with dmamap.Machine(platform, ram=ram << 20) as m:
             data = m.info()

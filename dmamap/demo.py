@@ -148,8 +148,8 @@ def demo_table(run: DemoRun, *, boxed: bool = True) -> Group:
     for platform, row in run.outcomes.items():
         table.add_row(escape(platform), *(cell(o) for o in row.values()))
     legend = Text("correct: both DMA directions see the other side's bytes, through the user mapping's "
-                  "memory type (in brackets); stale: a side read old bytes; error: the mapping was refused (right where "
-                  "the memory has no page descriptor).", style="dim")
+                  "memory type (in brackets); stale: a side read old bytes; error: the mapping was refused "
+                  "(right where the memory has no page descriptor).", style="dim")
     lines = [Text(f"[{n}] {detail}") for detail, n in notes.items()]
     return Group(table, legend, *lines)
 

@@ -268,4 +268,13 @@ class VmallocError(DmamapError, ValueError):
     rule = "remap of memory that is not a vmalloc_user area"
 
 
+
+class ZeroCopyError(DmamapError, ValueError):
+    """A zero-copy view of memory the CPU reaches only through emulation: the
+    cache model of a non-coherent machine, an uncached or write-combining
+    mapping, Device memory, MMIO, ports, SRAM, or a physically discontiguous
+    range.  Copy in and out instead (``readinto`` / ``write``)."""
+
+    rule = "zero-copy view of memory that needs emulation"
+
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, DmamapError)]

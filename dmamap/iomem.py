@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from dmamap._check import PAGE_SHIFT, PAGE_SIZE, u64
 from dmamap.errors import InvalidArgumentError, IoremapError
 from dmamap.isa import isa_info
-from dmamap.mm import AddressSpace, remap_pfn_range
+from dmamap.mm import remap_pfn_range
 from dmamap.pgprot import PgProt, cache_names
 from dmamap.physmem import PhysicalMemory
 
@@ -154,50 +154,67 @@ def _target(addr: IoMem, what: str) -> IoMem:
     return addr
 
 
-_READ = {1: AddressSpace.read8, 2: AddressSpace.read16, 4: AddressSpace.read32, 8: AddressSpace.read64}
-_WRITE = {1: AddressSpace.write8, 2: AddressSpace.write16, 4: AddressSpace.write32, 8: AddressSpace.write64}
-
-
-def _read(addr: IoMem, size: int, what: str) -> int:
-    a = _target(addr, what)
-    return _READ[size](a.machine.kernel, int(a))   # type: ignore[attr-defined]
-
-
-def _write(value: int, addr: IoMem, size: int, what: str) -> None:
-    a = _target(addr, what)
-    _WRITE[size](a.machine.kernel, int(a), value)   # type: ignore[attr-defined]
-
-
+# The register accessors are the hot path of a driver's register loop: each is
+# the kernel address space's one-call access (AddressSpace.read32 & co.), after
+# one type check; the IoMem (an int) is passed as it is.
 def readb(addr: IoMem) -> int:
-    return _read(addr, 1, "readb")
+    if type(addr) is not IoMem:
+        _target(addr, "readb")
+    return addr.machine.kernel.read8(addr)   # type: ignore[attr-defined]
 
 
 def readw(addr: IoMem) -> int:
-    return _read(addr, 2, "readw")
+    if type(addr) is not IoMem:
+        _target(addr, "readw")
+    return addr.machine.kernel.read16(addr)   # type: ignore[attr-defined]
 
 
 def readl(addr: IoMem) -> int:
-    return _read(addr, 4, "readl")
+    if type(addr) is not IoMem:
+        _target(addr, "readl")
+    return addr.machine.kernel.read32(addr)   # type: ignore[attr-defined]
 
 
 def readq(addr: IoMem) -> int:
-    return _read(addr, 8, "readq")
+    if type(addr) is not IoMem:
+        _target(addr, "readq")
+    return addr.machine.kernel.read64(addr)   # type: ignore[attr-defined]
 
 
 def writeb(value: int, addr: IoMem) -> None:
-    _write(value, addr, 1, "writeb")
+    if type(addr) is not IoMem:
+        _target(addr, "writeb")
+    addr.machine.kernel.write8(addr, value)   # type: ignore[attr-defined]
 
 
 def writew(value: int, addr: IoMem) -> None:
-    _write(value, addr, 2, "writew")
+    if type(addr) is not IoMem:
+        _target(addr, "writew")
+    addr.machine.kernel.write16(addr, value)   # type: ignore[attr-defined]
 
 
 def writel(value: int, addr: IoMem) -> None:
-    _write(value, addr, 4, "writel")
+    if type(addr) is not IoMem:
+        _target(addr, "writel")
+    addr.machine.kernel.write32(addr, value)   # type: ignore[attr-defined]
 
 
 def writeq(value: int, addr: IoMem) -> None:
-    _write(value, addr, 8, "writeq")
+    if type(addr) is not IoMem:
+        _target(addr, "writeq")
+    addr.machine.kernel.write64(addr, value)   # type: ignore[attr-defined]
+
+
+_READ = {1: readb, 2: readw, 4: readl, 8: readq}
+_WRITE = {1: writeb, 2: writew, 4: writel, 8: writeq}
+
+
+def _read(addr: IoMem, size: int, what: str) -> int:
+    return _READ[size](_target(addr, what))
+
+
+def _write(value: int, addr: IoMem, size: int, what: str) -> None:
+    _WRITE[size](value, _target(addr, what))
 
 
 readb_relaxed, readw_relaxed, readl_relaxed, readq_relaxed = readb, readw, readl, readq

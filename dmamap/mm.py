@@ -11,7 +11,7 @@ import enum
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Union
 
 from dmamap._binding import Err, FaultKind, FaultResult, Region, RemapFlag, VmFlag, in_buffer, new_handle, u64_array
 from dmamap._binding import mm as cmm
@@ -25,6 +25,7 @@ from dmamap.errors import (
     MmapError,
     SegmentationFault,
     VmaNotMappedError,
+    ZeroCopyError,
 )
 from dmamap.pgprot import (
     PgProt,
@@ -50,6 +51,35 @@ _PMD_SIZE = PAGE_SIZE << PMD_ORDER
 #: Accesses up to this size go straight to the core; larger ones are checked first.
 _SMALL_ACCESS = 1 << 16
 _U64_LIMIT = 1 << 64
+# The register fast path's cffi functions, looked up once.
+_READ8, _READ16, _READ32, _READ64 = (cmm.READ_FAST[n] for n in (1, 2, 4, 8))
+_WRITE8, _WRITE16, _WRITE32, _WRITE64 = (cmm.WRITE_FAST[n] for n in (1, 2, 4, 8))
+_ALL_ONES = cmm.ALL_ONES
+
+
+def _check_va(va: object) -> int:
+    return u64("va", va)   # type: ignore[arg-type]
+
+
+def _bytes_of(buf: Any, name: str, *, writable: bool) -> memoryview:
+    """A flat byte view of any buffer (numpy arrays included), without a copy;
+    a non-contiguous one is copied for reading and refused for writing into."""
+    try:
+        mv = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"{name} must support the buffer protocol (bytes, bytearray, memoryview, array, numpy), "
+                        f"not {type(buf).__name__}") from None
+    try:
+        contiguous = mv.c_contiguous
+    except ValueError:   # released
+        raise TypeError(f"{name} is a released memoryview") from None
+    if writable and mv.readonly:
+        raise TypeError(f"{name} is read-only")
+    if not contiguous:
+        if writable:
+            raise TypeError(f"{name} is not C-contiguous: read into a contiguous buffer")
+        return memoryview(mv.tobytes())
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
 
 __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "VmFlags", "PgProt", "Translation", "Vma", "VmFault", "AddressSpace",
@@ -702,67 +732,189 @@ class AddressSpace:
                 raise SegmentationFault(f"access to {cur:#x}, which no VMA maps (SIGSEGV)", cur)
 
     def read(self, va: int, n: int) -> bytes:
-        """Read ``n`` bytes as the CPU would (through TLB, faults, cache)."""
+        """Read ``n`` bytes as the CPU would (through TLB, faults, cache): one C
+        call copying straight into the bytes returned."""
         n, va = u64("n", n), u64("va", va)
         if not n:
             return b""
         self._check_span(va, n)
         return cmm.read(self._ptr(), va, n)
 
-    def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` as the CPU would."""
+    def readinto(self, va: int, buf: Any) -> int:
+        """Read ``len(buf)`` bytes (its size in bytes, whatever its item type)
+        at ``va`` into ``buf`` -- a bytearray, a writable memoryview, a numpy
+        array, any C-contiguous writable buffer -- as :meth:`read` reads them
+        (faults, permissions, the cache model, device registers), in one C call
+        with the GIL released and no copy in between; returns the byte count.
+
+        A range with a gap is refused before anything is read; a fault in the
+        middle (a SIGBUS from a fault handler, say) raises with the bytes before
+        it already in ``buf``, as read(2) into a buffer would leave them."""
+        mv = _bytes_of(buf, "buf", writable=True)
+        va = u64("va", va)
+        n = mv.nbytes
+        if n:   # the core refuses a range with a gap before touching anything
+            cmm.readinto(self._ptr(), va, cmm.from_buffer(mv), n)
+        return n
+
+    def write(self, va: int, data: Any) -> None:
+        """Write ``data`` (bytes, bytearray, memoryview, a numpy array: any
+        buffer, its raw bytes) as the CPU would, read in place (a
+        non-contiguous view is copied first)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = _bytes_of(data, "data", writable=False)
         cdata, n = in_buffer("data", data)
         va = u64("va", va)
-        if n:
-            self._check_span(va, n)
+        if n:   # the core refuses a range with a gap (or a wrap) before touching anything
             cmm.write(self._ptr(), va, cdata, n)
 
-    # One-register accesses are the hot path of a register-poking driver: the
-    # full argument checks only for what is not a plain in-range int.
-    def _read_n(self, va: int, size: int) -> int:
-        p = self._as
-        if self._closed or self.machine.closed:
-            p = self._ptr()   # raises MachineClosedError
-        if type(va) is not int or not 0 <= va < _U64_LIMIT:
-            va = u64("va", va)
-        return cmm.read_n(p, va, size)
+    def view(self, va: int, size: int, *, write: bool = True) -> memoryview:
+        """A zero-copy memoryview of [va, va+size): the emulated RAM itself,
+        where the memory model makes a plain load or store exactly what the CPU
+        would do -- RAM mapped cacheable (x86 WB and the like) on a machine
+        without the cache model (DMA-coherent, snooping platforms), physically
+        contiguous, not owned by a device for streaming DMA.  Through the cache
+        model (arm, riscv: non-coherent), uncached or write-combining mappings,
+        Device memory, MMIO, ports and SRAM it raises :class:`ZeroCopyError`:
+        use :meth:`readinto` / :meth:`write` (copy-in/copy-out) there.
 
-    def _write_n(self, va: int, size: int, value: int) -> None:
-        if type(value) is not int or not 0 <= value < 1 << (8 * size):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"value must be an int, not {type(value).__name__}")
-            if not 0 <= value < 1 << (8 * size):
-                raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes", va)
-        p = self._as
-        if self._closed or self.machine.closed:
-            p = self._ptr()
-        if type(va) is not int or not 0 <= va < _U64_LIMIT:
-            va = u64("va", va)
-        cmm.write_n(p, va, size, value)
+        The range is resolved first as an access would (faults taken, a
+        read-only or unmapped page refused; ``write=True`` resolves it as a
+        write, breaking copy-on-write, and gives a writable view; ``write=False``
+        a read-only one), then its pages are pinned as pin_user_pages
+        (FOLL_PIN) pins them: they cannot be freed while the view lives
+        (freeing them raises PteBusyError).  **munmap**: unmapping the VMA, or
+        remapping other pages there, does not touch the view -- it keeps showing
+        the pinned pages, as a GUP pin does; an anonymous page unmapped under it
+        is freed when the view goes.  The pins are dropped when the view is
+        released (``memoryview.release()``, a ``with`` block) or garbage,
+        with every view derived from it (slices, numpy arrays).  After
+        ``Machine.close()`` the view shows zeroed memory.
+
+        Accesses through the view bypass the emulator: no TLB, no statistics,
+        no DMA-API ownership checks after the one made here."""
+        return self._pinned_view(va, size, write)[0]
+
+    def _pinned_view(self, va: int, size: int, write: bool) -> tuple[memoryview, Callable[[], None]]:
+        """:meth:`view`, with the function that drops its pins early (idempotent;
+        the view must not be used after it)."""
+        va, size = u64("va", va), u64("size", size)
+        if not size:
+            raise InvalidArgumentError("zero-length view", va)
+        self._check_span(va, size)
+        pinned = cmm.view_pin(self._ptr(), va, size, bool(write))
+        if isinstance(pinned, str):
+            raise ZeroCopyError(pinned, va)
+        host, pa = pinned
+        m = self.machine
+        buf, unpin = cmm.view_buffer(host, pa, size, lambda: None if m.closed else m._ptr(), m)
+        mv = memoryview(buf)
+        return (mv if write else mv.toreadonly()), unpin
+
+    # One-register accesses are the hot path of a register-poking driver: each
+    # is one cffi call returning the value (csrc/access.c, the fast path); the
+    # argument checks and error decoding run only when that call fails.
+    def _read_slow(self, va: object, size: int) -> int:
+        """A read whose fast call refused its arguments (TypeError / OverflowError)."""
+        return cmm.read_n(self._ptr(), _check_va(va), size)
+
+    def _write_slow(self, va: object, size: int, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"value must be an int, not {type(value).__name__}")
+        if not 0 <= value < 1 << (8 * size):
+            raise InvalidArgumentError(f"value {value:#x} does not fit in {size} bytes",
+                                       va if type(va) is int and 0 <= va < _U64_LIMIT else 0)
+        cmm.write_n(self._ptr(), _check_va(va), size, value)
+
+    def _fail(self, va: object, rc: int) -> NoReturn:
+        """Raise for a failed fast access (a bool address reached the core as 0 or 1: its TypeError)."""
+        if va is True or va is False:
+            with contextlib.suppress(Exception):
+                cmm.fast_raise(rc)   # consume the error record (a stashed exception with it)
+            _check_va(va)
+        cmm.fast_raise(rc)
 
     def read8(self, va: int) -> int:
-        return self._read_n(va, 1)
+        try:
+            v: int = _READ8(self._as, va)
+        except (TypeError, OverflowError):
+            return self._read_slow(va, 1)
+        if v < 0:
+            self._fail(va, v)
+        return v
 
     def read16(self, va: int) -> int:
-        return self._read_n(va, 2)
+        try:
+            v: int = _READ16(self._as, va)
+        except (TypeError, OverflowError):
+            return self._read_slow(va, 2)
+        if v < 0:
+            self._fail(va, v)
+        return v
 
     def read32(self, va: int) -> int:
-        return self._read_n(va, 4)
+        try:
+            v: int = _READ32(self._as, va)
+        except (TypeError, OverflowError):
+            return self._read_slow(va, 4)
+        if v < 0:
+            self._fail(va, v)
+        return v
 
     def read64(self, va: int) -> int:
-        return self._read_n(va, 8)
+        try:
+            v: int = _READ64(self._as, va)
+        except (TypeError, OverflowError):
+            return self._read_slow(va, 8)
+        if v == _ALL_ONES:
+            rc = cmm.fast_failed()
+            if rc:
+                self._fail(va, rc)
+        return v
 
     def write8(self, va: int, value: int) -> None:
-        self._write_n(va, 1, value)
+        if value is True or value is False:
+            self._write_slow(va, 1, value)
+        try:
+            rc: int = _WRITE8(self._as, va, value)
+        except (TypeError, OverflowError):
+            return self._write_slow(va, 1, value)
+        if rc:
+            self._fail(va, rc)
+        return None
 
     def write16(self, va: int, value: int) -> None:
-        self._write_n(va, 2, value)
+        if value is True or value is False:
+            self._write_slow(va, 2, value)
+        try:
+            rc: int = _WRITE16(self._as, va, value)
+        except (TypeError, OverflowError):
+            return self._write_slow(va, 2, value)
+        if rc:
+            self._fail(va, rc)
+        return None
 
     def write32(self, va: int, value: int) -> None:
-        self._write_n(va, 4, value)
+        if value is True or value is False:
+            self._write_slow(va, 4, value)
+        try:
+            rc: int = _WRITE32(self._as, va, value)
+        except (TypeError, OverflowError):
+            return self._write_slow(va, 4, value)
+        if rc:
+            self._fail(va, rc)
+        return None
 
     def write64(self, va: int, value: int) -> None:
-        self._write_n(va, 8, value)
+        if value is True or value is False:
+            self._write_slow(va, 8, value)
+        try:
+            rc: int = _WRITE64(self._as, va, value)
+        except (TypeError, OverflowError):
+            return self._write_slow(va, 8, value)
+        if rc:
+            self._fail(va, rc)
+        return None
 
     def touch(self, va: int, count: int = 1, stride: int = PAGE_SIZE, *, write: bool = False) -> None:
         """Touch ``count`` addresses ``stride`` apart in one C call (faulting as needed)."""

@@ -611,7 +611,16 @@ C_SINTS = st.one_of(st.sampled_from([0, 1, -1, 2, 3, 4, 5, 8, 64, 1 << 20, (1 <<
 
 
 #: Calls that may write emulated memory anywhere, page tables included.
-C_WRITERS = {"phys_rw", "dma_rw", "access", "rw_n", "touch", "touch_list", "prims"}
+C_WRITERS = {"phys_rw", "dma_rw", "access", "access_bulk", "fast", "view_pin", "rw_n", "touch", "touch_list",
+             "prims"}
+
+
+def _view_pin_unpin(m: Any, ap: Any, va: int, n: int, w: int, err: Any, out: Any) -> None:
+    """A zero-copy view's pin, dropped again when it succeeded (the tables stay consistent)."""
+    host, pa, refused = out("uint8_t **"), out("uint64_t *"), out("int *")
+    rc = lib.dmamap_view_pin(ap, va, n, w, host, pa, refused, err)
+    if rc == 0 and host != ffi.NULL and pa != ffi.NULL and refused != ffi.NULL and not refused[0]:
+        lib.dmamap_view_unpin(m, pa[0], n)
 
 
 def _c_call(name: str, m: Any, as_: Any, data: st.DataObject, ids: list[int]) -> None:
@@ -684,6 +693,15 @@ def _c_call(name: str, m: Any, as_: Any, data: st.DataObject, ids: list[int]) ->
                           lib.dmamap_as_va_range(ap, out("uint64_t *"), out("uint64_t *")),
                           lib.dmamap_as_root(ap), lib.dmamap_tlb_flush_all(ap)),
         "access": lambda: (lambda b, n: lib.dmamap_access(ap, u("va"), b, n, i("w") & 1, err))(*buf()),
+        "access_bulk": lambda: (lambda b, n: lib.dmamap_access_bulk(ap, u("va"), b, n, i("w") & 1, err))(*buf()),
+        "fast": lambda: (lib.dmamap_read8_fast(ap, u("va")), lib.dmamap_read16_fast(ap, u("va")),
+                         lib.dmamap_read32_fast(ap, u("va")), lib.dmamap_read64_fast(ap, u("va")),
+                         lib.dmamap_write8_fast(ap, u("va"), u("v") & 0xFF),
+                         lib.dmamap_write16_fast(ap, u("va"), u("v") & 0xFFFF),
+                         lib.dmamap_write32_fast(ap, u("va"), u("v") & 0xFFFFFFFF),
+                         lib.dmamap_write64_fast(ap, u("va"), u("v")), lib.dmamap_fast_nop(ap, u("va"))),
+        "view_pin": lambda: _view_pin_unpin(m, ap, u("va"), data.draw(st.one_of(C_INTS, st.integers(0, 3 * PAGE_SIZE)),
+                                                                       "n"), i("w") & 1, err, out),
         "rw_n": lambda: (lib.dmamap_read_n(ap, u("va"), i("size"), out("uint64_t *"), err),
                          lib.dmamap_write_n(ap, u("va"), i("size"), u("v"), err)),
         "touch": lambda: lib.dmamap_touch(ap, u("va"), data.draw(st.integers(0, 64), "count") if data.draw(
@@ -703,8 +721,8 @@ def _c_call(name: str, m: Any, as_: Any, data: st.DataObject, ids: list[int]) ->
 
 
 C_NAMES = ["phys_rw", "dma_rw", "page_info", "pfn_valid", "get_put", "region", "iowin", "port", "maint", "memtype",
-           "reports", "stats", "arch", "mmap_munmap", "vma_ops", "set_fault", "prims", "walks", "access", "rw_n",
-           "touch", "touch_list", "alloc_free", "machine_new", "bench"]
+           "reports", "stats", "arch", "mmap_munmap", "vma_ops", "set_fault", "prims", "walks", "access",
+           "access_bulk", "fast", "view_pin", "rw_n", "touch", "touch_list", "alloc_free", "machine_new", "bench"]
 
 
 @settings(max_examples=EXAMPLES * 20, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -209,6 +209,7 @@ def stash(exc: BaseException) -> None:
     """Remember an exception raised inside a callback, for the C call's return."""
     if _local.pending is None:
         _local.pending = exc
+        lib.dmamap_fast_pending(1)   # the register fast path fails on it too (see _binding.mm)
 
 
 def raise_for(rc: int, err: Any) -> None:
@@ -216,6 +217,8 @@ def raise_for(rc: int, err: Any) -> None:
     callback stashed during the call comes first, unless the machine or the
     address space was closed under the call, which explains everything."""
     pending, _local.pending = _local.pending, None
+    if pending is not None:
+        lib.dmamap_fast_pending(0)
     if pending is not None and rc != Err.ECLOSED:
         if isinstance(pending, DmamapError) or not isinstance(pending, Exception):
             raise pending   # KeyboardInterrupt, SystemExit... pass through untouched
@@ -232,6 +235,7 @@ def call(fn: Callable[..., int], *args: Any) -> int:
         rc = fn(*args, err)
     except OverflowError as exc:   # an int that does not fit the C parameter type
         _local.pending = None
+        lib.dmamap_fast_pending(0)
         raise InvalidArgumentError(f"argument out of range for {getattr(fn, '__name__', 'the C core')}: "
                                    f"{exc}") from None
     if rc < 0:

@@ -4,22 +4,32 @@ access.c, tlb.c)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from dmamap._binding import FAULT_CALLBACK, NULL, Err, _local, call, ffi, lib, raise_for
+from dmamap._binding import (
+    FAULT_CALLBACK,
+    MAX_HOST_BUFFER,
+    NULL,
+    _local,
+    call,
+    ffi,
+    lib,
+    out_buffer,
+    raise_for,
+)
+from dmamap.errors import OutOfMemoryError
 
 __all__ = [
     "VmaInfo", "Xlate", "as_new", "as_close", "as_closed", "as_free", "as_root", "as_set_fault_handle", "as_stats",
     "mmap", "munmap", "vma_info", "vma_live", "vma_find", "vma_set_flags", "vma_set_prot", "vma_set_pgoff",
     "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
     "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
-    "write", "read_n", "write_n", "touch", "touch_list", "count_present", "tlb_flush_all", "fork",
+    "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "FAST_NOP",
+    "fast_failed", "fast_raise", "view_pin", "view_buffer", "touch", "touch_list", "count_present", "tlb_flush_all",
+    "fork",
 ]
-
-#: Reads up to this size go through a reused per-thread buffer.
-_SCRATCH_MAX = 16 << 20
-
 
 @dataclass(frozen=True)
 class VmaInfo:
@@ -237,46 +247,121 @@ def translate(p: Any, va: int) -> Xlate | None:
                  int(x.region))
 
 
-def read(p: Any, va: int, n: int) -> bytes:
-    """``n`` bytes as the CPU reads them.  Up to 16 MiB go through a reused
-    per-thread buffer copied out once (a fresh zeroed buffer and a copy would
-    cost two rounds of host page faults per call)."""
-    if n > _SCRATCH_MAX:
-        from dmamap._binding import out_buffer
+#: Reads from this size on ask the host for huge pages to fill (see dmamap_host_prepare).
+_HUGE_HINT = 4 << 20
 
-        buf = out_buffer(n)
-        call(lib.dmamap_access, p, va, ffi.from_buffer(buf), n, 0)
-        return bytes(buf)
-    scratch = getattr(_local, "scratch", None)
-    if scratch is None or len(scratch) < n:
-        scratch = ffi.new("uint8_t[]", max(n, 1 << 16))
-    _local.scratch = None   # a callback reading memory re-entrantly gets its own
+
+def read(p: Any, va: int, n: int) -> bytes:
+    """``n`` bytes as the CPU reads them, copied once: straight into a fresh
+    bytes object, which nothing else can see until it is returned (as C code
+    fills ``PyBytes_FromStringAndSize(NULL, n)``)."""
+    if n > MAX_HOST_BUFFER:
+        out_buffer(n)   # raises OutOfMemoryError naming the limit
+    if n < 2:   # bytes of length 0 and 1 may be shared singletons: never filled in place
+        b = bytearray(n)
+        if n:
+            call(lib.dmamap_access_bulk, p, va, ffi.from_buffer(b), n, 0)
+        return bytes(b)
     try:
-        call(lib.dmamap_access, p, va, scratch, n, 0)
-        return ffi.buffer(scratch, n)[:]
-    finally:
-        _local.scratch = scratch
+        out = bytes(n)
+    except MemoryError:
+        raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
+    cbuf = ffi.from_buffer("uint8_t[]", out)
+    if n >= _HUGE_HINT:
+        lib.dmamap_host_prepare(cbuf, n)
+    call(lib.dmamap_access_bulk, p, va, cbuf, n, 0)
+    return out
+
+
+def readinto(p: Any, va: int, buf: Any, n: int) -> None:
+    """Read ``n`` bytes into ``buf`` (a cffi buffer or ``from_buffer`` cdata) in one
+    call; the GIL is released while the core copies."""
+    call(lib.dmamap_access_bulk, p, va, buf, n, 0)
 
 
 def write(p: Any, va: int, cdata: Any, n: int) -> None:
-    call(lib.dmamap_access, p, va, cdata, n, 1)
+    call(lib.dmamap_access_bulk, p, va, cdata, n, 1)
 
 
-# One-register accesses are the hot path of a register-poking driver: no
-# allocation per call (a per-thread value slot) and no generic call() wrapper.
+def from_buffer(mv: memoryview) -> Any:
+    """A cdata over a contiguous byte memoryview, without a copy (writable views only if ``mv`` is)."""
+    return ffi.from_buffer("uint8_t[]", mv, require_writable=not mv.readonly)
+
+
+# One-register accesses are the hot path of a register-poking driver: the
+# address space's methods call these cffi functions directly (csrc/access.c,
+# "the Python fast path"); only a failure comes back here.
+READ_FAST: dict[int, Callable[[Any, int], int]] = {
+    1: lib.dmamap_read8_fast, 2: lib.dmamap_read16_fast, 4: lib.dmamap_read32_fast, 8: lib.dmamap_read64_fast,
+}
+WRITE_FAST: dict[int, Callable[[Any, int, int], int]] = {
+    1: lib.dmamap_write8_fast, 2: lib.dmamap_write16_fast, 4: lib.dmamap_write32_fast, 8: lib.dmamap_write64_fast,
+}
+#: A call with the fast path's arguments that does nothing: the cffi floor under it, for the benchmark.
+FAST_NOP: Callable[[Any, int], int] = lib.dmamap_fast_nop
+#: What a failed 8-byte fast read returns (a successful one may too: see fast_failed).
+ALL_ONES = (1 << 64) - 1
+
+
+def fast_failed() -> int:
+    """The code of this thread's last fast access: 0 if it succeeded."""
+    return int(lib.dmamap_fast_err().code)
+
+
+def fast_raise(rc: int) -> NoReturn:
+    """Raise what this thread's last fast access failed with (a stashed callback exception first)."""
+    raise_for(rc, lib.dmamap_fast_err())
+    raise AssertionError("unreachable")   # raise_for always raises
+
+
 def read_n(p: Any, va: int, size: int) -> int:
-    v, err = _local.u64, _local.err
-    rc = lib.dmamap_read_n(p, va, size, v, err)
-    if rc < 0 or _local.pending is not None:
-        raise_for(rc if rc < 0 else Err.EHANDLER, err)
-    return int(v[0])
+    """One ``size``-byte read (the generic form of the fast path)."""
+    v = READ_FAST[size](p, va)
+    if v < 0 or (size == 8 and v == ALL_ONES and fast_failed()):
+        fast_raise(fast_failed() if size == 8 else v)
+    return int(v)
 
 
 def write_n(p: Any, va: int, size: int, value: int) -> None:
-    err = _local.err
-    rc = lib.dmamap_write_n(p, va, size, value, err)
-    if rc < 0 or _local.pending is not None:
-        raise_for(rc if rc < 0 else Err.EHANDLER, err)
+    rc = WRITE_FAST[size](p, va, value)
+    if rc:
+        fast_raise(rc)
+
+
+def view_pin(p: Any, va: int, n: int, write: bool) -> tuple[Any, int] | str:
+    """Pin [va, va+n) for a zero-copy view: ``(host pointer, physical address)``,
+    or why the memory model does not allow one."""
+    host = ffi.new("uint8_t **")
+    pa = ffi.new("uint64_t *")
+    refused = ffi.new("int *")
+    call(lib.dmamap_view_pin, p, va, n, int(write), host, pa, refused)
+    if refused[0]:
+        return ffi.string(_local.err.msg).decode("utf-8", "replace")
+    return host[0], int(pa[0])
+
+
+def view_buffer(host: Any, pa: int, n: int, machine_ptr: Callable[[], Any],
+                keep: object) -> tuple[Any, Callable[[], None]]:
+    """A cffi buffer of ``n`` bytes at ``host``, and the function that unpins its
+    pages: called by hand (once; later calls do nothing) or when the buffer,
+    and every memoryview of it, is gone.  ``keep`` (the machine, whose host
+    memory this is) stays alive as long; ``machine_ptr`` gives the C machine,
+    or None once it is closed (nothing left to unpin)."""
+    armed = [True]
+
+    def unpin() -> None:
+        try:
+            armed.pop()   # atomic: exactly one caller unpins
+        except IndexError:
+            return
+        m = machine_ptr()
+        if m is not None:
+            lib.dmamap_view_unpin(m, pa, n)
+
+    def on_gc(_: Any, keep: object = keep) -> None:
+        unpin()
+
+    return ffi.buffer(ffi.gc(host, on_gc), n), unpin
 
 
 def touch(p: Any, va: int, count: int, stride: int, write: bool) -> None:

@@ -1,0 +1,394 @@
+"""The Python access paths: the register fast path (one cffi call returning the
+value) keeps every error; readinto and write take any buffer; zero-copy views
+exist exactly where the memory model allows them and pin their pages."""
+
+from __future__ import annotations
+
+import array
+import gc
+import threading
+
+import pytest
+
+import dmamap
+from dmamap import PAGE_SIZE
+from dmamap.errors import (
+    AlignmentFault,
+    CowFaultError,
+    HandlerError,
+    InvalidArgumentError,
+    MachineClosedError,
+    ProtectionFault,
+    PteBusyError,
+    SegmentationFault,
+    ZeroCopyError,
+)
+
+np = pytest.importorskip("numpy")
+
+READS = ("read8", "read16", "read32", "read64")
+WRITES = ("write8", "write16", "write32", "write64")
+
+
+def _ram(m: dmamap.Machine, mm: dmamap.AddressSpace, pages: int = 4, *, cache: str | None = None,
+         prot: str = "rw") -> tuple[dmamap.Vma, dmamap.Page]:
+    vma = mm.mmap(pages * PAGE_SIZE, prot=prot)
+    page = m.alloc_pages(pages)
+    pp = vma.vm_page_prot if cache is None else dmamap.PgProt.make(m.isa, write="w" in prot, cache=cache)
+    dmamap.remap_pfn_range(vma, vma.start, page.pfn, pages * PAGE_SIZE, pp)
+    return vma, page
+
+
+# ---- register fast path ----
+
+@pytest.mark.parametrize("platform", ["x86", "arm", "riscv"])
+def test_every_width_round_trips(platform: str) -> None:
+    with dmamap.Machine(platform, ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        for i, (r, w) in enumerate(zip(READS, WRITES, strict=True)):
+            size = 1 << i
+            top = (1 << (8 * size)) - 1
+            for value in (0, 1, top, top >> 1):
+                getattr(mm, w)(vma.start + 8, value)
+                assert getattr(mm, r)(vma.start + 8) == value
+        mm.write64(vma.start, (1 << 64) - 1)   # the 8-byte read's failure sentinel, as a value
+        assert mm.read64(vma.start) == (1 << 64) - 1
+        assert mm.read(vma.start, 8) == b"\xff" * 8
+
+
+def test_fast_path_errors_are_the_specific_classes() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        ro, _ = _ram(m, mm, prot="r")
+        for r in READS:
+            with pytest.raises(SegmentationFault):
+                getattr(mm, r)(vma.end + 16 * PAGE_SIZE)
+            with pytest.raises(TypeError):
+                getattr(mm, r)(True)
+            with pytest.raises(TypeError):
+                getattr(mm, r)(1.0)
+            with pytest.raises(InvalidArgumentError):
+                getattr(mm, r)(-1)
+            with pytest.raises(InvalidArgumentError):
+                getattr(mm, r)(1 << 64)
+        for i, w in enumerate(WRITES):
+            with pytest.raises(ProtectionFault):
+                getattr(mm, w)(ro.start, 1)
+            with pytest.raises(TypeError):
+                getattr(mm, w)(vma.start, True)
+            with pytest.raises(TypeError):
+                getattr(mm, w)(True, 1)
+            with pytest.raises(InvalidArgumentError):
+                getattr(mm, w)(vma.start, 1 << (8 << i))
+            with pytest.raises(InvalidArgumentError):
+                getattr(mm, w)(vma.start, -1)
+        assert mm.read64(vma.start) == 0   # nothing refused wrote anything
+        mm.close()
+        for r in READS:
+            with pytest.raises(MachineClosedError):
+                getattr(mm, r)(vma.start)
+        for w in WRITES:
+            with pytest.raises(MachineClosedError):
+                getattr(mm, w)(vma.start, 1)
+
+
+def test_fast_path_device_callbacks_and_their_exceptions() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def read(off: int, size: int) -> int:
+        if off == 0x40:
+            raise KeyError("broken register")
+        calls.append((off, size))
+        return 0xFFFF_FFFF_FFFF_FFFF & ((1 << (8 * size)) - 1)
+
+    with dmamap.Machine("arm", ram=16 << 20) as m:
+        dev = m.add_device("regs", bars=[dmamap.Bar(PAGE_SIZE, read=read)])
+        mm = m.new_address_space()
+        vma = mm.mmap(PAGE_SIZE)
+        dmamap.mmio_map(vma, dev.bar(0)[0], PAGE_SIZE)
+        assert mm.read64(vma.start) == (1 << 64) - 1   # all-ones from a register is a value
+        assert mm.read32(vma.start + 4) == 0xFFFF_FFFF
+        assert calls == [(0, 8), (4, 4)]               # each access reached the device once
+        with pytest.raises(HandlerError) as info:
+            mm.read32(vma.start + 0x40)
+        assert isinstance(info.value.__cause__, KeyError)
+        with pytest.raises(HandlerError):
+            mm.read64(vma.start + 0x40)
+        assert mm.read32(vma.start + 8) == 0xFFFF_FFFF   # the stashed exception did not linger
+        with pytest.raises(AlignmentFault):
+            mm.read32(vma.start + 2)                   # Device memory on arm
+
+
+def test_a_callback_exception_after_a_completed_access_still_raises() -> None:
+    """An exception stashed while the core finished the access (a write
+    callback that raises but whose access the core does not fail) raises at
+    the access itself, not at some later call."""
+    from dmamap._binding import stash
+
+    def write(off: int, size: int, value: int) -> None:
+        if value == 1:
+            stash(RuntimeError("late"))   # what a callback's wrapper does with an exception it caught
+
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        dev = m.add_device("regs", bars=[dmamap.Bar(PAGE_SIZE, write=write)])
+        mm = m.new_address_space()
+        vma = mm.mmap(PAGE_SIZE)
+        dmamap.mmio_map(vma, dev.bar(0)[0], PAGE_SIZE)
+        with pytest.raises(HandlerError):
+            mm.write32(vma.start, 1)
+        mm.write32(vma.start, 2)   # nothing pending any more
+
+
+def test_private_write_on_non_ram_is_cow_fault() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        dev = m.add_device("regs", bars=[PAGE_SIZE])
+        mm = m.new_address_space()
+        vma = mm.mmap(PAGE_SIZE, shared=False)
+        dmamap.remap_pfn_range(vma, vma.start, dev.bar(0)[0] >> 12, PAGE_SIZE,
+                               dmamap.PgProt.make(m.isa, write=False, cache="UC"))
+        with pytest.raises(CowFaultError):
+            mm.write32(vma.start, 1)
+
+
+def test_fast_path_threads_keep_their_own_errors() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        bad: list[BaseException] = []
+
+        def worker(fail: bool) -> None:
+            try:
+                for _ in range(2000):
+                    if fail:
+                        with pytest.raises(SegmentationFault):
+                            mm.read32(vma.end + 64 * PAGE_SIZE)
+                    else:
+                        mm.write32(vma.start, 5)
+                        assert mm.read32(vma.start) == 5
+            except BaseException as exc:   # noqa: BLE001 - reported below
+                bad.append(exc)
+
+        ts = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not bad
+
+
+# ---- readinto / write ----
+
+@pytest.mark.parametrize("platform", ["x86", "arm", "sram", "riscv"])
+def test_readinto_and_write_take_any_buffer(platform: str) -> None:
+    with dmamap.Machine(platform, ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        src = np.arange(vma.end - vma.start, dtype=np.uint8)[::1].reshape(4, -1)
+        mm.write(vma.start, src)                                     # a 2-D numpy array
+        mm.write(vma.start, array.array("I", [0xAABBCCDD]))         # an array.array
+        assert mm.read32(vma.start) == 0xAABBCCDD
+        out = np.zeros((vma.end - vma.start) // 4, dtype=np.uint32)
+        assert mm.readinto(vma.start, out) == vma.end - vma.start
+        assert out[0] == 0xAABBCCDD and out.view(np.uint8)[4:].tolist() == src.reshape(-1)[4:].tolist()
+        ba = bytearray(10)
+        assert mm.readinto(vma.start + 4, memoryview(ba)) == 10
+        assert bytes(ba) == mm.read(vma.start + 4, 10)
+        mm.write(vma.start, np.arange(8, dtype=np.uint8)[::2])       # non-contiguous: copied first
+        assert mm.read(vma.start, 4) == bytes([0, 2, 4, 6])
+        assert mm.readinto(vma.start, bytearray()) == 0
+        with pytest.raises(TypeError):
+            mm.readinto(vma.start, b"read-only")
+        with pytest.raises(TypeError):
+            mm.readinto(vma.start, np.zeros(8, np.uint8)[::2])     # not contiguous
+        with pytest.raises(TypeError):
+            mm.readinto(vma.start, "text")
+        with pytest.raises(TypeError):
+            mm.write(vma.start, "text")
+        with pytest.raises(SegmentationFault):
+            mm.readinto(vma.end - 4, bytearray(PAGE_SIZE << 5))   # runs off the VMA: refused first
+
+
+def test_read_returns_exact_fresh_bytes() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        mm.write(vma.start, b"\x01\x02\x03")
+        one = mm.read(vma.start, 1)
+        assert one == b"\x01" and type(one) is bytes
+        assert b"\x01" == bytes([1])   # the shared 1-byte object was never filled in place
+        a, b = mm.read(vma.start, 3), mm.read(vma.start, 3)
+        assert a == b == b"\x01\x02\x03" and a is not b and type(a) is bytes
+        assert len(mm.read(vma.start, 4 * PAGE_SIZE)) == 4 * PAGE_SIZE
+
+
+# ---- zero-copy views ----
+
+def test_view_is_the_memory_and_pins_it() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, page = _ram(m, mm)
+        mm.write32(vma.start + 8, 0x1234)
+        v = mm.view(vma.start, 4 * PAGE_SIZE)
+        a = np.frombuffer(v, dtype=np.uint32)
+        assert a[2] == 0x1234
+        a[3] = 77
+        assert mm.read32(vma.start + 12) == 77
+        assert page.refcount == 2                 # the allocation's reference and the pin
+        with pytest.raises(PteBusyError):
+            m.free_pages(page, 4)            # pinned: cannot be freed under the view
+        mm.munmap(vma)                       # the view keeps showing the pages, as a GUP pin does
+        assert a[3] == 77
+        a[4] = 5
+        assert m.phys_read(page.phys_addr + 16, 4) == (5).to_bytes(4, "little")
+        del a
+        v.release()                          # unpins
+        assert page.refcount == 1
+        m.free_pages(page, 4)
+
+
+def test_view_released_by_garbage_collection() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, page = _ram(m, mm, 1)
+        a = np.frombuffer(mm.view(vma.start, PAGE_SIZE), dtype=np.uint8)
+        with pytest.raises(PteBusyError):
+            m.free_pages(page)
+        del a
+        gc.collect()
+        mm.munmap(vma)
+        m.free_pages(page)
+
+
+def test_read_only_view_and_cow() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        ro, _ = _ram(m, mm, prot="r")
+        v = mm.view(ro.start, PAGE_SIZE, write=False)
+        assert v.readonly
+        with pytest.raises(ProtectionFault):
+            mm.view(ro.start, PAGE_SIZE)   # a writable view is a write access
+        v.release()
+
+
+def test_anonymous_page_unmapped_under_a_view_is_freed_with_it() -> None:
+    """A writable view of a private mapping breaks copy-on-write (FOLL_WRITE):
+    the view holds the anonymous copy; munmap leaves it to the pin, whose
+    release frees it (unpin_user_pages dropping the last reference)."""
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        page = m.alloc_pages()
+        m.phys_write(page.phys_addr, b"orig")
+        priv = mm.mmap(PAGE_SIZE, shared=False)
+        dmamap.remap_pfn_range(priv, priv.start, page.pfn, PAGE_SIZE, priv.vm_page_prot)
+        v = mm.view(priv.start, PAGE_SIZE)
+        t = mm.translate(priv.start)
+        assert t is not None and t.pa != page.phys_addr   # the COW copy
+        anon = m.pfn_to_page(t.pa >> 12)
+        assert anon.refcount == 2                          # its PTE and the pin
+        assert bytes(v[:4]) == b"orig"
+        v[:4] = b"copy"
+        assert m.phys_read(page.phys_addr, 4) == b"orig"   # the original page untouched
+        mm.munmap(priv)
+        assert anon.refcount == 1                          # only the pin holds it
+        assert bytes(v[:4]) == b"copy"
+        used = m.stats.ram_pages_used
+        v.release()
+        assert m.stats.ram_pages_used == used - 1         # freed with the pin
+        m.free_pages(page)
+
+
+@pytest.mark.parametrize(("platform", "cache"), [("x86", "UC"), ("x86", "WC"), ("arm", None), ("riscv", None)])
+def test_view_refused_where_the_model_emulates(platform: str, cache: str | None) -> None:
+    with dmamap.Machine(platform, ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, page = _ram(m, mm, 1, cache=cache)
+        with pytest.raises(ZeroCopyError):
+            mm.view(vma.start, PAGE_SIZE)
+        assert page.refcount == 1                # refused: nothing pinned
+        buf = bytearray(PAGE_SIZE)
+        mm.write(vma.start, b"copy")
+        mm.readinto(vma.start, buf)          # the copy-in/copy-out path works there
+        assert buf[:4] == b"copy"
+
+
+def test_view_refused_for_mmio_sram_and_discontiguous() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        dev = m.add_device("regs", bars=[PAGE_SIZE])
+        mm = m.new_address_space()
+        io = mm.mmap(PAGE_SIZE)
+        dmamap.mmio_map(io, dev.bar(0)[0], PAGE_SIZE)
+        with pytest.raises(ZeroCopyError):
+            mm.view(io.start, 4)
+        two = mm.mmap(2 * PAGE_SIZE)
+        a, b = m.alloc_pages(), m.alloc_pages()
+        m.alloc_pages()
+        c = m.alloc_pages()
+        dmamap.remap_pfn_range(two, two.start, a.pfn, PAGE_SIZE, two.vm_page_prot)
+        dmamap.remap_pfn_range(two, two.start + PAGE_SIZE, c.pfn, PAGE_SIZE, two.vm_page_prot)
+        with pytest.raises(ZeroCopyError):
+            mm.view(two.start, 2 * PAGE_SIZE)
+        mm.view(two.start, PAGE_SIZE).release()   # each page alone is fine
+        with pytest.raises(SegmentationFault):
+            mm.view(two.end, PAGE_SIZE)
+        with pytest.raises(InvalidArgumentError):
+            mm.view(two.start, 0)
+        m.free_pages(b)
+
+
+def test_view_of_streaming_buffer_owned_by_the_device_is_refused() -> None:
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        dev = m.add_device("eng")
+        buf = dmamap.dma_alloc_noncoherent(dev, PAGE_SIZE, dmamap.DMA_FROM_DEVICE)
+        dmamap.dma_sync_single_for_device(dev, buf.dma_handle, PAGE_SIZE, dmamap.DMA_FROM_DEVICE)
+        with pytest.raises(dmamap.DmaCpuOwnershipError):
+            m.kernel.view(buf.cpu_addr, PAGE_SIZE)
+        dmamap.dma_sync_single_for_cpu(dev, buf.dma_handle, PAGE_SIZE, dmamap.DMA_FROM_DEVICE)
+        m.kernel.view(buf.cpu_addr, PAGE_SIZE).release()
+        dmamap.dma_free_noncoherent(dev, PAGE_SIZE, buf.cpu_addr, buf.dma_handle, dmamap.DMA_FROM_DEVICE)
+
+
+def test_view_after_machine_close_shows_zeroes() -> None:
+    m = dmamap.Machine("x86", ram=16 << 20)
+    mm = m.new_address_space()
+    vma, _ = _ram(m, mm, 1)
+    mm.write32(vma.start, 9)
+    v = mm.view(vma.start, PAGE_SIZE)
+    assert v[0] == 9
+    m.close()
+    assert v[0] == 0   # the host memory went back; the view stays readable
+    v.release()
+
+
+def test_bulk_access_moves_bytes_in_order_around_a_fault_callback() -> None:
+    """A bulk read or write copies what it gathered before a fault handler runs
+    (the handler sees the write's earlier pages written, and its changes to
+    earlier pages do not show in the read): the order of a page-by-page access."""
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        first, second = m.alloc_pages(), m.alloc_pages()
+        seen: list[bytes] = []
+
+        def handler(vmf: dmamap.VmFault) -> dmamap.Page:
+            seen.append(m.phys_read(first.phys_addr, 4))
+            m.phys_write(first.phys_addr, b"late")
+            return second
+
+        def fresh() -> dmamap.Vma:   # the first page mapped, the second left to the handler
+            vma = mm.mmap(2 * PAGE_SIZE)
+            dmamap.vm_insert_page(vma, vma.start, first)
+            vma.set_fault_handler(handler)
+            return vma
+
+        vma = fresh()
+        mm.write(vma.start, b"A" * (2 * PAGE_SIZE))
+        assert seen == [b"AAAA"]                        # the first page was written before the fault
+        assert m.phys_read(second.phys_addr, 4) == b"AAAA"
+        for read in (lambda v: mm.read(v.start, 2 * PAGE_SIZE),
+                     lambda v: bytes(out) if mm.readinto(v.start, out) else b""):
+            out = bytearray(2 * PAGE_SIZE)
+            vma = fresh()
+            m.phys_write(first.phys_addr, b"old!")
+            assert read(vma)[:4] == b"old!"            # copied before the handler changed it
+            assert m.phys_read(first.phys_addr, 4) == b"late"
