@@ -272,7 +272,7 @@ def calibrate(
     from dmamap.bench.calibrate import CALIBRATION_RUNS
 
     path = output or b.default_profile_path()
-    progress, advance = _progress(repeat + 2)
+    progress, advance = _progress(b.calibrate_steps(repeat))
     try:
         with progress:
             prof = b.calibrate(repeat, advance)
@@ -365,7 +365,7 @@ def bench(
     except b.ProfileError as exc:
         raise typer.BadParameter(str(exc), param_hint="--profile") from None
     res = b.SweepResult(cfg)
-    progress, advance = _progress(b.bench_steps(cfg, targets, sweep) + len(scenario or []) + 3)
+    progress, advance = _progress(b.bench_steps(cfg, targets, sweep) + len(scenario or []) + b.calibrate_steps(3))
     try:
         with progress:
             if prof is None and sweep:

@@ -1,12 +1,17 @@
 """``dmamap calibrate``: the host kernel's cost per event on this machine.
 
-Host runs whose event mix differs (every PTE written by MAP_POPULATE; one
-fault per page by store-only first touches, dense and sparse, sequential and
-random; fault-around by loads; random loads over populated mappings, which
-cost TLB misses; munmap clearing what each left) are timed ``repeat`` times;
-a non-negative least-squares fit of their medians to the event counts gives
-the cost of each event (:func:`dmamap.bench.model.fit`).  The kernel's own
-fault counts (getrusage) are used, not assumed.
+The host references the sweep compares with (MAP_POPULATE, store-first
+touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 64 MiB --
+dense and sparse, sequential and random, each ``repeat`` times, interleaved
+within a size as the sweep interleaves them.  Each run is split into its map
+phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
+(faults, fault-around, loads over populated pages), and a non-negative least
+squares fit of the phases' medians to their event counts gives the cost of each
+event (:func:`dmamap.bench.model.fit`).  Splitting the phases keeps the fixed
+cost of an mmap apart from the per-page costs, so that a cost fitted at one
+size holds at another.  The kernel's own fault counts (getrusage) are used,
+not assumed; the events are those dmamap counts for the strategy each
+reference stands for (:func:`~dmamap.bench.references.host_phase_events`).
 """
 
 from __future__ import annotations
@@ -21,23 +26,30 @@ from dmamap._binding import bench as cbench
 from dmamap.bench.config import KiB, MiB, fmt_size
 from dmamap.bench.harness import Pattern, make_pattern
 from dmamap.bench.model import MAP_EVENTS, UNMAP_EVENTS, Profile, fit, machine_info
-from dmamap.bench.references import HostSample, fault_around_bytes, host_events, host_facts, host_sample
-from dmamap.bench.spread import spread
-from dmamap.mm import PAGE_SHIFT
-
-__all__ = ["CALIBRATION_RUNS", "calibrate", "default_profile_path"]
-
-#: (kind, size, density, order): the host runs of a calibration.
-CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
-    ("populate", 4 * KiB, 0.0, "seq"), ("populate", 64 * KiB, 0.0, "seq"), ("store-touch", 4 * KiB, 1.0, "seq"),
-    ("store-touch", 64 * KiB, 1.0, "seq"), ("read-touch", 64 * KiB, 1.0, "seq"),
-    ("populate", 4 * MiB, 0.0, "seq"), ("populate", 64 * MiB, 0.0, "seq"),
-    ("populate", 64 * MiB, 0.1, "random"), ("populate", 64 * MiB, 1.0, "random"),
-    ("store-touch", 4 * MiB, 1.0, "seq"), ("store-touch", 64 * MiB, 1.0, "seq"),
-    ("store-touch", 64 * MiB, 0.1, "seq"), ("store-touch", 64 * MiB, 0.01, "random"),
-    ("store-touch", 64 * MiB, 0.3, "random"),
-    ("read-touch", 64 * MiB, 1.0, "seq"), ("read-touch", 64 * MiB, 0.1, "random"),
+from dmamap.bench.references import (
+    HostSample,
+    fault_around_bytes,
+    host_facts,
+    host_phase_events,
+    host_sample,
 )
+from dmamap.bench.spread import spread
+from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
+
+__all__ = ["CALIBRATION_RUNS", "calibrate", "calibrate_steps", "default_profile_path"]
+
+_KINDS_BY_DENSITY: tuple[tuple[str, float, str], ...] = (
+    ("populate", 1.0, "seq"), ("populate", 0.1, "random"),
+    ("store-touch", 1.0, "seq"), ("store-touch", 0.1, "random"), ("store-touch", 0.01, "random"),
+    ("read-touch", 1.0, "seq"), ("read-touch", 0.1, "random"), ("read-touch", 0.03, "seq"),
+)
+#: (kind, size, density, order): the host runs of a calibration, grouped by size.
+CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
+    ("populate", 4 * KiB, 1.0, "seq"), ("store-touch", 4 * KiB, 1.0, "seq"), ("read-touch", 4 * KiB, 1.0, "seq"),
+    *((k, size, d, o) for size in (256 * KiB, 4 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
+)
+#: Events whose cost is one per call, fitted over every size; the others are fitted per size.
+FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
 
 
 def default_profile_path() -> str:
@@ -46,55 +58,77 @@ def default_profile_path() -> str:
     return os.path.join(base, "dmamap", "profile.json")
 
 
-def calibrate(repeat: int = 5, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
+def calibrate_steps(repeat: int) -> int:
+    """How many times :func:`calibrate` calls ``advance`` (for a progress bar)."""
+    return len({s for _k, s, _d, _o in CALIBRATION_RUNS}) * (repeat + 1) + 1
+
+
+def _median(xs: list[int]) -> float:
+    return spread(xs).median
+
+
+def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
     """Measure the calibration runs and fit the per-event costs of this host's kernel."""
     rng = random.Random(seed)
-    map_rows: list[tuple[dict[str, float], float]] = []
-    unmap_rows: list[tuple[dict[str, float], float]] = []
-    detail: list[dict[str, Any]] = []
-    fds: dict[int, int] = {}
-    try:
-        pats: list[Pattern | None] = []
-        for _kind, size, d, order in CALIBRATION_RUNS:
-            if size not in fds:
-                fd = cbench.host_memfd(size)
-                if fd < 0:
-                    raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
-                fds[size] = fd
-            pats.append(make_pattern(size >> PAGE_SHIFT, d, order, rng) if d else None)
-        samples: list[list[HostSample]] = [[] for _ in CALIBRATION_RUNS]
-        for rep in range(repeat + 1):   # interleaved; the first round warms up and is dropped
-            advance(f"calibrate: round {rep + 1} of {repeat + 1}")
-            for i, (kind, size, _d, _o) in enumerate(CALIBRATION_RUNS):
-                s = host_sample(pats[i], fds[size], size, kind)
-                if rep:
-                    samples[i].append(s)
-        for (kind, size, d, order), pat, ss in zip(CALIBRATION_RUNS, pats, samples, strict=True):
-            faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
-            ev, un = host_events(kind, size, pat, faults)
-            tot, unm = spread([s.total_ns for s in ss]), spread([s.unmap_ns for s in ss])
-            map_rows.append((ev, tot.median))
-            unmap_rows.append((un, unm.median))
-            detail.append({"kind": kind, "size": size, "density": d, "order": order, "events": ev,
-                           "unmap_events": un, "ns": tot.to_json(), "unmap_ns": unm.to_json(),
-                           "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
-        advance("calibrate: host facts")
-        facts = host_facts(repeat=max(1, min(repeat, 3)))
-    finally:
-        for fd in fds.values():
+    pats: list[Pattern | None] = [make_pattern(size >> PAGE_SHIFT, d, order, rng) if d else None
+                                  for _k, size, d, order in CALIBRATION_RUNS]
+    samples: list[list[HostSample]] = [[] for _ in CALIBRATION_RUNS]
+    for size in dict.fromkeys(s for _k, s, _d, _o in CALIBRATION_RUNS):
+        fd = cbench.host_memfd(size)
+        if fd < 0:
+            raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
+        try:
+            idx = [i for i, run in enumerate(CALIBRATION_RUNS) if run[1] == size]
+            for rep in range(repeat + 1):   # interleaved; the first round warms up and is dropped
+                advance(f"calibrate: {fmt_size(size)}, round {rep + 1} of {repeat + 1}")
+                for i in idx:
+                    s = host_sample(pats[i], fd, size, CALIBRATION_RUNS[i][0])
+                    if rep:
+                        samples[i].append(s)
+        finally:
             os.close(fd)
-    costs = fit(map_rows, MAP_EVENTS)
-    costs.update(fit(unmap_rows, UNMAP_EVENTS))
+    rows: dict[int, list[tuple[dict[str, float], float]]] = {}
+    unmap_rows: dict[int, list[tuple[dict[str, float], float]]] = {}
+    detail: list[dict[str, Any]] = []
+    for (kind, size, d, order), pat, ss in zip(CALIBRATION_RUNS, pats, samples, strict=True):
+        faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
+        mapped, touch, un = host_phase_events(kind, size, pat, faults)
+        map_ns, touch_ns = _median([s.map_ns for s in ss]), _median([s.touch_ns for s in ss])
+        rows.setdefault(size, []).append((mapped, map_ns))
+        if any(touch.values()):
+            rows[size].append((touch, touch_ns))
+        unm = spread([s.unmap_ns for s in ss])
+        unmap_rows.setdefault(size, []).append((un, unm.median))
+        detail.append({"kind": kind, "size": size, "density": d, "order": order, "map_events": mapped,
+                       "touch_events": touch, "unmap_events": un, "map_ns": map_ns, "touch_ns": touch_ns,
+                       "ns": spread([s.total_ns for s in ss]).to_json(), "unmap_ns": unm.to_json(),
+                       "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
+    advance("calibrate: host facts")
+    facts = host_facts(repeat=max(1, min(repeat, 3)))
+    every = [r for rs in rows.values() for r in rs]
+    costs = fit(every, MAP_EVENTS)
+    costs.update(fit([r for rs in unmap_rows.values() for r in rs], UNMAP_EVENTS))
+    fixed = {e: costs[e] for e in FIXED_EVENTS}
+    by_size = []
+    for size in sorted(rows):
+        if size <= PAGE_SIZE:   # one page: its per-page events cannot be told apart; it pins the fixed costs
+            continue
+        counted = {e for c, _y in rows[size] + unmap_rows[size] for e, n in c.items() if n}
+        per = fit(rows[size], MAP_EVENTS, fixed)
+        per.update(fit(unmap_rows[size], UNMAP_EVENTS, fixed))
+        by_size.append((size, {e: c for e, c in per.items() if e in counted}))
     prof = Profile(name=f"calibrated on {os.uname().nodename}", costs_ns=costs,
                    source="dmamap calibrate: least squares over host-kernel runs (csrc/bench.c)",
-                   date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info(), host=facts)
+                   date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info(), host=facts, by_size=by_size)
     errs = []
-    for (ev, y), row in zip(map_rows, detail, strict=True):
-        row["predicted_ns"] = prof.predict(ev)
-        errs.append(row["predicted_ns"] / y - 1)
-    errs.sort()
+    for row in detail:
+        both = dict(row["map_events"])
+        for k, v in row["touch_events"].items():
+            both[k] = both.get(k, 0) + v
+        row["predicted_ns"] = prof.predict(both, size=row["size"])
+        errs.append(abs(row["predicted_ns"] / row["ns"]["median"] - 1))
     prof.fit = {"runs": detail, "repeat": repeat, "fault_around_bytes": fault_around_bytes(),
-                "median_abs_rel_error": sorted(abs(e) for e in errs)[len(errs) // 2],
+                "median_abs_rel_error": sorted(errs)[len(errs) // 2],
                 "note": "cache_line is not measurable from user space on a coherent host: priced 0 unless "
                         "written by hand"}
     return prof

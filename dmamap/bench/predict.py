@@ -22,8 +22,8 @@ def apply_profile(res: SweepResult, prof: Profile) -> None:
     """Predict the host kernel's map + touch and unmap cost of every run."""
     res.profile = prof
     for r in res.runs:
-        r.predicted_ns = prof.predict(model_events(r.counts))
-        r.predicted_unmap_ns = prof.predict(unmap_events(r.unmap_counts), UNMAP_EVENTS)
+        r.predicted_ns = prof.predict(model_events(r.counts), size=r.size)
+        r.predicted_unmap_ns = prof.predict(unmap_events(r.unmap_counts), UNMAP_EVENTS, size=r.size)
 
 
 @dataclass
