@@ -1,7 +1,7 @@
 """``dmamap calibrate``: the host kernel's cost per event on this machine.
 
 The host references the sweep compares with (MAP_POPULATE, store-first
-touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 64 MiB --
+touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 256 MiB --
 dense and sparse, sequential and random, each ``repeat`` times, interleaved
 within a size as the sweep interleaves them.  Each run is split into its map
 phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
@@ -46,10 +46,12 @@ _KINDS_BY_DENSITY: tuple[tuple[str, float, str], ...] = (
 #: (kind, size, density, order): the host runs of a calibration, grouped by size.
 CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
     ("populate", 4 * KiB, 1.0, "seq"), ("store-touch", 4 * KiB, 1.0, "seq"), ("read-touch", 4 * KiB, 1.0, "seq"),
-    *((k, size, d, o) for size in (256 * KiB, 4 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
+    *((k, size, d, o) for size in (64 * KiB, MiB, 16 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
 )
-#: Events whose cost is one per call, fitted over every size; the others are fitted per size.
+#: Events whose cost is one per call, fitted over the mappings of at most SMALL bytes; the others
+#: are fitted per size with these held.
 FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
+SMALL = 256 * KiB
 
 
 def default_profile_path() -> str:
@@ -105,10 +107,14 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
                        "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
     advance("calibrate: host facts")
     facts = host_facts(repeat=max(1, min(repeat, 3)))
-    every = [r for rs in rows.values() for r in rs]
-    costs = fit(every, MAP_EVENTS)
+    costs = fit([r for rs in rows.values() for r in rs], MAP_EVENTS)
     costs.update(fit([r for rs in unmap_rows.values() for r in rs], UNMAP_EVENTS))
-    fixed = {e: costs[e] for e in FIXED_EVENTS}
+    # the fixed costs from the small mappings, where they are a visible share of the time
+    small = [s for s in sorted(rows) if s <= SMALL]
+    fixed = fit([r for s in small for r in rows[s]], MAP_EVENTS)
+    fixed.update(fit([r for s in small for r in unmap_rows[s]], UNMAP_EVENTS))
+    fixed = {e: fixed[e] for e in FIXED_EVENTS}
+    costs.update(fixed)
     by_size = []
     for size in sorted(rows):
         if size <= PAGE_SIZE:   # one page: its per-page events cannot be told apart; it pins the fixed costs
