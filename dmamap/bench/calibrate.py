@@ -34,7 +34,7 @@ from dmamap.bench.references import (
     host_sample,
 )
 from dmamap.bench.spread import spread
-from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
+from dmamap.mm import PAGE_SHIFT
 
 __all__ = ["CALIBRATION_RUNS", "calibrate", "calibrate_steps", "default_profile_path"]
 
@@ -49,7 +49,8 @@ CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
     *((k, size, d, o) for size in (64 * KiB, MiB, 16 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
 )
 #: Events whose cost is one per call, fitted over the mappings of at most SMALL bytes; the others
-#: are fitted per size with these held.
+#: are fitted per size with these held (a one-page mapping's first fault or load costs more than
+#: the average one of a larger mapping: it finds every cache cold and allocates the page table).
 FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
 SMALL = 256 * KiB
 
@@ -117,8 +118,6 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
     costs.update(fixed)
     by_size = []
     for size in sorted(rows):
-        if size <= PAGE_SIZE:   # one page: its per-page events cannot be told apart; it pins the fixed costs
-            continue
         counted = {e for c, _y in rows[size] + unmap_rows[size] for e, n in c.items() if n}
         per = fit(rows[size], MAP_EVENTS, fixed)
         per.update(fit(unmap_rows[size], UNMAP_EVENTS, fixed))
