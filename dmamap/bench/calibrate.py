@@ -2,7 +2,8 @@
 
 The host references the sweep compares with (MAP_POPULATE, store-first
 touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 256 MiB --
-dense and sparse, sequential and random, each ``repeat`` times, interleaved
+dense and sparse, sequential and random, each ``repeat`` times (more for the
+small ones, which take microseconds), interleaved
 within a size as the sweep interleaves them.  Each run is split into its map
 phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
 (faults, fault-around, loads over populated pages), and a non-negative least
@@ -61,6 +62,12 @@ def default_profile_path() -> str:
     return os.path.join(base, "dmamap", "profile.json")
 
 
+def _more(size: int) -> int:
+    """How many times ``repeat`` a size is run: small mappings take microseconds and their
+    medians steady only over many runs (the one-page ranking hangs on a few per cent)."""
+    return 8 if size <= 64 * KiB else 2 if size <= MiB else 1
+
+
 def calibrate_steps(repeat: int) -> int:
     """How many times :func:`calibrate` calls ``advance`` (for a progress bar)."""
     return len({s for _k, s, _d, _o in CALIBRATION_RUNS}) * (repeat + 1) + 1
@@ -82,8 +89,10 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
             raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
         try:
             idx = [i for i, run in enumerate(CALIBRATION_RUNS) if run[1] == size]
-            for rep in range(repeat + 1):   # interleaved; the first round warms up and is dropped
-                advance(f"calibrate: {fmt_size(size)}, round {rep + 1} of {repeat + 1}")
+            rounds = repeat * _more(size)
+            for rep in range(rounds + 1):   # interleaved; the first round warms up and is dropped
+                if rep % _more(size) == 0:
+                    advance(f"calibrate: {fmt_size(size)}, round {rep + 1} of {rounds + 1}")
                 for i in idx:
                     s = host_sample(pats[i], fd, size, CALIBRATION_RUNS[i][0])
                     if rep:
