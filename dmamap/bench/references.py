@@ -120,9 +120,9 @@ _FA: dict[str, int] = {}
 def fault_around_bytes() -> int:
     """The host's fault-around window, measured once (pages one read fault maps)."""
     if "fa" not in _FA:
-        fd = cbench.host_memfd(2 * MiB)
+        fd = cbench.host_memfd(4 * MiB)   # room for a 2 MiB-aligned probe: the window is aligned in VA
         try:
-            _FA["fa"] = max(cbench.host_fault_around(fd, 2 * MiB), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
+            _FA["fa"] = max(cbench.host_fault_around(fd, 4 * MiB), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
         finally:
             if fd >= 0:
                 os.close(fd)
