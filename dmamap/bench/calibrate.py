@@ -50,10 +50,10 @@ CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
     *((k, size, d, o) for size in (64 * KiB, MiB, 16 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
 )
 #: Events whose cost is one per call, fitted over the mappings of at most SMALL bytes; the others
-#: are fitted per size with these held (a one-page mapping's first fault or load costs more than
-#: the average one of a larger mapping: it finds every cache cold and allocates the page table).
+#: are fitted over every size with these held, times a factor per size (:func:`_scaled_fit`).
 FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
 SMALL = 256 * KiB
+PRIOR_WEIGHT = 2
 
 
 def default_profile_path() -> str:
@@ -75,6 +75,44 @@ def calibrate_steps(repeat: int) -> int:
 
 def _median(xs: list[int]) -> float:
     return spread(xs).median
+
+
+Rows = dict[int, list[tuple[dict[str, float], float]]]
+
+
+def _scaled_fit(rows: Rows, events: tuple[str, ...], fixed: dict[str, float],
+                rounds: int = 6) -> tuple[dict[str, float], dict[int, float]]:
+    """Per-event costs shared by every size, times one factor per size: the split between
+    events comes from all the runs together (so a slow moment during one size's runs cannot
+    trade PTE cost for fault cost), the factor from that size's runs (cache and TLB reach make
+    every per-page event dearer in a large mapping).  Alternating least squares, relative
+    errors; the factors' median is 1."""
+    scale = dict.fromkeys(rows, 1.0)
+    costs: dict[str, float] = {}
+    for _ in range(rounds):
+        costs = fit([({e: n if e in fixed else n * scale[s] for e, n in c.items()}, y)
+                     for s, rs in rows.items() for c, y in rs], events, fixed)
+        for s, rs in rows.items():
+            num = den = 0.0
+            for c, y in rs:
+                rest = y - sum(fixed.get(e, 0.0) * n for e, n in c.items())
+                per = sum(costs.get(e, 0.0) * n for e, n in c.items() if e not in fixed)
+                w = 1.0 / max(y, 1.0) ** 2
+                num, den = num + w * rest * per, den + w * per * per
+            scale[s] = max(num / den, 0.0) if den else 1.0
+        mid = sorted(scale.values())[len(scale) // 2] or 1.0
+        scale = {s: f / mid for s, f in scale.items()}
+    return costs, scale
+
+
+def _prior(costs: dict[str, float], scale: float, events: tuple[str, ...], fixed: dict[str, float],
+           ) -> list[tuple[dict[str, float], float]]:
+    """Pseudo-runs that pull a size's own fit towards the shared costs times its factor: each
+    weighs as much as PRIOR_WEIGHT measured runs, enough to keep a noisy size from trading one
+    event's cost for another's, little enough to let a size's real split show (on the reference
+    VM a fault costs 3.6 PTE writes at 1 MiB, 5 at 64 MiB)."""
+    return [({e: 1.0}, costs[e] * scale) for e in events
+            if e not in fixed and costs.get(e, 0) > 0 for _ in range(PRIOR_WEIGHT)]
 
 
 def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
@@ -117,20 +155,21 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
                        "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
     advance("calibrate: host facts")
     facts = host_facts(repeat=max(1, min(repeat, 3)))
-    costs = fit([r for rs in rows.values() for r in rs], MAP_EVENTS)
-    costs.update(fit([r for rs in unmap_rows.values() for r in rs], UNMAP_EVENTS))
     # the fixed costs from the small mappings, where they are a visible share of the time
     small = [s for s in sorted(rows) if s <= SMALL]
     fixed = fit([r for s in small for r in rows[s]], MAP_EVENTS)
     fixed.update(fit([r for s in small for r in unmap_rows[s]], UNMAP_EVENTS))
     fixed = {e: fixed[e] for e in FIXED_EVENTS}
+    costs, scale = _scaled_fit(rows, MAP_EVENTS, fixed)
+    unmap_costs, unmap_scale = _scaled_fit(unmap_rows, UNMAP_EVENTS, fixed)
+    costs.update(unmap_costs)
     costs.update(fixed)
     by_size = []
-    for size in sorted(rows):
-        counted = {e for c, _y in rows[size] + unmap_rows[size] for e, n in c.items() if n}
-        per = fit(rows[size], MAP_EVENTS, fixed)
-        per.update(fit(unmap_rows[size], UNMAP_EVENTS, fixed))
-        by_size.append((size, {e: c for e, c in per.items() if e in counted}))
+    for size in sorted(rows):   # each size's own split, held near the shared one (PRIOR_WEIGHT runs' worth)
+        per = fit(rows[size] + _prior(costs, scale[size], MAP_EVENTS, fixed), MAP_EVENTS, fixed)
+        per.update(fit(unmap_rows[size] + _prior(costs, unmap_scale[size], UNMAP_EVENTS, fixed), UNMAP_EVENTS,
+                       fixed))
+        by_size.append((size, per))
     prof = Profile(name=f"calibrated on {os.uname().nodename}", costs_ns=costs,
                    source="dmamap calibrate: least squares over host-kernel runs (csrc/bench.c)",
                    date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info(), host=facts, by_size=by_size)
