@@ -40,7 +40,7 @@ from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
 __all__ = ["CALIBRATION_RUNS", "calibrate", "calibrate_steps", "default_profile_path"]
 
 _KINDS_BY_DENSITY: tuple[tuple[str, float, str], ...] = (
-    ("populate", 1.0, "seq"), ("populate", 0.1, "random"),
+    ("populate", 1.0, "seq"), ("populate", 0.3, "seq"), ("populate", 0.1, "random"), ("populate", 0.01, "random"),
     ("store-touch", 1.0, "seq"), ("store-touch", 0.1, "random"), ("store-touch", 0.01, "random"),
     ("read-touch", 1.0, "seq"), ("read-touch", 0.1, "random"), ("read-touch", 0.03, "seq"),
 )
@@ -53,7 +53,7 @@ CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
 #: are fitted over every size with these held, times a factor per size (:func:`_scaled_fit`).
 FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
 SMALL = 256 * KiB
-PRIOR_WEIGHT = 2
+PRIOR_WEIGHT = 0.5
 
 
 def default_profile_path() -> str:
@@ -108,11 +108,15 @@ def _scaled_fit(rows: Rows, events: tuple[str, ...], fixed: dict[str, float],
 def _prior(costs: dict[str, float], scale: float, events: tuple[str, ...], fixed: dict[str, float],
            ) -> list[tuple[dict[str, float], float]]:
     """Pseudo-runs that pull a size's own fit towards the shared costs times its factor: each
-    weighs as much as PRIOR_WEIGHT measured runs, enough to keep a noisy size from trading one
-    event's cost for another's, little enough to let a size's real split show (on the reference
-    VM a fault costs 3.6 PTE writes at 1 MiB, 5 at 64 MiB)."""
-    return [({e: 1.0}, costs[e] * scale) for e in events
-            if e not in fixed and costs.get(e, 0) > 0 for _ in range(PRIOR_WEIGHT)]
+    weighs as much as PRIOR_WEIGHT of a measured run, enough to keep a noisy size from trading
+    one event's cost for another's, little enough to let a size's real split show (on the
+    reference VM a fault costs 3.6 PTE writes at 1 MiB, 5 at 64 MiB)."""
+    return [({e: 1.0}, costs[e] * scale) for e in events if e not in fixed and costs.get(e, 0) > 0]
+
+
+def _fit_size(rows: list[tuple[dict[str, float], float]], prior: list[tuple[dict[str, float], float]],
+              events: tuple[str, ...], fixed: dict[str, float]) -> dict[str, float]:
+    return fit(rows + prior, events, fixed, [1.0] * len(rows) + [PRIOR_WEIGHT] * len(prior))
 
 
 def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
@@ -170,9 +174,9 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
         # fault): its split is exact, and a first fault or load in a fresh mapping costs more than
         # the average one of a larger mapping (cold caches, a new page table)
         one = size <= PAGE_SIZE
-        per = fit(rows[size] + ([] if one else _prior(costs, scale[size], MAP_EVENTS, fixed)), MAP_EVENTS, fixed)
-        per.update(fit(unmap_rows[size] + ([] if one else _prior(costs, unmap_scale[size], UNMAP_EVENTS, fixed)),
-                       UNMAP_EVENTS, fixed))
+        per = _fit_size(rows[size], [] if one else _prior(costs, scale[size], MAP_EVENTS, fixed), MAP_EVENTS, fixed)
+        per.update(_fit_size(unmap_rows[size], [] if one else _prior(costs, unmap_scale[size], UNMAP_EVENTS, fixed),
+                             UNMAP_EVENTS, fixed))
         counted = {e for c, _y in rows[size] + unmap_rows[size] for e, n in c.items() if n}
         by_size.append((size, {e: c for e, c in per.items() if not one or e in counted}))
     prof = Profile(name=f"calibrated on {os.uname().nodename}", costs_ns=costs,

@@ -181,12 +181,12 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
 
 
 def fit(rows: Sequence[tuple[Mapping[str, float], float]], events: Sequence[str],
-        fixed: Mapping[str, float] | None = None) -> dict[str, float]:
+        fixed: Mapping[str, float] | None = None, weights: Sequence[float] | None = None) -> dict[str, float]:
     """Non-negative least squares of ``measured ≈ Σ count × cost`` over ``rows`` (counts, measured ns),
     weighted by 1/measured so that every run counts by its relative error.  An event whose cost
     comes out negative is priced 0 and the rest refitted, as is an event no row counts.  Events in
     ``fixed`` keep the cost given (their share is taken off each measurement first) and are not
-    returned."""
+    returned.  ``weights`` (one per row, default 1) scale each row's squared relative error."""
     fixed = dict(fixed or {})
     rows = [(c, y - sum(fixed[e] * float(c.get(e, 0)) for e in fixed)) for c, y in rows]
     events = [e for e in events if e not in fixed]
@@ -194,8 +194,8 @@ def fit(rows: Sequence[tuple[Mapping[str, float], float]], events: Sequence[str]
     while active:
         ata = [[0.0] * len(active) for _ in active]
         atb = [0.0] * len(active)
-        for counts, y in rows:
-            w = 1.0 / max(abs(y), 1.0)
+        for (counts, y), k in zip(rows, weights or [1.0] * len(rows), strict=True):
+            w = math.sqrt(k) / max(abs(y), 1.0)
             x = [float(counts.get(e, 0)) * w for e in active]
             for i, xi in enumerate(x):
                 atb[i] += xi * y * w
