@@ -282,9 +282,8 @@ def calibrate(
     prof.save(path)
     console.print(f"host kernel cost per event ({len(CALIBRATION_RUNS)} host runs × {repeat}, median "
                   f"|error| of the fit {prof.fit['median_abs_rel_error']:.0%}):", highlight=False)
-    for k, v in prof.costs_ns.items():
-        console.print(f"  {k:11} {v:9.1f} ns  {b.model.EVENT_HELP[k].split(':')[0].split(',')[0]}",
-                      highlight=False, markup=False, soft_wrap=True)
+    for line in b.model.describe(prof):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"profile written to {path}", highlight=False, markup=False, soft_wrap=True)
 
 

@@ -3,9 +3,9 @@
 The host references the sweep compares with (MAP_POPULATE, store-first
 touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 256 MiB --
 dense and sparse, sequential and random, each ``repeat`` times (more for the
-small ones, which take microseconds), interleaved
-within a size as the sweep interleaves them.  Each run is split into its map
-phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
+small ones, which take microseconds), interleaved within a size as the sweep
+interleaves them, every round visiting every size.  Each run is split into its
+map phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
 (faults, fault-around, loads over populated pages), and a non-negative least
 squares fit of the phases' medians to their event counts gives the cost of each
 event (:func:`dmamap.bench.model.fit`).  Splitting the phases keeps the fixed
@@ -125,21 +125,27 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
     pats: list[Pattern | None] = [make_pattern(size >> PAGE_SHIFT, d, order, rng) if d else None
                                   for _k, size, d, order in CALIBRATION_RUNS]
     samples: list[list[HostSample]] = [[] for _ in CALIBRATION_RUNS]
-    for size in dict.fromkeys(s for _k, s, _d, _o in CALIBRATION_RUNS):
-        fd = cbench.host_memfd(size)
-        if fd < 0:
-            raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
-        try:
-            idx = [i for i, run in enumerate(CALIBRATION_RUNS) if run[1] == size]
-            rounds = repeat * _more(size)
-            for rep in range(rounds + 1):   # interleaved; the first round warms up and is dropped
-                if rep % _more(size) == 0:
-                    advance(f"calibrate: {fmt_size(size)}, round {rep + 1} of {rounds + 1}")
-                for i in idx:
-                    s = host_sample(pats[i], fd, size, CALIBRATION_RUNS[i][0])
-                    if rep:
-                        samples[i].append(s)
-        finally:
+    sizes = sorted({s for _k, s, _d, _o in CALIBRATION_RUNS})
+    fds: dict[int, int] = {}
+    try:
+        for size in sizes:
+            fd = cbench.host_memfd(size)
+            if fd < 0:
+                raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
+            fds[size] = fd
+        idx = {size: [i for i, run in enumerate(CALIBRATION_RUNS) if run[1] == size] for size in sizes}
+        # every round visits every size, so that each size's median spans the whole calibration
+        # (the host's speed drifts by tens of per cent over seconds when other jobs share it)
+        for rep in range(repeat + 1):   # the first round warms up and is dropped
+            for size in sizes:
+                advance(f"calibrate: round {rep + 1} of {repeat + 1}, {fmt_size(size)}")
+                for _ in range(_more(size)):
+                    for i in idx[size]:
+                        s = host_sample(pats[i], fds[size], size, CALIBRATION_RUNS[i][0])
+                        if rep:
+                            samples[i].append(s)
+    finally:
+        for fd in fds.values():
             os.close(fd)
     rows: dict[int, list[tuple[dict[str, float], float]]] = {}
     unmap_rows: dict[int, list[tuple[dict[str, float], float]]] = {}

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "MAP_EVENTS", "UNMAP_EVENTS", "EVENT_HELP", "Profile", "fit", "machine_info",
+__all__ = ["SCHEMA", "MAP_EVENTS", "UNMAP_EVENTS", "EVENT_HELP", "Profile", "fit", "machine_info", "describe",
            "example_profiles", "load_profile", "ProfileError"]
 
 SCHEMA = "dmamap-cost-profile/1"
@@ -123,6 +123,30 @@ class Profile:
                        machine=dict(d.get("machine", {})), sources=list(d.get("sources", [])),
                        fit=dict(d.get("fit", {})), host=dict(d.get("host", {})),
                        by_size=sorted(by_size, key=lambda e: e[0]))
+
+
+_SHORT = {
+    "map_call": "one mmap + the driver's handler", "fill_call": "one prefault at mmap time, fixed part",
+    "pte_write": "one entry, by a prefault or for the faulting page", "around_pte": "one fault-around extra entry",
+    "fault": "one fault, beyond its entry", "tlb_miss": "one touch that walks the tables",
+    "cache_line": "one cache line cleaned/invalidated", "unmap_call": "one munmap", "pte_clear": "one entry cleared",
+}
+
+
+def describe(prof: Profile) -> list[str]:
+    """The profile as lines of at most 80 columns: each event's cost, then the per-size costs
+    of the per-page events (ns), when the profile has them."""
+    lines = []
+    for e in (*MAP_EVENTS, *UNMAP_EVENTS):
+        if e in prof.costs_ns:
+            lines.append(f"  {e:10} {prof.costs_ns[e]:8.1f} ns  {_SHORT[e]}")
+    if prof.by_size:
+        sizes = [s for s, _c in prof.by_size]
+        names = [f"{s >> 20} MiB" if s >= 1 << 20 else f"{s >> 10} KiB" for s in sizes]
+        lines.append("  per mapping size (ns):" + "".join(f"{n:>8}" for n in names)[:56])
+        for e in ("pte_write", "around_pte", "fault", "tlb_miss", "pte_clear"):
+            lines.append(f"  {e:22}" + "".join(f"{prof.cost(e, s):8.0f}" for s in sizes)[:56])
+    return lines
 
 
 def load_profile(path: str | os.PathLike[str]) -> Profile:
