@@ -115,19 +115,19 @@ def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
             f, p = next((r for r in rs if r.strategy == FAULT.name), None), next(
                 (r for r in rs if r.strategy == PREFAULT.name), None)
             model = "-"
-            if f and p and f.predicted_ns is not None and p.predicted_ns is not None:
-                model = "fault" if f.predicted_ns < p.predicted_ns else "prefault"
+            if f and p and f.predicted_ns is not None and p.predicted_ns:
+                model = f"{f.predicted_ns / p.predicted_ns:.2f}"
             fp = "-"
             if f and p:
                 fp = "fault" if beats(f.total, p.total) else "prefault" if beats(p.total, f.total) else TIE
             rows.append([fmt_size(size), _pct(d), order[:3], w if w != TIE else f"tie({len(tied)})",
                          fmt_ns(best.median), _iqr(best), fp, _host_winner(host, size, d, order), model])
-        _table(console, ["size", "dens", "ord", "winner", "median", "IQR", "f/pf", "host f/pf", "model"], rows,
-               right=(0, 1, 4, 5))
+        _table(console, ["size", "dens", "ord", "winner", "median", "IQR", "f/pf", "host f/pf", "model f/pf"], rows,
+               right=(0, 1, 4, 5, 8))
     if res.runs and not full:
         _wrap(console, "f/pf: fault vs prefault in dmamap; host f/pf: the host kernel's store-touch (one page per "
-                       "fault) vs MAP_POPULATE; model: the cheaper of the two per the profile's prediction of the host "
-                       "from dmamap's counts.")
+                       "fault) vs MAP_POPULATE; model f/pf: the profile's prediction of the host's fault / prefault "
+                       "cost from dmamap's counts (below 1: fault cheaper).")
     _render_host(console, res)
     _render_model(console, res)
     cross = crossovers(res)
