@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 import dmamap
+from dmamap.bench import references
 from dmamap.bench.harness import Pattern, model_events
 from dmamap.bench.model import Profile, fit
 from dmamap.bench.predict import model_agrees
-from dmamap.bench import references
 from dmamap.bench.references import host_phase_events
 from dmamap.bench.spread import spread
 from dmamap.mm import PAGE_SIZE
