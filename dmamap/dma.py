@@ -275,7 +275,7 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
     dev = _device(dev)
     be = _backend(dev)
     size = _size(size)
-    attrs = _attrs(attrs) if attrs else 0
+    attrs = 0 if type(attrs) is int and attrs == 0 else _attrs(attrs)
     with dev.dma_debug.lock:
         rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, None)
         asp, start, end, raw_prot, pgoff = _vma_facts(vma, "dma_mmap_coherent")   # one C call, plain ints

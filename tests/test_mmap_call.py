@@ -49,6 +49,9 @@ def test_prefault_fast_path_keeps_its_checks() -> None:
             dmamap.dma_mmap_coherent(dev, "vma", *buf)   # type: ignore[arg-type]
         with pytest.raises(dmamap.InvalidArgumentError, match="unknown DMA attribute"):
             dmamap.dma_mmap_coherent(dev, big, *buf, attrs=1 << 40)
+        for bad in (None, 0.0, False):
+            with pytest.raises(TypeError):
+                dmamap.dma_mmap_coherent(dev, big, *buf, attrs=bad)   # type: ignore[arg-type]
         ok = mm.mmap(2 * PAGE_SIZE)
         dmamap.dma_mmap_coherent(dev, ok, *buf, strategy="prefault")
         assert mm.stats.ptes_written == 2 and dmamap.VmFlags.VM_PFNMAP in ok.vm_flags
