@@ -235,7 +235,10 @@ int dmamap_bench_host_ref(int fd, uint64_t size, uint32_t flags, const uint64_t 
 
 /* The kernel's fault-around window in bytes (/sys/kernel/mm/... is debugfs
  * only; the default is 64 KiB), measured: the pages one read fault maps in
- * a 2 MiB memfd mapping, found with mincore-free probing of the fault count. */
+ * a memfd mapping of at least 2 MiB, found with mincore-free probing of the
+ * fault count.  The window is aligned in the virtual address space, so the
+ * probe starts at a 2 MiB-aligned address when the mapping holds one with
+ * 2 MiB after it (pass 4 MiB), else at the mapping's start. */
 int64_t dmamap_bench_host_fault_around(int fd, uint64_t size)
 {
     if (fd < 0 || size < (2ULL << 20) || size > HOST_MAX)
@@ -243,7 +246,8 @@ int64_t dmamap_bench_host_fault_around(int fd, uint64_t size)
     uint8_t *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
         return -errno;
-    volatile uint8_t *b = p;
+    uint64_t skip = (uint64_t)(-(uintptr_t)p & ((2ULL << 20) - 1));
+    volatile uint8_t *b = skip + (2ULL << 20) <= size ? p + skip : p;
     uint64_t sum = b[0], n = 1;
     uint64_t f0 = minflt_now();
     for (; n < 512; n++) {   /* the first page not mapped by the first fault faults again */

@@ -406,6 +406,11 @@ int dmamap_remap_pfn_range(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pf
 int dmamap_remap_pfn_chunks(dmamap_as *as, int64_t id, uint64_t addr, const struct dmamap_chunk *chunks, int nchunks,
                             uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
                             struct dmamap_err *err);
+/* dma_mmap_coherent's prefault (csrc/dma_mmap.c): set the VMA's protection to prot and
+ * remap_pfn_chunks from its start; a refusal restores the protection. */
+int dmamap_dma_mmap_prefault(dmamap_as *as, int64_t id, const struct dmamap_chunk *chunks, int nchunks,
+                             uint64_t first_page, uint64_t nr_pages, uint64_t prot, int flags,
+                             struct dmamap_err *err);
 int dmamap_vmf_insert_pfn_prot(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, uint64_t prot,
                                struct dmamap_err *err);
 int dmamap_vmf_insert_mixed(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err);

@@ -306,7 +306,7 @@ def calibrate(
     from dmamap.bench.calibrate import CALIBRATION_RUNS
 
     path = output or b.default_profile_path()
-    progress, advance = _progress(repeat + 2)
+    progress, advance = _progress(b.calibrate_steps(repeat))
     try:
         with progress:
             prof = b.calibrate(repeat, advance)
@@ -316,9 +316,8 @@ def calibrate(
     prof.save(path)
     console.print(f"host kernel cost per event ({len(CALIBRATION_RUNS)} host runs × {repeat}, median "
                   f"|error| of the fit {prof.fit['median_abs_rel_error']:.0%}):", highlight=False)
-    for k, v in prof.costs_ns.items():
-        console.print(f"  {k:11} {v:9.1f} ns  {b.model.EVENT_HELP[k].split(':')[0].split(',')[0]}",
-                      highlight=False, markup=False, soft_wrap=True)
+    for line in b.model.describe(prof):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"profile written to {path}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -400,7 +399,7 @@ def bench(
     except b.ProfileError as exc:
         raise typer.BadParameter(str(exc), param_hint="--profile") from None
     res = b.SweepResult(cfg)
-    progress, advance = _progress(b.bench_steps(cfg, targets, sweep) + len(scenario or []) + 3)
+    progress, advance = _progress(b.bench_steps(cfg, targets, sweep) + len(scenario or []) + b.calibrate_steps(3))
     try:
         with progress:
             if prof is None and sweep:

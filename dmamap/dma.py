@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from dmamap._binding import phys
+from dmamap._binding import RemapFlag, coherent, phys
 from dmamap._check import u64
 from dmamap.backends import STRATEGIES, Backend
 from dmamap.device import Device
@@ -21,6 +21,7 @@ from dmamap.dma_debug import DmaRecord, slice_runs
 from dmamap.errors import (
     DmaDoubleFreeError,
     DmaFreeError,
+    DmamapError,
     InvalidArgumentError,
     MachineClosedError,
     MmapError,
@@ -39,6 +40,7 @@ from dmamap.mm import (
     remap_pfn_chunks,
     remap_pfn_range,
 )
+from dmamap.pgprot import pgprot_of
 from dmamap.physmem import IOWIN_SIZE, KernelAddress, Page
 from dmamap.policy import RAM_BACKED, CoherentMemory
 from dmamap.remote import generic_access_phys
@@ -252,27 +254,55 @@ def dma_mmap_coherent(dev: Device, vma: Vma, cpu_addr: int, dma_handle: int, siz
     dev = _device(dev)
     be = _backend(dev)
     size = _size(size)
+    attrs = 0 if type(attrs) is int and attrs == 0 else _attrs(attrs)
     with dev.dma_debug.lock:
         rec = dev.dma_debug.lookup("dma_mmap_coherent", cpu_addr, dma_handle, None)
-        _check_vma_live(vma, "dma_mmap_coherent")
+        asp, start, end, raw_prot, pgoff = _vma_facts(vma, "dma_mmap_coherent")   # one C call, plain ints
         if size > rec.size:
             raise MmapError(f"dma_mmap_coherent: size {size:#x} is larger than the {rec.size:#x} bytes "
-                            f"allocated at cpu_addr {int(cpu_addr):#x}", vma.start)
+                            f"allocated at cpu_addr {int(cpu_addr):#x}", start)
         count = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        first = vma.vm_pgoff
+        first = pgoff
         if first >= count:
             raise MmapError(f"dma_mmap_coherent: page offset {first} is past the buffer's {count} pages "
-                            f"(-ENXIO)", vma.start)
-        _check_vma_room(vma, count - first, "dma_mmap_coherent")
-        if vma.machine is not dev.machine:
-            raise InvalidArgumentError("VMA belongs to another machine", vma.start)
+                            f"(-ENXIO)", start)
+        nr_pages = (end - start) >> PAGE_SHIFT
+        if nr_pages > count - first:
+            raise MmapError(f"dma_mmap_coherent: VMA of {nr_pages} pages is larger than the {count - first} "
+                            f"pages available from the offset (-ENXIO)", start)
+        m = dev.machine
+        if vma.mm.machine is not m:
+            raise InvalidArgumentError("VMA belongs to another machine", start)
         strat = _pick_strategy(be, strategy, rec.alloc.is_ram)
-        old_prot = vma.page_prot
-        prot = dma_pgprot(dev, old_prot, attrs)
+        old_prot = pgprot_of(raw_prot, m.isa)
+        prot = _dma_pgprot(be, dev, old_prot, attrs)
         chunks = [(rec.alloc.pfn, rec.alloc.npages)]
-        if not be.mmap_user(dev, vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram):
-            _map_chunks(vma, chunks, first, vma.nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
+        if not be.mmap_user(dev, vma, chunks, first, nr_pages, prot, strat, rec.alloc.is_ram):
+            srec = STRATEGIES[strat]
+            if srec.prefault:   # vm_page_prot and remap_pfn_range in one C call, all or nothing
+                if rec.cchunks is None:
+                    rec.cchunks = coherent.chunk_array(chunks)
+                coherent.dma_mmap_prefault(asp, vma.id, rec.cchunks, 1, first, nr_pages, prot,
+                                           _REMAP_LARGE if srec.large else 0)
+            else:
+                _map_chunks(vma, chunks, first, nr_pages, prot, strat, rec.alloc.is_ram, old_prot)
         _track_mapping(dev, [rec], vma)
+
+
+_REMAP_LARGE = int(RemapFlag.LARGE)
+
+
+def _vma_facts(vma: Vma, what: str) -> tuple[Any, int, int, int, int]:
+    """(address space, start, end, vm_page_prot, vm_pgoff) of a live VMA, read in one
+    C call; the errors of _check_vma_live otherwise."""
+    if not isinstance(vma, Vma):
+        raise TypeError(f"expected a Vma, got {type(vma).__name__}")
+    try:
+        asp = vma.mm._ptr()
+        return (asp, *coherent.vma_facts(asp, vma.id))
+    except DmamapError:
+        vma.mm._check_open()   # a closed address space or machine says so
+        raise VmaNotMappedError(f"{what}: {vma!r} is not mapped", vma.start) from None
 
 
 def _dma_open(vma: Vma) -> None:
@@ -537,10 +567,12 @@ def dma_pgprot(dev: Device, prot: PgProt, attrs: int) -> PgProt:
     be = _backend(_device(dev))
     if not isinstance(prot, PgProt):
         raise TypeError(f"expected a PgProt, got {type(prot).__name__}")
-    attrs = _attrs(attrs)
-    if be.dma_coherent:
-        return be.dma_pgprot(dev, prot)
-    if attrs & DMA_ATTR_WRITE_COMBINE:
+    return _dma_pgprot(be, dev, prot, _attrs(attrs))
+
+
+def _dma_pgprot(be: Backend, dev: Device, prot: PgProt, attrs: int) -> PgProt:
+    """dma_pgprot of checked arguments (the helpers' hot path)."""
+    if not be.dma_coherent and attrs & DMA_ATTR_WRITE_COMBINE:
         return pgprot_writecombine(prot)
     return be.dma_pgprot(dev, prot)
 

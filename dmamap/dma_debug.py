@@ -16,7 +16,6 @@ import itertools
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +271,8 @@ class DmaRecord:
     size: int
     dma_handle: int
     vmas: set[Vma] = field(default_factory=set)
+    #: The allocation as a C chunk array, made on first use by the mmap helpers' prefault.
+    cchunks: Any = field(default=None, repr=False, compare=False)
 
     def mapped(self) -> list[Vma]:
         return [v for v in list(self.vmas) if v.live]
@@ -388,18 +389,11 @@ class DmaDebug:
                                f"(allocated {rec.size:#x})", cpu_addr)
         return rec
 
-    def track(self, recs: list[DmaRecord], vma: Vma) -> Callable[[], None]:
-        """Record that ``vma`` maps ``recs``; returns the callback that forgets it."""
+    def track(self, recs: list[DmaRecord], vma: Vma) -> None:
+        """Record that ``vma`` maps ``recs`` (the VMA's close forgets it)."""
         with self.lock:
             for r in recs:
                 r.vmas.add(vma)
-
-        def untrack() -> None:
-            with self.lock:
-                for r in recs:
-                    r.vmas.discard(vma)
-
-        return untrack
 
     def forget(self, addrs: list[int], freed_before: dict[int, tuple[int, int]]) -> None:
         """Buffers the caller never saw leave no trace in the freed-buffer history."""

@@ -9,7 +9,7 @@ from dmamap._check import u64
 from dmamap.errors import InvalidArgumentError
 from dmamap.isa import isa_info
 
-__all__ = ["PgProt", "cache_names", "cache_id", "check_prot", "pgprot_noncached", "pgprot_writecombine",
+__all__ = ["PgProt", "pgprot_of", "cache_names", "cache_id", "check_prot", "pgprot_noncached", "pgprot_writecombine",
            "pgprot_dmacoherent", "pgprot_cached"]
 
 
@@ -25,10 +25,17 @@ def cache_names(isa: str) -> list[str]:
 def cache_id(isa: str, name: str) -> int:
     if not isinstance(name, str):
         raise TypeError(f"cache type must be a str, not {type(name).__name__}")
-    names = cache_names(isa)
+    names = isa_info(isa).cache_names
     if name not in names:
         raise InvalidArgumentError(f"unknown {isa} cache type {name!r}; known: {', '.join(dict.fromkeys(names))}")
     return names.index(name)
+
+
+#: with_cache results by (ISA, raw bits, cache name): the same few protections are recomputed on
+#: every mapping (dma_pgprot), and the answer is a pure function of the key (an ISA's memory types
+#: never change once registered).  PgProt values are immutable.
+_WITH_CACHE: dict[tuple[str, int, str], PgProt] = {}
+_WITH_CACHE_MAX = 4096
 
 
 class PgProt(int):
@@ -61,7 +68,13 @@ class PgProt(int):
         return cache_names(self.isa)[c]
 
     def with_cache(self, name: str) -> PgProt:
-        return PgProt(arch.prot_set_cache(_isa_id(self.isa), self, cache_id(self.isa, name)), self.isa)
+        key = (self.isa, int(self), name)
+        got = _WITH_CACHE.get(key) if type(name) is str else None
+        if got is None:
+            got = PgProt(arch.prot_set_cache(_isa_id(self.isa), self, cache_id(self.isa, name)), self.isa)
+            if len(_WITH_CACHE) < _WITH_CACHE_MAX:
+                _WITH_CACHE[key] = got
+        return got
 
     @property
     def writable(self) -> bool:
@@ -72,6 +85,20 @@ class PgProt(int):
         rwx = "".join(c if f & b else "-" for c, b in (("r", ProtFlag.READ), ("w", ProtFlag.WRITE),
                                                         ("x", ProtFlag.EXEC)))
         return f"PgProt({int(self):#x}, {self.isa}, {rwx}, {self.cache})"
+
+
+_OF: dict[tuple[int, str], PgProt] = {}
+
+
+def pgprot_of(value: int, isa: str) -> PgProt:
+    """``PgProt(value, isa)`` for raw bits read from the core, the same object for the same
+    bits (the helpers' hot path builds one per mapping)."""
+    got = _OF.get((value, isa))
+    if got is None:
+        got = PgProt(value, isa)
+        if len(_OF) < _WITH_CACHE_MAX:
+            _OF[(int(got), isa)] = got
+    return got
 
 
 def check_prot(prot: int, isa: str) -> PgProt:

@@ -17,7 +17,7 @@ renders (80 columns, JSON, comparisons), :mod:`~dmamap.bench.plot` draws.
 
 from __future__ import annotations
 
-from dmamap.bench.calibrate import calibrate, default_profile_path
+from dmamap.bench.calibrate import calibrate, calibrate_steps, default_profile_path
 from dmamap.bench.config import (
     BASE_VA,
     FULL,
@@ -53,6 +53,7 @@ __all__ = [
     "make_config", "fmt_ns", "Pattern", "bench_machine", "fits", "make_pattern", "time_run", "check_matplotlib",
     "HOST_KINDS", "StoreLimit", "host_kind", "host_facts", "rss_bytes", "bench_steps", "run_bench", "Profile",
     "ProfileError",
-    "load_profile", "example_profiles", "calibrate", "default_profile_path", "agreement", "apply_profile",
+    "load_profile", "example_profiles", "calibrate", "calibrate_steps", "default_profile_path", "agreement",
+    "apply_profile",
     "SCENARIOS", "Spread", "spread", "winner",
 ]

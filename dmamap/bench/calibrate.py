@@ -1,12 +1,18 @@
 """``dmamap calibrate``: the host kernel's cost per event on this machine.
 
-Host runs whose event mix differs (every PTE written by MAP_POPULATE; one
-fault per page by store-only first touches, dense and sparse, sequential and
-random; fault-around by loads; random loads over populated mappings, which
-cost TLB misses; munmap clearing what each left) are timed ``repeat`` times;
-a non-negative least-squares fit of their medians to the event counts gives
-the cost of each event (:func:`dmamap.bench.model.fit`).  The kernel's own
-fault counts (getrusage) are used, not assumed.
+The host references the sweep compares with (MAP_POPULATE, store-first
+touches, fault-around loads) are run at the sweep's sizes -- 4 KiB to 256 MiB --
+dense and sparse, sequential and random, each ``repeat`` times (more for the
+small ones, which take microseconds), interleaved within a size as the sweep
+interleaves them, every round visiting every size.  Each run is split into its
+map phase (mmap, with the kernel's prefault for MAP_POPULATE) and its touch phase
+(faults, fault-around, loads over populated pages), and a non-negative least
+squares fit of the phases' medians to their event counts gives the cost of each
+event (:func:`dmamap.bench.model.fit`).  Splitting the phases keeps the fixed
+cost of an mmap apart from the per-page costs, so that a cost fitted at one
+size holds at another.  The kernel's own fault counts (getrusage) are used,
+not assumed; the events are those dmamap counts for the strategy each
+reference stands for (:func:`~dmamap.bench.references.host_phase_events`).
 """
 
 from __future__ import annotations
@@ -21,23 +27,33 @@ from dmamap._binding import bench as cbench
 from dmamap.bench.config import KiB, MiB, fmt_size
 from dmamap.bench.harness import Pattern, make_pattern
 from dmamap.bench.model import MAP_EVENTS, UNMAP_EVENTS, Profile, fit, machine_info
-from dmamap.bench.references import HostSample, fault_around_bytes, host_events, host_facts, host_sample
-from dmamap.bench.spread import spread
-from dmamap.mm import PAGE_SHIFT
-
-__all__ = ["CALIBRATION_RUNS", "calibrate", "default_profile_path"]
-
-#: (kind, size, density, order): the host runs of a calibration.
-CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
-    ("populate", 4 * KiB, 0.0, "seq"), ("populate", 64 * KiB, 0.0, "seq"), ("store-touch", 4 * KiB, 1.0, "seq"),
-    ("store-touch", 64 * KiB, 1.0, "seq"), ("read-touch", 64 * KiB, 1.0, "seq"),
-    ("populate", 4 * MiB, 0.0, "seq"), ("populate", 64 * MiB, 0.0, "seq"),
-    ("populate", 64 * MiB, 0.1, "random"), ("populate", 64 * MiB, 1.0, "random"),
-    ("store-touch", 4 * MiB, 1.0, "seq"), ("store-touch", 64 * MiB, 1.0, "seq"),
-    ("store-touch", 64 * MiB, 0.1, "seq"), ("store-touch", 64 * MiB, 0.01, "random"),
-    ("store-touch", 64 * MiB, 0.3, "random"),
-    ("read-touch", 64 * MiB, 1.0, "seq"), ("read-touch", 64 * MiB, 0.1, "random"),
+from dmamap.bench.references import (
+    HostSample,
+    fault_around_bytes,
+    host_facts,
+    host_phase_events,
+    host_sample,
 )
+from dmamap.bench.spread import spread
+from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
+
+__all__ = ["CALIBRATION_RUNS", "calibrate", "calibrate_steps", "default_profile_path"]
+
+_KINDS_BY_DENSITY: tuple[tuple[str, float, str], ...] = (
+    ("populate", 1.0, "seq"), ("populate", 0.3, "seq"), ("populate", 0.1, "random"), ("populate", 0.01, "random"),
+    ("store-touch", 1.0, "seq"), ("store-touch", 0.1, "random"), ("store-touch", 0.01, "random"),
+    ("read-touch", 1.0, "seq"), ("read-touch", 0.1, "random"), ("read-touch", 0.03, "seq"),
+)
+#: (kind, size, density, order): the host runs of a calibration, grouped by size.
+CALIBRATION_RUNS: tuple[tuple[str, int, float, str], ...] = (
+    ("populate", 4 * KiB, 1.0, "seq"), ("store-touch", 4 * KiB, 1.0, "seq"), ("read-touch", 4 * KiB, 1.0, "seq"),
+    *((k, size, d, o) for size in (64 * KiB, MiB, 16 * MiB, 64 * MiB, 256 * MiB) for k, d, o in _KINDS_BY_DENSITY),
+)
+#: Events whose cost is one per call, fitted over the mappings of at most SMALL bytes; the others
+#: are fitted over every size with these held, times a factor per size (:func:`_scaled_fit`).
+FIXED_EVENTS = ("map_call", "fill_call", "unmap_call")
+SMALL = 256 * KiB
+PRIOR_WEIGHT = 0.5
 
 
 def default_profile_path() -> str:
@@ -46,55 +62,141 @@ def default_profile_path() -> str:
     return os.path.join(base, "dmamap", "profile.json")
 
 
-def calibrate(repeat: int = 5, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
+def _more(size: int) -> int:
+    """How many times ``repeat`` a size is run: small mappings take microseconds and their
+    medians steady only over many runs (the one-page ranking hangs on a few per cent)."""
+    return 8 if size <= 64 * KiB else 2 if size <= MiB else 1
+
+
+def calibrate_steps(repeat: int) -> int:
+    """How many times :func:`calibrate` calls ``advance`` (for a progress bar)."""
+    return len({s for _k, s, _d, _o in CALIBRATION_RUNS}) * (repeat + 1) + 1
+
+
+def _median(xs: list[int]) -> float:
+    return spread(xs).median
+
+
+Rows = dict[int, list[tuple[dict[str, float], float]]]
+
+
+def _scaled_fit(rows: Rows, events: tuple[str, ...], fixed: dict[str, float],
+                rounds: int = 6) -> tuple[dict[str, float], dict[int, float]]:
+    """Per-event costs shared by every size, times one factor per size: the split between
+    events comes from all the runs together (so a slow moment during one size's runs cannot
+    trade PTE cost for fault cost), the factor from that size's runs (cache and TLB reach make
+    every per-page event dearer in a large mapping).  Alternating least squares, relative
+    errors; the factors' median is 1."""
+    scale = dict.fromkeys(rows, 1.0)
+    costs: dict[str, float] = {}
+    for _ in range(rounds):
+        costs = fit([({e: n if e in fixed else n * scale[s] for e, n in c.items()}, y)
+                     for s, rs in rows.items() for c, y in rs], events, fixed)
+        for s, rs in rows.items():
+            num = den = 0.0
+            for c, y in rs:
+                rest = y - sum(fixed.get(e, 0.0) * n for e, n in c.items())
+                per = sum(costs.get(e, 0.0) * n for e, n in c.items() if e not in fixed)
+                w = 1.0 / max(y, 1.0) ** 2
+                num, den = num + w * rest * per, den + w * per * per
+            scale[s] = max(num / den, 0.0) if den else 1.0
+        mid = sorted(scale.values())[len(scale) // 2] or 1.0
+        scale = {s: f / mid for s, f in scale.items()}
+    return costs, scale
+
+
+def _prior(costs: dict[str, float], scale: float, events: tuple[str, ...], fixed: dict[str, float],
+           ) -> list[tuple[dict[str, float], float]]:
+    """Pseudo-runs that pull a size's own fit towards the shared costs times its factor: each
+    weighs as much as PRIOR_WEIGHT of a measured run, enough to keep a noisy size from trading
+    one event's cost for another's, little enough to let a size's real split show (on the
+    reference VM a fault costs 3.6 PTE writes at 1 MiB, 5 at 64 MiB)."""
+    return [({e: 1.0}, costs[e] * scale) for e in events if e not in fixed and costs.get(e, 0) > 0]
+
+
+def _fit_size(rows: list[tuple[dict[str, float], float]], prior: list[tuple[dict[str, float], float]],
+              events: tuple[str, ...], fixed: dict[str, float]) -> dict[str, float]:
+    return fit(rows + prior, events, fixed, [1.0] * len(rows) + [PRIOR_WEIGHT] * len(prior))
+
+
+def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, seed: int = 1) -> Profile:
     """Measure the calibration runs and fit the per-event costs of this host's kernel."""
     rng = random.Random(seed)
-    map_rows: list[tuple[dict[str, float], float]] = []
-    unmap_rows: list[tuple[dict[str, float], float]] = []
-    detail: list[dict[str, Any]] = []
+    pats: list[Pattern | None] = [make_pattern(size >> PAGE_SHIFT, d, order, rng) if d else None
+                                  for _k, size, d, order in CALIBRATION_RUNS]
+    samples: list[list[HostSample]] = [[] for _ in CALIBRATION_RUNS]
+    sizes = sorted({s for _k, s, _d, _o in CALIBRATION_RUNS})
     fds: dict[int, int] = {}
     try:
-        pats: list[Pattern | None] = []
-        for _kind, size, d, order in CALIBRATION_RUNS:
-            if size not in fds:
-                fd = cbench.host_memfd(size)
-                if fd < 0:
-                    raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
-                fds[size] = fd
-            pats.append(make_pattern(size >> PAGE_SHIFT, d, order, rng) if d else None)
-        samples: list[list[HostSample]] = [[] for _ in CALIBRATION_RUNS]
-        for rep in range(repeat + 1):   # interleaved; the first round warms up and is dropped
-            advance(f"calibrate: round {rep + 1} of {repeat + 1}")
-            for i, (kind, size, _d, _o) in enumerate(CALIBRATION_RUNS):
-                s = host_sample(pats[i], fds[size], size, kind)
-                if rep:
-                    samples[i].append(s)
-        for (kind, size, d, order), pat, ss in zip(CALIBRATION_RUNS, pats, samples, strict=True):
-            faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
-            ev, un = host_events(kind, size, pat, faults)
-            tot, unm = spread([s.total_ns for s in ss]), spread([s.unmap_ns for s in ss])
-            map_rows.append((ev, tot.median))
-            unmap_rows.append((un, unm.median))
-            detail.append({"kind": kind, "size": size, "density": d, "order": order, "events": ev,
-                           "unmap_events": un, "ns": tot.to_json(), "unmap_ns": unm.to_json(),
-                           "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
-        advance("calibrate: host facts")
-        facts = host_facts(repeat=max(1, min(repeat, 3)))
+        for size in sizes:
+            fd = cbench.host_memfd(size)
+            if fd < 0:
+                raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd")
+            fds[size] = fd
+        idx = {size: [i for i, run in enumerate(CALIBRATION_RUNS) if run[1] == size] for size in sizes}
+        # every round visits every size, so that each size's median spans the whole calibration
+        # (the host's speed drifts by tens of per cent over seconds when other jobs share it)
+        for rep in range(repeat + 1):   # the first round warms up and is dropped
+            for size in sizes:
+                advance(f"calibrate: round {rep + 1} of {repeat + 1}, {fmt_size(size)}")
+                for _ in range(_more(size)):
+                    for i in idx[size]:
+                        s = host_sample(pats[i], fds[size], size, CALIBRATION_RUNS[i][0])
+                        if rep:
+                            samples[i].append(s)
     finally:
         for fd in fds.values():
             os.close(fd)
-    costs = fit(map_rows, MAP_EVENTS)
-    costs.update(fit(unmap_rows, UNMAP_EVENTS))
+    rows: dict[int, list[tuple[dict[str, float], float]]] = {}
+    unmap_rows: dict[int, list[tuple[dict[str, float], float]]] = {}
+    detail: list[dict[str, Any]] = []
+    for (kind, size, d, order), pat, ss in zip(CALIBRATION_RUNS, pats, samples, strict=True):
+        faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
+        mapped, touch, un = host_phase_events(kind, size, pat, faults)
+        map_ns, touch_ns = _median([s.map_ns for s in ss]), _median([s.touch_ns for s in ss])
+        rows.setdefault(size, []).append((mapped, map_ns))
+        if any(touch.values()):
+            rows[size].append((touch, touch_ns))
+        unm = spread([s.unmap_ns for s in ss])
+        unmap_rows.setdefault(size, []).append((un, unm.median))
+        detail.append({"kind": kind, "size": size, "density": d, "order": order, "map_events": mapped,
+                       "touch_events": touch, "unmap_events": un, "map_ns": map_ns, "touch_ns": touch_ns,
+                       "ns": spread([s.total_ns for s in ss]).to_json(), "unmap_ns": unm.to_json(),
+                       "kernel_map_faults": sorted(s.map_faults for s in ss)[len(ss) // 2]})
+    advance("calibrate: host facts")
+    facts = host_facts(repeat=max(1, min(repeat, 3)))
+    # the fixed costs from the small mappings, where they are a visible share of the time
+    small = [s for s in sorted(rows) if s <= SMALL]
+    fixed = fit([r for s in small for r in rows[s]], MAP_EVENTS)
+    fixed.update(fit([r for s in small for r in unmap_rows[s]], UNMAP_EVENTS))
+    fixed = {e: fixed[e] for e in FIXED_EVENTS}
+    costs, scale = _scaled_fit(rows, MAP_EVENTS, fixed)
+    unmap_costs, unmap_scale = _scaled_fit(unmap_rows, UNMAP_EVENTS, fixed)
+    costs.update(unmap_costs)
+    costs.update(fixed)
+    by_size = []
+    for size in sorted(rows):   # each size's own split, held near the shared one (PRIOR_WEIGHT runs' worth)
+        # except one page, whose runs see each event alone (a populate's one PTE, its one load, one
+        # fault): its split is exact, and a first fault or load in a fresh mapping costs more than
+        # the average one of a larger mapping (cold caches, a new page table)
+        one = size <= PAGE_SIZE
+        per = _fit_size(rows[size], [] if one else _prior(costs, scale[size], MAP_EVENTS, fixed), MAP_EVENTS, fixed)
+        per.update(_fit_size(unmap_rows[size], [] if one else _prior(costs, unmap_scale[size], UNMAP_EVENTS, fixed),
+                             UNMAP_EVENTS, fixed))
+        counted = {e for c, _y in rows[size] + unmap_rows[size] for e, n in c.items() if n}
+        by_size.append((size, {e: c for e, c in per.items() if not one or e in counted}))
     prof = Profile(name=f"calibrated on {os.uname().nodename}", costs_ns=costs,
                    source="dmamap calibrate: least squares over host-kernel runs (csrc/bench.c)",
-                   date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info(), host=facts)
+                   date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine_info(), host=facts, by_size=by_size)
     errs = []
-    for (ev, y), row in zip(map_rows, detail, strict=True):
-        row["predicted_ns"] = prof.predict(ev)
-        errs.append(row["predicted_ns"] / y - 1)
-    errs.sort()
+    for row in detail:
+        both = dict(row["map_events"])
+        for k, v in row["touch_events"].items():
+            both[k] = both.get(k, 0) + v
+        row["predicted_ns"] = prof.predict(both, size=row["size"])
+        errs.append(abs(row["predicted_ns"] / row["ns"]["median"] - 1))
     prof.fit = {"runs": detail, "repeat": repeat, "fault_around_bytes": fault_around_bytes(),
-                "median_abs_rel_error": sorted(abs(e) for e in errs)[len(errs) // 2],
+                "median_abs_rel_error": sorted(errs)[len(errs) // 2],
                 "note": "cache_line is not measurable from user space on a coherent host: priced 0 unless "
                         "written by hand"}
     return prof

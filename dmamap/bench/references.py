@@ -34,7 +34,8 @@ from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
 from dmamap.strategy import STRATEGIES
 
 __all__ = ["StoreLimit", "HOST_KINDS", "HOST_LABELS", "host_kind", "host_sample", "HostSample", "measure_host",
-           "rss_bytes", "fault_around_bytes", "host_facts", "HostUnavailable", "host_events"]
+           "rss_bytes", "fault_around_bytes", "host_facts", "HostUnavailable", "host_events",
+           "host_phase_events"]
 
 HOST_KINDS = ("populate", "populate-write", "store-touch", "read-touch")
 HOST_LABELS = {
@@ -119,9 +120,9 @@ _FA: dict[str, int] = {}
 def fault_around_bytes() -> int:
     """The host's fault-around window, measured once (pages one read fault maps)."""
     if "fa" not in _FA:
-        fd = cbench.host_memfd(2 * MiB)
+        fd = cbench.host_memfd(4 * MiB)   # room for a 2 MiB-aligned probe: the window is aligned in VA
         try:
-            _FA["fa"] = max(cbench.host_fault_around(fd, 2 * MiB), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
+            _FA["fa"] = max(cbench.host_fault_around(fd, 4 * MiB), PAGE_SIZE) if fd >= 0 else PAGE_SIZE
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -134,21 +135,38 @@ def _pages(pattern: Pattern) -> list[int]:
     return [(va - BASE_VA) >> PAGE_SHIFT for va in pattern.arr]
 
 
-def host_events(kind: str, size: int, pattern: Pattern | None, faults: float) -> tuple[dict[str, float],
-                                                                                      dict[str, float]]:
-    """The events a host reference run consists of, in the model's terms (map + touch, unmap):
-    ``faults`` is the kernel's own count of faults taken by the touches."""
+def host_phase_events(kind: str, size: int, pattern: Pattern | None, faults: float,
+                      ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """The events of one host reference run in the model's terms, per phase (map, touch, unmap):
+    what dmamap counts for the strategy compared with that reference (prefault for the populate
+    kinds, fault for store-touch, fault-around for read-touch), ``faults`` being the kernel's own
+    count of faults taken by the touches."""
     pages = size >> PAGE_SHIFT
     touched = pattern.count if pattern else 0
+    mapped: dict[str, float] = {"map_call": 1}
+    touch: dict[str, float] = {"tlb_miss": touched}
     if kind in ("populate", "populate-write"):
+        mapped.update(fill_call=1, pte_write=pages)
         ptes = pages
     elif kind == "store-touch":
+        touch.update(fault=faults, pte_write=touched)
         ptes = touched
     else:
         fa = fault_around_bytes() >> PAGE_SHIFT
-        ptes = min(pages, len({p // fa for p in _pages(pattern)}) * fa) if pattern else 0
-    return ({"map_call": 1, "pte_write": ptes, "fault": faults, "tlb_miss": touched},
-            {"unmap_call": 1, "pte_clear": ptes})
+        windows = sorted({p // fa for p in _pages(pattern)}) if pattern else []
+        ptes = sum(min(fa, pages - w * fa) for w in windows)
+        touch.update(fault=faults, pte_write=faults, around_pte=max(ptes - faults, 0))
+    return mapped, touch, {"unmap_call": 1, "pte_clear": ptes}
+
+
+def host_events(kind: str, size: int, pattern: Pattern | None, faults: float) -> tuple[dict[str, float],
+                                                                                      dict[str, float]]:
+    """:func:`host_phase_events` with the map and touch phases added up: (map + touch, unmap)."""
+    mapped, touch, unmap = host_phase_events(kind, size, pattern, faults)
+    both = dict(mapped)
+    for k, v in touch.items():
+        both[k] = both.get(k, 0) + v
+    return both, unmap
 
 
 def measure_host(cfg: SweepConfig, patterns: dict[tuple[int, float, str], Pattern],
@@ -184,12 +202,12 @@ def measure_host(cfg: SweepConfig, patterns: dict[tuple[int, float, str], Patter
                             host[size, d, o, k] = HostRun(size, d, o, k, unavailable=unavailable.get(k, "failed"))
                             continue
                         faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
-                        ev, un = host_events(k, size, pat, faults)
+                        _, un = host_events(k, size, pat, faults)
                         host[size, d, o, k] = HostRun(
                             size, d, o, k, total=spread([s.total_ns for s in ss]),
                             map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
                             unmap=spread([s.unmap_ns for s in ss]), map_faults=sorted(s.map_faults for s in ss)[
-                                len(ss) // 2], faults=faults, ptes=int(ev["pte_write"]), touched=pat.count)
+                                len(ss) // 2], faults=faults, ptes=int(un["pte_clear"]), touched=pat.count)
         finally:
             os.close(fd)
     return host

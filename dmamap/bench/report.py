@@ -115,18 +115,19 @@ def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
             f, p = next((r for r in rs if r.strategy == FAULT.name), None), next(
                 (r for r in rs if r.strategy == PREFAULT.name), None)
             model = "-"
-            if f and p and f.predicted_ns is not None and p.predicted_ns is not None:
-                model = "fault" if f.predicted_ns < p.predicted_ns else "prefault"
+            if f and p and f.predicted_ns is not None and p.predicted_ns:
+                model = f"{f.predicted_ns / p.predicted_ns:.2f}"
             fp = "-"
             if f and p:
                 fp = "fault" if beats(f.total, p.total) else "prefault" if beats(p.total, f.total) else TIE
             rows.append([fmt_size(size), _pct(d), order[:3], w if w != TIE else f"tie({len(tied)})",
                          fmt_ns(best.median), _iqr(best), fp, _host_winner(host, size, d, order), model])
-        _table(console, ["size", "dens", "ord", "winner", "median", "IQR", "f/pf", "host f/pf", "model"], rows,
-               right=(0, 1, 4, 5))
+        _table(console, ["size", "dens", "ord", "winner", "median", "IQR", "f/pf", "host f/pf", "model f/pf"], rows,
+               right=(0, 1, 4, 5, 8))
     if res.runs and not full:
         _wrap(console, "f/pf: fault vs prefault in dmamap; host f/pf: the host kernel's store-touch (one page per "
-                       "fault) vs MAP_POPULATE; model: the profile's prediction of the host from dmamap's counts.")
+                       "fault) vs MAP_POPULATE; model f/pf: the profile's prediction of the host's fault / prefault "
+                       "cost from dmamap's counts (below 1: fault cheaper).")
     _render_host(console, res)
     _render_model(console, res)
     cross = crossovers(res)
@@ -201,9 +202,14 @@ def _render_model(console: Console, res: SweepResult) -> None:
     _wrap(console, "ns per event: " + ", ".join(f"{k} {v:.1f}" for k, v in prof.costs_ns.items()))
     a = agreement(res)
     if a.ratios:
-        _wrap(console, f"prediction vs measured host: ranking agrees at {a.agree}/{a.ranked} points where the host "
-                       f"declared a winner ({a.host_ties} ties); predicted/measured median {a.median_ratio:.2f}×, "
-                       f"median |error| {a.median_abs_error:.0%}.")
+        _wrap(console, f"prediction vs measured host: fault vs prefault agrees at {a.agree_all}/{a.points} sweep "
+                       f"points: {a.agree}/{a.ranked} where the host declared a winner (the model must predict "
+                       f"it cheaper), {a.ties_agree}/{a.host_ties} host ties (the predicted fault/prefault ratio "
+                       f"must lie within the host's quartile range); predicted/measured median "
+                       f"{a.median_ratio:.2f}×, median |error| {a.median_abs_error:.0%} ({len(a.ratios)} runs).")
+        if a.disagree:
+            _wrap(console, "disagreements: " + "; ".join(
+                f"{fmt_size(sz)} {_pct(d)} {o[:3]} host {h}, model f/pf {m:.2f}" for sz, d, o, h, m in a.disagree))
 
 
 def to_json(res: SweepResult) -> dict[str, Any]:
@@ -236,8 +242,10 @@ def to_json(res: SweepResult) -> dict[str, Any]:
                     for k, w in point_winners(res).items()],
         "crossover": [asdict(c) for c in crossovers(res)],
         "profile": res.profile.to_json() if res.profile is not None else None,
-        "model": None if a is None else {"ranked": a.ranked, "agree": a.agree, "host_ties": a.host_ties,
-                                         "median_ratio": a.median_ratio, "median_abs_error": a.median_abs_error},
+        "model": None if a is None else {"points": a.points, "agree_all": a.agree_all, "ranked": a.ranked,
+                                         "agree": a.agree, "host_ties": a.host_ties, "ties_agree": a.ties_agree,
+                                         "median_ratio": a.median_ratio, "median_abs_error": a.median_abs_error,
+                                         "disagree": a.disagree},
         "skipped": res.skipped,
         "targets": [asdict(t) for t in res.targets],
         "scenarios": [asdict(s) for s in res.scenarios],

@@ -16,16 +16,18 @@ from dmamap.bench.harness import Pattern, aligned_coherent, bench_machine, model
 from dmamap.bench.model import Profile
 from dmamap.bench.results import Scenario
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
+from dmamap.strategy import STRATEGIES
 
 __all__ = ["SCENARIOS", "run_scenario"]
 
 
-def _pred(profile: Profile | None, counts: dict[str, int], scale: float = 1.0) -> str:
+def _pred(profile: Profile | None, counts: dict[str, int], size: int, scale: float = 1.0, maps: int = 1) -> str:
+    """The profile's prediction for ``maps`` mappings of ``size`` bytes that together count
+    ``scale`` times ``counts`` (one call per mapping)."""
     if profile is None:
         return "-"
-    ev = {k: v * scale for k, v in model_events(counts).items()}
-    ev["map_call"] = model_events(counts)["map_call"] * (scale if scale > 1 else 1)
-    return fmt_ns(profile.predict(ev))
+    ev = {k: v * (maps if k in ("map_call", "fill_call") else scale) for k, v in model_events(counts).items()}
+    return fmt_ns(profile.predict(ev, size=size))
 
 
 def gpu_32x4g(cfg: SweepConfig, profile: Profile | None) -> Scenario:
@@ -43,7 +45,7 @@ def gpu_32x4g(cfg: SweepConfig, profile: Profile | None) -> Scenario:
             ns = statistics.median(s.map_ns + s.touch_ns for s in ss)
             c = ss[0].counts
             rows.append([strat, f"{c['faults'] * scale:,.0f}", f"{c['ptes_written'] * scale:,.0f}",
-                         fmt_ns(ns * scale), _pred(profile, c, scale)])
+                         fmt_ns(ns * scale), _pred(profile, c, 4 * GiB, scale, maps=32)])
             data[strat] = {"measured_1g_ns": ns, "counts_1g": c}
         mm.close()
     return Scenario("gpu-32x4g", "4 GiB on each of 32 devices, all pages touched",
@@ -71,8 +73,9 @@ def alsa_periods(cfg: SweepConfig, profile: Profile | None) -> Scenario:
                     mm.munmap(vma)
                 per = (time.perf_counter_ns() - t0) / cycles
                 s = time_run(mm, dev, buf, strat, pat)
-                pred = "-" if profile is None else fmt_ns(profile.predict(model_events(s.counts)) + profile.cost(
-                    "unmap_call") + profile.cost("pte_clear") * s.unmap_counts.get("ptes_cleared", 0))
+                pred = "-" if profile is None else fmt_ns(
+                    profile.predict(model_events(s.counts), size=size) + profile.cost("unmap_call")
+                    + profile.cost("pte_clear", size) * s.unmap_counts.get("ptes_cleared", 0))
                 rows.append([f"{fmt_size(size)} {strat}", fmt_ns(per), str(s.counts["faults"]), pred])
                 data[f"{size}:{strat}"] = {"cycle_ns": per, "counts": s.counts}
             dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
@@ -102,9 +105,10 @@ def nic_ring(cfg: SweepConfig, profile: Profile | None) -> Scenario:
                     s1 = mm.stats
                     mm.munmap(vma)
                 c = {"ptes_written": s1.ptes_written - s0.ptes_written, "faults": s1.faults - s0.faults,
-                     "tlb_misses": s1.tlb_misses - s0.tlb_misses}
+                     "tlb_misses": s1.tlb_misses - s0.tlb_misses, "around_ptes": s1.around_ptes - s0.around_ptes,
+                     "fill_calls": int(STRATEGIES[strat].prefault)}
                 rows.append([f"{pages}pg/{len(sg.entries)}ch {strat}", fmt_ns(statistics.median(ts)),
-                             str(c["faults"]), _pred(profile, c)])
+                             str(c["faults"]), _pred(profile, c, pages << PAGE_SHIFT)])
                 data[f"{pages}:{chunk}:{strat}"] = {"ns": statistics.median(ts), "counts": c}
             dmamap.dma_free_coherent_sg(dev, sg)
         mm.close()
