@@ -1,5 +1,6 @@
 /* Address spaces (mm_struct): creation, closing (safe under racing calls) and
  * freeing, and the entry points' shared epilogue. */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
@@ -14,6 +15,113 @@ int as_unlock(dmamap_as *as, int rc, struct dmamap_err *err)
                          "during the call");
     UNLOCK(&as->lock);
     return rc;
+}
+
+/* ---- the address-space lock (see struct as_lock) ---- */
+static __thread char thread_token;   /* its address names this thread */
+
+void as_xlock(struct as_lock *l)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->depth++)
+        return;
+    atomic_store_explicit(&l->owner, (uintptr_t)&thread_token, memory_order_relaxed);
+    atomic_fetch_add(&l->writers, 1);
+    while (atomic_load(&l->readers))   /* readers pause at their next step */
+        sched_yield();
+}
+
+void as_xunlock(struct as_lock *l)
+{
+    if (!--l->depth) {
+        atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+        atomic_fetch_sub(&l->writers, 1);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Count this thread in as a reader, waiting for any writer to finish first. */
+static void read_lock(struct as_lock *l)
+{
+    for (;;) {
+        atomic_fetch_add(&l->readers, 1);
+        if (!atomic_load(&l->writers))
+            return;
+        atomic_fetch_sub(&l->readers, 1);
+        pthread_mutex_lock(&l->mu);   /* wait for the writer */
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
+static void cpu_init(dmamap_as *as, int k)
+{
+    struct as_cpu *c = &as->cpu[k];
+    if (k == 0) {
+        c->tlb = as->tlb;
+        c->wc_tag0 = &as->wc_tag[0];
+        c->wc_pa0 = &as->wc_pa[0];
+        c->st = &as->st;
+        return;
+    }
+    c->tlb = c->tlb_own;
+    c->wc_tag0 = &c->wct;
+    c->wc_pa0 = &c->wcp;
+    c->st = &c->st_own;
+    c->wct = ~0ULL;
+    c->wcp = 0;
+    for (int i = 0; i < TLB_SIZE; i++)
+        c->tlb_own[i].vpn = ~0ULL;
+}
+
+/* Enter a touch loop in reader mode: the CPU slot it runs on, with the lock
+ * held shared; NULL when it must take the lock exclusively instead (this
+ * thread holds it already, from a fault callback, or every slot is busy). */
+struct as_cpu *as_read_enter(dmamap_as *as)
+{
+    if (atomic_load_explicit(&as->lock.owner, memory_order_relaxed) == (uintptr_t)&thread_token)
+        return NULL;
+    for (int k = 0; k < AS_CPUS; k++) {
+        struct as_cpu *c = &as->cpu[k];
+        int free = 0;
+        if (atomic_load_explicit(&c->busy, memory_order_relaxed) ||
+            !atomic_compare_exchange_strong(&c->busy, &free, 1))
+            continue;
+        read_lock(&as->lock);
+        return c;
+    }
+    return NULL;
+}
+
+/* Pause reader mode (a writer waits, or the general path is next): the
+ * references taken ahead go back first. */
+void as_read_pause(dmamap_as *as)
+{
+    atomic_fetch_sub(&as->lock.readers, 1);
+}
+
+/* Back to reader mode after a pause; 0, or DMAMAP_ECLOSED if the address
+ * space was closed meanwhile (then not in reader mode). */
+int as_read_resume(dmamap_as *as)
+{
+    read_lock(&as->lock);
+    if (as_dead(as)) {
+        atomic_fetch_sub(&as->lock.readers, 1);
+        return DMAMAP_ECLOSED;
+    }
+    return 0;
+}
+
+void as_read_exit(dmamap_as *as, struct as_cpu *c)
+{
+    atomic_fetch_sub(&as->lock.readers, 1);
+    atomic_store_explicit(&c->busy, 0, memory_order_release);
+}
+
+static void as_locks_destroy(dmamap_as *as)
+{
+    pthread_mutex_destroy(&as->lock.mu);
+    for (int i = 0; i < AS_PTLS; i++)
+        pthread_mutex_destroy(&as->ptl[i]);
 }
 
 dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
@@ -43,19 +151,23 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&as->lock, &at);
+    pthread_mutex_init(&as->lock.mu, &at);
     pthread_mutexattr_destroy(&at);
+    for (int i = 0; i < AS_PTLS; i++)
+        pthread_mutex_init(&as->ptl[i], NULL);
     for (int i = 0; i < TLB_SIZE; i++)
         as->tlb[i].vpn = ~0ULL;
+    for (int k = 0; k < AS_CPUS; k++)
+        cpu_init(as, k);
     if (dmamap_alloc_table_page(m, &as->root, err)) {
-        pthread_mutex_destroy(&as->lock);
+        as_locks_destroy(as);
         free(as);
         return NULL;
     }
     as->st.table_pages = 1;
     if (dmamap_pt_user_attach(as, err)) {
         dmamap_pt_free_all(as);
-        pthread_mutex_destroy(&as->lock);
+        as_locks_destroy(as);
         free(as);
         return NULL;
     }
@@ -112,7 +224,7 @@ void dmamap_as_free(dmamap_as *as)
         return;
     dmamap_as_close(as);
     free(as->vmas);
-    pthread_mutex_destroy(&as->lock);
+    as_locks_destroy(as);
     free(as);
 }
 
@@ -141,6 +253,11 @@ void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out)
     }
     LOCK(&as->lock);
     *out = as->st;
+    /* and what touch loops counted on the other CPU slots (all counters) */
+    uint64_t *sum = (uint64_t *)out;
+    for (int k = 1; k < AS_CPUS; k++)
+        for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+            sum[i] += ((const uint64_t *)&as->cpu[k].st_own)[i];
     UNLOCK(&as->lock);
 }
 

@@ -34,6 +34,10 @@ void dmamap_pt_cache_reset(dmamap_as *as)
         as->wc_tag[l] = ~0ULL;
         as->wc_pa[l] = 0;
     }
+    for (int k = 1; k < AS_CPUS; k++) {   /* the other CPUs' first level (exclusive caller) */
+        as->cpu[k].wct = ~0ULL;
+        as->cpu[k].wcp = 0;
+    }
     if (++as->lc_gen >= 1ULL << (64 - LC_GEN_SHIFT)) {   /* generations wrapped: forget them all */
         memset(as->lc, 0, sizeof as->lc);
         as->lc_gen = 1;
