@@ -129,18 +129,20 @@ static void shared_space(dmamap_as *as, unsigned seed)
     dmamap_munmap(as, id, &err);
 }
 
-/* Faulting together: two threads fault VMAs of their own and one they share
- * (the same PTEs raced for) in one address space, with touch loops in reader
- * mode, while a third mprotects and zaps theirs and maps, faults and unmaps
- * its own; then the space is closed under them. */
+/* Faulting together: two threads fault VMAs of their own (page handler,
+ * remapped now and then) and one they share (PFN handler: the same PTEs
+ * raced for) in one address space, with touch loops in reader mode, while a
+ * third mprotects theirs, zaps the shared one and maps, faults and unmaps its
+ * own; then the space is closed under them. */
 #define FT_PAGES 64
 static dmamap_as *ft_as;
-static int64_t ft_ids[3];   /* each faulter's VMA, then the shared one */
-static uint64_t ft_start[3];
+static _Atomic int64_t ft_ids[3];   /* each faulter's VMA, then the shared one */
+static _Atomic uint64_t ft_start[3];
 static _Atomic int ft_done;
 static _Atomic unsigned long ft_faults;
+static uint64_t ft_pfn;
 
-static int64_t ft_map(uint64_t pfn, uint64_t *start)
+static int64_t ft_map(uint64_t pfn, int pfnmap, uint64_t *start)
 {
     struct dmamap_err err;
     int64_t id;
@@ -148,7 +150,8 @@ static int64_t ft_map(uint64_t pfn, uint64_t *start)
     struct dmamap_vma_info info;
     if (dmamap_mmap(ft_as, 0, FT_PAGES * PAGE, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, user_prot(1), 0,
                     &id, &err) ||
-        dmamap_vma_set_fault(ft_as, id, DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
+        (pfnmap && dmamap_vma_set_flags(ft_as, id, DMAMAP_VM_PFNMAP | DMAMAP_VM_IO, 0, &err)) ||
+        dmamap_vma_set_fault(ft_as, id, pfnmap ? DMAMAP_FAULT_PFN : DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
         dmamap_vma_info(ft_as, id, &info, &err))
         return -1;
     *start = info.start;
@@ -160,31 +163,38 @@ static void *ft_faulter(void *arg)
     int k = (int)(uintptr_t)arg;
     struct dmamap_err err;
     uint64_t vas[FT_PAGES];
-    for (int i = 0; i < FT_PAGES; i++)
-        vas[i] = ft_start[k] + (uint64_t)((i * 37) % FT_PAGES) * PAGE;
     for (int i = 0; !ft_done; i++) {
-        if (dmamap_touch(ft_as, ft_start[k], FT_PAGES, PAGE, i & 1, &err) == 0)
+        uint64_t start = ft_start[k];
+        for (int j = 0; j < FT_PAGES; j++)
+            vas[j] = start + (uint64_t)((j * 37) % FT_PAGES) * PAGE;
+        if (dmamap_touch(ft_as, start, FT_PAGES, PAGE, i & 1, &err) == 0)
             ft_faults += FT_PAGES;
         dmamap_touch_list(ft_as, vas, FT_PAGES, 0, &err);
         dmamap_touch(ft_as, ft_start[2], FT_PAGES, PAGE, 0, &err);   /* the other faulter races these */
         if (err.code == DMAMAP_ECLOSED)
             break;
-        if (i % 8 == 7)
-            dmamap_zap_vma_ptes(ft_as, ft_ids[k], ft_start[k], FT_PAGES * PAGE, &err);
+        if (i % 4 == 3) {   /* fault it all again, from a fresh mapping */
+            dmamap_munmap(ft_as, ft_ids[k], &err);
+            int64_t id = ft_map(ft_pfn + (uint64_t)k * FT_PAGES, 0, &start);
+            if (id < 0)
+                break;
+            ft_start[k] = start;
+            ft_ids[k] = id;
+        }
     }
     return NULL;
 }
 
 static void *ft_editor(void *arg)
 {
-    uint64_t pfn = *(uint64_t *)arg;
+    (void)arg;
     struct dmamap_err err;
     for (int i = 0; i < ITERS; i++) {
         int k = i % 3;
         dmamap_mprotect(ft_as, ft_ids[k], ft_start[k], FT_PAGES * PAGE, user_prot(i & 1), &err);
-        dmamap_zap_vma_ptes(ft_as, ft_ids[k], ft_start[k] + PAGE * (uint64_t)(i % 4), 4 * PAGE, &err);
+        dmamap_zap_vma_ptes(ft_as, ft_ids[2], ft_start[2] + PAGE * (uint64_t)(i % 4), 8 * PAGE, &err);
         uint64_t start;
-        int64_t id = ft_map(pfn, &start);
+        int64_t id = ft_map(ft_pfn + 3 * FT_PAGES, 0, &start);
         if (id >= 0) {
             dmamap_touch(ft_as, start, FT_PAGES, PAGE, 1, &err);
             dmamap_munmap(ft_as, id, &err);
@@ -200,31 +210,32 @@ static void *ft_editor(void *arg)
 static int faulting_together(void)
 {
     struct dmamap_err err;
-    uint64_t pfn;
     ft_as = dmamap_as_new(m, 0, &err);
-    if (!ft_as || dmamap_alloc_pages(m, 4 * FT_PAGES, 1, 0, &pfn, &err))
+    if (!ft_as || dmamap_alloc_pages(m, 4 * FT_PAGES, 1, 0, &ft_pfn, &err))
         return 1;
-    for (int k = 0; k < 3; k++)
-        if ((ft_ids[k] = ft_map(pfn + (uint64_t)k * FT_PAGES, &ft_start[k])) < 0)
+    for (int k = 0; k < 3; k++) {
+        uint64_t start;
+        if ((ft_ids[k] = ft_map(ft_pfn + (uint64_t)k * FT_PAGES, k == 2, &start)) < 0)
             return 1;
-    uint64_t own = pfn + 3 * FT_PAGES;
+        ft_start[k] = start;
+    }
     ft_done = 0;
     ft_faults = 0;
     pthread_t t[3];
     pthread_create(&t[0], NULL, ft_faulter, (void *)0);
     pthread_create(&t[1], NULL, ft_faulter, (void *)1);
-    pthread_create(&t[2], NULL, ft_editor, &own);
+    pthread_create(&t[2], NULL, ft_editor, NULL);
     for (int k = 0; k < 3; k++)
         pthread_join(t[k], NULL);
     dmamap_as_free(ft_as);
     struct dmamap_page_info pi;
     for (uint64_t i = 0; i < 4 * FT_PAGES; i++)   /* every reference a PTE took went back */
-        if (dmamap_page_info(m, pfn + i, &pi, &err) || pi.mapcount != 0) {
-            fprintf(stderr, "page %llu still mapped %d times after the close\n", (unsigned long long)i,
-                    pi.mapcount);
+        if (dmamap_page_info(m, ft_pfn + i, &pi, &err) || pi.mapcount != 0 || pi.refcount != 1) {
+            fprintf(stderr, "page %llu: map count %d, references %d after the close\n", (unsigned long long)i,
+                    pi.mapcount, pi.refcount);
             return 1;
         }
-    dmamap_free_pages(m, pfn, 4 * FT_PAGES, &err);
+    dmamap_free_pages(m, ft_pfn, 4 * FT_PAGES, &err);
     printf("tsan harness: %lu faults taken together\n", (unsigned long)ft_faults);
     return ft_faults ? 0 : 1;
 }

@@ -1,7 +1,8 @@
 /* Thread-scaling measurement of the dmamap C core, without Python: each
- * thread maps a buffer of its own with the built-in page fault handler, then
- * repeatedly faults all of it in with one dmamap_touch and zaps it again, in
- * one shared address space or one address space per thread.  Prints the
+ * thread repeatedly maps a buffer of its own with the built-in page fault
+ * handler, faults all of it in with one dmamap_touch and unmaps it (as the
+ * benchmark's threads target does), in one shared address space or one
+ * address space per thread.  Prints the
  * throughput of one thread and of two, and each thread's CPU time, so that
  * lock contention shows even on a loaded machine (CPU time per fault grows)
  * when wall-clock scaling cannot.
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include "dmamap.h"
 
@@ -29,6 +31,7 @@ struct job {
     dmamap_as *as;
     int k;
     double cpu_ns;
+    long vcsw, ivcsw;   /* context switches: blocked (waiting for a lock), preempted */
 };
 
 static double now(clockid_t c)
@@ -38,39 +41,45 @@ static double now(clockid_t c)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-static void *worker(void *arg)
+/* One round: map the buffer with the built-in page fault handler, fault all
+ * of it in with one touch, unmap it. */
+static void round_trip(dmamap_as *as, int k)
 {
-    struct job *j = arg;
     struct dmamap_err err;
     int64_t id;
     uint64_t prot = dmamap_prot_make(isa, DMAMAP_PROT_READ | DMAMAP_PROT_WRITE | DMAMAP_PROT_USER, 0);
-    if (dmamap_mmap(j->as, 0, bufsize, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, prot, 0, &id, &err)) {
-        fprintf(stderr, "mmap: %s\n", err.msg);
-        exit(1);
-    }
-    struct dmamap_chunk c = {pfns[j->k], bufsize / PAGE};
+    struct dmamap_chunk c = {pfns[k], bufsize / PAGE};
     struct dmamap_vma_info info;
-    if (dmamap_vma_set_fault(j->as, id, DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
-        dmamap_vma_info(j->as, id, &info, &err)) {
-        fprintf(stderr, "set_fault: %s\n", err.msg);
+    if (dmamap_mmap(as, 0, bufsize, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, prot, 0, &id, &err) ||
+        dmamap_vma_set_fault(as, id, DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
+        dmamap_vma_info(as, id, &info, &err) ||
+        dmamap_touch(as, info.start, bufsize / PAGE, PAGE, 0, &err) ||
+        dmamap_munmap(as, id, &err)) {
+        fprintf(stderr, "round: %s\n", err.msg);
         exit(1);
     }
+}
+
+static void *worker(void *arg)
+{
+    struct job *j = arg;
+    round_trip(j->as, j->k);   /* (the tables are there from now on) */
     pthread_barrier_wait(&bar);
+    struct rusage r0, r1;
+    getrusage(RUSAGE_THREAD, &r0);
     double c0 = now(CLOCK_THREAD_CPUTIME_ID);
-    for (uint64_t r = 0; r < rounds; r++) {
-        if (dmamap_touch(j->as, info.start, bufsize / PAGE, PAGE, 0, &err) ||
-            dmamap_zap_vma_ptes(j->as, id, info.start, bufsize, &err)) {
-            fprintf(stderr, "touch/zap: %s\n", err.msg);
-            exit(1);
-        }
-    }
+    for (uint64_t r = 0; r < rounds; r++)
+        round_trip(j->as, j->k);
     j->cpu_ns = now(CLOCK_THREAD_CPUTIME_ID) - c0;
+    getrusage(RUSAGE_THREAD, &r1);
+    j->vcsw = r1.ru_nvcsw - r0.ru_nvcsw;
+    j->ivcsw = r1.ru_nivcsw - r0.ru_nivcsw;
     pthread_barrier_wait(&bar);
-    dmamap_munmap(j->as, id, &err);
     return NULL;
 }
 
-/* wall ns of `n` threads running at once; per-thread CPU ns in cpu[] */
+static long vcsw, ivcsw;
+
 static double trial(int n, int shared, double *cpu)
 {
     struct dmamap_err err;
@@ -90,6 +99,8 @@ static double trial(int n, int shared, double *cpu)
     for (int k = 0; k < n; k++) {
         pthread_join(t[k], NULL);
         cpu[k] = jobs[k].cpu_ns;
+        if (n == 2)
+            vcsw += jobs[k].vcsw, ivcsw += jobs[k].ivcsw;
         if (!shared)
             dmamap_as_free(jobs[k].as);
     }
@@ -128,19 +139,19 @@ int main(int argc, char **argv)
     double faults = (double)rounds * (bufsize / PAGE);
     for (int shared = 1; shared >= 0; shared--) {
         double w1[5], w2[5], c1[5], c2[5], cpu[2];
+        vcsw = ivcsw = 0;
         for (int i = 0; i < 5; i++) {
             w1[i] = trial(1, shared, cpu);
             c1[i] = cpu[0];
             w2[i] = trial(2, shared, cpu);
             c2[i] = (cpu[0] + cpu[1]) / 2;
         }
-        for (int i = 0; i < 5; i++) fprintf(stderr, "w1 %.0f w2 %.0f c1 %.0f c2 %.0f\n", w1[i], w2[i], c1[i], c2[i]);
         qsort(w1, 5, sizeof(double), cmp), qsort(w2, 5, sizeof(double), cmp);
         qsort(c1, 5, sizeof(double), cmp), qsort(c2, 5, sizeof(double), cmp);
         printf("%s %s: 1 thread %.1f ns/fault (cpu %.1f), 2 threads %.1f ns/fault each (cpu %.1f): "
-               "wall speedup %.2fx, cpu/fault ratio %.2f\n", arm ? "arm" : "x86",
+               "wall speedup %.2fx, cpu/fault ratio %.2f; with 2: %ld blocked, %ld preempted\n", arm ? "arm" : "x86",
                shared ? "one address space " : "two address spaces", w1[2] / faults, c1[2] / faults,
-               w2[2] / faults, c2[2] / faults, 2 * w1[2] / w2[2], c2[2] / c1[2]);
+               w2[2] / faults, c2[2] / faults, 2 * w1[2] / w2[2], c2[2] / c1[2], vcsw, ivcsw);
     }
     dmamap_machine_free(m);
     return 0;
