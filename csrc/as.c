@@ -1,7 +1,10 @@
 /* Address spaces (mm_struct): creation, closing (safe under racing calls) and
  * freeing, and the entry points' shared epilogue. */
-#include <sched.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <string.h>
 #include "internal.h"
 
@@ -20,6 +23,22 @@ int as_unlock(dmamap_as *as, int rc, struct dmamap_err *err)
 /* ---- the address-space lock (see struct as_lock) ---- */
 static __thread char thread_token;   /* its address names this thread */
 
+/* The writer waiting for the readers to leave sleeps on the reader count
+ * (a futex): the last reader out wakes it. */
+static void readers_wait(struct as_lock *l)
+{
+    int r;
+    for (int spins = 0; (r = atomic_load(&l->readers)) != 0; spins++)
+        if (spins >= 64)   /* readers pause within a run of touches: a short spin first */
+            syscall(SYS_futex, &l->readers, FUTEX_WAIT_PRIVATE, r, NULL, NULL, 0);
+}
+
+static void reader_out(struct as_lock *l)
+{
+    if (atomic_fetch_sub(&l->readers, 1) == 1 && atomic_load(&l->writers))
+        syscall(SYS_futex, &l->readers, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
 void as_xlock(struct as_lock *l)
 {
     pthread_mutex_lock(&l->mu);
@@ -27,8 +46,7 @@ void as_xlock(struct as_lock *l)
         return;
     atomic_store_explicit(&l->owner, (uintptr_t)&thread_token, memory_order_relaxed);
     atomic_fetch_add(&l->writers, 1);
-    while (atomic_load(&l->readers))   /* readers pause at their next step */
-        sched_yield();
+    readers_wait(l);   /* readers pause at their next step */
 }
 
 void as_xunlock(struct as_lock *l)
@@ -47,7 +65,7 @@ static void read_lock(struct as_lock *l)
         atomic_fetch_add(&l->readers, 1);
         if (!atomic_load(&l->writers))
             return;
-        atomic_fetch_sub(&l->readers, 1);
+        reader_out(l);
         pthread_mutex_lock(&l->mu);   /* wait for the writer */
         pthread_mutex_unlock(&l->mu);
     }
@@ -96,7 +114,7 @@ struct as_cpu *as_read_enter(dmamap_as *as)
  * references taken ahead go back first. */
 void as_read_pause(dmamap_as *as)
 {
-    atomic_fetch_sub(&as->lock.readers, 1);
+    reader_out(&as->lock);
 }
 
 /* Back to reader mode after a pause; 0, or DMAMAP_ECLOSED if the address
@@ -105,7 +123,7 @@ int as_read_resume(dmamap_as *as)
 {
     read_lock(&as->lock);
     if (as_dead(as)) {
-        atomic_fetch_sub(&as->lock.readers, 1);
+        reader_out(&as->lock);
         return DMAMAP_ECLOSED;
     }
     return 0;
@@ -113,7 +131,7 @@ int as_read_resume(dmamap_as *as)
 
 void as_read_exit(dmamap_as *as, struct as_cpu *c)
 {
-    atomic_fetch_sub(&as->lock.readers, 1);
+    reader_out(&as->lock);
     atomic_store_explicit(&c->busy, 0, memory_order_release);
 }
 

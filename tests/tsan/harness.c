@@ -130,14 +130,15 @@ static void shared_space(dmamap_as *as, unsigned seed)
 }
 
 /* Faulting together: two threads fault VMAs of their own (page handler,
- * remapped now and then) and one they share (PFN handler: the same PTEs
- * raced for) in one address space, with touch loops in reader mode, while a
- * third mprotects theirs, zaps the shared one and maps, faults and unmaps its
- * own; then the space is closed under them. */
+ * remapped now and then) and two they share (a PFN map and a page VMA: the
+ * same PTEs raced for) in one address space, with touch loops in reader mode,
+ * while a third mprotects them, zaps the shared PFN map, remaps the shared
+ * page VMA and maps, faults and unmaps its own; then the space is closed
+ * under them, and every page reference must have gone back. */
 #define FT_PAGES 64
 static dmamap_as *ft_as;
-static _Atomic int64_t ft_ids[3];   /* each faulter's VMA, then the shared one */
-static _Atomic uint64_t ft_start[3];
+static _Atomic int64_t ft_ids[4];   /* each faulter's VMA, then the shared PFN map and page VMA */
+static _Atomic uint64_t ft_start[4];
 static _Atomic int ft_done;
 static _Atomic unsigned long ft_faults;
 static uint64_t ft_pfn;
@@ -171,6 +172,7 @@ static void *ft_faulter(void *arg)
             ft_faults += FT_PAGES;
         dmamap_touch_list(ft_as, vas, FT_PAGES, 0, &err);
         dmamap_touch(ft_as, ft_start[2], FT_PAGES, PAGE, 0, &err);   /* the other faulter races these */
+        dmamap_touch(ft_as, ft_start[3], FT_PAGES, PAGE, 0, &err);
         if (err.code == DMAMAP_ECLOSED)
             break;
         if (i % 4 == 3) {   /* fault it all again, from a fresh mapping */
@@ -189,12 +191,20 @@ static void *ft_editor(void *arg)
 {
     (void)arg;
     struct dmamap_err err;
+    int64_t id;
     for (int i = 0; i < ITERS; i++) {
         int k = i % 3;
         dmamap_mprotect(ft_as, ft_ids[k], ft_start[k], FT_PAGES * PAGE, user_prot(i & 1), &err);
         dmamap_zap_vma_ptes(ft_as, ft_ids[2], ft_start[2] + PAGE * (uint64_t)(i % 4), 8 * PAGE, &err);
         uint64_t start;
-        int64_t id = ft_map(ft_pfn + 3 * FT_PAGES, 0, &start);
+        if (i % 4 == 3) {   /* the faulters fault the shared page VMA in again, racing for each PTE */
+            dmamap_munmap(ft_as, ft_ids[3], &err);
+            if ((id = ft_map(ft_pfn + 4 * FT_PAGES, 0, &start)) >= 0) {
+                ft_start[3] = start;
+                ft_ids[3] = id;
+            }
+        }
+        id = ft_map(ft_pfn + 3 * FT_PAGES, 0, &start);
         if (id >= 0) {
             dmamap_touch(ft_as, start, FT_PAGES, PAGE, 1, &err);
             dmamap_munmap(ft_as, id, &err);
@@ -211,11 +221,11 @@ static int faulting_together(void)
 {
     struct dmamap_err err;
     ft_as = dmamap_as_new(m, 0, &err);
-    if (!ft_as || dmamap_alloc_pages(m, 4 * FT_PAGES, 1, 0, &ft_pfn, &err))
+    if (!ft_as || dmamap_alloc_pages(m, 5 * FT_PAGES, 1, 0, &ft_pfn, &err))
         return 1;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         uint64_t start;
-        if ((ft_ids[k] = ft_map(ft_pfn + (uint64_t)k * FT_PAGES, k == 2, &start)) < 0)
+        if ((ft_ids[k] = ft_map(ft_pfn + (uint64_t)(k == 3 ? 4 : k) * FT_PAGES, k == 2, &start)) < 0)
             return 1;
         ft_start[k] = start;
     }
@@ -229,13 +239,13 @@ static int faulting_together(void)
         pthread_join(t[k], NULL);
     dmamap_as_free(ft_as);
     struct dmamap_page_info pi;
-    for (uint64_t i = 0; i < 4 * FT_PAGES; i++)   /* every reference a PTE took went back */
+    for (uint64_t i = 0; i < 5 * FT_PAGES; i++)   /* every reference a PTE took went back */
         if (dmamap_page_info(m, ft_pfn + i, &pi, &err) || pi.mapcount != 0 || pi.refcount != 1) {
             fprintf(stderr, "page %llu: map count %d, references %d after the close\n", (unsigned long long)i,
                     pi.mapcount, pi.refcount);
             return 1;
         }
-    dmamap_free_pages(m, ft_pfn, 4 * FT_PAGES, &err);
+    dmamap_free_pages(m, ft_pfn, 5 * FT_PAGES, &err);
     printf("tsan harness: %lu faults taken together\n", (unsigned long)ft_faults);
     return ft_faults ? 0 : 1;
 }
