@@ -105,6 +105,7 @@ struct as_cpu *as_read_enter(dmamap_as *as)
             !atomic_compare_exchange_strong(&c->busy, &free, 1))
             continue;
         read_lock(&as->lock);
+        c->used = 1;
         return c;
     }
     return NULL;
@@ -171,8 +172,11 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&as->lock.mu, &at);
     pthread_mutexattr_destroy(&at);
+    pthread_mutexattr_init(&at);   /* a PTE lock is held for one run of faults: spin before sleeping */
+    pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ADAPTIVE_NP);
     for (int i = 0; i < AS_PTLS; i++)
-        pthread_mutex_init(&as->ptl[i], NULL);
+        pthread_mutex_init(&as->ptl[i], &at);
+    pthread_mutexattr_destroy(&at);
     for (int i = 0; i < TLB_SIZE; i++)
         as->tlb[i].vpn = ~0ULL;
     for (int k = 0; k < AS_CPUS; k++)

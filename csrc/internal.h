@@ -258,6 +258,7 @@ struct as_lock {
 #define AS_CPUS 4
 struct as_cpu {
     _Atomic int busy;            /* a thread owns this slot for its call */
+    int used;                    /* ever owned (flushes skip the TLBs of slots never used) */
     struct tlb_entry *tlb;
     uint64_t *wc_tag0, *wc_pa0;
     struct dmamap_as_stats *st;

@@ -9,6 +9,8 @@ void dmamap_tlb_flush_range(dmamap_as *as, uint64_t va, uint64_t size)
     /* every CPU's TLB (a shootdown): the caller holds the lock exclusively */
     uint64_t n = size >> PAGE_SHIFT;
     for (int k = 0; k < AS_CPUS; k++) {
+        if (k && !as->cpu[k].used)   /* (slot 0 is the exclusive holder's: always in use) */
+            continue;
         struct tlb_entry *tlb = as->cpu[k].tlb;
         if (n >= TLB_SIZE) {
             for (int i = 0; i < TLB_SIZE; i++)
