@@ -124,6 +124,8 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
     /* a PFN handler's run: fault_memtype_check's fast case, its range checked once */
     int mt_ok = v->mt_prot == v->prot && pa >= v->mt_lo && last + PAGE_SIZE <= v->mt_hi && last >= pa;
     uint8_t sink = 0;
+    const struct tlb_entry tmpl = {.writable = as->dm_writable, .user = as->dm_user, .cacheable = as->dm_cacheable,
+                                   .device = as->dm_device, .wc = as->dm_wc, .region = region};
     pthread_mutex_t *ptl = &as->ptl[ptl_of(table)];   /* the leaf table's PTE lock, for the run */
     LOCK(ptl);
     for (i = 0; i < cnt; i++) {
@@ -137,15 +139,10 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
                  : !mt_ok || v->mt_gen != atomic_load_explicit(&m->memtype_gen, memory_order_acquire) + 1)
             break;
         __atomic_store_n(e, base | (p << as->pfn_shift), __ATOMIC_RELAXED);
+        *t = tmpl;
         t->vpn = vpn + i * step;
         t->pa_page = pa + i * stride;
         t->host = host + i * stride;
-        t->region = region;
-        t->writable = as->dm_writable;
-        t->user = as->dm_user;
-        t->cacheable = as->dm_cacheable;
-        t->device = as->dm_device;
-        t->wc = as->dm_wc;
         sink ^= *(volatile const uint8_t *)(t->host + off);
     }
     (void)sink;
