@@ -74,19 +74,15 @@ static void read_lock(struct as_lock *l)
 static void cpu_init(dmamap_as *as, int k)
 {
     struct as_cpu *c = &as->cpu[k];
+    c->wct = ~0ULL;
+    c->wcp = 0;
     if (k == 0) {
         c->tlb = as->tlb;
-        c->wc_tag0 = &as->wc_tag[0];
-        c->wc_pa0 = &as->wc_pa[0];
         c->st = &as->st;
         return;
     }
     c->tlb = c->tlb_own;
-    c->wc_tag0 = &c->wct;
-    c->wc_pa0 = &c->wcp;
     c->st = &c->st_own;
-    c->wct = ~0ULL;
-    c->wcp = 0;
     for (int i = 0; i < TLB_SIZE; i++)
         c->tlb_own[i].vpn = ~0ULL;
 }

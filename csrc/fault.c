@@ -297,8 +297,8 @@ uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v)
 int fault_fast(dmamap_as *as, struct as_cpu *c, struct vma *v, uint64_t va, int is_write, uint64_t *slot,
                int batch)
 {
-    uint64_t run, pfn, table = *c->wc_pa0;
-    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != *c->wc_tag0 ||
+    uint64_t run, pfn, table = c->wcp;
+    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != c->wct ||
         (pfn = fault_fast_pfn(v, va, &run)) == ~0ULL)
         return 0;
     /* the PTE lock of the leaf table: another reader may fault the same page */

@@ -260,12 +260,11 @@ struct as_cpu {
     _Atomic int busy;            /* a thread owns this slot for its call */
     int used;                    /* ever owned (flushes skip the TLBs of slots never used) */
     struct tlb_entry *tlb;
-    uint64_t *wc_tag0, *wc_pa0;
     struct dmamap_as_stats *st;
     /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
      * fault path in a touch loop: see fault.c */
     uint64_t rsv_pfn, rsv_mask;
-    uint64_t wct, wcp;
+    uint64_t wct, wcp;           /* the first level of the walk cache (slot 0: the exclusive holder's too) */
     struct dmamap_as_stats st_own;
     struct tlb_entry tlb_own[TLB_SIZE];
 };
@@ -291,7 +290,8 @@ struct dmamap_as {
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
     /* walk cache: wc_pa[l] is the level-l table covering the VAs with
-     * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
+     * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level
+     * and above 0 (level 0: the CPU slot's wct, wcp) */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
     /* and behind wc[0], a direct-mapped cache of leaf tables (a PDE cache):
@@ -499,8 +499,8 @@ static inline int va_in(const dmamap_as *as, uint64_t va)
 static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, uint64_t va, uint64_t *table)
 {
     uint64_t k = va >> (PAGE_SHIFT + 9);
-    if (k == *c->wc_tag0) {
-        *table = *c->wc_pa0;
+    if (k == c->wct) {
+        *table = c->wcp;
         return 1;
     }
     if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))

@@ -30,8 +30,8 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
             return NULL;
         uint64_t *e = &dmamap_ram_table(m, table)[pt_index(va, 0)];
         uint64_t ent = __atomic_load_n(e, __ATOMIC_RELAXED);   /* another reader may install it */
-        *c->wc_tag0 = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
-        *c->wc_pa0 = table;
+        c->wct = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+        c->wcp = table;
         if (!ent && !is_write) {   /* a read fault the fault path's fast case takes */
             struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
             if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) ||
@@ -117,8 +117,8 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
     if (!host || (region == DMAMAP_MEM_RAM ? last - (m->ram_base_pfn << PAGE_SHIFT) >= m->ram_pages << PAGE_SHIFT
                   : region != DMAMAP_MEM_SRAM || last - m->sram_base >= m->sram_size))
         return 0;   /* not all in the one RAM or SRAM region the fast lookups know */
-    *c->wc_tag0 = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
-    *c->wc_pa0 = table;
+    c->wct = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+    c->wcp = table;
     uint64_t off = va & (PAGE_SIZE - 1), i;
     int page = v->fault_kind == DMAMAP_FAULT_PAGE;
     /* a PFN handler's run: fault_memtype_check's fast case, its range checked once */
