@@ -25,12 +25,26 @@ static __thread char thread_token;   /* its address names this thread */
 
 /* The writer waiting for the readers to leave sleeps on the reader count
  * (a futex): the last reader out wakes it. */
+#define SPIN_MAX 4096   /* about the time a reader takes to reach its next pause point */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static void readers_wait(struct as_lock *l)
 {
     int r;
-    for (int spins = 0; (r = atomic_load(&l->readers)) != 0; spins++)
-        if (spins >= 64)   /* readers pause within a run of touches: a short spin first */
+    for (int spins = 0; (r = atomic_load(&l->readers)) != 0; spins++) {
+        if (spins < SPIN_MAX)   /* readers pause within a run of touches: spin first */
+            cpu_relax();
+        else
             syscall(SYS_futex, &l->readers, FUTEX_WAIT_PRIVATE, r, NULL, NULL, 0);
+    }
 }
 
 static void reader_out(struct as_lock *l)
@@ -66,8 +80,12 @@ static void read_lock(struct as_lock *l)
         if (!atomic_load(&l->writers))
             return;
         reader_out(l);
-        pthread_mutex_lock(&l->mu);   /* wait for the writer */
-        pthread_mutex_unlock(&l->mu);
+        for (int spins = 0; spins < SPIN_MAX && atomic_load_explicit(&l->writers, memory_order_relaxed); spins++)
+            cpu_relax();   /* writers are mostly short (one VMA): spin before sleeping on the lock */
+        if (atomic_load_explicit(&l->writers, memory_order_relaxed)) {
+            pthread_mutex_lock(&l->mu);   /* wait for the writer */
+            pthread_mutex_unlock(&l->mu);
+        }
     }
 }
 
