@@ -42,7 +42,7 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
                 *out = NULL;   /* trapped port I/O: the caller dispatches */
                 return 0;
             }
-            if (level != 0 || *e || !fault_fast(as, v, va, is_write, e)) {
+            if (level != 0 || *e || !fault_fast(as, &as->cpu[0], v, va, is_write, e, touch_batch_as == as)) {
                 int rc = handle_fault(as, v, va, is_write, err);
                 if (rc)
                     return rc;

@@ -1,6 +1,10 @@
 /* Address spaces (mm_struct): creation, closing (safe under racing calls) and
  * freeing, and the entry points' shared epilogue. */
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <string.h>
 #include "internal.h"
 
@@ -14,6 +18,143 @@ int as_unlock(dmamap_as *as, int rc, struct dmamap_err *err)
                          "during the call");
     UNLOCK(&as->lock);
     return rc;
+}
+
+/* ---- the address-space lock (see struct as_lock) ---- */
+static __thread char thread_token;   /* its address names this thread */
+
+/* The writer waiting for the readers to leave sleeps on the reader count
+ * (a futex): the last reader out wakes it. */
+#define SPIN_MAX 4096   /* about the time a reader takes to reach its next pause point */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void readers_wait(struct as_lock *l)
+{
+    int r;
+    for (int spins = 0; (r = atomic_load(&l->readers)) != 0; spins++) {
+        if (spins < SPIN_MAX)   /* readers pause within a run of touches: spin first */
+            cpu_relax();
+        else
+            syscall(SYS_futex, &l->readers, FUTEX_WAIT_PRIVATE, r, NULL, NULL, 0);
+    }
+}
+
+static void reader_out(struct as_lock *l)
+{
+    if (atomic_fetch_sub(&l->readers, 1) == 1 && atomic_load(&l->writers))
+        syscall(SYS_futex, &l->readers, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+void as_xlock(struct as_lock *l)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->depth++)
+        return;
+    atomic_store_explicit(&l->owner, (uintptr_t)&thread_token, memory_order_relaxed);
+    atomic_fetch_add(&l->writers, 1);
+    readers_wait(l);   /* readers pause at their next step */
+}
+
+void as_xunlock(struct as_lock *l)
+{
+    if (!--l->depth) {
+        atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+        atomic_fetch_sub(&l->writers, 1);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Count this thread in as a reader, waiting for any writer to finish first. */
+static void read_lock(struct as_lock *l)
+{
+    for (;;) {
+        atomic_fetch_add(&l->readers, 1);
+        if (!atomic_load(&l->writers))
+            return;
+        reader_out(l);
+        for (int spins = 0; spins < SPIN_MAX && atomic_load_explicit(&l->writers, memory_order_relaxed); spins++)
+            cpu_relax();   /* writers are mostly short (one VMA): spin before sleeping on the lock */
+        if (atomic_load_explicit(&l->writers, memory_order_relaxed)) {
+            pthread_mutex_lock(&l->mu);   /* wait for the writer */
+            pthread_mutex_unlock(&l->mu);
+        }
+    }
+}
+
+static void cpu_init(dmamap_as *as, int k)
+{
+    struct as_cpu *c = &as->cpu[k];
+    c->wct = ~0ULL;
+    c->wcp = 0;
+    if (k == 0) {
+        c->tlb = as->tlb;
+        c->st = &as->st;
+        return;
+    }
+    c->tlb = c->tlb_own;
+    c->st = &c->st_own;
+    for (int i = 0; i < TLB_SIZE; i++)
+        c->tlb_own[i].vpn = ~0ULL;
+}
+
+/* Enter a touch loop in reader mode: the CPU slot it runs on, with the lock
+ * held shared; NULL when it must take the lock exclusively instead (this
+ * thread holds it already, from a fault callback, or every slot is busy). */
+struct as_cpu *as_read_enter(dmamap_as *as)
+{
+    if (atomic_load_explicit(&as->lock.owner, memory_order_relaxed) == (uintptr_t)&thread_token)
+        return NULL;
+    for (int k = 0; k < AS_CPUS; k++) {
+        struct as_cpu *c = &as->cpu[k];
+        int free = 0;
+        if (atomic_load_explicit(&c->busy, memory_order_relaxed) ||
+            !atomic_compare_exchange_strong(&c->busy, &free, 1))
+            continue;
+        read_lock(&as->lock);
+        c->used = 1;
+        return c;
+    }
+    return NULL;
+}
+
+/* Pause reader mode (a writer waits, or the general path is next): the
+ * references taken ahead go back first. */
+void as_read_pause(dmamap_as *as)
+{
+    reader_out(&as->lock);
+}
+
+/* Back to reader mode after a pause; 0, or DMAMAP_ECLOSED if the address
+ * space was closed meanwhile (then not in reader mode). */
+int as_read_resume(dmamap_as *as)
+{
+    read_lock(&as->lock);
+    if (as_dead(as)) {
+        reader_out(&as->lock);
+        return DMAMAP_ECLOSED;
+    }
+    return 0;
+}
+
+void as_read_exit(dmamap_as *as, struct as_cpu *c)
+{
+    reader_out(&as->lock);
+    atomic_store_explicit(&c->busy, 0, memory_order_release);
+}
+
+static void as_locks_destroy(dmamap_as *as)
+{
+    pthread_mutex_destroy(&as->lock.mu);
+    for (int i = 0; i < AS_PTLS; i++)
+        pthread_mutex_destroy(&as->ptl[i]);
 }
 
 dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
@@ -43,19 +184,26 @@ dmamap_as *dmamap_as_new(dmamap_machine *m, int kernel, struct dmamap_err *err)
     pthread_mutexattr_t at;
     pthread_mutexattr_init(&at);
     pthread_mutexattr_settype(&at, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&as->lock, &at);
+    pthread_mutex_init(&as->lock.mu, &at);
+    pthread_mutexattr_destroy(&at);
+    pthread_mutexattr_init(&at);   /* a PTE lock is held for one run of faults: spin before sleeping */
+    pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ADAPTIVE_NP);
+    for (int i = 0; i < AS_PTLS; i++)
+        pthread_mutex_init(&as->ptl[i], &at);
     pthread_mutexattr_destroy(&at);
     for (int i = 0; i < TLB_SIZE; i++)
         as->tlb[i].vpn = ~0ULL;
+    for (int k = 0; k < AS_CPUS; k++)
+        cpu_init(as, k);
     if (dmamap_alloc_table_page(m, &as->root, err)) {
-        pthread_mutex_destroy(&as->lock);
+        as_locks_destroy(as);
         free(as);
         return NULL;
     }
     as->st.table_pages = 1;
     if (dmamap_pt_user_attach(as, err)) {
         dmamap_pt_free_all(as);
-        pthread_mutex_destroy(&as->lock);
+        as_locks_destroy(as);
         free(as);
         return NULL;
     }
@@ -112,7 +260,7 @@ void dmamap_as_free(dmamap_as *as)
         return;
     dmamap_as_close(as);
     free(as->vmas);
-    pthread_mutex_destroy(&as->lock);
+    as_locks_destroy(as);
     free(as);
 }
 
@@ -141,6 +289,11 @@ void dmamap_as_stats(dmamap_as *as, struct dmamap_as_stats *out)
     }
     LOCK(&as->lock);
     *out = as->st;
+    /* and what touch loops counted on the other CPU slots (all counters) */
+    uint64_t *sum = (uint64_t *)out;
+    for (int k = 1; k < AS_CPUS; k++)
+        for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+            sum[i] += ((const uint64_t *)&as->cpu[k].st_own)[i];
     UNLOCK(&as->lock);
 }
 

@@ -177,29 +177,30 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
     return 0;
 }
 
-/* Page references taken ahead (touch loops only, as->rsv_batch): the first
- * fast page fault of a run takes, under one hold of the machine lock, the
- * reference and map count of its page and of up to RSV_MAX - 1 pages that
- * follow it in the chunk, which the next faults of the run most likely map;
- * a fault on a reserved page then takes no lock.  What the run did not use is
- * given back before anything else can run on this address space: before the
- * general fault path (which may call out) and when the touch call returns. */
-static void rsv_drop_locked(dmamap_as *as)
+/* Page references taken ahead (touch loops only): the first fast page fault
+ * of a run takes, under one hold of the machine lock, the reference and map
+ * count of its page and of up to RSV_MAX - 1 pages that follow it in the
+ * chunk, which the next faults of the run most likely map; a fault on a
+ * reserved page then takes no lock.  They belong to the CPU slot of the touch
+ * loop.  What the run did not use is given back before anything else can run
+ * on this address space: before the general fault path (which may call out),
+ * when a reader pauses for a writer and when the touch call returns. */
+static void rsv_drop_locked(dmamap_as *as, struct as_cpu *c)
 {
-    for (uint64_t mask = as->rsv_mask; mask; mask &= mask - 1) {
-        struct page_desc *p = &as->m->pages[as->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn];
+    for (uint64_t mask = c->rsv_mask; mask; mask &= mask - 1) {
+        struct page_desc *p = &as->m->pages[c->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn];
         p->mapcount--;
         p->refcount--;
     }
-    as->rsv_mask = 0;
+    c->rsv_mask = 0;
 }
 
-void fault_rsv_release(dmamap_as *as)
+void fault_rsv_release(dmamap_as *as, struct as_cpu *c)
 {
-    if (!as->rsv_mask)
+    if (!c->rsv_mask)
         return;
     LOCK(&as->m->lock);
-    rsv_drop_locked(as);
+    rsv_drop_locked(as, c);
     UNLOCK(&as->m->lock);
 }
 
@@ -211,21 +212,21 @@ static inline int page_mappable(const struct page_desc *p)
 
 /* Take the reference and map count a PTE of pfn holds (run: pages of the chunk
  * from pfn on, for references taken ahead).  0 when pfn may not be mapped. */
-static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
+static int fast_page_ref(dmamap_as *as, struct as_cpu *c, uint64_t pfn, uint64_t run, int batch)
 {
     dmamap_machine *m = as->m;
-    if (rsv_take(as, pfn))
+    if (rsv_take(c, pfn))
         return 1;
     if (!dmamap_pfn_is_ram(m, pfn))
         return 0;
     LOCK(&m->lock);
-    rsv_drop_locked(as);
+    rsv_drop_locked(as, c);
     struct page_desc *p = &m->pages[pfn - m->ram_base_pfn];
     int ok = page_mappable(p);
     if (ok) {
         p->mapcount++;
         p->refcount++;
-        if (as->rsv_batch) {
+        if (batch) {
             uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
             if (m->ram_base_pfn + m->ram_pages - pfn < n)
                 n = m->ram_base_pfn + m->ram_pages - pfn;
@@ -234,8 +235,8 @@ static int fast_page_ref(dmamap_as *as, uint64_t pfn, uint64_t run)
                 p[j].refcount++;
                 mask |= 1ULL << j;
             }
-            as->rsv_pfn = pfn;
-            as->rsv_mask = mask;
+            c->rsv_pfn = pfn;
+            c->rsv_mask = mask;
         }
     }
     UNLOCK(&m->lock);
@@ -269,21 +270,23 @@ uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run)
  * reference (page handler) or a memtype range already found free of
  * conflicts (PFN handler, fault_memtype_check's fast case).  0: take the
  * general path (nothing changed). */
-int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run)
+int fault_fast_take(dmamap_as *as, struct as_cpu *c, const struct vma *v, uint64_t pfn, uint64_t run,
+                    int batch)
 {
     if (v->fault_kind == DMAMAP_FAULT_PAGE)
-        return fast_page_ref(as, pfn, run);
+        return fast_page_ref(as, c, pfn, run, batch);
     uint64_t pa = pfn << PAGE_SHIFT;
     return v->mt_gen == atomic_load_explicit(&as->m->memtype_gen, memory_order_acquire) + 1 &&
            v->mt_prot == v->prot && pa >= v->mt_lo && pa + PAGE_SIZE <= v->mt_hi;
 }
 
-/* The 4 KiB leaf of pfn 0 a fault in v writes (special for PFN handlers). */
+/* The 4 KiB leaf of pfn 0 a fault in v writes (special for PFN handlers).
+ * Reads the leaf memo only: readers run side by side. */
 uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v)
 {
     int special = v->fault_kind == DMAMAP_FAULT_PFN;
     uint64_t prot = special ? v->prot | as->special_bit : v->prot;
-    return as->lf_ok && as->lf_prot == prot ? as->lf_base : dmamap_pt_leaf_base(as, v->prot, special);
+    return as->lf_ok && as->lf_prot == prot ? as->lf_base : as->m->arch->leaf(0, prot, 0);
 }
 
 /* The common lazy fault without the general path's detours: a fault
@@ -291,24 +294,35 @@ uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v)
  * the walk cache's leaf table.  Returns 1 with the PTE written and everything
  * counted as handle_fault would count it, or 0 having changed nothing: the
  * general path then takes the fault (and reports whatever rule it breaks). */
-int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot)
+int fault_fast(dmamap_as *as, struct as_cpu *c, struct vma *v, uint64_t va, int is_write, uint64_t *slot,
+               int batch)
 {
-    uint64_t run, pfn;
-    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != as->wc_tag[0] ||
-        (pfn = fault_fast_pfn(v, va, &run)) == ~0ULL || !fault_fast_take(as, v, pfn, run))
+    uint64_t run, pfn, table = c->wcp;
+    if (!fault_fast_vma(v, is_write) || (va >> (PAGE_SHIFT + 9)) != c->wct ||
+        (pfn = fault_fast_pfn(v, va, &run)) == ~0ULL)
         return 0;
-    *slot = fault_fast_leaf(as, v) | (pfn << as->pfn_shift);
-    table_desc(as->m, as->wc_pa[0])->table_used++;
-    as->st.ptes_written++;
-    as->st.faults++;
-    as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
-    as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;
+    /* the PTE lock of the leaf table: another reader may fault the same page */
+    pthread_mutex_t *ptl = &as->ptl[ptl_of(table)];
+    LOCK(ptl);
+    int ok = !__atomic_load_n(slot, __ATOMIC_RELAXED) &&
+             fault_fast_take(as, c, v, pfn, run, batch);
+    if (ok) {
+        __atomic_store_n(slot, fault_fast_leaf(as, v) | (pfn << as->pfn_shift), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&table_desc(as->m, table)->table_used, 1, __ATOMIC_RELAXED);
+    }
+    UNLOCK(ptl);
+    if (!ok)
+        return 0;
+    c->st->ptes_written++;
+    c->st->faults++;
+    c->st->faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
+    c->st->faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;
     return 1;
 }
 
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
-    fault_rsv_release(as);   /* the general path may call out: no references held ahead */
+    fault_rsv_release(as, &as->cpu[0]);   /* the general path may call out: no references held ahead */
     as->st.faults++;
     as->st.faults_page += v->fault_kind == DMAMAP_FAULT_PAGE;
     as->st.faults_pfn += v->fault_kind == DMAMAP_FAULT_PFN;

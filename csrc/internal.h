@@ -232,18 +232,67 @@ struct vma {
     uint64_t mt_lo, mt_hi, mt_gen, mt_prot;
 };
 
+/* The address-space lock (the mmap lock): taken exclusively (LOCK / UNLOCK,
+ * recursive, as every entry point but the touches does) or shared by touch
+ * loops in reader mode (as_read_enter).  Exclusive holders bump `writers` and
+ * wait for `readers` to drain; readers count themselves in `readers` and back
+ * off while a writer is in or waiting for them (Dekker, seq_cst both sides).
+ * `owner` names the exclusive holder's thread, so that a call nested in a
+ * fault callback of that thread takes the recursive lock again instead of
+ * waiting for itself as a reader. */
+struct as_lock {
+    pthread_mutex_t mu;          /* recursive: fault callbacks re-enter */
+    int depth;                   /* exclusive nesting of the holder (under mu) */
+    _Atomic uintptr_t owner;     /* token of the exclusive holder's thread, 0: none */
+    _Atomic int writers;         /* 1 while an exclusive holder is in (or draining readers) */
+    _Atomic int readers;         /* touch loops in reader mode */
+};
+
+/* A CPU of an address space: the state a touch loop in reader mode writes,
+ * one per concurrent reader.  Slot 0 is the exclusive holder's CPU too: its
+ * TLB, first-level walk cache entry and counters are the address space's own
+ * (as->tlb, as->wc_*[0], as->st), so a single thread sees exactly what it saw
+ * when there was one lock.  Slots 1.. have their own, which every TLB flush and
+ * walk-cache reset (exclusive) clears as well, and their counters are summed
+ * into dmamap_as_stats.  The leaf-table cache (as->lc), the decode and leaf
+ * memos and last_vma are shared: readers only read them. */
+#define AS_CPUS 4
+struct as_cpu {
+    _Atomic int busy;            /* a thread owns this slot for its call */
+    int used;                    /* ever owned (flushes skip the TLBs of slots never used) */
+    struct tlb_entry *tlb;
+    struct dmamap_as_stats *st;
+    /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
+     * fault path in a touch loop: see fault.c */
+    uint64_t rsv_pfn, rsv_mask;
+    uint64_t wct, wcp;           /* the first level of the walk cache (slot 0: the exclusive holder's too) */
+    struct dmamap_as_stats st_own;
+    struct tlb_entry tlb_own[TLB_SIZE];
+};
+
+/* Striped page-table locks (split PTE ptlocks): a reader installing PTEs into a
+ * leaf table holds the lock of that table's stripe. */
+#define AS_PTLS 16
+static inline unsigned ptl_of(uint64_t table_pa)
+{
+    return (unsigned)((table_pa >> PAGE_SHIFT) * 0x9e3779b97f4a7c15ULL >> 60) % AS_PTLS;
+}
+
 struct dmamap_as {
     dmamap_machine *m;
     int kernel;
     _Atomic int closed;          /* dmamap_as_close ran: every later call is refused */
-    pthread_mutex_t lock;        /* recursive: fault callbacks re-enter */
+    struct as_lock lock;
+    pthread_mutex_t ptl[AS_PTLS];
+    struct as_cpu cpu[AS_CPUS];
     uint64_t root;               /* physical address of the root table (see arch->root_value) */
     struct vma *vmas;
     int nvmas, capvmas;
     int last_vma;
     struct tlb_entry tlb[TLB_SIZE];
     /* walk cache: wc_pa[l] is the level-l table covering the VAs with
-     * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level */
+     * va >> (21 + 9 * l) == wc_tag[l] (~0: none), for l below the root level
+     * and above 0 (level 0: the CPU slot's wct, wcp) */
     uint64_t wc_tag[MAX_LEVELS];
     uint64_t wc_pa[MAX_LEVELS];
     /* and behind wc[0], a direct-mapped cache of leaf tables (a PDE cache):
@@ -264,10 +313,6 @@ struct dmamap_as {
     uint64_t dm_fast;     /* dm_attr when it decodes to a valid 4 KiB leaf this space may use, else ~0 */
     int dm_level;
     uint8_t dm_valid, dm_writable, dm_user, dm_cacheable, dm_device, dm_wc;
-    /* references of pages rsv_pfn + i (bit i of rsv_mask) taken ahead by the
-     * fault path while rsv_batch (a touch loop) is set: see fault.c */
-    uint64_t rsv_pfn, rsv_mask;
-    int rsv_batch;
     /* leaf memo of the fault path: leaf(0, lf_prot, 0), valid when lf_ok */
     uint64_t lf_prot, lf_base;
     int lf_ok;
@@ -407,12 +452,17 @@ int wp_page_shared(dmamap_as *as, struct vma *v, uint64_t va, struct dmamap_err 
 
 /* access.c */
 int access_one(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value, struct dmamap_err *err);
-int fault_fast(dmamap_as *as, struct vma *v, uint64_t va, int is_write, uint64_t *slot);
+int fault_fast(dmamap_as *as, struct as_cpu *c, struct vma *v, uint64_t va, int is_write, uint64_t *slot,
+    int batch);
 int fault_fast_vma(const struct vma *v, int is_write);
 uint64_t fault_fast_pfn(const struct vma *v, uint64_t va, uint64_t *run);
-int fault_fast_take(dmamap_as *as, const struct vma *v, uint64_t pfn, uint64_t run);
+int fault_fast_take(dmamap_as *as, struct as_cpu *c, const struct vma *v, uint64_t pfn, uint64_t run,
+    int batch);
 uint64_t fault_fast_leaf(dmamap_as *as, const struct vma *v);
-void fault_rsv_release(dmamap_as *as);
+/* touch.c: the address space whose touch loop this thread runs on slot 0 (its
+ * faults on the general path take page references ahead, as fast ones do) */
+extern __thread const dmamap_as *touch_batch_as;
+void fault_rsv_release(dmamap_as *as, struct as_cpu *c);
 /* Host address of the 4 KiB page at pa, RAM without a memory-map scan. */
 static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *type)
 {
@@ -431,12 +481,12 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
 /* Page references taken ahead by the fault path (fault.c): use the one of
  * pfn if there is one. */
 #define RSV_MAX 64
-static inline int rsv_take(dmamap_as *as, uint64_t pfn)
+static inline int rsv_take(struct as_cpu *c, uint64_t pfn)
 {
-    uint64_t bit = pfn - as->rsv_pfn;
-    if (bit >= RSV_MAX || !(as->rsv_mask >> bit & 1))
+    uint64_t bit = pfn - c->rsv_pfn;
+    if (bit >= RSV_MAX || !(c->rsv_mask >> bit & 1))
         return 0;
-    as->rsv_mask &= ~(1ULL << bit);
+    c->rsv_mask &= ~(1ULL << bit);
     return 1;
 }
 
@@ -448,17 +498,22 @@ static inline int va_in(const dmamap_as *as, uint64_t va)
 
 /* The leaf table covering va when the walk cache holds it (the last one, then
  * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
-static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
+static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, uint64_t va, uint64_t *table)
 {
     uint64_t k = va >> (PAGE_SHIFT + 9);
-    if (k == as->wc_tag[0]) {
-        *table = as->wc_pa[0];
+    if (k == c->wct) {
+        *table = c->wcp;
         return 1;
     }
     if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
         return 0;
     *table = as->lc[k % LEAF_CACHE].pa;
     return 1;
+}
+
+static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
+{
+    return leaf_cached_cpu(as, &as->cpu[0], va, table);
 }
 
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */
@@ -482,8 +537,24 @@ int dmamap_pt_user_attach(dmamap_as *as, struct dmamap_err *err);
 void dmamap_pt_user_detach(dmamap_as *as);
 
 
-#define LOCK(l) pthread_mutex_lock(l)
-#define UNLOCK(l) pthread_mutex_unlock(l)
+/* as.c: the address-space lock, exclusive (LOCK / UNLOCK on &as->lock pick
+ * these) and shared (touch loops in reader mode, on a CPU slot of their own;
+ * NULL: take it exclusively instead, the caller already holds it or every
+ * slot is taken) */
+void as_xlock(struct as_lock *l);
+void as_xunlock(struct as_lock *l);
+struct as_cpu *as_read_enter(dmamap_as *as);
+void as_read_exit(dmamap_as *as, struct as_cpu *c);
+int as_read_resume(dmamap_as *as);
+void as_read_pause(dmamap_as *as);
+/* whether a writer waits for the readers (a reader in a long loop pauses for it) */
+static inline int as_writer_waiting(dmamap_as *as)
+{
+    return atomic_load_explicit(&as->lock.writers, memory_order_relaxed) != 0;
+}
+
+#define LOCK(l) _Generic((l), struct as_lock *: as_xlock, default: pthread_mutex_lock)(l)
+#define UNLOCK(l) _Generic((l), struct as_lock *: as_xunlock, default: pthread_mutex_unlock)(l)
 
 /* ---- the entry points' prologue and epilogue ----
  * Entry points accept any pointer the caller holds, including NULL.  An

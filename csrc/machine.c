@@ -31,7 +31,11 @@ dmamap_machine *dmamap_machine_new(int isa, void *backing, uint64_t backing_size
     m->backing = backing;
     m->backing_size = backing_size;
     m->coherent = coherent;
-    pthread_mutex_init(&m->lock, NULL);
+    pthread_mutexattr_t at;   /* held briefly (a leaf table's pages at most): spin before sleeping */
+    pthread_mutexattr_init(&at);
+    pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&m->lock, &at);
+    pthread_mutexattr_destroy(&at);
     pthread_mutex_init(&m->region_lock, NULL);
     pthread_mutex_init(&m->cache_lock, NULL);
     pthread_mutex_init(&m->own_lock, NULL);

@@ -34,6 +34,10 @@ void dmamap_pt_cache_reset(dmamap_as *as)
         as->wc_tag[l] = ~0ULL;
         as->wc_pa[l] = 0;
     }
+    for (int k = 0; k < AS_CPUS; k++) {   /* the first level, every CPU's (exclusive caller) */
+        as->cpu[k].wct = ~0ULL;
+        as->cpu[k].wcp = 0;
+    }
     if (++as->lc_gen >= 1ULL << (64 - LC_GEN_SHIFT)) {   /* generations wrapped: forget them all */
         memset(as->lc, 0, sizeof as->lc);
         as->lc_gen = 1;
@@ -45,6 +49,8 @@ static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_
     as->wc_tag[level] = va >> (PAGE_SHIFT + 9 * (uint64_t)(level + 1));
     as->wc_pa[level] = table_pa;
     if (level == 0) {
+        as->cpu[0].wct = as->wc_tag[0];
+        as->cpu[0].wcp = table_pa;
         uint64_t k = va >> (PAGE_SHIFT + 9);
         as->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
         as->lc[k % LEAF_CACHE].pa = table_pa;

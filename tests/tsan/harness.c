@@ -12,6 +12,7 @@
  * Built and run by .ci/run:  gcc -fsanitize=thread ... tests/tsan/harness.c csrc/ *.c arch/ * / *.c
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,127 @@ static void shared_space(dmamap_as *as, unsigned seed)
     dmamap_munmap(as, id, &err);
 }
 
+/* Faulting together: two threads fault VMAs of their own (page handler,
+ * remapped now and then) and two they share (a PFN map and a page VMA: the
+ * same PTEs raced for) in one address space, with touch loops in reader mode,
+ * while a third mprotects them, zaps the shared PFN map, remaps the shared
+ * page VMA and maps, faults and unmaps its own; then the space is closed
+ * under them, and every page reference must have gone back. */
+#define FT_PAGES 64
+static dmamap_as *ft_as;
+static _Atomic int64_t ft_ids[4];   /* each faulter's VMA, then the shared PFN map and page VMA */
+static _Atomic uint64_t ft_start[4];
+static _Atomic int ft_done;
+static _Atomic unsigned long ft_faults;
+static uint64_t ft_pfn;
+
+static int64_t ft_map(uint64_t pfn, int pfnmap, uint64_t *start)
+{
+    struct dmamap_err err;
+    int64_t id;
+    struct dmamap_chunk c = {pfn, FT_PAGES};
+    struct dmamap_vma_info info;
+    if (dmamap_mmap(ft_as, 0, FT_PAGES * PAGE, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, user_prot(1), 0,
+                    &id, &err) ||
+        (pfnmap && dmamap_vma_set_flags(ft_as, id, DMAMAP_VM_PFNMAP | DMAMAP_VM_IO, 0, &err)) ||
+        dmamap_vma_set_fault(ft_as, id, pfnmap ? DMAMAP_FAULT_PFN : DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
+        dmamap_vma_info(ft_as, id, &info, &err))
+        return -1;
+    *start = info.start;
+    return id;
+}
+
+static void *ft_faulter(void *arg)
+{
+    int k = (int)(uintptr_t)arg;
+    struct dmamap_err err;
+    uint64_t vas[FT_PAGES];
+    for (int i = 0; !ft_done; i++) {
+        uint64_t start = ft_start[k];
+        for (int j = 0; j < FT_PAGES; j++)
+            vas[j] = start + (uint64_t)((j * 37) % FT_PAGES) * PAGE;
+        if (dmamap_touch(ft_as, start, FT_PAGES, PAGE, i & 1, &err) == 0)
+            ft_faults += FT_PAGES;
+        dmamap_touch_list(ft_as, vas, FT_PAGES, 0, &err);
+        dmamap_touch(ft_as, ft_start[2], FT_PAGES, PAGE, 0, &err);   /* the other faulter races these */
+        dmamap_touch(ft_as, ft_start[3], FT_PAGES, PAGE, 0, &err);
+        if (err.code == DMAMAP_ECLOSED)
+            break;
+        if (i % 4 == 3) {   /* fault it all again, from a fresh mapping */
+            dmamap_munmap(ft_as, ft_ids[k], &err);
+            int64_t id = ft_map(ft_pfn + (uint64_t)k * FT_PAGES, 0, &start);
+            if (id < 0)
+                break;
+            ft_start[k] = start;
+            ft_ids[k] = id;
+        }
+    }
+    return NULL;
+}
+
+static void *ft_editor(void *arg)
+{
+    (void)arg;
+    struct dmamap_err err;
+    int64_t id;
+    for (int i = 0; i < ITERS; i++) {
+        int k = i % 3;
+        dmamap_mprotect(ft_as, ft_ids[k], ft_start[k], FT_PAGES * PAGE, user_prot(i & 1), &err);
+        dmamap_zap_vma_ptes(ft_as, ft_ids[2], ft_start[2] + PAGE * (uint64_t)(i % 4), 8 * PAGE, &err);
+        uint64_t start;
+        if (i % 4 == 3) {   /* the faulters fault the shared page VMA in again, racing for each PTE */
+            dmamap_munmap(ft_as, ft_ids[3], &err);
+            if ((id = ft_map(ft_pfn + 4 * FT_PAGES, 0, &start)) >= 0) {
+                ft_start[3] = start;
+                ft_ids[3] = id;
+            }
+        }
+        id = ft_map(ft_pfn + 3 * FT_PAGES, 0, &start);
+        if (id >= 0) {
+            dmamap_touch(ft_as, start, FT_PAGES, PAGE, 1, &err);
+            dmamap_munmap(ft_as, id, &err);
+        }
+    }
+    while (ft_faults < 16 * FT_PAGES)   /* (the faulters got going) */
+        sched_yield();
+    dmamap_as_close(ft_as);   /* under the faulters: they get ECLOSED from here on */
+    ft_done = 1;
+    return NULL;
+}
+
+static int faulting_together(void)
+{
+    struct dmamap_err err;
+    ft_as = dmamap_as_new(m, 0, &err);
+    if (!ft_as || dmamap_alloc_pages(m, 5 * FT_PAGES, 1, 0, &ft_pfn, &err))
+        return 1;
+    for (int k = 0; k < 4; k++) {
+        uint64_t start;
+        if ((ft_ids[k] = ft_map(ft_pfn + (uint64_t)(k == 3 ? 4 : k) * FT_PAGES, k == 2, &start)) < 0)
+            return 1;
+        ft_start[k] = start;
+    }
+    ft_done = 0;
+    ft_faults = 0;
+    pthread_t t[3];
+    pthread_create(&t[0], NULL, ft_faulter, (void *)0);
+    pthread_create(&t[1], NULL, ft_faulter, (void *)1);
+    pthread_create(&t[2], NULL, ft_editor, NULL);
+    for (int k = 0; k < 3; k++)
+        pthread_join(t[k], NULL);
+    dmamap_as_free(ft_as);
+    struct dmamap_page_info pi;
+    for (uint64_t i = 0; i < 5 * FT_PAGES; i++)   /* every reference a PTE took went back */
+        if (dmamap_page_info(m, ft_pfn + i, &pi, &err) || pi.mapcount != 0 || pi.refcount != 1) {
+            fprintf(stderr, "page %llu: map count %d, references %d after the close\n", (unsigned long long)i,
+                    pi.mapcount, pi.refcount);
+            return 1;
+        }
+    dmamap_free_pages(m, ft_pfn, 5 * FT_PAGES, &err);
+    printf("tsan harness: %lu faults taken together\n", (unsigned long)ft_faults);
+    return ft_faults ? 0 : 1;
+}
+
 static void *worker(void *arg)
 {
     unsigned k = (unsigned)(uintptr_t)arg;
@@ -181,6 +303,8 @@ static int run(const struct layout *lay)
             fprintf(stderr, "add_region: %s\n", err.msg);
             return 1;
         }
+    if (faulting_together())
+        return 1;
     shared = dmamap_as_new(m, 0, &err);
     if (!shared || dmamap_alloc_pages(m, 4, 1, 0, &list_pfn, &err))
         return 1;
