@@ -381,7 +381,7 @@ int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct
  * becomes writable (wp_page_reuse), its memory type and special bit kept. */
 int wp_page_shared(dmamap_as *as, struct vma *v, uint64_t va, struct dmamap_err *err)
 {
-    fault_rsv_release(as);
+    fault_rsv_release(as, &as->cpu[0]);   /* calls out: no references held ahead */
     as->st.faults++;
     if (!as->fault_fn)
         return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "write-notify VMA has no fault callback");
