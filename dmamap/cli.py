@@ -8,10 +8,15 @@ display and no box drawing.  ``--json FILE`` writes the results as JSON;
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -88,6 +93,37 @@ def error_line(message: str) -> NoReturn:
     """One red ``error:`` line on stderr, exit status 1."""
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the main thread, and again every half second until
+    it has ended the block: an interrupt that lands in a finalizer or a callback (where
+    Python prints "Exception ignored" and goes on) must not leave a long run going."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    done = threading.Event()
+    raised: list[float] = []   # when the handler last raised
+
+    def handler(signum: int, frame: object) -> None:
+        raised.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    def repeat() -> None:
+        while not done.wait(0.5):
+            if raised and time.monotonic() - raised[-1] >= 1.0:   # the last one was swallowed
+                _thread.interrupt_main(signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, handler)
+    watchdog = threading.Thread(target=repeat, name="dmamap-ctrl-c", daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.signal(signal.SIGINT, old)
+        watchdog.join()
 
 
 def _out(json_file: str | None) -> Console:
@@ -256,7 +292,7 @@ def conformance(
                         TimeElapsedColumn(), console=out, transient=True)
     total = runner.count_checks(names)
     try:
-        with progress:
+        with _ctrl_c(), progress:
             task = progress.add_task(f"conformance {backend}", total=total)
             report = runner.run_conformance(
                 backend, rules=names, model_examples=examples, model_shrink=shrink,
@@ -401,7 +437,7 @@ def bench(
     res = b.SweepResult(cfg)
     progress, advance = _progress(b.bench_steps(cfg, targets, sweep) + len(scenario or []) + b.calibrate_steps(3))
     try:
-        with progress:
+        with _ctrl_c(), progress:
             if prof is None and sweep:
                 prof = b.calibrate(3, advance)
                 note = "profile: calibrated in this run (no saved profile; run dmamap calibrate to keep one)"

@@ -202,7 +202,37 @@ def test_ctrl_c_keeps_what_ran(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert data["interrupted"] is True and data["ok"] is False and data["summary"]["passed"] == 4
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGINT to a child, CPU time from /proc")
+def test_ctrl_c_swallowed_once_still_stops_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A Ctrl-C whose KeyboardInterrupt is swallowed (it landed in a finalizer or a callback that
+    catches everything) is raised again until the run stops: the run does not go on for minutes."""
+    import dmamap.testing.runner as runner
+
+    calls = {"n": 0}
+    real = runner.run_rule
+
+    def run_rule(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C ...
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass                                 # ... that something swallows
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:       # a long rule: only a second interrupt ends it early
+                time.sleep(0.05)
+            raise AssertionError("the swallowed Ctrl-C was not raised again")
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "run_rule", run_rule)
+    out = tmp_path / "partial.json"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli.app, ["conformance", "x86", "--json", str(out)])
+    assert res.exit_code == 130, res.output
+    assert time.monotonic() - t0 < 25
+    assert json.loads(out.read_text())["summary"]["passed"] == 2
+
+
 def _default_sigint() -> None:
     """In the child, before exec: take SIGINT's default disposition, so Python installs its
     KeyboardInterrupt handler even when this test runs with SIGINT ignored (a background job)."""
@@ -221,6 +251,7 @@ def _wait_cpu_seconds(pid: int, seconds: float, timeout: float = 120.0) -> None:
     raise AssertionError(f"process {pid} used less than {seconds} s of CPU in {timeout} s")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGINT to a child, CPU time from /proc")
 def test_sigint_to_the_process_writes_partial_json(tmp_path: Path) -> None:
     """A real SIGINT to `python -m dmamap conformance` during a long model run."""
     out = tmp_path / "partial.json"
