@@ -216,15 +216,16 @@ def to_json(res: SweepResult) -> dict[str, Any]:
     """Everything measured, with the derived figures, as plain JSON data."""
     def run(r: Run) -> dict[str, Any]:
         d = {k: v for k, v in asdict(r).items() if not isinstance(v, dict) or k in ("counts", "unmap_counts")}
-        for k in ("total", "map", "touch", "unmap", "helper"):
-            d[k] = getattr(r, k).to_json()
+        for k in ("total", "map", "touch", "unmap", "helper", "wall"):
+            s = getattr(r, k)
+            d[k] = s.to_json() if s else None
         d.update(total_ns=r.total_ns, x_limit=r.x_limit, host_kind=host_kind(r.strategy), faults=r.faults,
                  ptes=r.ptes)
         return d
 
     def hrun(h: Any) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(h).items() if k not in ("total", "map", "touch", "unmap")}
-        for k in ("total", "map", "touch", "unmap"):
+        d = {k: v for k, v in asdict(h).items() if k not in ("total", "map", "touch", "unmap", "wall")}
+        for k in ("total", "map", "touch", "unmap", "wall"):
             s = getattr(h, k)
             d[k] = s.to_json() if s else None
         d["total_ns"] = h.total.median if h.total else None
