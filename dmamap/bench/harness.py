@@ -32,6 +32,10 @@ __all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_mac
            "Sample", "model_events", "unmap_events"]
 
 
+#: log2 of the span one PTE table maps (2 MiB with 4 KiB pages).
+REGION_SHIFT = 21
+
+
 def populate(machine: dmamap.Machine, pfn: int, npages: int) -> None:
     """Give the host pages behind emulated memory their backing, contents unchanged (bench.c)."""
     cbench.populate(machine._ptr(), pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
@@ -69,6 +73,12 @@ class Pattern:
     count: int
     stride: int
     arr: Any = None      # array('Q') of VAs at BASE_VA
+
+    def regions(self) -> int:
+        """How many 2 MiB regions (one PTE table each) the touches fall in."""
+        if self.arr is None:
+            return len({i * self.stride >> REGION_SHIFT for i in range(self.count)})
+        return len({(va - BASE_VA) >> REGION_SHIFT for va in self.arr})
 
     def touch(self, mm: dmamap.AddressSpace) -> None:
         """All the touches in one C call (dmamap_touch / dmamap_touch_list, i.e. AddressSpace.touch[_list])."""
@@ -139,7 +149,8 @@ def model_events(counts: dict[str, int]) -> dict[str, float]:
     around = counts.get("around_ptes", 0)
     return {"map_call": 1, "fill_call": counts.get("fill_calls", 0),
             "pte_write": counts.get("ptes_written", 0) - around, "around_pte": around,
-            "fault": counts.get("faults", 0), "tlb_miss": counts.get("tlb_misses", 0),
+            "fault": counts.get("faults", 0), "table_fault": counts.get("table_faults", 0),
+            "tlb_miss": counts.get("tlb_misses", 0),
             "cache_line": counts.get("cache_lines_maintained", 0)}
 
 
@@ -193,5 +204,7 @@ def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer,
     counts = _delta(s0, s1, _EVENT_FIELDS)
     counts["cache_lines_maintained"] = c1 - c0
     counts["fill_calls"] = int(filled)
+    # dmamap keeps its warmed tables; the kernel allocates a PTE table at a region's first fault
+    counts["table_faults"] = 0 if rec.prefault or rec.large else pattern.regions()
     return Sample(t1 - t0, t3 - t2, t5 - t4, helper_ns, counts, _delta(s1, s2, _EVENT_FIELDS),
                   (w1 - w0) + (w3 - w2))
