@@ -34,6 +34,7 @@ from dmamap.bench.references import (
     host_facts,
     host_phase_events,
     host_sample,
+    host_table_faults,
 )
 from dmamap.bench.spread import spread
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
@@ -188,6 +189,8 @@ def fit_profile(pats: list[Pattern | None], samples: list[list[HostSample]], rep
     for (kind, size, d, order), pat, ss in zip(CALIBRATION_RUNS, pats, samples, strict=True):
         faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
         mapped, touch, un = host_phase_events(kind, size, pat, faults)
+        if host_table_faults(kind, pat):
+            touch["table_fault"] = host_table_faults(kind, pat)
         map_ns, touch_ns = _median([s.map_ns for s in ss]), _median([s.touch_ns for s in ss])
         rows.setdefault(size, []).append((mapped, map_ns))
         if any(touch.values()):

@@ -35,7 +35,7 @@ from dmamap.strategy import STRATEGIES
 
 __all__ = ["StoreLimit", "HOST_KINDS", "HOST_LABELS", "host_kind", "host_sample", "HostSample", "measure_host",
            "rss_bytes", "fault_around_bytes", "host_facts", "HostUnavailable", "host_events",
-           "host_phase_events", "CONTESTED_FACTOR", "VERDICT_PAIR", "contested"]
+           "host_phase_events", "host_table_faults", "CONTESTED_FACTOR", "VERDICT_PAIR", "contested"]
 
 HOST_KINDS = ("populate", "populate-write", "store-touch", "read-touch")
 #: The order the kinds are interleaved in, as in calibration (dmamap.bench.calibrate): at one page
@@ -165,15 +165,21 @@ def host_phase_events(kind: str, size: int, pattern: Pattern | None, faults: flo
         mapped.update(fill_call=1, pte_write=pages)
         ptes = pages
     elif kind == "store-touch":
-        touch.update(fault=faults, pte_write=touched, table_fault=pattern.regions() if pattern else 0)
+        touch.update(fault=faults, pte_write=touched)
         ptes = touched
     else:
         fa = fault_around_bytes() >> PAGE_SHIFT
         windows = sorted({p // fa for p in _pages(pattern)}) if pattern else []
         ptes = sum(min(fa, pages - w * fa) for w in windows)
-        touch.update(fault=faults, pte_write=faults, around_pte=max(ptes - faults, 0),
-                     table_fault=pattern.regions() if pattern else 0)
+        touch.update(fault=faults, pte_write=faults, around_pte=max(ptes - faults, 0))
     return mapped, touch, {"unmap_call": 1, "pte_clear": ptes}
+
+
+def host_table_faults(kind: str, pattern: Pattern | None) -> int:
+    """The ``table_fault`` events of a host run's touch phase, beside :func:`host_phase_events`'
+    per-page ones: a lazy reference's touches allocate one PTE table per 2 MiB region they fall
+    in (a prefault's tables are part of its fill)."""
+    return pattern.regions() if pattern and kind in ("store-touch", "read-touch") else 0
 
 
 def host_events(kind: str, size: int, pattern: Pattern | None, faults: float) -> tuple[dict[str, float],
