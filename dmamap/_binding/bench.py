@@ -16,7 +16,7 @@ __all__ = ["HOST", "now_ns", "store_loop", "u64_buffer", "host_memfd", "host_ref
 HOST: dict[str, int] = {name[len("DMAMAP_HOST_"):]: getattr(lib, name) for name in dir(lib)
                         if name.startswith("DMAMAP_HOST_")}
 #: How many results ``host_ref`` returns.
-HOST_REF_OUT = 7
+HOST_REF_OUT = 10
 
 
 def now_ns() -> int:

@@ -32,6 +32,10 @@ __all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_mac
            "Sample", "model_events", "unmap_events"]
 
 
+#: log2 of the span one PTE table maps (2 MiB with 4 KiB pages).
+REGION_SHIFT = 21
+
+
 def populate(machine: dmamap.Machine, pfn: int, npages: int) -> None:
     """Give the host pages behind emulated memory their backing, contents unchanged (bench.c)."""
     cbench.populate(machine._ptr(), pfn << PAGE_SHIFT, npages << PAGE_SHIFT)
@@ -69,6 +73,12 @@ class Pattern:
     count: int
     stride: int
     arr: Any = None      # array('Q') of VAs at BASE_VA
+
+    def regions(self) -> int:
+        """How many 2 MiB regions (one PTE table each) the touches fall in."""
+        if self.arr is None:
+            return len({i * self.stride >> REGION_SHIFT for i in range(self.count)})
+        return len({(va - BASE_VA) >> REGION_SHIFT for va in self.arr})
 
     def touch(self, mm: dmamap.AddressSpace) -> None:
         """All the touches in one C call (dmamap_touch / dmamap_touch_list, i.e. AddressSpace.touch[_list])."""
@@ -109,7 +119,10 @@ def fits(platform: str, size: int) -> bool:
 
 @dataclass
 class Sample:
-    """One map-touch-unmap cycle: times (ns) and dmamap's event counts over map + touch and unmap."""
+    """One map-touch-unmap cycle: times (ns) and dmamap's event counts over map + touch and unmap.
+    The phase times are CPU time of the measuring thread, as the host references' are
+    (:class:`~dmamap.bench.references.HostSample`); ``wall_ns`` is map + touch on the monotonic
+    clock, ``helper_ns`` the whole helper call on it."""
 
     map_ns: int
     touch_ns: int
@@ -117,6 +130,7 @@ class Sample:
     helper_ns: int
     counts: dict[str, int]
     unmap_counts: dict[str, int]
+    wall_ns: int = 0
 
 
 #: Counters of AsStats that are running totals (table_pages is a level, not an event).
@@ -135,7 +149,8 @@ def model_events(counts: dict[str, int]) -> dict[str, float]:
     around = counts.get("around_ptes", 0)
     return {"map_call": 1, "fill_call": counts.get("fill_calls", 0),
             "pte_write": counts.get("ptes_written", 0) - around, "around_pte": around,
-            "fault": counts.get("faults", 0), "tlb_miss": counts.get("tlb_misses", 0),
+            "fault": counts.get("faults", 0), "table_fault": counts.get("table_faults", 0),
+            "tlb_miss": counts.get("tlb_misses", 0),
             "cache_line": counts.get("cache_lines_maintained", 0)}
 
 
@@ -151,7 +166,9 @@ def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer,
     Python included); map_ns then times the helper's C work alone, redone with a
     direct call: the remap_pfn_range of a prefault (after zapping what the helper
     filled), the installation of the built-in fault handler of a lazy strategy.
-    The host reference is timed in C too, so the two compare like for like.
+    The host reference is timed in C too, so the two compare like for like, and
+    both in CPU time of the measuring thread (``time.thread_time_ns``: user +
+    system, preemption by other processes excluded), the wall clock kept beside.
     The event counts cover the timed map and touches, and the unmap.
     """
     rec = STRATEGIES[strategy]
@@ -169,18 +186,25 @@ def time_run(mm: dmamap.AddressSpace, dev: dmamap.Device, buf: dmamap.DmaBuffer,
                               cmm.chunks([(pfn, pages)]), 1, 0, rec.fault_around, int(rec.large))
     m = mm.machine
     s0, c0 = mm.stats, m.stats.cache_lines_maintained
-    t0 = time.perf_counter_ns()
+    cpu, wall = time.thread_time_ns, time.perf_counter_ns
+    w0, t0 = wall(), cpu()
     run()
-    map_ns = time.perf_counter_ns() - t0
+    t1 = cpu()
+    w1 = wall()
     filled = mm.stats.ptes_written > s0.ptes_written
-    t1 = time.perf_counter_ns()
+    w2, t2 = wall(), cpu()
     pattern.touch(mm)
-    t2 = time.perf_counter_ns()
+    t3 = cpu()
+    w3 = wall()
     s1, c1 = mm.stats, m.stats.cache_lines_maintained
+    t4 = cpu()
     dmamap.dma_munmap_coherent(vma)
-    t3 = time.perf_counter_ns()
+    t5 = cpu()
     s2 = mm.stats
     counts = _delta(s0, s1, _EVENT_FIELDS)
     counts["cache_lines_maintained"] = c1 - c0
     counts["fill_calls"] = int(filled)
-    return Sample(map_ns, t2 - t1, t3 - t2, helper_ns, counts, _delta(s1, s2, _EVENT_FIELDS))
+    # dmamap keeps its warmed tables; the kernel allocates a PTE table at a region's first fault
+    counts["table_faults"] = 0 if rec.prefault or rec.large else pattern.regions()
+    return Sample(t1 - t0, t3 - t2, t5 - t4, helper_ns, counts, _delta(s1, s2, _EVENT_FIELDS),
+                  (w1 - w0) + (w3 - w2))

@@ -27,7 +27,7 @@ __all__ = ["SCHEMA", "MAP_EVENTS", "UNMAP_EVENTS", "EVENT_HELP", "Profile", "fit
 
 SCHEMA = "dmamap-cost-profile/1"
 #: Events priced in the map + touch time, and in the unmap time.
-MAP_EVENTS = ("map_call", "fill_call", "pte_write", "around_pte", "fault", "tlb_miss", "cache_line")
+MAP_EVENTS = ("map_call", "fill_call", "pte_write", "around_pte", "fault", "table_fault", "tlb_miss", "cache_line")
 UNMAP_EVENTS = ("unmap_call", "pte_clear")
 EVENT_HELP = {
     "map_call": "one mmap (+ the driver's mmap handler): fixed cost per mapping",
@@ -35,6 +35,7 @@ EVENT_HELP = {
     "pte_write": "one page-table entry written by a prefault or by a fault for its own page",
     "around_pte": "one extra entry a fault-around fault maps beside the faulting page",
     "fault": "one page fault taken (exception, VMA lookup, handler), beyond the PTE it writes",
+    "table_fault": "the first fault in a 2 MiB region of a lazy mapping (the kernel allocates its PTE table then)",
     "tlb_miss": "one touch that misses the TLB and walks the tables (the first touch of a page)",
     "cache_line": "one cache line cleaned or invalidated by cache maintenance (non-coherent DMA)",
     "unmap_call": "one munmap: fixed cost per mapping",
@@ -128,7 +129,8 @@ class Profile:
 _SHORT = {
     "map_call": "one mmap + the driver's handler", "fill_call": "one prefault at mmap time, fixed part",
     "pte_write": "one entry, by a prefault or for the faulting page", "around_pte": "one fault-around extra entry",
-    "fault": "one fault, beyond its entry", "tlb_miss": "one touch that walks the tables",
+    "fault": "one fault, beyond its entry", "table_fault": "a 2 MiB region's first fault: its PTE table",
+    "tlb_miss": "one touch that walks the tables",
     "cache_line": "one cache line cleaned/invalidated", "unmap_call": "one munmap", "pte_clear": "one entry cleared",
 }
 
@@ -139,12 +141,12 @@ def describe(prof: Profile) -> list[str]:
     lines = []
     for e in (*MAP_EVENTS, *UNMAP_EVENTS):
         if e in prof.costs_ns:
-            lines.append(f"  {e:10} {prof.costs_ns[e]:8.1f} ns  {_SHORT[e]}")
+            lines.append(f"  {e:11} {prof.costs_ns[e]:8.1f} ns  {_SHORT[e]}")
     if prof.by_size:
         sizes = [s for s, _c in prof.by_size]
         names = [f"{s >> 20} MiB" if s >= 1 << 20 else f"{s >> 10} KiB" for s in sizes]
         lines.append("  per mapping size (ns):" + "".join(f"{n:>8}" for n in names)[:56])
-        for e in ("pte_write", "around_pte", "fault", "tlb_miss", "pte_clear"):
+        for e in ("map_call", "pte_write", "around_pte", "fault", "table_fault", "tlb_miss", "pte_clear"):
             lines.append(f"  {e:22}" + "".join(f"{prof.cost(e, s):8.0f}" for s in sizes)[:56])
     return lines
 

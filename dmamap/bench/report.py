@@ -16,7 +16,7 @@ import dmamap
 from dmamap.bench.config import fmt_ns, fmt_size
 from dmamap.bench.crossover import crossovers
 from dmamap.bench.predict import agreement
-from dmamap.bench.references import HOST_KINDS, HOST_LABELS, host_kind
+from dmamap.bench.references import CONTESTED_FACTOR, HOST_KINDS, HOST_LABELS, host_kind
 from dmamap.bench.results import Run, SweepResult
 from dmamap.bench.spread import TIE, Spread, beats, winner
 from dmamap.strategy import FAULT, PREFAULT
@@ -83,9 +83,10 @@ def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
     if load:
         _wrap(console, f"host: {res.meta.get('cpu', '?')}, {res.meta.get('cpus')} CPUs, Linux "
                        f"{res.meta.get('kernel')}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
-    _wrap(console, f"each point: median of {cfg.repeat} runs interleaved across strategies; spread ±IQR/2 as a % "
-                   "of the median; a winner is declared only where its IQR does not overlap the others' (else "
-                   "'tie').")
+    _wrap(console, f"each point: median of {cfg.repeat} runs interleaved across strategies (host: "
+                   f"{CONTESTED_FACTOR * cfg.repeat} where fault and prefault overlap), in CPU time of the measuring "
+                   "thread; spread ±IQR/2 as a % of the median; a winner is declared only where its IQR does not "
+                   "overlap the others' (else 'tie').")
     by_point: dict[tuple[str, int, float, str], list[Run]] = {}
     for r in res.runs:
         by_point.setdefault((r.platform, r.size, r.density, r.order), []).append(r)
@@ -216,15 +217,16 @@ def to_json(res: SweepResult) -> dict[str, Any]:
     """Everything measured, with the derived figures, as plain JSON data."""
     def run(r: Run) -> dict[str, Any]:
         d = {k: v for k, v in asdict(r).items() if not isinstance(v, dict) or k in ("counts", "unmap_counts")}
-        for k in ("total", "map", "touch", "unmap", "helper"):
-            d[k] = getattr(r, k).to_json()
+        for k in ("total", "map", "touch", "unmap", "helper", "wall"):
+            s = getattr(r, k)
+            d[k] = s.to_json() if s else None
         d.update(total_ns=r.total_ns, x_limit=r.x_limit, host_kind=host_kind(r.strategy), faults=r.faults,
                  ptes=r.ptes)
         return d
 
     def hrun(h: Any) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(h).items() if k not in ("total", "map", "touch", "unmap")}
-        for k in ("total", "map", "touch", "unmap"):
+        d = {k: v for k, v in asdict(h).items() if k not in ("total", "map", "touch", "unmap", "wall")}
+        for k in ("total", "map", "touch", "unmap", "wall"):
             s = getattr(h, k)
             d[k] = s.to_json() if s else None
         d["total_ns"] = h.total.median if h.total else None

@@ -35,6 +35,7 @@ class Run:
     limit_ns: int        # store loop writing `ptes` 8-byte values
     predicted_ns: float | None = None         # the host kernel per the profile, map + touch
     predicted_unmap_ns: float | None = None
+    wall: Spread | None = None   # map + touch on the monotonic clock (the others: CPU time of the thread)
 
     @property
     def faults(self) -> int:
@@ -70,6 +71,7 @@ class HostRun:
     ptes: int = 0        # PTEs the kernel wrote (fault-around: windows × window pages)
     touched: int = 0
     unavailable: str = ""
+    wall: Spread | None = None   # map + touch on the monotonic clock (the others: CPU time of the thread)
 
     @property
     def total_ns(self) -> float:

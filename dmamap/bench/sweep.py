@@ -54,7 +54,8 @@ def _run(plat: str, size: int, d: float, o: str, strat: str, pat: Pattern, ss: l
                total=spread([s.map_ns + s.touch_ns for s in ss]), map=spread([s.map_ns for s in ss]),
                touch=spread([s.touch_ns for s in ss]),
                unmap=spread([s.unmap_ns for s in ss]), helper=spread([s.helper_ns for s in ss]), counts=counts,
-               unmap_counts=ss[0].unmap_counts, limit_ns=limit.ns(counts.get("ptes_written", 0)))
+               unmap_counts=ss[0].unmap_counts, limit_ns=limit.ns(counts.get("ptes_written", 0)),
+               wall=spread([s.wall_ns for s in ss]))
 
 
 def run_sweep(cfg: SweepConfig, advance: Callable[[str], None] = lambda _: None,

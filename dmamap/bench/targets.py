@@ -254,7 +254,7 @@ def target_random_touch(platform: str, repeat: int) -> Target:
                 t0 = time.perf_counter_ns()
                 cmm.touch_list(mm._ptr(), arr, n, False)
                 dm.append(time.perf_counter_ns() - t0)
-                host.append(host_sample(pat, fd, size, "populate").touch_ns)
+                host.append(host_sample(pat, fd, size, "populate").wall_touch_ns)   # dm is wall too
             mm.munmap(vma)
     finally:
         os.close(fd)
