@@ -620,16 +620,3 @@ int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is
     int rc = access_bulk_locked(as, va, buf, n, is_write, err);
     return as_unlock(as, rc, err);
 }
-
-/* A fresh host buffer about to be filled by a bulk read: ask for transparent
- * huge pages on its 2 MiB-aligned interior, so filling it costs a few host
- * faults instead of one per 4 KiB (only a hint; nothing changes if refused). */
-void dmamap_host_prepare(void *buf, uint64_t n)
-{
-    uintptr_t start = ((uintptr_t)buf + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
-    uintptr_t end = ((uintptr_t)buf + n) & ~(uintptr_t)((2u << 20) - 1);
-#ifdef MADV_HUGEPAGE
-    if (buf && end > start)
-        madvise((void *)start, end - start, MADV_HUGEPAGE);
-#endif
-}

@@ -446,8 +446,6 @@ int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_writ
 /* dmamap_access refused up front (SIGSEGV) unless VMAs cover the range, with
  * runs of plainly copied memory moved by one memmove each. */
 int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err);
-/* Hint that a fresh host buffer of n bytes is about to be filled (huge pages where the host allows). */
-void dmamap_host_prepare(void *buf, uint64_t n);
 int dmamap_read_n(dmamap_as *as, uint64_t va, int size, uint64_t *value, struct dmamap_err *err);
 int dmamap_write_n(dmamap_as *as, uint64_t va, int size, uint64_t value, struct dmamap_err *err);
 /* Register accesses returning the value (the Python fast path): widths 1-4

@@ -4,6 +4,7 @@ access.c, tlb.c)."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -247,8 +248,21 @@ def translate(p: Any, va: int) -> Xlate | None:
                  int(x.region))
 
 
-#: Reads from this size on ask the host for huge pages to fill (see dmamap_host_prepare).
-_HUGE_HINT = 4 << 20
+# bytes(n) zero-fills what the copy then overwrites (a second pass over memory, 2x the
+# cost of a large read); PyBytes_FromStringAndSize(NULL, n) leaves it unfilled, as C
+# code that fills a fresh bytes object does.
+def _bytes_maker() -> Callable[[None, int], bytes] | None:
+    try:
+        fn = ctypes.pythonapi.PyBytes_FromStringAndSize
+    except (AttributeError, OSError):   # an interpreter that does not export its C API: zero-fill
+        return None
+    fn.restype = ctypes.py_object
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+    return fn
+
+
+_new_bytes = _bytes_maker()
+_UNFILLED_FROM = 1 << 12 if _new_bytes is not None else 1 << 64
 
 
 def read(p: Any, va: int, n: int) -> bytes:
@@ -263,12 +277,10 @@ def read(p: Any, va: int, n: int) -> bytes:
             call(lib.dmamap_access_bulk, p, va, ffi.from_buffer(b), n, 0)
         return bytes(b)
     try:
-        out = bytes(n)
+        out = _new_bytes(None, n) if n >= _UNFILLED_FROM and _new_bytes is not None else bytes(n)
     except MemoryError:
         raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
     cbuf = ffi.from_buffer("uint8_t[]", out)
-    if n >= _HUGE_HINT:
-        lib.dmamap_host_prepare(cbuf, n)
     call(lib.dmamap_access_bulk, p, va, cbuf, n, 0)
     return out
 
