@@ -81,8 +81,83 @@ static inline void copy_line(uint8_t *dst, const uint8_t *src)
  * skips the fill's copy, since every filled byte is overwritten at once: the bytes, dirty state, LRU order
  * and counters (the miss is counted, the fill happened as far as anything can observe) are those of a fill
  * followed by the write.  Counters are added once per call. */
-static inline void cache_rw(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, uint8_t *b, uint64_t n,
-                            int is_write)
+static inline struct cache_line *line_access(dmamap_machine *m, struct cache_line *ways, int nways, uint64_t pa,
+                                             uint64_t chunk, uint8_t *host, uint8_t *b, int is_write,
+                                             uint64_t *clock, uint64_t *hits, uint64_t *misses, uint64_t *wbs)
+{
+    uint64_t off = pa & (CACHE_LINE - 1);
+    uint64_t tag = (pa & LINE_MASK) | CL_VALID;
+    /* the victim is the first invalid way, else the least recently used one: an invalid way's stamp
+     * is 0 and a valid one's at least 1, so that is the first way with the lowest stamp */
+    struct cache_line *l = NULL, *victim = ways;
+    uint64_t oldest = ways[0].lru;
+    for (int w = 0; w < nways; w++) {
+        struct cache_line *c = &ways[w];
+        if ((c->tag & ~CL_DIRTY) == tag) {
+            l = c;
+            break;
+        }
+        if (c->lru < oldest) {
+            oldest = c->lru;
+            victim = c;
+        }
+    }
+    if (l) {
+        uint8_t *ld = line_data(m, l);
+        ++*hits;
+        l->lru = ++*clock;
+        if (is_write) {
+            if (chunk == CACHE_LINE)
+                copy_line(ld, b);
+            else
+                memcpy(ld + off, b, chunk);
+            l->tag = tag | CL_DIRTY;
+        } else if (chunk == CACHE_LINE) {
+            copy_line(b, ld);
+        } else {
+            memcpy(b, ld + off, chunk);
+        }
+        return l;
+    }
+    l = victim;
+    uint8_t *ld = line_data(m, l);
+    ++*misses;
+    if (l->tag & CL_DIRTY) {
+        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+        if (vh)
+            copy_line(vh, ld);
+        ++*wbs;
+    }
+    l->lru = ++*clock;
+    if (chunk == CACHE_LINE) {
+        if (is_write) {
+            copy_line(ld, b);   /* the fill's bytes, all overwritten */
+            l->tag = tag | CL_DIRTY;
+        } else {
+            fill_copy(ld, b, host);
+            l->tag = tag;
+        }
+    } else {
+        copy_line(ld, host - off);
+        if (is_write) {
+            memcpy(ld + off, b, chunk);
+            l->tag = tag | CL_DIRTY;
+        } else {
+            memcpy(b, ld + off, chunk);
+            l->tag = tag;
+        }
+    }
+    return l;
+}
+
+/* CPU reads and writes through the cache, line by line in address order, with the lock taken once per call.
+ * Per line: a hit refreshes its LRU stamp; a miss takes an invalid way, else the least recently used one
+ * (written back first when dirty) and fills it from memory.  A write that covers a whole line that missed
+ * skips the fill's copy, since every filled byte is overwritten at once: the bytes, dirty state, LRU order
+ * and counters (the miss is counted, the fill happened as far as anything can observe) are those of a fill
+ * followed by the write.  Counters are added once per call. */
+static void cache_rw(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, uint8_t *b, uint64_t n,
+                     int is_write)
 {
     uint64_t hits = 0, misses = 0, wbs = 0;
     LOCK(&m->cache_lock);
@@ -90,74 +165,12 @@ static inline void cache_rw(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t
     const uint64_t set_mask = (uint64_t)(m->cache_sets - 1);
     const int nways = m->cache_ways;
     const int vipt = m->cache_vipt;
-    struct cache_line *const cache = m->cache;
-    uint8_t *const data = m->cache_data;
     while (n) {
         uint64_t off = pa & (CACHE_LINE - 1);
         uint64_t chunk = CACHE_LINE - off < n ? CACHE_LINE - off : n;
-        uint64_t tag = (pa & LINE_MASK) | CL_VALID;
         uint64_t set = ((vipt ? va : pa) / CACHE_LINE) & set_mask;
-        struct cache_line *ways = &cache[set * (uint64_t)nways];
-        /* the victim is the first invalid way, else the least recently used one: an invalid way's stamp
-         * is 0 and a valid one's at least 1, so that is the first way with the lowest stamp */
-        struct cache_line *l = NULL, *victim = ways;
-        uint64_t oldest = ways[0].lru;
-        for (int w = 0; w < nways; w++) {
-            struct cache_line *c = &ways[w];
-            if ((c->tag & ~CL_DIRTY) == tag) {
-                l = c;
-                break;
-            }
-            if (c->lru < oldest) {
-                oldest = c->lru;
-                victim = c;
-            }
-        }
-        if (l) {
-            uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
-            hits++;
-            l->lru = ++clock;
-            if (is_write) {
-                if (chunk == CACHE_LINE)
-                    copy_line(ld, b);
-                else
-                    memcpy(ld + off, b, chunk);
-                l->tag = tag | CL_DIRTY;
-            } else if (chunk == CACHE_LINE) {
-                copy_line(b, ld);
-            } else {
-                memcpy(b, ld + off, chunk);
-            }
-        } else {
-            l = victim;
-            uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
-            misses++;
-            if (l->tag & CL_DIRTY) {
-                uint8_t *vh = line_host(m, l->tag & LINE_MASK);
-                if (vh)
-                    copy_line(vh, ld);
-                wbs++;
-            }
-            l->lru = ++clock;
-            if (chunk == CACHE_LINE) {
-                if (is_write) {
-                    copy_line(ld, b);   /* the fill's bytes, all overwritten */
-                    l->tag = tag | CL_DIRTY;
-                } else {
-                    fill_copy(ld, b, host);
-                    l->tag = tag;
-                }
-            } else {
-                copy_line(ld, host - off);
-                if (is_write) {
-                    memcpy(ld + off, b, chunk);
-                    l->tag = tag | CL_DIRTY;
-                } else {
-                    memcpy(b, ld + off, chunk);
-                    l->tag = tag;
-                }
-            }
-        }
+        line_access(m, &m->cache[set * (uint64_t)nways], nways, pa, chunk, host, b, is_write, &clock, &hits,
+                    &misses, &wbs);
         b += chunk;
         host += chunk;
         pa += chunk;
@@ -182,6 +195,153 @@ void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *hos
 void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n)
 {
     cache_rw(m, va, pa, host, (uint8_t *)buf, n, 1);
+}
+
+/* ---- A run of pages accessed in order (the bulk path) ----
+ * Exactly what cache_rw does page after page, with less work for the lines a long run evicts again itself.
+ * In one set, the run's lines are distinct; after a line is accessed each later access in its set either
+ * refreshes (hit) or replaces (miss) one of the ways older than it, so once W later lines of the run came
+ * to the set (W ways) every way holds a line of the run, every further access misses and evicts the oldest:
+ * the set is a FIFO.  So, numbering the run's lines in set s as 1..k:
+ *   - lines 1..W go through the exact per-line model (they may hit or evict what was cached before);
+ *   - line i > W misses and takes the way of line i-W, evicting it (written back if dirty);
+ *   - a line i <= k-W is itself evicted before the run ends: it never needs to be in a line, its bytes go
+ *     between memory and the buffer directly (a read sees memory, every earlier write-back of the same
+ *     address being one of that set's first W events; a write's line would be written back whole);
+ *   - lines k-W < i land in the cache as a miss puts them there.
+ * The LRU stamps are the clock values the per-line model would give (one tick per line in run order), the
+ * counters the same counts.  This needs the buffer apart from emulated memory (else a direct copy could
+ * race a write-back the model orders differently) and a physically indexed cache (a VIPT alias of one
+ * physical line lives in another set); otherwise, and for short runs, pages go through cache_rw. */
+
+struct run_set {
+    uint32_t k, i;       /* the run's lines in this set: in all, seen so far */
+    uint32_t pos;        /* (i - 1) % W: where line i's way is remembered (line i-W's before it) */
+};
+
+static int apart_from_memory(const dmamap_machine *m, const uint8_t *b, uint64_t n)
+{
+    const uint8_t *ram = m->ram_host, *ram_end = ram ? ram + (m->ram_pages << PAGE_SHIFT) : NULL;
+    const uint8_t *bk = m->backing, *bk_end = bk ? bk + m->backing_size : NULL;
+    return (!ram || b + n <= ram || b >= ram_end) && (!bk || b + n <= bk || b >= bk_end);
+}
+
+void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
+{
+    uint64_t total = 0, lines = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        total += seg[j].n;
+        lines += seg[j].n / CACHE_LINE;
+    }
+    uint64_t capacity = (uint64_t)m->cache_sets * (uint64_t)m->cache_ways;
+    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, total);
+    for (size_t j = 0; shortcut && j < nseg; j++)   /* whole lines only (the bulk path's pages are) */
+        shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
+    struct run_set *sets = NULL;
+    uint16_t *ring = NULL;
+    if (shortcut) {
+        sets = calloc((size_t)m->cache_sets, sizeof *sets);
+        ring = malloc(capacity * sizeof *ring);
+    }
+    if (!sets || !ring) {
+        free(sets);
+        free(ring);
+        for (size_t j = 0; j < nseg; j++)
+            cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
+        return;
+    }
+    const uint64_t set_mask = (uint64_t)(m->cache_sets - 1);
+    const uint32_t W = (uint32_t)m->cache_ways;
+    for (size_t j = 0; j < nseg; j++) {
+        uint64_t first = seg[j].pa / CACHE_LINE, count = seg[j].n / CACHE_LINE;
+        uint64_t nsets = set_mask + 1, all = count / nsets;
+        for (uint64_t c = 0; all && c < nsets; c++)
+            sets[c].k += (uint32_t)all;
+        for (uint64_t c = first + all * nsets; c < first + count; c++)
+            sets[c & set_mask].k++;
+    }
+
+    uint64_t hits = 0, misses = 0, wbs = 0;
+    LOCK(&m->cache_lock);
+    uint64_t clock = m->cache_clock;
+    struct cache_line *const cache = m->cache;
+    uint8_t *const data = m->cache_data;
+    /* the direct copies gather into runs of contiguous memory and buffer, moved with one memmove each */
+    uint8_t *dh = NULL, *db = NULL;
+    uint64_t dlen = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        uint8_t *host = seg[j].host, *b = seg[j].buf;
+        for (uint64_t pa = seg[j].pa; pa < seg[j].pa + seg[j].n; pa += CACHE_LINE, host += CACHE_LINE,
+             b += CACHE_LINE) {
+            uint64_t set = (pa / CACHE_LINE) & set_mask;
+            struct run_set *rs = &sets[set];
+            uint32_t i = ++rs->i;
+            uint16_t *slot = &ring[set * W + rs->pos];
+            if (++rs->pos == W)
+                rs->pos = 0;
+            struct cache_line *ways = &cache[set * W];
+            if (i <= W) {
+                /* the exact model; the line's way remembered for line i+W */
+                struct cache_line *l = line_access(m, ways, (int)W, pa, CACHE_LINE, host, b, is_write, &clock,
+                                                   &hits, &misses, &wbs);
+                *slot = (uint16_t)(l - ways);
+                continue;
+            }
+            struct cache_line *l = &ways[*slot];
+            uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
+            misses++;
+            if (i - W <= W) {
+                /* evicting one of the set's first W lines, which is really in the cache */
+                if (l->tag & CL_DIRTY) {
+                    uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+                    if (vh)
+                        copy_line(vh, ld);
+                    wbs++;
+                }
+                l->tag = 0;   /* a placeholder until a later line of the run takes the way */
+            } else if (is_write) {
+                wbs++;   /* evicting a line of the run written directly (it was dirty) */
+            }
+            if (i + W <= rs->k) {
+                /* evicted again by line i+W: memory and buffer directly */
+                ++clock;
+                if (dlen && (host != dh + dlen || b != db + dlen)) {
+                    if (is_write)
+                        memmove(dh, db, dlen);
+                    else
+                        memmove(db, dh, dlen);
+                    dlen = 0;
+                }
+                if (!dlen) {
+                    dh = host;
+                    db = b;
+                }
+                dlen += CACHE_LINE;
+                continue;
+            }
+            l->lru = ++clock;
+            if (is_write) {
+                copy_line(ld, b);
+                l->tag = (pa & LINE_MASK) | CL_VALID | CL_DIRTY;
+            } else {
+                fill_copy(ld, b, host);
+                l->tag = (pa & LINE_MASK) | CL_VALID;
+            }
+        }
+    }
+    if (dlen) {
+        if (is_write)
+            memmove(dh, db, dlen);
+        else
+            memmove(db, dh, dlen);
+    }
+    m->cache_clock = clock;
+    m->cache_hits += hits;
+    m->cache_misses += misses;
+    m->cache_wb += wbs;
+    UNLOCK(&m->cache_lock);
+    free(sets);
+    free(ring);
 }
 
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval)

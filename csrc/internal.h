@@ -351,6 +351,13 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
 void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
 void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
 struct cache_line *dmamap_cache_alloc(int sets, int ways, uint8_t **data);
+/* One page's part of a run of CPU accesses through the cache (buf: the caller's bytes). */
+struct dmamap_cache_seg {
+    uint64_t va, pa, n;
+    uint8_t *host, *buf;
+};
+/* The segments in order, as dmamap_cache_read/write on each (bufs consecutive). */
+void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write);
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
 
 /* memtype.c */
