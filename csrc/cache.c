@@ -216,7 +216,6 @@ void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *ho
 
 struct run_set {
     uint32_t k, i;       /* the run's lines in this set: in all, seen so far */
-    uint32_t pos;        /* (i - 1) % W: where line i's way is remembered (line i-W's before it) */
 };
 
 static int apart_from_memory(const dmamap_machine *m, const uint8_t *b, uint64_t n)
@@ -226,6 +225,42 @@ static int apart_from_memory(const dmamap_machine *m, const uint8_t *b, uint64_t
     return (!ram || b + n <= ram || b >= ram_end) && (!bk || b + n <= bk || b >= bk_end);
 }
 
+static inline void direct_flush(uint8_t *host, uint8_t *buf, uint64_t len, int is_write)
+{
+    if (!len)
+        return;
+    if (is_write)
+        memmove(host, buf, len);
+    else
+        memmove(buf, host, len);
+}
+
+/* How many of the run's lines fall in each set: a difference array over the sets, one entry pair per segment. */
+static void count_sets(struct run_set *sets, int32_t *diff, uint64_t nsets, const struct dmamap_cache_seg *seg,
+                       size_t nseg)
+{
+    uint64_t all = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        uint64_t count = seg[j].n / CACHE_LINE, first = (seg[j].pa / CACHE_LINE) & (nsets - 1);
+        all += count / nsets;
+        count %= nsets;
+        uint64_t end = first + count;
+        diff[first]++;
+        if (end <= nsets) {
+            diff[end]--;
+        } else {
+            diff[nsets]--;
+            diff[0]++;
+            diff[end - nsets]--;
+        }
+    }
+    int64_t run = 0;
+    for (uint64_t c = 0; c < nsets; c++) {
+        run += diff[c];
+        sets[c].k = (uint32_t)(all + (uint64_t)run);
+    }
+}
+
 void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
 {
     uint64_t total = 0, lines = 0;
@@ -233,33 +268,30 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         total += seg[j].n;
         lines += seg[j].n / CACHE_LINE;
     }
-    uint64_t capacity = (uint64_t)m->cache_sets * (uint64_t)m->cache_ways;
+    const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1;
+    const uint32_t W = (uint32_t)m->cache_ways;
+    uint64_t capacity = nsets * W;
     int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, total);
     for (size_t j = 0; shortcut && j < nseg; j++)   /* whole lines only (the bulk path's pages are) */
         shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
     struct run_set *sets = NULL;
     uint16_t *ring = NULL;
+    int32_t *diff = NULL;
     if (shortcut) {
-        sets = calloc((size_t)m->cache_sets, sizeof *sets);
+        sets = calloc(nsets, sizeof *sets);
+        diff = calloc(nsets + 1, sizeof *diff);
         ring = malloc(capacity * sizeof *ring);
     }
-    if (!sets || !ring) {
+    if (!sets || !ring || !diff) {
         free(sets);
         free(ring);
+        free(diff);
         for (size_t j = 0; j < nseg; j++)
             cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
         return;
     }
-    const uint64_t set_mask = (uint64_t)(m->cache_sets - 1);
-    const uint32_t W = (uint32_t)m->cache_ways;
-    for (size_t j = 0; j < nseg; j++) {
-        uint64_t first = seg[j].pa / CACHE_LINE, count = seg[j].n / CACHE_LINE;
-        uint64_t nsets = set_mask + 1, all = count / nsets;
-        for (uint64_t c = 0; all && c < nsets; c++)
-            sets[c].k += (uint32_t)all;
-        for (uint64_t c = first + all * nsets; c < first + count; c++)
-            sets[c & set_mask].k++;
-    }
+    count_sets(sets, diff, nsets, seg, nseg);
+    free(diff);
 
     uint64_t hits = 0, misses = 0, wbs = 0;
     LOCK(&m->cache_lock);
@@ -271,15 +303,40 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
     uint64_t dlen = 0;
     for (size_t j = 0; j < nseg; j++) {
         uint8_t *host = seg[j].host, *b = seg[j].buf;
-        for (uint64_t pa = seg[j].pa; pa < seg[j].pa + seg[j].n; pa += CACHE_LINE, host += CACHE_LINE,
-             b += CACHE_LINE) {
-            uint64_t set = (pa / CACHE_LINE) & set_mask;
+        uint64_t set = (seg[j].pa / CACHE_LINE) & set_mask;
+        for (uint64_t pa = seg[j].pa, end = seg[j].pa + seg[j].n; pa < end;
+             pa += CACHE_LINE, host += CACHE_LINE, b += CACHE_LINE, set = (set + 1) & set_mask) {
             struct run_set *rs = &sets[set];
             uint32_t i = ++rs->i;
-            uint16_t *slot = &ring[set * W + rs->pos];
-            if (++rs->pos == W)
-                rs->pos = 0;
+            if (i > W && i + W <= rs->k) {
+                /* taking the way of line i-W and evicted again by line i+W: memory and buffer directly
+                 * (the way itself changes only when line i-W is one of the first W, below) */
+                if (i - W <= W) {
+                    struct cache_line *l = &cache[set * W + ring[set * W + (i - 1) % W]];
+                    if (l->tag & CL_DIRTY) {
+                        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+                        if (vh)
+                            copy_line(vh, data + (size_t)(l - cache) * CACHE_LINE);
+                        wbs++;
+                    }
+                    l->tag = 0;   /* a placeholder until a later line of the run takes the way */
+                    l->lru = 0;
+                } else if (is_write) {
+                    wbs++;   /* evicting a line of the run that went directly, written */
+                }
+                misses++;
+                clock++;
+                if (host != dh + dlen || b != db + dlen) {
+                    direct_flush(dh, db, dlen, is_write);
+                    dh = host;
+                    db = b;
+                    dlen = 0;
+                }
+                dlen += CACHE_LINE;
+                continue;
+            }
             struct cache_line *ways = &cache[set * W];
+            uint16_t *slot = &ring[set * W + (i - 1) % W];
             if (i <= W) {
                 /* the exact model; the line's way remembered for line i+W */
                 struct cache_line *l = line_access(m, ways, (int)W, pa, CACHE_LINE, host, b, is_write, &clock,
@@ -287,37 +344,19 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
                 *slot = (uint16_t)(l - ways);
                 continue;
             }
+            /* one of the set's last W lines: a miss into the way of line i-W */
             struct cache_line *l = &ways[*slot];
             uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
             misses++;
             if (i - W <= W) {
-                /* evicting one of the set's first W lines, which is really in the cache */
                 if (l->tag & CL_DIRTY) {
                     uint8_t *vh = line_host(m, l->tag & LINE_MASK);
                     if (vh)
                         copy_line(vh, ld);
                     wbs++;
                 }
-                l->tag = 0;   /* a placeholder until a later line of the run takes the way */
             } else if (is_write) {
-                wbs++;   /* evicting a line of the run written directly (it was dirty) */
-            }
-            if (i + W <= rs->k) {
-                /* evicted again by line i+W: memory and buffer directly */
-                ++clock;
-                if (dlen && (host != dh + dlen || b != db + dlen)) {
-                    if (is_write)
-                        memmove(dh, db, dlen);
-                    else
-                        memmove(db, dh, dlen);
-                    dlen = 0;
-                }
-                if (!dlen) {
-                    dh = host;
-                    db = b;
-                }
-                dlen += CACHE_LINE;
-                continue;
+                wbs++;   /* line i-W went directly, and was written */
             }
             l->lru = ++clock;
             if (is_write) {
@@ -329,12 +368,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             }
         }
     }
-    if (dlen) {
-        if (is_write)
-            memmove(dh, db, dlen);
-        else
-            memmove(db, dh, dlen);
-    }
+    direct_flush(dh, db, dlen, is_write);
     m->cache_clock = clock;
     m->cache_hits += hits;
     m->cache_misses += misses;
