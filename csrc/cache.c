@@ -261,6 +261,15 @@ static void count_sets(struct run_set *sets, int32_t *diff, uint64_t nsets, cons
     }
 }
 
+/* Whether the next line of each of these sets is one that goes directly and evicts one that did too. */
+static inline int all_direct(const struct run_set *rs, uint64_t count, uint32_t W)
+{
+    int ok = 1;
+    for (uint64_t c = 0; c < count; c++)
+        ok &= (rs[c].i >= 2 * W) & (rs[c].i + 1 + W <= rs[c].k);
+    return ok;
+}
+
 void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
 {
     uint64_t total = 0, lines = 0;
@@ -301,10 +310,34 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
     /* the direct copies gather into runs of contiguous memory and buffer, moved with one memmove each */
     uint8_t *dh = NULL, *db = NULL;
     uint64_t dlen = 0;
-    for (size_t j = 0; j < nseg; j++) {
-        uint8_t *host = seg[j].host, *b = seg[j].buf;
-        uint64_t set = (seg[j].pa / CACHE_LINE) & set_mask;
-        for (uint64_t pa = seg[j].pa, end = seg[j].pa + seg[j].n; pa < end;
+    /* piece by piece: a segment's lines in consecutive sets, up to the last set */
+    for (size_t j = 0; j < nseg; j++)
+    for (uint64_t pa0 = seg[j].pa, pend = seg[j].pa + seg[j].n; pa0 < pend;) {
+        uint64_t set = (pa0 / CACHE_LINE) & set_mask;
+        uint64_t count = (pend - pa0) / CACHE_LINE;
+        if (count > nsets - set)
+            count = nsets - set;
+        uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
+        uint64_t plen = count * CACHE_LINE;
+        pa0 += plen;
+        if (all_direct(sets + set, count, W)) {
+            /* every line of the segment goes directly, and evicts a line that went directly too */
+            for (uint64_t c = 0; c < count; c++)
+                sets[set + c].i++;
+            misses += count;
+            clock += count;
+            if (is_write)
+                wbs += count;
+            if (host != dh + dlen || b != db + dlen) {
+                direct_flush(dh, db, dlen, is_write);
+                dh = host;
+                db = b;
+                dlen = 0;
+            }
+            dlen += plen;
+            continue;
+        }
+        for (uint64_t pa = pa0 - plen, end = pa0; pa < end;
              pa += CACHE_LINE, host += CACHE_LINE, b += CACHE_LINE, set = (set + 1) & set_mask) {
             struct run_set *rs = &sets[set];
             uint32_t i = ++rs->i;
