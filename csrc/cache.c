@@ -214,9 +214,6 @@ void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *ho
  * race a write-back the model orders differently) and a physically indexed cache (a VIPT alias of one
  * physical line lives in another set); otherwise, and for short runs, pages go through cache_rw. */
 
-struct run_set {
-    uint32_t k, i;       /* the run's lines in this set: in all, seen so far */
-};
 
 static int apart_from_memory(const dmamap_machine *m, const uint8_t *b, uint64_t n)
 {
@@ -236,7 +233,7 @@ static inline void direct_flush(uint8_t *host, uint8_t *buf, uint64_t len, int i
 }
 
 /* How many of the run's lines fall in each set: a difference array over the sets, one entry pair per segment. */
-static void count_sets(struct run_set *sets, int32_t *diff, uint64_t nsets, const struct dmamap_cache_seg *seg,
+static void count_sets(uint32_t *total, int32_t *diff, uint64_t nsets, const struct dmamap_cache_seg *seg,
                        size_t nseg)
 {
     uint64_t all = 0;
@@ -257,37 +254,45 @@ static void count_sets(struct run_set *sets, int32_t *diff, uint64_t nsets, cons
     int64_t run = 0;
     for (uint64_t c = 0; c < nsets; c++) {
         run += diff[c];
-        sets[c].k = (uint32_t)(all + (uint64_t)run);
+        total[c] = (uint32_t)(all + (uint64_t)run);
     }
 }
 
 /* Whether the next line of each of these sets is one that goes directly and evicts one that did too. */
-static inline int all_direct(const struct run_set *rs, uint64_t count, uint32_t W)
+__attribute__((optimize("tree-vectorize")))
+static int all_direct(const uint32_t *restrict seen, const uint32_t *restrict total, uint64_t count, uint32_t W)
 {
-    int ok = 1;
+    uint32_t bad = 0;
     for (uint64_t c = 0; c < count; c++)
-        ok &= (rs[c].i >= 2 * W) & (rs[c].i + 1 + W <= rs[c].k);
-    return ok;
+        bad |= (uint32_t)(seen[c] < 2 * W) | (uint32_t)(seen[c] + 1 + W > total[c]);
+    return !bad;
+}
+
+__attribute__((optimize("tree-vectorize")))
+static void count_seen(uint32_t *restrict seen, uint64_t count)
+{
+    for (uint64_t c = 0; c < count; c++)
+        seen[c]++;
 }
 
 void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
 {
-    uint64_t total = 0, lines = 0;
+    uint64_t bytes = 0, lines = 0;
     for (size_t j = 0; j < nseg; j++) {
-        total += seg[j].n;
+        bytes += seg[j].n;
         lines += seg[j].n / CACHE_LINE;
     }
     const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1;
     const uint32_t W = (uint32_t)m->cache_ways;
     uint64_t capacity = nsets * W;
-    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, total);
+    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, bytes);
     for (size_t j = 0; shortcut && j < nseg; j++)   /* whole lines only (the bulk path's pages are) */
         shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
-    struct run_set *sets = NULL;
+    uint32_t *sets = NULL;   /* per set: the run's lines seen so far (nsets), then in all (nsets) */
     uint16_t *ring = NULL;
     int32_t *diff = NULL;
     if (shortcut) {
-        sets = calloc(nsets, sizeof *sets);
+        sets = calloc(2 * nsets, sizeof *sets);
         diff = calloc(nsets + 1, sizeof *diff);
         ring = malloc(capacity * sizeof *ring);
     }
@@ -299,7 +304,8 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
         return;
     }
-    count_sets(sets, diff, nsets, seg, nseg);
+    uint32_t *seen = sets, *total = sets + nsets;
+    count_sets(total, diff, nsets, seg, nseg);
     free(diff);
 
     uint64_t hits = 0, misses = 0, wbs = 0;
@@ -320,10 +326,9 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
         uint64_t plen = count * CACHE_LINE;
         pa0 += plen;
-        if (all_direct(sets + set, count, W)) {
+        if (all_direct(seen + set, total + set, count, W)) {
             /* every line of the segment goes directly, and evicts a line that went directly too */
-            for (uint64_t c = 0; c < count; c++)
-                sets[set + c].i++;
+            count_seen(seen + set, count);
             misses += count;
             clock += count;
             if (is_write)
@@ -339,9 +344,8 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         }
         for (uint64_t pa = pa0 - plen, end = pa0; pa < end;
              pa += CACHE_LINE, host += CACHE_LINE, b += CACHE_LINE, set = (set + 1) & set_mask) {
-            struct run_set *rs = &sets[set];
-            uint32_t i = ++rs->i;
-            if (i > W && i + W <= rs->k) {
+            uint32_t i = ++seen[set];
+            if (i > W && i + W <= total[set]) {
                 /* taking the way of line i-W and evicted again by line i+W: memory and buffer directly
                  * (the way itself changes only when line i-W is one of the first W, below) */
                 if (i - W <= W) {
