@@ -282,6 +282,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         bytes += seg[j].n;
         lines += seg[j].n / CACHE_LINE;
     }
+    LOCK(&m->cache_lock);   /* the geometry too is read under it (dmamap_machine_set_cache replaces it) */
     const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1;
     const uint32_t W = (uint32_t)m->cache_ways;
     uint64_t capacity = nsets * W;
@@ -300,6 +301,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         free(sets);
         free(ring);
         free(diff);
+        UNLOCK(&m->cache_lock);
         for (size_t j = 0; j < nseg; j++)
             cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
         return;
@@ -309,7 +311,6 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
     free(diff);
 
     uint64_t hits = 0, misses = 0, wbs = 0;
-    LOCK(&m->cache_lock);
     uint64_t clock = m->cache_clock;
     struct cache_line *const cache = m->cache;
     uint8_t *const data = m->cache_data;
