@@ -317,13 +317,50 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
     /* the direct copies gather into runs of contiguous memory and buffer, moved with one memmove each */
     uint8_t *dh = NULL, *db = NULL;
     uint64_t dlen = 0;
+    /* A run contiguous in memory is one segment, whose lines 2*capacity .. lines-capacity (the line in
+     * each set after its first 2W, up to the one W before its last) all go directly: skipped at once. */
+    struct dmamap_cache_seg one;
+    uint64_t skip_pa = ~0ULL, skip_end = 0;
+    int contiguous = 1;
+    for (size_t j = 1; j < nseg && contiguous; j++)
+        contiguous = seg[j].pa == seg[j - 1].pa + seg[j - 1].n && seg[j].host == seg[j - 1].host + seg[j - 1].n;
+    if (contiguous && lines > 3 * capacity) {
+        one = (struct dmamap_cache_seg){seg[0].va, seg[0].pa, bytes, seg[0].host, seg[0].buf};
+        seg = &one;
+        nseg = 1;
+        skip_pa = one.pa + 2 * capacity * CACHE_LINE;
+        skip_end = one.pa + (lines - capacity) * CACHE_LINE;
+    }
     /* piece by piece: a segment's lines in consecutive sets, up to the last set */
     for (size_t j = 0; j < nseg; j++)
     for (uint64_t pa0 = seg[j].pa, pend = seg[j].pa + seg[j].n; pa0 < pend;) {
         uint64_t set = (pa0 / CACHE_LINE) & set_mask;
+        if (pa0 == skip_pa) {
+            uint64_t skipped = (skip_end - skip_pa) / CACHE_LINE;
+            uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
+            for (uint64_t c = 0; c < nsets; c++)
+                seen[c] += (uint32_t)(skipped / nsets);
+            for (uint64_t c = 0; c < skipped % nsets; c++)
+                seen[(set + c) & set_mask]++;
+            misses += skipped;
+            clock += skipped;
+            if (is_write)
+                wbs += skipped;
+            if (host != dh + dlen || b != db + dlen) {
+                direct_flush(dh, db, dlen, is_write);
+                dh = host;
+                db = b;
+                dlen = 0;
+            }
+            dlen += skip_end - skip_pa;
+            pa0 = skip_end;
+            continue;
+        }
         uint64_t count = (pend - pa0) / CACHE_LINE;
         if (count > nsets - set)
             count = nsets - set;
+        if (pa0 < skip_pa && pa0 + count * CACHE_LINE > skip_pa)
+            count = (skip_pa - pa0) / CACHE_LINE;
         uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
         uint64_t plen = count * CACHE_LINE;
         pa0 += plen;
