@@ -516,8 +516,9 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
  * range end to end (so a refused access faults nothing in), and pages the CPU
  * reaches with a plain copy (cacheable RAM with no cache model between) are
  * gathered into runs of contiguous host memory, copied with one libc memmove
- * each; anything else goes through access_chunk page by page, as
- * dmamap_access.  A run is copied before anything that could call back or
+ * each; whole-line cacheable pages on a machine with a cache model gather
+ * into one dmamap_cache_run (cache.c), as exact as the page-by-page model;
+ * anything else goes through access_chunk page by page, as dmamap_access.  A run is copied before anything that could call back or
  * fail (a fault, a refused page), so every byte moves in the order, and with
  * the partial effect on failure, of dmamap_access. */
 #define BULK_SMALL (64ULL << 10)
