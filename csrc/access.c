@@ -1,5 +1,6 @@
 /* CPU accesses through the software TLB: resolve (walk, fault, COW), reads and
  * writes of memory, MMIO and ports at the access's width, and touches. */
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include "internal.h"
@@ -515,8 +516,9 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
  * range end to end (so a refused access faults nothing in), and pages the CPU
  * reaches with a plain copy (cacheable RAM with no cache model between) are
  * gathered into runs of contiguous host memory, copied with one libc memmove
- * each; anything else goes through access_chunk page by page, as
- * dmamap_access.  A run is copied before anything that could call back or
+ * each; whole-line cacheable pages on a machine with a cache model gather
+ * into one dmamap_cache_run (cache.c), as exact as the page-by-page model;
+ * anything else goes through access_chunk page by page, as dmamap_access.  A run is copied before anything that could call back or
  * fail (a fault, a refused page), so every byte moves in the order, and with
  * the partial effect on failure, of dmamap_access. */
 #define BULK_SMALL (64ULL << 10)
@@ -527,7 +529,7 @@ struct bulk_run {
     uint64_t len;
 };
 
-static void run_flush(struct bulk_run *r, int is_write)
+static void plain_flush(struct bulk_run *r, int is_write)
 {
     if (!r->len)
         return;
@@ -537,6 +539,23 @@ static void run_flush(struct bulk_run *r, int is_write)
         bulk_move(r->buf, r->host, r->len);
     r->len = 0;
 }
+
+/* Cacheable pages on a machine with a cache model gather as well, for one
+ * dmamap_cache_run (which knows which lines the run evicts again itself). */
+#define CACHE_RUN_MAX 4096
+struct cache_run {
+    struct dmamap_cache_seg *seg;
+    size_t n;
+};
+
+static void cache_flush(dmamap_machine *m, struct cache_run *c, int is_write)
+{
+    if (c->n)
+        dmamap_cache_run(m, c->seg, c->n, is_write);
+    c->n = 0;
+}
+
+#define run_flush(r, is_write) (plain_flush((r), (is_write)), cache_flush(as->m, &crun, (is_write)))
 
 /* Whether an access at va would resolve with a walk alone (no fault, no copy
  * on write): a leaf is present, and writable for a write (known when its
@@ -555,6 +574,8 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
                               struct dmamap_err *err)
 {
     struct bulk_run run = {0};
+    struct cache_run crun = {0};
+    int rc = 0;
     while (n) {
         uint64_t off = va & (PAGE_SIZE - 1);
         uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
@@ -564,17 +585,33 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
          * the page tables already allow the access (a walk, nothing more) */
         if ((t->vpn != vpn || (is_write && !t->writable)) && !mapped_for(as, va, is_write))
             run_flush(&run, is_write);
-        int rc = resolve(as, va, is_write, &t, err);
+        rc = resolve(as, va, is_write, &t, err);
         if (rc) {
             run_flush(&run, is_write);
-            return rc;
+            goto out;
         }
-        if (t && t->host && !t->device && t->cacheable && !as->m->cache) {
+        if (t && t->host && !t->device && t->cacheable && as->m->cache && !(off & (CACHE_LINE - 1)) &&
+            !(chunk & (CACHE_LINE - 1))) {
+            if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
+                run_flush(&run, is_write);
+                goto out;
+            }
+            plain_flush(&run, is_write);
+            if (!crun.seg && !(crun.seg = malloc(CACHE_RUN_MAX * sizeof *crun.seg))) {
+                if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
+                    goto out;
+            } else {
+                if (crun.n == CACHE_RUN_MAX)
+                    cache_flush(as->m, &crun, is_write);
+                crun.seg[crun.n++] = (struct dmamap_cache_seg){va, t->pa_page | off, chunk, t->host + off, b};
+            }
+        } else if (t && t->host && !t->device && t->cacheable && !as->m->cache) {
             uint8_t *h = t->host + off;
             if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
                 run_flush(&run, is_write);
-                return rc;
+                goto out;
             }
+            cache_flush(as->m, &crun, is_write);
             if (run.len && h != run.host + run.len)
                 run_flush(&run, is_write);
             if (!run.len) {
@@ -585,15 +622,18 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         } else {
             run_flush(&run, is_write);
             if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
-                return rc;
+                goto out;
         }
         b += chunk;
         va += chunk;
         n -= chunk;
     }
     run_flush(&run, is_write);
-    return 0;
+out:
+    free(crun.seg);
+    return rc;
 }
+#undef run_flush
 
 int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
 {

@@ -5,84 +5,452 @@
  * is larger than a page, two virtual aliases of one physical line with
  * different colours live in different sets and can disagree (ARMv6-era cores).
  * Maintenance by physical address reaches every alias. */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
 #define LINE_MASK (~(uint64_t)(CACHE_LINE - 1))
 
+/* The ways' state and, 64-byte aligned after it, their bytes: one zeroed allocation (free() releases it). */
+struct cache_line *dmamap_cache_alloc(int sets, int ways, uint8_t **data)
+{
+    size_t n = (size_t)sets * (size_t)ways;
+    size_t meta = (n * sizeof(struct cache_line) + CACHE_LINE - 1) & ~(size_t)(CACHE_LINE - 1);
+    void *p = aligned_alloc(CACHE_LINE, meta + n * CACHE_LINE);
+    if (!p)
+        return NULL;
+    memset(p, 0, meta + n * CACHE_LINE);
+    *data = (uint8_t *)p + meta;
+    return p;
+}
+
+static inline uint8_t *line_data(dmamap_machine *m, const struct cache_line *l)
+{
+    return m->cache_data + (size_t)(l - m->cache) * CACHE_LINE;
+}
+
+/* The host bytes behind a line's physical address (RAM without a map scan: the hot case). */
+static inline uint8_t *line_host(dmamap_machine *m, uint64_t pa)
+{
+    uint64_t roff = pa - (m->ram_base_pfn << PAGE_SHIFT);
+    if (m->ram_host && roff < (m->ram_pages << PAGE_SHIFT))
+        return m->ram_host + roff;   /* RAM is whole pages, so the whole line is inside */
+    return dmamap_host_ptr(m, pa, CACHE_LINE, NULL);
+}
+
+/* Without counting: the caller counts (once per call on the access path). */
+static inline void writeback_nocount(dmamap_machine *m, struct cache_line *l)
+{
+    uint8_t *host = line_host(m, l->tag & LINE_MASK);
+    if (host)
+        memcpy(host, line_data(m, l), CACHE_LINE);
+    l->tag &= ~CL_DIRTY;
+}
+
 static void writeback(dmamap_machine *m, struct cache_line *l)
 {
-    uint64_t pa = l->tag & LINE_MASK;
-    uint8_t *host = dmamap_host_ptr(m, pa, CACHE_LINE, NULL);
-    if (host)
-        memcpy(host, l->data, CACHE_LINE);
-    l->dirty = 0;
+    writeback_nocount(m, l);
     m->cache_wb++;
 }
 
-/* The line holding pa (reached at va), filled from memory on a miss. host points at pa. */
-static struct cache_line *lookup(dmamap_machine *m, uint64_t va, uint64_t pa, const uint8_t *host)
+/* 64 bytes as four 16-byte vectors (GCC/Clang vector extension: SSE2 on x86-64, NEON on AArch64). */
+typedef uint8_t v16 __attribute__((vector_size(16), may_alias, aligned(1)));
+
+/* A full-line read that missed: the bytes come out of memory once, into the line and the caller's buffer
+ * (all loaded before anything is stored, as a fill followed by a copy out of the line). */
+static inline void fill_copy(uint8_t *line, uint8_t *out, const uint8_t *host)
 {
-    uint64_t line = pa & LINE_MASK;
-    uint64_t index = m->cache_vipt ? va : pa;
-    int set = (int)((index / CACHE_LINE) & (uint64_t)(m->cache_sets - 1));
-    struct cache_line *ways = &m->cache[(size_t)set * m->cache_ways];
-    struct cache_line *victim = NULL;
-    for (int w = 0; w < m->cache_ways; w++) {
-        struct cache_line *l = &ways[w];
-        if (l->tag == (line | 1)) {
-            l->lru = ++m->cache_clock;
-            m->cache_hits++;
-            return l;
+    const v16 *s = (const v16 *)host;
+    v16 a = s[0], b = s[1], c = s[2], d = s[3];
+    v16 *l = (v16 *)line, *o = (v16 *)out;
+    l[0] = a; l[1] = b; l[2] = c; l[3] = d;
+    o[0] = a; o[1] = b; o[2] = c; o[3] = d;
+}
+
+static inline void copy_line(uint8_t *dst, const uint8_t *src)
+{
+    const v16 *s = (const v16 *)src;
+    v16 a = s[0], b = s[1], c = s[2], d = s[3];
+    v16 *o = (v16 *)dst;
+    o[0] = a; o[1] = b; o[2] = c; o[3] = d;
+}
+
+/* CPU reads and writes through the cache, line by line in address order, with the lock taken once per call.
+ * Per line: a hit refreshes its LRU stamp; a miss takes an invalid way, else the least recently used one
+ * (written back first when dirty) and fills it from memory.  A write that covers a whole line that missed
+ * skips the fill's copy, since every filled byte is overwritten at once: the bytes, dirty state, LRU order
+ * and counters (the miss is counted, the fill happened as far as anything can observe) are those of a fill
+ * followed by the write.  Counters are added once per call. */
+static inline struct cache_line *line_access(dmamap_machine *m, struct cache_line *ways, int nways, uint64_t pa,
+                                             uint64_t chunk, uint8_t *host, uint8_t *b, int is_write,
+                                             uint64_t *clock, uint64_t *hits, uint64_t *misses, uint64_t *wbs)
+{
+    uint64_t off = pa & (CACHE_LINE - 1);
+    uint64_t tag = (pa & LINE_MASK) | CL_VALID;
+    /* the victim is the first invalid way, else the least recently used one: an invalid way's stamp
+     * is 0 and a valid one's at least 1, so that is the first way with the lowest stamp */
+    struct cache_line *l = NULL, *victim = ways;
+    uint64_t oldest = ways[0].lru;
+    for (int w = 0; w < nways; w++) {
+        struct cache_line *c = &ways[w];
+        if ((c->tag & ~CL_DIRTY) == tag) {
+            l = c;
+            break;
         }
-        if (!victim || ((victim->tag & 1) && (!(l->tag & 1) || l->lru < victim->lru)))
-            victim = l;   /* an invalid way, else the least recently used */
+        if (c->lru < oldest) {
+            oldest = c->lru;
+            victim = c;
+        }
     }
-    if ((victim->tag & 1) && victim->dirty)
-        writeback(m, victim);
-    memcpy(victim->data, host - (pa - line), CACHE_LINE);
-    victim->tag = line | 1;
-    victim->dirty = 0;
-    victim->lru = ++m->cache_clock;
-    m->cache_misses++;
-    return victim;
+    if (l) {
+        uint8_t *ld = line_data(m, l);
+        ++*hits;
+        l->lru = ++*clock;
+        if (is_write) {
+            if (chunk == CACHE_LINE)
+                copy_line(ld, b);
+            else
+                memcpy(ld + off, b, chunk);
+            l->tag = tag | CL_DIRTY;
+        } else if (chunk == CACHE_LINE) {
+            copy_line(b, ld);
+        } else {
+            memcpy(b, ld + off, chunk);
+        }
+        return l;
+    }
+    l = victim;
+    uint8_t *ld = line_data(m, l);
+    ++*misses;
+    if (l->tag & CL_DIRTY) {
+        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+        if (vh)
+            copy_line(vh, ld);
+        ++*wbs;
+    }
+    l->lru = ++*clock;
+    if (chunk == CACHE_LINE) {
+        if (is_write) {
+            copy_line(ld, b);   /* the fill's bytes, all overwritten */
+            l->tag = tag | CL_DIRTY;
+        } else {
+            fill_copy(ld, b, host);
+            l->tag = tag;
+        }
+    } else {
+        copy_line(ld, host - off);
+        if (is_write) {
+            memcpy(ld + off, b, chunk);
+            l->tag = tag | CL_DIRTY;
+        } else {
+            memcpy(b, ld + off, chunk);
+            l->tag = tag;
+        }
+    }
+    return l;
+}
+
+/* CPU reads and writes through the cache, line by line in address order, with the lock taken once per call.
+ * Per line: a hit refreshes its LRU stamp; a miss takes an invalid way, else the least recently used one
+ * (written back first when dirty) and fills it from memory.  A write that covers a whole line that missed
+ * skips the fill's copy, since every filled byte is overwritten at once: the bytes, dirty state, LRU order
+ * and counters (the miss is counted, the fill happened as far as anything can observe) are those of a fill
+ * followed by the write.  Counters are added once per call. */
+static void cache_rw(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, uint8_t *b, uint64_t n,
+                     int is_write)
+{
+    uint64_t hits = 0, misses = 0, wbs = 0;
+    LOCK(&m->cache_lock);
+    uint64_t clock = m->cache_clock;
+    const uint64_t set_mask = (uint64_t)(m->cache_sets - 1);
+    const int nways = m->cache_ways;
+    const int vipt = m->cache_vipt;
+    while (n) {
+        uint64_t off = pa & (CACHE_LINE - 1);
+        uint64_t chunk = CACHE_LINE - off < n ? CACHE_LINE - off : n;
+        uint64_t set = ((vipt ? va : pa) / CACHE_LINE) & set_mask;
+        line_access(m, &m->cache[set * (uint64_t)nways], nways, pa, chunk, host, b, is_write, &clock, &hits,
+                    &misses, &wbs);
+        b += chunk;
+        host += chunk;
+        pa += chunk;
+        va += chunk;
+        n -= chunk;
+    }
+    m->cache_clock = clock;
+    if (hits)
+        m->cache_hits += hits;
+    if (misses)
+        m->cache_misses += misses;
+    if (wbs)
+        m->cache_wb += wbs;
+    UNLOCK(&m->cache_lock);
 }
 
 void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, void *buf, uint64_t n)
 {
-    uint8_t *b = buf;
-    LOCK(&m->cache_lock);
-    while (n) {
-        uint64_t off = pa & (CACHE_LINE - 1);
-        uint64_t chunk = CACHE_LINE - off < n ? CACHE_LINE - off : n;
-        struct cache_line *l = lookup(m, va, pa, host);
-        memcpy(b, l->data + off, chunk);
-        b += chunk;
-        host += chunk;
-        pa += chunk;
-        va += chunk;
-        n -= chunk;
-    }
-    UNLOCK(&m->cache_lock);
+    cache_rw(m, va, pa, host, buf, n, 0);
 }
 
 void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n)
 {
-    const uint8_t *b = buf;
-    LOCK(&m->cache_lock);
-    while (n) {
-        uint64_t off = pa & (CACHE_LINE - 1);
-        uint64_t chunk = CACHE_LINE - off < n ? CACHE_LINE - off : n;
-        struct cache_line *l = lookup(m, va, pa, host);
-        memcpy(l->data + off, b, chunk);
-        l->dirty = 1;
-        b += chunk;
-        host += chunk;
-        pa += chunk;
-        va += chunk;
-        n -= chunk;
+    cache_rw(m, va, pa, host, (uint8_t *)buf, n, 1);
+}
+
+/* ---- A run of pages accessed in order (the bulk path) ----
+ * Exactly what cache_rw does page after page, with less work for the lines a long run evicts again itself.
+ * In one set, the run's lines are distinct; after a line is accessed each later access in its set either
+ * refreshes (hit) or replaces (miss) one of the ways older than it, so once W later lines of the run came
+ * to the set (W ways) every way holds a line of the run, every further access misses and evicts the oldest:
+ * the set is a FIFO.  So, numbering the run's lines in set s as 1..k:
+ *   - lines 1..W go through the exact per-line model (they may hit or evict what was cached before);
+ *   - line i > W misses and takes the way of line i-W, evicting it (written back if dirty);
+ *   - a line i <= k-W is itself evicted before the run ends: it never needs to be in a line, its bytes go
+ *     between memory and the buffer directly (a read sees memory, every earlier write-back of the same
+ *     address being one of that set's first W events; a write's line would be written back whole);
+ *   - lines k-W < i land in the cache as a miss puts them there.
+ * The LRU stamps are the clock values the per-line model would give (one tick per line in run order), the
+ * counters the same counts.  This needs the buffer apart from emulated memory (else a direct copy could
+ * race a write-back the model orders differently) and a physically indexed cache (a VIPT alias of one
+ * physical line lives in another set); otherwise, and for short runs, pages go through cache_rw. */
+
+
+static int apart_from_memory(const dmamap_machine *m, const uint8_t *b, uint64_t n)
+{
+    const uint8_t *ram = m->ram_host, *ram_end = ram ? ram + (m->ram_pages << PAGE_SHIFT) : NULL;
+    const uint8_t *bk = m->backing, *bk_end = bk ? bk + m->backing_size : NULL;
+    return (!ram || b + n <= ram || b >= ram_end) && (!bk || b + n <= bk || b >= bk_end);
+}
+
+static inline void direct_flush(uint8_t *host, uint8_t *buf, uint64_t len, int is_write)
+{
+    if (!len)
+        return;
+    if (is_write)
+        memmove(host, buf, len);
+    else
+        memmove(buf, host, len);
+}
+
+/* How many of the run's lines fall in each set: a difference array over the sets, one entry pair per segment. */
+static void count_sets(uint32_t *total, int32_t *diff, uint64_t nsets, const struct dmamap_cache_seg *seg,
+                       size_t nseg)
+{
+    uint64_t all = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        uint64_t count = seg[j].n / CACHE_LINE, first = (seg[j].pa / CACHE_LINE) & (nsets - 1);
+        all += count / nsets;
+        count %= nsets;
+        uint64_t end = first + count;
+        diff[first]++;
+        if (end <= nsets) {
+            diff[end]--;
+        } else {
+            diff[nsets]--;
+            diff[0]++;
+            diff[end - nsets]--;
+        }
     }
+    int64_t run = 0;
+    for (uint64_t c = 0; c < nsets; c++) {
+        run += diff[c];
+        total[c] = (uint32_t)(all + (uint64_t)run);
+    }
+}
+
+/* Whether the next line of each of these sets is one that goes directly and evicts one that did too. */
+__attribute__((optimize("tree-vectorize")))
+static int all_direct(const uint32_t *restrict seen, const uint32_t *restrict total, uint64_t count, uint32_t W)
+{
+    uint32_t bad = 0;
+    for (uint64_t c = 0; c < count; c++)
+        bad |= (uint32_t)(seen[c] < 2 * W) | (uint32_t)(seen[c] + 1 + W > total[c]);
+    return !bad;
+}
+
+__attribute__((optimize("tree-vectorize")))
+static void count_seen(uint32_t *restrict seen, uint64_t count)
+{
+    for (uint64_t c = 0; c < count; c++)
+        seen[c]++;
+}
+
+void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
+{
+    uint64_t bytes = 0, lines = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        bytes += seg[j].n;
+        lines += seg[j].n / CACHE_LINE;
+    }
+    LOCK(&m->cache_lock);   /* the geometry too is read under it (dmamap_machine_set_cache replaces it) */
+    const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1;
+    const uint32_t W = (uint32_t)m->cache_ways;
+    uint64_t capacity = nsets * W;
+    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, bytes);
+    for (size_t j = 0; shortcut && j < nseg; j++)   /* whole lines only (the bulk path's pages are) */
+        shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
+    uint32_t *sets = NULL;   /* per set: the run's lines seen so far (nsets), then in all (nsets) */
+    uint16_t *ring = NULL;
+    int32_t *diff = NULL;
+    if (shortcut) {
+        sets = calloc(2 * nsets, sizeof *sets);
+        diff = calloc(nsets + 1, sizeof *diff);
+        ring = malloc(capacity * sizeof *ring);
+    }
+    if (!sets || !ring || !diff) {
+        free(sets);
+        free(ring);
+        free(diff);
+        UNLOCK(&m->cache_lock);
+        for (size_t j = 0; j < nseg; j++)
+            cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
+        return;
+    }
+    uint32_t *seen = sets, *total = sets + nsets;
+    count_sets(total, diff, nsets, seg, nseg);
+    free(diff);
+
+    uint64_t hits = 0, misses = 0, wbs = 0;
+    uint64_t clock = m->cache_clock;
+    struct cache_line *const cache = m->cache;
+    uint8_t *const data = m->cache_data;
+    /* the direct copies gather into runs of contiguous memory and buffer, moved with one memmove each */
+    uint8_t *dh = NULL, *db = NULL;
+    uint64_t dlen = 0;
+    /* A run contiguous in memory is one segment, whose lines 2*capacity .. lines-capacity (the line in
+     * each set after its first 2W, up to the one W before its last) all go directly: skipped at once. */
+    struct dmamap_cache_seg one;
+    uint64_t skip_pa = ~0ULL, skip_end = 0;
+    int contiguous = 1;
+    for (size_t j = 1; j < nseg && contiguous; j++)
+        contiguous = seg[j].pa == seg[j - 1].pa + seg[j - 1].n && seg[j].host == seg[j - 1].host + seg[j - 1].n;
+    if (contiguous && lines > 3 * capacity) {
+        one = (struct dmamap_cache_seg){seg[0].va, seg[0].pa, bytes, seg[0].host, seg[0].buf};
+        seg = &one;
+        nseg = 1;
+        skip_pa = one.pa + 2 * capacity * CACHE_LINE;
+        skip_end = one.pa + (lines - capacity) * CACHE_LINE;
+    }
+    /* piece by piece: a segment's lines in consecutive sets, up to the last set */
+    for (size_t j = 0; j < nseg; j++)
+    for (uint64_t pa0 = seg[j].pa, pend = seg[j].pa + seg[j].n; pa0 < pend;) {
+        uint64_t set = (pa0 / CACHE_LINE) & set_mask;
+        if (pa0 == skip_pa) {
+            uint64_t skipped = (skip_end - skip_pa) / CACHE_LINE;
+            uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
+            for (uint64_t c = 0; c < nsets; c++)
+                seen[c] += (uint32_t)(skipped / nsets);
+            for (uint64_t c = 0; c < skipped % nsets; c++)
+                seen[(set + c) & set_mask]++;
+            misses += skipped;
+            clock += skipped;
+            if (is_write)
+                wbs += skipped;
+            if (host != dh + dlen || b != db + dlen) {
+                direct_flush(dh, db, dlen, is_write);
+                dh = host;
+                db = b;
+                dlen = 0;
+            }
+            dlen += skip_end - skip_pa;
+            pa0 = skip_end;
+            continue;
+        }
+        uint64_t count = (pend - pa0) / CACHE_LINE;
+        if (count > nsets - set)
+            count = nsets - set;
+        if (pa0 < skip_pa && pa0 + count * CACHE_LINE > skip_pa)
+            count = (skip_pa - pa0) / CACHE_LINE;
+        uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
+        uint64_t plen = count * CACHE_LINE;
+        pa0 += plen;
+        if (all_direct(seen + set, total + set, count, W)) {
+            /* every line of the segment goes directly, and evicts a line that went directly too */
+            count_seen(seen + set, count);
+            misses += count;
+            clock += count;
+            if (is_write)
+                wbs += count;
+            if (host != dh + dlen || b != db + dlen) {
+                direct_flush(dh, db, dlen, is_write);
+                dh = host;
+                db = b;
+                dlen = 0;
+            }
+            dlen += plen;
+            continue;
+        }
+        for (uint64_t pa = pa0 - plen, end = pa0; pa < end;
+             pa += CACHE_LINE, host += CACHE_LINE, b += CACHE_LINE, set = (set + 1) & set_mask) {
+            uint32_t i = ++seen[set];
+            if (i > W && i + W <= total[set]) {
+                /* taking the way of line i-W and evicted again by line i+W: memory and buffer directly
+                 * (the way itself changes only when line i-W is one of the first W, below) */
+                if (i - W <= W) {
+                    struct cache_line *l = &cache[set * W + ring[set * W + (i - 1) % W]];
+                    if (l->tag & CL_DIRTY) {
+                        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+                        if (vh)
+                            copy_line(vh, data + (size_t)(l - cache) * CACHE_LINE);
+                        wbs++;
+                    }
+                    l->tag = 0;   /* a placeholder until a later line of the run takes the way */
+                    l->lru = 0;
+                } else if (is_write) {
+                    wbs++;   /* evicting a line of the run that went directly, written */
+                }
+                misses++;
+                clock++;
+                if (host != dh + dlen || b != db + dlen) {
+                    direct_flush(dh, db, dlen, is_write);
+                    dh = host;
+                    db = b;
+                    dlen = 0;
+                }
+                dlen += CACHE_LINE;
+                continue;
+            }
+            struct cache_line *ways = &cache[set * W];
+            uint16_t *slot = &ring[set * W + (i - 1) % W];
+            if (i <= W) {
+                /* the exact model; the line's way remembered for line i+W */
+                struct cache_line *l = line_access(m, ways, (int)W, pa, CACHE_LINE, host, b, is_write, &clock,
+                                                   &hits, &misses, &wbs);
+                *slot = (uint16_t)(l - ways);
+                continue;
+            }
+            /* one of the set's last W lines: a miss into the way of line i-W */
+            struct cache_line *l = &ways[*slot];
+            uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
+            misses++;
+            if (i - W <= W) {
+                if (l->tag & CL_DIRTY) {
+                    uint8_t *vh = line_host(m, l->tag & LINE_MASK);
+                    if (vh)
+                        copy_line(vh, ld);
+                    wbs++;
+                }
+            } else if (is_write) {
+                wbs++;   /* line i-W went directly, and was written */
+            }
+            l->lru = ++clock;
+            if (is_write) {
+                copy_line(ld, b);
+                l->tag = (pa & LINE_MASK) | CL_VALID | CL_DIRTY;
+            } else {
+                fill_copy(ld, b, host);
+                l->tag = (pa & LINE_MASK) | CL_VALID;
+            }
+        }
+    }
+    direct_flush(dh, db, dlen, is_write);
+    m->cache_clock = clock;
+    m->cache_hits += hits;
+    m->cache_misses += misses;
+    m->cache_wb += wbs;
     UNLOCK(&m->cache_lock);
+    free(sets);
+    free(ring);
 }
 
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval)
@@ -96,13 +464,13 @@ void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean
     for (size_t i = 0; i < nlines; i++) {
         struct cache_line *l = &m->cache[i];
         uint64_t lpa = l->tag & LINE_MASK;
-        if (!(l->tag & 1) || lpa + CACHE_LINE <= pa || lpa >= end)
+        if (!(l->tag & CL_VALID) || lpa + CACHE_LINE <= pa || lpa >= end)
             continue;
-        if (clean && l->dirty)
+        if (clean && (l->tag & CL_DIRTY))
             writeback(m, l);
         if (inval) {
             l->tag = 0;
-            l->dirty = 0;
+            l->lru = 0;   /* invalid ways are stamped 0 (cache_rw's victim choice relies on it) */
         }
     }
     UNLOCK(&m->cache_lock);
@@ -146,9 +514,10 @@ int dmamap_machine_set_vipt(dmamap_machine *m, int vipt, struct dmamap_err *err)
     /* the lines already cached were placed by physical index: write them back and start afresh */
     size_t nlines = (size_t)m->cache_sets * m->cache_ways;
     for (size_t i = 0; i < nlines; i++) {
-        if ((m->cache[i].tag & 1) && m->cache[i].dirty)
+        if (m->cache[i].tag & CL_DIRTY)
             writeback(m, &m->cache[i]);
         m->cache[i].tag = 0;
+        m->cache[i].lru = 0;
     }
     m->cache_vipt = !!vipt;
     UNLOCK(&m->cache_lock);

@@ -103,11 +103,13 @@ struct memtype_entry {
 };
 
 #define CACHE_LINE 64
+#define CL_VALID 1ULL
+#define CL_DIRTY 2ULL
+/* One way's state (a 4-way set's fits one host cache line); its bytes are
+ * apart, at the same index of m->cache_data (64-byte aligned). */
 struct cache_line {
-    uint64_t tag;        /* line pa | valid bit 0 */
-    uint8_t dirty;
-    uint64_t lru;
-    uint8_t data[CACHE_LINE];
+    uint64_t tag;        /* line pa | CL_DIRTY | CL_VALID */
+    uint64_t lru;        /* the cache clock at the last access; 0 while invalid */
 };
 
 #define WCB_MAX 16
@@ -154,7 +156,8 @@ struct dmamap_machine {
     struct dmamap_memtype_report reports[MAX_MEMTYPE_REPORTS];
     uint64_t nreports;
     /* cache model (NULL when DMA snoops) */
-    struct cache_line *cache;
+    struct cache_line *cache;      /* one allocation with cache_data (dmamap_cache_alloc) */
+    uint8_t *cache_data;
     int cache_sets, cache_ways;
     int cache_vipt;                /* sets indexed by the virtual address (an aliasing VIPT cache) */
     uint64_t cache_clock;
@@ -347,6 +350,14 @@ int dmamap_io_access(dmamap_machine *m, uint64_t pa, int size, int is_write, uin
 /* va picks the set on a VIPT cache (tags are always physical). */
 void dmamap_cache_read(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, void *buf, uint64_t n);
 void dmamap_cache_write(dmamap_machine *m, uint64_t va, uint64_t pa, uint8_t *host, const void *buf, uint64_t n);
+struct cache_line *dmamap_cache_alloc(int sets, int ways, uint8_t **data);
+/* One page's part of a run of CPU accesses through the cache (buf: the caller's bytes). */
+struct dmamap_cache_seg {
+    uint64_t va, pa, n;
+    uint8_t *host, *buf;
+};
+/* The segments in order, as dmamap_cache_read/write on each (bufs consecutive). */
+void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write);
 void dmamap_cache_maint(dmamap_machine *m, uint64_t pa, uint64_t size, int clean, int inval);
 
 /* memtype.c */

@@ -130,12 +130,14 @@ int dmamap_machine_set_cache(dmamap_machine *m, uint64_t size, int ways, struct 
     int sets = (int)(size / ((uint64_t)ways * CACHE_LINE));
     if (sets & (sets - 1))
         return dmamap_fail(err, DMAMAP_EINVAL, size, "cache set count %d is not a power of two", sets);
-    struct cache_line *c = calloc((size_t)sets * ways, sizeof *c);
+    uint8_t *data;
+    struct cache_line *c = dmamap_cache_alloc(sets, ways, &data);
     if (!c)
         return dmamap_fail(err, DMAMAP_ENOMEM, size, "host out of memory for the cache model");
     LOCK(&m->cache_lock);
     free(m->cache);
     m->cache = c;
+    m->cache_data = data;
     m->cache_sets = sets;
     m->cache_ways = ways;
     UNLOCK(&m->cache_lock);
