@@ -204,7 +204,8 @@ def _zero_copy(mm: dmamap.AddressSpace, vma: dmamap.Vma) -> bool:
 def target_bulk(platform: str, size: int, repeat: int) -> list[Target]:
     """Bulk read and write through a cacheable mapping against a plain copy of the same size.
     A variant is one entry of ``ops`` (a readinto or zero-copy view joins with one line)."""
-    with dmamap.Machine(platform, ram=max(256 * MiB, 4 * size)) as m:
+    # room for the buffer in SRAM too, where the platform's coherent memory is SRAM
+    with dmamap.Machine(platform, ram=max(256 * MiB, 4 * size), sram=max(16 * MiB, 2 * size)) as m:
         mm = m.new_address_space()
         dev = m.add_device("bench")
         buf = dmamap.dma_alloc_coherent(dev, size)
