@@ -84,12 +84,69 @@ int dmamap_memtype_by_class(const struct dmamap_arch *a, int x, int y);
 int dmamap_mt_prot_cache(const struct dmamap_arch *a, uint64_t prot);
 uint64_t dmamap_mt_prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache);
 
+/* A page descriptor.  flags, refcount and mapcount are atomics (docs/threads.md):
+ * read and written only through the page_* helpers below, never plainly. */
 struct page_desc {
     uint32_t flags;
     int32_t refcount;
     int32_t mapcount;
     uint32_t table_used;  /* valid entries, for page-table pages */
 };
+
+static inline uint32_t page_flags(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->flags, __ATOMIC_RELAXED);
+}
+
+static inline int32_t page_refs(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->refcount, __ATOMIC_ACQUIRE);
+}
+
+static inline int32_t page_maps(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->mapcount, __ATOMIC_RELAXED);
+}
+
+/* A reference taken by someone who holds one already (a PTE being copied, a
+ * page just allocated): the count cannot be 0. */
+static inline void page_ref_add(struct page_desc *p, int32_t n)
+{
+    __atomic_fetch_add(&p->refcount, n, __ATOMIC_RELAXED);
+}
+
+static inline void page_map_add(struct page_desc *p, int32_t n)
+{
+    __atomic_fetch_add(&p->mapcount, n, __ATOMIC_RELAXED);
+}
+
+/* get_page_unless_zero: a reference on a page found by its pfn alone, which
+ * may be freed concurrently; 0 when it is free (or being freed).  The flags
+ * read after it are those of the allocation the reference holds. */
+static inline int page_get_unless_zero(struct page_desc *p)
+{
+    int32_t r = __atomic_load_n(&p->refcount, __ATOMIC_RELAXED);
+    do {
+        if (r <= 0)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&p->refcount, &r, r + 1, 1, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+    return 1;
+}
+
+/* A mapping's reference on a page that may be mapped (page_get's rules:
+ * allocated, neither anonymous nor a page table): reference, then map count. */
+void page_put(dmamap_machine *m, struct page_desc *p);
+static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
+{
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) || !page_get_unless_zero(p))
+        return 0;
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)) {   /* reallocated meanwhile */
+        page_put(m, p);
+        return 0;
+    }
+    page_map_add(p, 1);
+    return 1;
+}
 
 struct iowin_slot {
     uint64_t pa, size, port;
@@ -336,6 +393,14 @@ int dmamap_region_lookup(dmamap_machine *m, uint64_t pa, struct dmamap_region *o
 /* page_alloc.c */
 int dmamap_pfn_is_ram(dmamap_machine *m, uint64_t pfn);
 struct page_desc *dmamap_page(dmamap_machine *m, uint64_t pfn);
+/* page_put (declared above): drop one reference; the last one frees the page
+ * (an anonymous page whose last mapping went) through the allocator, under its lock. */
+/* Drop a mapping's map count and reference (the reverse of page_map_get). */
+static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
+{
+    __atomic_fetch_sub(&p->mapcount, 1, __ATOMIC_RELAXED);
+    page_put(m, p);
+}
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err);
 void dmamap_free_table_page(dmamap_machine *m, uint64_t pa);
 
@@ -408,7 +473,7 @@ static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
 static inline int table_ok(dmamap_machine *m, uint64_t table_pa)
 {
     uint64_t idx = (table_pa >> PAGE_SHIFT) - m->ram_base_pfn;
-    return idx < m->ram_pages && (m->pages[idx].flags & DMAMAP_PG_TABLE);
+    return idx < m->ram_pages && (page_flags(&m->pages[idx]) & DMAMAP_PG_TABLE);
 }
 
 /* tlb.c */

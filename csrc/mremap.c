@@ -26,11 +26,9 @@ static int move_one(dmamap_as *as, uint64_t src, uint64_t dst, struct dmamap_err
     dmamap_pt_added(as, table, 1);
     if (!(entry & as->special_bit)) {
         struct page_desc *p = dmamap_page(as->m, (entry & as->pa_mask[0]) >> as->pfn_shift);
-        if (p) {
-            LOCK(&as->m->lock);
-            p->mapcount++;
-            p->refcount++;
-            UNLOCK(&as->m->lock);
+        if (p) {   /* the source PTE holds a reference */
+            page_ref_add(p, 1);
+            page_map_add(p, 1);
         }
     }
     return 0;
