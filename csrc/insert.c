@@ -80,8 +80,9 @@ int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int t
         return dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx has no page descriptor (not RAM, "
                            "pfn_valid() is false); map it with a PFN insert or prefault instead", what,
                            (unsigned long long)addr, (unsigned long long)pfn);
-    /* the reference first, then the flags of the allocation it holds */
-    int held = page_get_unless_zero(p);
+    /* the reference first, then the flags of the allocation it holds (a
+     * check alone takes none: it may be out of date once returned anyway) */
+    int held = take_ref ? page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1) : page_refs(p) > 0;
     uint32_t flags = page_flags(p);
     int rc = 0;
     if (!held)
@@ -93,10 +94,8 @@ int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int t
     else if (flags & DMAMAP_PG_TABLE)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a page-table page", what,
                          (unsigned long long)addr, (unsigned long long)pfn);
-    if (held && (rc || !take_ref))
-        page_put(as->m, p);
-    else if (held)
-        page_map_add(p, 1);
+    if (held && take_ref && rc)
+        page_map_put(as->m, p);
     return rc;
 }
 

@@ -84,67 +84,101 @@ int dmamap_memtype_by_class(const struct dmamap_arch *a, int x, int y);
 int dmamap_mt_prot_cache(const struct dmamap_arch *a, uint64_t prot);
 uint64_t dmamap_mt_prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache);
 
-/* A page descriptor.  flags, refcount and mapcount are atomics (docs/threads.md):
- * read and written only through the page_* helpers below, never plainly. */
+/* A page descriptor.  Its reference and map counts share one 64-bit atomic
+ * word (reference count in the low half, map count in the high half, so a
+ * mapping's pair changes with one atomic operation); it and flags are read
+ * and written only through the page_* helpers below (docs/threads.md). */
 struct page_desc {
+    uint64_t counts;
     uint32_t flags;
-    int32_t refcount;
-    int32_t mapcount;
     uint32_t table_used;  /* valid entries, for page-table pages */
 };
+
+#define PAGE_REF1 1ULL
+#define PAGE_MAP1 (1ULL << 32)
+
+static inline int32_t counts_refs(uint64_t c)
+{
+    return (int32_t)(uint32_t)c;
+}
+
+static inline int32_t counts_maps(uint64_t c)
+{
+    return (int32_t)(uint32_t)(c >> 32);
+}
 
 static inline uint32_t page_flags(const struct page_desc *p)
 {
     return __atomic_load_n(&p->flags, __ATOMIC_RELAXED);
 }
 
+static inline uint64_t page_counts(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->counts, __ATOMIC_ACQUIRE);
+}
+
 static inline int32_t page_refs(const struct page_desc *p)
 {
-    return __atomic_load_n(&p->refcount, __ATOMIC_ACQUIRE);
+    return counts_refs(page_counts(p));
 }
 
 static inline int32_t page_maps(const struct page_desc *p)
 {
-    return __atomic_load_n(&p->mapcount, __ATOMIC_RELAXED);
+    return counts_maps(page_counts(p));
 }
 
-/* A reference taken by someone who holds one already (a PTE being copied, a
- * page just allocated): the count cannot be 0. */
-static inline void page_ref_add(struct page_desc *p, int32_t n)
+/* References taken by someone who holds one already (a PTE being copied, a
+ * page just checked or allocated): the reference count cannot be 0.
+ * delta: PAGE_REF1 (a reference) or PAGE_REF1 | PAGE_MAP1 (a mapping's). */
+static inline void page_hold_add(struct page_desc *p, uint64_t delta)
 {
-    __atomic_fetch_add(&p->refcount, n, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&p->counts, delta, __ATOMIC_RELAXED);
 }
 
-static inline void page_map_add(struct page_desc *p, int32_t n)
+/* get_page_unless_zero: add delta (as above) to a page found by its pfn
+ * alone, which may be freed concurrently; 0 when it is free (or being
+ * freed).  The flags read after it are those of the allocation it holds. */
+static inline int page_get_unless_zero(struct page_desc *p, uint64_t delta)
 {
-    __atomic_fetch_add(&p->mapcount, n, __ATOMIC_RELAXED);
-}
-
-/* get_page_unless_zero: a reference on a page found by its pfn alone, which
- * may be freed concurrently; 0 when it is free (or being freed).  The flags
- * read after it are those of the allocation the reference holds. */
-static inline int page_get_unless_zero(struct page_desc *p)
-{
-    int32_t r = __atomic_load_n(&p->refcount, __ATOMIC_RELAXED);
+    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
     do {
-        if (r <= 0)
+        if (counts_refs(c) <= 0)
             return 0;
-    } while (!__atomic_compare_exchange_n(&p->refcount, &r, r + 1, 1, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+    } while (!__atomic_compare_exchange_n(&p->counts, &c, c + delta, 1, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
     return 1;
 }
 
-/* A mapping's reference on a page that may be mapped (page_get's rules:
- * allocated, neither anonymous nor a page table): reference, then map count. */
-void page_put(dmamap_machine *m, struct page_desc *p);
+/* The last reference dropped: free the page through the allocator. */
+void page_free_last(dmamap_machine *m, struct page_desc *p);
+
+/* put_page: drop delta (as above); the last reference frees the page (an
+ * anonymous page whose last mapping went), under the allocator's lock. */
+static inline void page_drop(dmamap_machine *m, struct page_desc *p, uint64_t delta)
+{
+    if (counts_refs(__atomic_sub_fetch(&p->counts, delta, __ATOMIC_ACQ_REL)) == 0)
+        page_free_last(m, p);
+}
+
+static inline void page_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1);
+}
+
+static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
+}
+
+/* A mapping's reference and map count on a page that may be mapped
+ * (page_get's rules: allocated, neither anonymous nor a page table). */
 static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
 {
-    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) || !page_get_unless_zero(p))
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) || !page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1))
         return 0;
     if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)) {   /* reallocated meanwhile */
-        page_put(m, p);
+        page_map_put(m, p);
         return 0;
     }
-    page_map_add(p, 1);
     return 1;
 }
 
@@ -393,14 +427,6 @@ int dmamap_region_lookup(dmamap_machine *m, uint64_t pa, struct dmamap_region *o
 /* page_alloc.c */
 int dmamap_pfn_is_ram(dmamap_machine *m, uint64_t pfn);
 struct page_desc *dmamap_page(dmamap_machine *m, uint64_t pfn);
-/* page_put (declared above): drop one reference; the last one frees the page
- * (an anonymous page whose last mapping went) through the allocator, under its lock. */
-/* Drop a mapping's map count and reference (the reverse of page_map_get). */
-static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
-{
-    __atomic_fetch_sub(&p->mapcount, 1, __ATOMIC_RELAXED);
-    page_put(m, p);
-}
 int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_err *err);
 void dmamap_free_table_page(dmamap_machine *m, uint64_t pa);
 

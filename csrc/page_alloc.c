@@ -33,28 +33,27 @@ int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *o
                            "(not RAM: pfn_valid() is false)", (unsigned long long)pfn);
     LOCK(&m->lock);
     out->flags = page_flags(p);
-    out->refcount = page_refs(p);
-    out->mapcount = page_maps(p);
+    uint64_t c = page_counts(p);
+    out->refcount = counts_refs(c);
+    out->mapcount = counts_maps(c);
     out->table_used = p->table_used;
     UNLOCK(&m->lock);
     return 0;
 }
 
-/* A free page's descriptor made allocated (machine lock held): the reference
- * count last, so a page_get_unless_zero that sees it sees the flags. */
+/* A free page's descriptor made allocated (machine lock held): the counts
+ * last, so a page_get_unless_zero that sees the reference sees the flags. */
 static void desc_alloc(struct page_desc *p, uint32_t flags)
 {
     p->table_used = 0;
     __atomic_store_n(&p->flags, flags, __ATOMIC_RELAXED);
-    __atomic_store_n(&p->mapcount, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&p->refcount, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->counts, PAGE_REF1, __ATOMIC_RELEASE);
 }
 
 /* An allocated descriptor made free (machine lock held; its count is 0 already). */
 static void desc_free(struct page_desc *p)
 {
-    __atomic_store_n(&p->refcount, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&p->mapcount, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->counts, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&p->flags, 0, __ATOMIC_RELAXED);
     p->table_used = 0;
 }
@@ -246,20 +245,19 @@ int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct d
             goto out;
         }
     }
-    /* The owner's reference goes 1 -> 0 as one step, so no reference can be
-     * taken (page_get_unless_zero) once the page is found unused; a page
-     * still referenced or mapped is refused and the ones before it restored. */
+    /* The owner's lone reference (1, map count 0) goes to 0 as one step, so
+     * no reference can be taken (page_get_unless_zero) once the page is found
+     * unused; a page still referenced or mapped is refused and the ones
+     * before it restored. */
     for (k = 0; k < npages; k++) {
-        struct page_desc *p = &m->pages[idx + k];
-        int32_t one = 1;
-        if (!__atomic_compare_exchange_n(&p->refcount, &one, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
-            page_maps(p) > 0) {
-            int32_t maps = page_maps(p);   /* on a failed exchange, one holds the count seen */
-            for (uint64_t j = 0; j < k + (one == 1); j++)
-                __atomic_store_n(&m->pages[idx + j].refcount, 1, __ATOMIC_RELEASE);
+        uint64_t c = PAGE_REF1;
+        if (!__atomic_compare_exchange_n(&m->pages[idx + k].counts, &c, 0, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+            for (uint64_t j = 0; j < k; j++)
+                __atomic_store_n(&m->pages[idx + j].counts, PAGE_REF1, __ATOMIC_RELEASE);
             rc = dmamap_fail(err, DMAMAP_EBUSY, (pfn + k) << PAGE_SHIFT,
                              "pfn %#llx is still mapped (mapcount %d, refcount %d)",
-                             (unsigned long long)(pfn + k), maps, one);
+                             (unsigned long long)(pfn + k), counts_maps(c), counts_refs(c));
             goto out;
         }
     }
@@ -273,11 +271,9 @@ out:
     return dmamap_m_done(m, rc, err);
 }
 
-void page_put(dmamap_machine *m, struct page_desc *p)
+void page_free_last(dmamap_machine *m, struct page_desc *p)
 {
-    if (__atomic_sub_fetch(&p->refcount, 1, __ATOMIC_ACQ_REL) != 0)
-        return;
-    /* the last reference: nobody can take one any more (page_get_unless_zero) */
+    /* nobody can take a reference any more (page_get_unless_zero) */
     uint64_t idx = (uint64_t)(p - m->pages);
     LOCK(&m->lock);
     if (bit_test(m->bitmap, idx)) {
@@ -313,7 +309,7 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    if (!page_get_unless_zero(p))
+    if (!page_get_unless_zero(p, PAGE_REF1))
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on free pfn %#llx",
                          (unsigned long long)pfn);
     else if (page_flags(p) & DMAMAP_PG_TABLE) {
@@ -330,14 +326,14 @@ int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    int32_t r = __atomic_load_n(&p->refcount, __ATOMIC_RELAXED);
+    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
     do {
-        if (r <= 1) {
+        if (counts_refs(c) <= 1) {
             rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
                              "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
             break;
         }
-    } while (!__atomic_compare_exchange_n(&p->refcount, &r, r - 1, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    } while (!__atomic_compare_exchange_n(&p->counts, &c, c - PAGE_REF1, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
     return dmamap_m_done(m, rc, err);
 }
 
