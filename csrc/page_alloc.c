@@ -276,7 +276,7 @@ void page_free_last(dmamap_machine *m, struct page_desc *p)
     /* nobody can take a reference any more (page_get_unless_zero) */
     uint64_t idx = (uint64_t)(p - m->pages);
     LOCK(&m->lock);
-    if (bit_test(m->bitmap, idx)) {
+    if (!m->closed && bit_test(m->bitmap, idx)) {   /* a closed machine frees nothing (as free_pages) */
         desc_free(p);
         bits_set(m->bitmap, idx, 1, 0);
         m->pages_used--;
