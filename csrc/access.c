@@ -455,18 +455,18 @@ static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint
 static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, struct dmamap_err *err)
 {
     uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
-    LOCK(&m->lock);
     for (uint64_t pfn = first; pfn <= last; pfn++) {
         struct page_desc *p = dmamap_page(m, pfn);
-        if (!p || p->refcount <= 0 || (p->flags & DMAMAP_PG_TABLE)) {
-            UNLOCK(&m->lock);
-            return view_refuse(refused, err, pfn << PAGE_SHIFT, p && p->refcount > 0 ? "a page-table page" :
+        int held = p && page_get_unless_zero(p, PAGE_REF1);
+        if (!held || (page_flags(p) & DMAMAP_PG_TABLE)) {
+            if (held)
+                page_put(m, p);
+            for (uint64_t q = first; q < pfn; q++)
+                page_put(m, dmamap_page(m, q));
+            return view_refuse(refused, err, pfn << PAGE_SHIFT, held ? "a page-table page" :
                                "a free page (no reference to pin)");
         }
     }
-    for (uint64_t pfn = first; pfn <= last; pfn++)
-        dmamap_page(m, pfn)->refcount++;
-    UNLOCK(&m->lock);
     return 0;
 }
 
@@ -498,16 +498,9 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
         return;
     uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
     for (uint64_t pfn = first; pfn <= last; pfn++) {
-        LOCK(&m->lock);
         struct page_desc *p = dmamap_page(m, pfn);
-        int last_ref = p && p->refcount == 1;
-        if (p && p->refcount > 1)
-            p->refcount--;
-        UNLOCK(&m->lock);
-        if (last_ref) {
-            struct dmamap_err err;
-            dmamap_free_pages(m, pfn, 1, &err);
-        }
+        if (p)
+            page_put(m, p);
     }
 }
 

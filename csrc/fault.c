@@ -33,10 +33,8 @@ int cow_page(dmamap_as *as, struct vma *v, uint64_t va, uint64_t src_pfn, int re
     unsigned f = a->prot_flags(v->prot) | DMAMAP_PROT_WRITE;
     uint64_t prot = a->prot_make(a, f, a->prot_cache(a, v->prot));
     rc = dmamap_pt_fill(as, page, pfn, 1, prot, 0, 0, err);
-    /* the PTE now holds the reference the allocation gave us */
-    LOCK(&as->m->lock);
-    dmamap_page(as->m, pfn)->refcount--;
-    UNLOCK(&as->m->lock);
+    /* the PTE now holds the reference the allocation gave us (none on failure: freed) */
+    page_put(as->m, dmamap_page(as->m, pfn));
     as->st.cow_faults++;
     return rc;
 }
@@ -100,18 +98,14 @@ static void around_run(dmamap_as *as, struct vma *v, uint64_t a, uint64_t pfn, u
     if (page_mode) {
         dmamap_machine *m = as->m;
         uint64_t base = dmamap_pt_leaf_base(as, v->prot, 0);
-        LOCK(&m->lock);
         for (uint64_t i = 0; i < n; i++) {
             struct page_desc *p = slot[i] ? NULL : dmamap_page(m, pfn + i);
             /* page_get's rules: RAM, allocated, neither anonymous nor a page table */
-            if (!p || p->refcount <= 0 || (p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)))
+            if (!p || !page_map_get(m, p))
                 continue;
-            p->mapcount++;
-            p->refcount++;
             slot[i] = base | ((pfn + i) << as->pfn_shift);
             cnt++;
         }
-        UNLOCK(&m->lock);
     } else {
         uint64_t kind = v->flags & (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP);
         if (!kind || kind == (DMAMAP_VM_PFNMAP | DMAMAP_VM_MIXEDMAP))
@@ -178,36 +172,18 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
 }
 
 /* Page references taken ahead (touch loops only): the first fast page fault
- * of a run takes, under one hold of the machine lock, the reference and map
- * count of its page and of up to RSV_MAX - 1 pages that follow it in the
- * chunk, which the next faults of the run most likely map; a fault on a
- * reserved page then takes no lock.  They belong to the CPU slot of the touch
+ * of a run takes the reference and map count of its page and of up to
+ * RSV_MAX - 1 pages that follow it in the chunk, which the next faults of the
+ * run most likely map; a fault on a reserved page then touches no shared
+ * descriptor.  They belong to the CPU slot of the touch
  * loop.  What the run did not use is given back before anything else can run
  * on this address space: before the general fault path (which may call out),
  * when a reader pauses for a writer and when the touch call returns. */
-static void rsv_drop_locked(dmamap_as *as, struct as_cpu *c)
-{
-    for (uint64_t mask = c->rsv_mask; mask; mask &= mask - 1) {
-        struct page_desc *p = &as->m->pages[c->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn];
-        p->mapcount--;
-        p->refcount--;
-    }
-    c->rsv_mask = 0;
-}
-
 void fault_rsv_release(dmamap_as *as, struct as_cpu *c)
 {
-    if (!c->rsv_mask)
-        return;
-    LOCK(&as->m->lock);
-    rsv_drop_locked(as, c);
-    UNLOCK(&as->m->lock);
-}
-
-/* page_get's rules: allocated, neither anonymous nor a page table (machine lock held). */
-static inline int page_mappable(const struct page_desc *p)
-{
-    return p->refcount > 0 && !(p->flags & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE));
+    for (uint64_t mask = c->rsv_mask; mask; mask &= mask - 1)
+        page_map_put(as->m, &as->m->pages[c->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn]);
+    c->rsv_mask = 0;
 }
 
 /* Take the reference and map count a PTE of pfn holds (run: pages of the chunk
@@ -219,27 +195,18 @@ static int fast_page_ref(dmamap_as *as, struct as_cpu *c, uint64_t pfn, uint64_t
         return 1;
     if (!dmamap_pfn_is_ram(m, pfn))
         return 0;
-    LOCK(&m->lock);
-    rsv_drop_locked(as, c);
+    fault_rsv_release(as, c);
     struct page_desc *p = &m->pages[pfn - m->ram_base_pfn];
-    int ok = page_mappable(p);
-    if (ok) {
-        p->mapcount++;
-        p->refcount++;
-        if (batch) {
-            uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
-            if (m->ram_base_pfn + m->ram_pages - pfn < n)
-                n = m->ram_base_pfn + m->ram_pages - pfn;
-            for (uint64_t j = 1; j < n && page_mappable(&p[j]); j++) {
-                p[j].mapcount++;
-                p[j].refcount++;
-                mask |= 1ULL << j;
-            }
-            c->rsv_pfn = pfn;
-            c->rsv_mask = mask;
-        }
+    int ok = page_map_get(m, p);
+    if (ok && batch) {
+        uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
+        if (m->ram_base_pfn + m->ram_pages - pfn < n)
+            n = m->ram_base_pfn + m->ram_pages - pfn;
+        for (uint64_t j = 1; j < n && page_map_get(m, &p[j]); j++)
+            mask |= 1ULL << j;
+        c->rsv_pfn = pfn;
+        c->rsv_mask = mask;
     }
-    UNLOCK(&m->lock);
     return ok;
 }
 

@@ -38,11 +38,8 @@ static int copy_one(dmamap_as *parent, dmamap_as *child, const struct vma *v, ui
     *slot = entry;
     dmamap_pt_added(child, table, 1);
     struct page_desc *p = special ? NULL : dmamap_page(parent->m, pfn);
-    if (p) {
-        LOCK(&parent->m->lock);
-        p->mapcount++;
-        p->refcount++;
-        UNLOCK(&parent->m->lock);
+    if (p) {   /* the parent's PTE holds a reference */
+        page_hold_add(p, PAGE_REF1 | PAGE_MAP1);
     }
     return 0;
 }

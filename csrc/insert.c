@@ -80,22 +80,22 @@ int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int t
         return dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx has no page descriptor (not RAM, "
                            "pfn_valid() is false); map it with a PFN insert or prefault instead", what,
                            (unsigned long long)addr, (unsigned long long)pfn);
+    /* the reference first, then the flags of the allocation it holds (a
+     * check alone takes none: it may be out of date once returned anyway) */
+    int held = take_ref ? page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1) : page_refs(p) > 0;
+    uint32_t flags = page_flags(p);
     int rc = 0;
-    LOCK(&as->m->lock);
-    if (p->refcount <= 0)
+    if (!held)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a free page", what,
                          (unsigned long long)addr, (unsigned long long)pfn);
-    else if (p->flags & DMAMAP_PG_ANON)
+    else if (flags & DMAMAP_PG_ANON)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is an anonymous page", what,
                          (unsigned long long)addr, (unsigned long long)pfn);
-    else if (p->flags & DMAMAP_PG_TABLE)
+    else if (flags & DMAMAP_PG_TABLE)
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, addr, "%s at %#llx: pfn %#llx is a page-table page", what,
                          (unsigned long long)addr, (unsigned long long)pfn);
-    else if (take_ref) {
-        p->mapcount++;
-        p->refcount++;
-    }
-    UNLOCK(&as->m->lock);
+    if (held && take_ref && rc)
+        page_map_put(as->m, p);
     return rc;
 }
 
@@ -106,11 +106,7 @@ int page_insertable(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what
 
 void page_unget(dmamap_as *as, uint64_t pfn)
 {
-    struct page_desc *p = dmamap_page(as->m, pfn);
-    LOCK(&as->m->lock);
-    p->mapcount--;
-    p->refcount--;
-    UNLOCK(&as->m->lock);
+    page_map_put(as->m, dmamap_page(as->m, pfn));
 }
 
 int dmamap_vm_insert_page(dmamap_as *as, int64_t id, uint64_t addr, uint64_t pfn, struct dmamap_err *err)

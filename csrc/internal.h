@@ -84,12 +84,103 @@ int dmamap_memtype_by_class(const struct dmamap_arch *a, int x, int y);
 int dmamap_mt_prot_cache(const struct dmamap_arch *a, uint64_t prot);
 uint64_t dmamap_mt_prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache);
 
+/* A page descriptor.  Its reference and map counts share one 64-bit atomic
+ * word (reference count in the low half, map count in the high half, so a
+ * mapping's pair changes with one atomic operation); it and flags are read
+ * and written only through the page_* helpers below (docs/threads.md). */
 struct page_desc {
+    uint64_t counts;
     uint32_t flags;
-    int32_t refcount;
-    int32_t mapcount;
     uint32_t table_used;  /* valid entries, for page-table pages */
 };
+
+#define PAGE_REF1 1ULL
+#define PAGE_MAP1 (1ULL << 32)
+
+static inline int32_t counts_refs(uint64_t c)
+{
+    return (int32_t)(uint32_t)c;
+}
+
+static inline int32_t counts_maps(uint64_t c)
+{
+    return (int32_t)(uint32_t)(c >> 32);
+}
+
+static inline uint32_t page_flags(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->flags, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t page_counts(const struct page_desc *p)
+{
+    return __atomic_load_n(&p->counts, __ATOMIC_ACQUIRE);
+}
+
+static inline int32_t page_refs(const struct page_desc *p)
+{
+    return counts_refs(page_counts(p));
+}
+
+static inline int32_t page_maps(const struct page_desc *p)
+{
+    return counts_maps(page_counts(p));
+}
+
+/* References taken by someone who holds one already (a PTE being copied, a
+ * page just checked or allocated): the reference count cannot be 0.
+ * delta: PAGE_REF1 (a reference) or PAGE_REF1 | PAGE_MAP1 (a mapping's). */
+static inline void page_hold_add(struct page_desc *p, uint64_t delta)
+{
+    __atomic_fetch_add(&p->counts, delta, __ATOMIC_RELAXED);
+}
+
+/* get_page_unless_zero: add delta (as above) to a page found by its pfn
+ * alone, which may be freed concurrently; 0 when it is free (or being
+ * freed).  The flags read after it are those of the allocation it holds. */
+static inline int page_get_unless_zero(struct page_desc *p, uint64_t delta)
+{
+    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
+    do {
+        if (counts_refs(c) <= 0)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&p->counts, &c, c + delta, 1, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+    return 1;
+}
+
+/* The last reference dropped: free the page through the allocator. */
+void page_free_last(dmamap_machine *m, struct page_desc *p);
+
+/* put_page: drop delta (as above); the last reference frees the page (an
+ * anonymous page whose last mapping went), under the allocator's lock. */
+static inline void page_drop(dmamap_machine *m, struct page_desc *p, uint64_t delta)
+{
+    if (counts_refs(__atomic_sub_fetch(&p->counts, delta, __ATOMIC_ACQ_REL)) == 0)
+        page_free_last(m, p);
+}
+
+static inline void page_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1);
+}
+
+static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
+}
+
+/* A mapping's reference and map count on a page that may be mapped
+ * (page_get's rules: allocated, neither anonymous nor a page table). */
+static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
+{
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) || !page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1))
+        return 0;
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)) {   /* reallocated meanwhile */
+        page_map_put(m, p);
+        return 0;
+    }
+    return 1;
+}
 
 struct iowin_slot {
     uint64_t pa, size, port;
@@ -419,7 +510,7 @@ static inline struct page_desc *table_desc(dmamap_machine *m, uint64_t table_pa)
 static inline int table_ok(dmamap_machine *m, uint64_t table_pa)
 {
     uint64_t idx = (table_pa >> PAGE_SHIFT) - m->ram_base_pfn;
-    return idx < m->ram_pages && (m->pages[idx].flags & DMAMAP_PG_TABLE);
+    return idx < m->ram_pages && (page_flags(&m->pages[idx]) & DMAMAP_PG_TABLE);
 }
 
 /* tlb.c */

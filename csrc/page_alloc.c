@@ -32,12 +32,30 @@ int dmamap_page_info(dmamap_machine *m, uint64_t pfn, struct dmamap_page_info *o
         return dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "pfn %#llx has no page descriptor "
                            "(not RAM: pfn_valid() is false)", (unsigned long long)pfn);
     LOCK(&m->lock);
-    out->flags = p->flags;
-    out->refcount = p->refcount;
-    out->mapcount = p->mapcount;
+    out->flags = page_flags(p);
+    uint64_t c = page_counts(p);
+    out->refcount = counts_refs(c);
+    out->mapcount = counts_maps(c);
     out->table_used = p->table_used;
     UNLOCK(&m->lock);
     return 0;
+}
+
+/* A free page's descriptor made allocated (machine lock held): the counts
+ * last, so a page_get_unless_zero that sees the reference sees the flags. */
+static void desc_alloc(struct page_desc *p, uint32_t flags)
+{
+    p->table_used = 0;
+    __atomic_store_n(&p->flags, flags, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->counts, PAGE_REF1, __ATOMIC_RELEASE);
+}
+
+/* An allocated descriptor made free (machine lock held; its count is 0 already). */
+static void desc_free(struct page_desc *p)
+{
+    __atomic_store_n(&p->counts, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->flags, 0, __ATOMIC_RELAXED);
+    p->table_used = 0;
 }
 
 static inline int bit_test(const uint64_t *bm, uint64_t i)
@@ -132,11 +150,7 @@ static int alloc_below(dmamap_machine *m, uint64_t npages, uint64_t align, uint3
                            (unsigned long long)m->pages_used, (unsigned long long)m->ram_pages);
     bits_set(m->bitmap, idx, npages, 1);
     for (uint64_t k = 0; k < npages; k++) {
-        struct page_desc *p = &m->pages[idx + k];
-        p->flags = flags;
-        p->refcount = 1;
-        p->mapcount = 0;
-        p->table_used = 0;
+        desc_alloc(&m->pages[idx + k], flags);
     }
     m->pages_used += npages;
     m->alloc_hint = idx + npages < m->ram_pages ? idx + npages : 0;
@@ -217,28 +231,38 @@ int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct d
                            (unsigned long long)pfn, (unsigned long long)npages);
     int rc = 0;
     LOCK(&m->lock);
-    uint64_t idx = pfn - m->ram_base_pfn;
-    for (uint64_t k = 0; k < npages; k++) {
+    uint64_t idx = pfn - m->ram_base_pfn, k;
+    for (k = 0; k < npages; k++) {
         struct page_desc *p = &m->pages[idx + k];
-        if (!bit_test(m->bitmap, idx + k) || p->refcount <= 0) {
+        if (!bit_test(m->bitmap, idx + k) || page_refs(p) <= 0) {
             rc = dmamap_fail(err, DMAMAP_EINVAL, (pfn + k) << PAGE_SHIFT,
                              "double free: pfn %#llx is not allocated", (unsigned long long)(pfn + k));
             goto out;
         }
-        if (p->flags & DMAMAP_PG_TABLE) {   /* only its address space frees a page table */
+        if (page_flags(p) & DMAMAP_PG_TABLE) {   /* only its address space frees a page table */
             rc = dmamap_fail(err, DMAMAP_EBADPAGE, (pfn + k) << PAGE_SHIFT,
                              "pfn %#llx is a page-table page in use", (unsigned long long)(pfn + k));
             goto out;
         }
-        if (p->mapcount > 0 || p->refcount > 1) {
+    }
+    /* The owner's lone reference (1, map count 0) goes to 0 as one step, so
+     * no reference can be taken (page_get_unless_zero) once the page is found
+     * unused; a page still referenced or mapped is refused and the ones
+     * before it restored. */
+    for (k = 0; k < npages; k++) {
+        uint64_t c = PAGE_REF1;
+        if (!__atomic_compare_exchange_n(&m->pages[idx + k].counts, &c, 0, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+            for (uint64_t j = 0; j < k; j++)
+                __atomic_store_n(&m->pages[idx + j].counts, PAGE_REF1, __ATOMIC_RELEASE);
             rc = dmamap_fail(err, DMAMAP_EBUSY, (pfn + k) << PAGE_SHIFT,
                              "pfn %#llx is still mapped (mapcount %d, refcount %d)",
-                             (unsigned long long)(pfn + k), p->mapcount, p->refcount);
+                             (unsigned long long)(pfn + k), counts_maps(c), counts_refs(c));
             goto out;
         }
     }
-    for (uint64_t k = 0; k < npages; k++)
-        memset(&m->pages[idx + k], 0, sizeof m->pages[0]);
+    for (k = 0; k < npages; k++)
+        desc_free(&m->pages[idx + k]);
     bits_set(m->bitmap, idx, npages, 0);
     m->pages_used -= npages;
     scrub(m, pfn, npages);
@@ -247,8 +271,21 @@ out:
     return dmamap_m_done(m, rc, err);
 }
 
-/* get_page / put_page's prologue: a live machine and a RAM pfn; the machine
- * lock is held on success. */
+void page_free_last(dmamap_machine *m, struct page_desc *p)
+{
+    /* nobody can take a reference any more (page_get_unless_zero) */
+    uint64_t idx = (uint64_t)(p - m->pages);
+    LOCK(&m->lock);
+    if (!m->closed && bit_test(m->bitmap, idx)) {   /* a closed machine frees nothing (as free_pages) */
+        desc_free(p);
+        bits_set(m->bitmap, idx, 1, 0);
+        m->pages_used--;
+        scrub(m, m->ram_base_pfn + idx, 1);
+    }
+    UNLOCK(&m->lock);
+}
+
+/* get_page / put_page's prologue: a live machine and a RAM pfn. */
 static struct page_desc *page_ref_enter(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err, int *rc)
 {
     dmamap_err_clear(err);
@@ -263,7 +300,6 @@ static struct page_desc *page_ref_enter(dmamap_machine *m, uint64_t pfn, struct 
         return NULL;
     }
     *rc = 0;
-    LOCK(&m->lock);
     return p;
 }
 
@@ -273,15 +309,14 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    if (p->refcount <= 0)
+    if (!page_get_unless_zero(p, PAGE_REF1))
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on free pfn %#llx",
                          (unsigned long long)pfn);
-    else if (p->flags & DMAMAP_PG_TABLE)
+    else if (page_flags(p) & DMAMAP_PG_TABLE) {
+        page_put(m, p);
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on page-table page %#llx",
                          (unsigned long long)pfn);
-    else
-        p->refcount++;
-    UNLOCK(&m->lock);
+    }
     return dmamap_m_done(m, rc, err);
 }
 
@@ -291,12 +326,14 @@ int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    if (p->refcount <= 1)
-        rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
-                         "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
-    else
-        p->refcount--;
-    UNLOCK(&m->lock);
+    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
+    do {
+        if (counts_refs(c) <= 1) {
+            rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
+                             "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
+            break;
+        }
+    } while (!__atomic_compare_exchange_n(&p->counts, &c, c - PAGE_REF1, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
     return dmamap_m_done(m, rc, err);
 }
 
@@ -313,7 +350,7 @@ int dmamap_alloc_table_page(dmamap_machine *m, uint64_t *pa_out, struct dmamap_e
         if (bit_test(m->bitmap, idx))
             continue;
         bits_set(m->bitmap, idx, 1, 1);
-        m->pages[idx] = (struct page_desc){.flags = DMAMAP_PG_TABLE | DMAMAP_PG_RESERVED, .refcount = 1};
+        desc_alloc(&m->pages[idx], DMAMAP_PG_TABLE | DMAMAP_PG_RESERVED);
         m->pages_used++;
         pfn = m->ram_base_pfn + idx;
         rc = 0;
@@ -334,11 +371,11 @@ void dmamap_free_table_page(dmamap_machine *m, uint64_t pa)
     uint64_t pfn = pa >> PAGE_SHIFT;
     LOCK(&m->lock);
     uint64_t idx = pfn - m->ram_base_pfn;
-    if (idx >= m->ram_pages || !(m->pages[idx].flags & DMAMAP_PG_TABLE)) {
+    if (idx >= m->ram_pages || !(page_flags(&m->pages[idx]) & DMAMAP_PG_TABLE)) {
         UNLOCK(&m->lock);   /* not a table page (any more): never free it twice */
         return;
     }
-    memset(&m->pages[idx], 0, sizeof m->pages[0]);
+    desc_free(&m->pages[idx]);
     bits_set(m->bitmap, idx, 1, 0);
     m->pages_used--;
     m->table_pages--;

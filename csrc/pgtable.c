@@ -142,18 +142,16 @@ static int descend(dmamap_as *as, uint64_t va, int level, uint64_t **slot, uint6
     return 0;
 }
 
-/* Take the references that n normal 4 KiB PTEs of RAM pages from pa hold. */
+/* Take the references that n normal 4 KiB PTEs of RAM pages from pa hold
+ * (the caller holds the pages: checked by page_get or just allocated). */
 static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
 {
-    LOCK(&as->m->lock);
     for (uint64_t i = 0; i < n; i++) {
         struct page_desc *p = dmamap_page(as->m, (pa >> PAGE_SHIFT) + i);
         if (p) {
-            p->mapcount++;
-            p->refcount++;
+            page_hold_add(p, PAGE_REF1 | PAGE_MAP1);
         }
     }
-    UNLOCK(&as->m->lock);
 }
 
 /* slot[i] = e + i * step for i < n, two entries per vector store where the

@@ -4,14 +4,13 @@
 #include "internal.h"
 
 /* Drop the page references the normal (non-special) 4 KiB PTEs among
- * t[0..n) hold, under one hold of the machine lock. */
+ * t[0..n) hold (atomics: the machine lock only when a last one frees a page). */
 static void unref_run(dmamap_as *as, const uint64_t *t, uint64_t n)
 {
     const struct dmamap_arch *a = as->m->arch;
     dmamap_machine *m = as->m;
     uint64_t last_attr = ~0ULL;
     int last_valid = 0;
-    LOCK(&m->lock);
     for (uint64_t i = 0; i < n; i++) {
         uint64_t e = t[i];
         if (!e || (e & as->special_bit))
@@ -25,17 +24,8 @@ static void unref_run(dmamap_as *as, const uint64_t *t, uint64_t n)
         struct page_desc *p = last_valid ? dmamap_page(m, pfn) : NULL;
         if (!p)
             continue;
-        p->mapcount--;
-        p->refcount--;
-        if (p->refcount == 0) {   /* last reference of an anonymous (COW) page */
-            struct dmamap_err err;
-            p->refcount = 1;
-            UNLOCK(&m->lock);
-            dmamap_free_pages(m, pfn, 1, &err);
-            LOCK(&m->lock);
-        }
+        page_map_put(m, p);   /* the last reference of an anonymous (COW) page frees it */
     }
-    UNLOCK(&m->lock);
 }
 
 static void clear_table(dmamap_as *as, uint64_t table, int level, uint64_t va, uint64_t end)

@@ -250,6 +250,75 @@ static int faulting_together(void)
     return ft_faults ? 0 : 1;
 }
 
+/* Freeing against get_page: an owner allocates a page and frees it again
+ * (retrying while the page is referenced) while two threads take and drop
+ * references on whatever page it last published, so increment-if-not-zero
+ * races the free's 1 -> 0 exchange and the put_pages race each other. */
+#define FG_ROUNDS 3000
+static _Atomic uint64_t fg_pfn;
+static _Atomic int fg_done, fg_bad;
+static _Atomic unsigned long fg_got, fg_busy;
+
+static void *fg_owner(void *arg)
+{
+    struct dmamap_err err;
+    /* (on until the getters did take references: they may start late on a loaded machine) */
+    for (long i = 0; i < FG_ROUNDS || (fg_got < 100 && i < 100L * FG_ROUNDS); i++) {
+        uint64_t pfn;
+        if (dmamap_alloc_pages(m, 1, 1, 0, &pfn, &err)) {
+            fg_bad = 1;
+            break;
+        }
+        fg_pfn = pfn;
+        int rc;
+        while ((rc = dmamap_free_pages(m, pfn, 1, &err)) == DMAMAP_EBUSY)
+            fg_busy++;
+        if (rc)
+            fg_bad = 1;
+    }
+    fg_done = 1;
+    return NULL;
+}
+
+static void *fg_getter(void *arg)
+{
+    struct dmamap_err err;
+    while (!fg_done) {
+        uint64_t pfn = fg_pfn;
+        if (!pfn || dmamap_get_page(m, pfn, &err))
+            continue;   /* freed meanwhile: refused, never revived */
+        fg_got++;
+        if (dmamap_put_page(m, pfn, &err))   /* the owner's reference is still there */
+            fg_bad = 1;
+    }
+    return NULL;
+}
+
+static int freeing_racing_gets(void)
+{
+    struct dmamap_machine_stats before, after;
+    dmamap_machine_stats(m, &before);
+    fg_pfn = 0;
+    fg_done = fg_bad = 0;
+    fg_got = fg_busy = 0;
+    pthread_t t[3];
+    pthread_create(&t[0], NULL, fg_owner, NULL);
+    pthread_create(&t[1], NULL, fg_getter, NULL);
+    pthread_create(&t[2], NULL, fg_getter, NULL);
+    for (int k = 0; k < 3; k++)
+        pthread_join(t[k], NULL);
+    dmamap_machine_stats(m, &after);
+    printf("tsan harness: %lu references taken on pages being freed, %lu frees refused while held\n",
+           (unsigned long)fg_got, (unsigned long)fg_busy);
+    if (fg_bad || !fg_got || after.ram_pages_used != before.ram_pages_used) {
+        fprintf(stderr, "free against get_page: %s, %llu pages in use before, %llu after\n",
+                fg_bad ? "a call failed" : "no reference taken", (unsigned long long)before.ram_pages_used,
+                (unsigned long long)after.ram_pages_used);
+        return 1;
+    }
+    return 0;
+}
+
 static void *worker(void *arg)
 {
     unsigned k = (unsigned)(uintptr_t)arg;
@@ -303,7 +372,7 @@ static int run(const struct layout *lay)
             fprintf(stderr, "add_region: %s\n", err.msg);
             return 1;
         }
-    if (faulting_together())
+    if (faulting_together() || freeing_racing_gets())
         return 1;
     shared = dmamap_as_new(m, 0, &err);
     if (!shared || dmamap_alloc_pages(m, 4, 1, 0, &list_pfn, &err))
