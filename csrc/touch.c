@@ -67,10 +67,12 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, struc
     volatile uint8_t *h = touch_fast_at(as, c, va, is_write);
     if (!h)
         return 0;
-    uint8_t v = *h;
+    /* Emulated RAM is shared between the emulated CPUs (threads in reader mode) as real
+     * RAM is: their racing loads and stores are relaxed atomics, not C data races. */
+    uint8_t v = __atomic_load_n(h, __ATOMIC_RELAXED);
     if (is_write) {   /* the store's TLB lookup hits the entry just used */
         c->st->tlb_hits++;
-        *h = v;
+        __atomic_store_n(h, v, __ATOMIC_RELAXED);
     }
     return 1;
 }
@@ -143,7 +145,7 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
         t->vpn = vpn + i * step;
         t->pa_page = pa + i * stride;
         t->host = host + i * stride;
-        sink ^= *(volatile const uint8_t *)(t->host + off);
+        sink ^= __atomic_load_n((const uint8_t *)(t->host + off), __ATOMIC_RELAXED);
     }
     (void)sink;
     __atomic_fetch_add(&table_desc(m, table)->table_used, (uint32_t)i, __ATOMIC_RELAXED);
@@ -300,7 +302,7 @@ static inline void pf_load_block(const uint8_t *const *addr, int n)
 {
     uint8_t sink = 0;
     for (int k = 0; k < n; k++)
-        sink ^= *(volatile const uint8_t *)addr[k];
+        sink ^= __atomic_load_n((const uint8_t *)addr[k], __ATOMIC_RELAXED);
     (void)sink;
 }
 
