@@ -20,7 +20,6 @@ quick start, the porting and driver guides and the API reference.  From the
 shell: ``dmamap info``, ``dmamap demo``, ``dmamap conformance BACKEND``.
 """
 
-import importlib.metadata as _metadata
 import typing as _typing
 
 from dmamap.barrier import dma_wmb, mb, set_write_combining, wmb
@@ -116,11 +115,6 @@ from dmamap.vmap import (
     vmalloc_user,
 )
 
-try:
-    __version__ = _metadata.version("dmamap")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 
 def virt_to_page(kaddr: int, *, machine: Machine | None = None) -> Page:
     """Page descriptor of a direct-mapped RAM kernel address; anything else raises VirtToPageError."""
@@ -181,8 +175,19 @@ del _error_names, _iomem_names, _irq_names
 
 if _typing.TYPE_CHECKING:
     from dmamap._ndarray import DmaArray as DmaArray
+
+    __version__: str
 else:
     def __getattr__(name: str) -> object:
+        if name == "__version__":   # read from the installed metadata when asked, not at import
+            import importlib.metadata
+
+            try:
+                version = importlib.metadata.version("dmamap")
+            except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree
+                version = "0.0.0"
+            globals()["__version__"] = version
+            return version
         # DmaArray is a numpy subclass: numpy (an optional extra) is imported only when it is asked for
         if name == "DmaArray":
             from dmamap.ndbuffer import dma_array_class

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Any
 
 from dmamap.backends import Backend
@@ -29,6 +28,8 @@ def _scan() -> None:
     with _lock:
         if _scanned:
             return
+        from importlib.metadata import entry_points  # on first lookup: its import and scan cost start-up time
+
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             _known.setdefault(ep.name, ep.value)
         _scanned = True
