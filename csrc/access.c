@@ -256,7 +256,8 @@ static int access_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int
     return 0;
 }
 
-int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
+/* The checks every CPU access entry point makes before it takes the lock. */
+static int access_args(dmamap_as *as, uint64_t va, const void *buf, uint64_t n, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
     AS_CHECK(as, err, va);
@@ -265,6 +266,14 @@ int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_writ
     if (va + n < va)
         return dmamap_fail(err, DMAMAP_ESEGV, va, "access %#llx+%#llx wraps the address space (SIGSEGV)",
                            (unsigned long long)va, (unsigned long long)n);
+    return 0;
+}
+
+int dmamap_access(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
+{
+    int rc0 = access_args(as, va, buf, n, err);
+    if (rc0)
+        return rc0;
     AS_LOCK(as, err, va);
     int rc = access_locked(as, va, buf, n, is_write, err);
     return as_unlock(as, rc, err);
@@ -630,13 +639,9 @@ out:
 
 int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
 {
-    dmamap_err_clear(err);
-    AS_CHECK(as, err, va);
-    if (n && !buf)
-        return dmamap_fail(err, DMAMAP_EINVAL, va, "NULL buffer");
-    if (va + n < va)
-        return dmamap_fail(err, DMAMAP_ESEGV, va, "access %#llx+%#llx wraps the address space (SIGSEGV)",
-                           (unsigned long long)va, (unsigned long long)n);
+    int rc0 = access_args(as, va, buf, n, err);
+    if (rc0)
+        return rc0;
     AS_LOCK(as, err, va);
     /* A large access needs VMAs end to end, or nothing is touched: the first gap
      * refuses it whole.  A small one is an access like any (a gap is found by

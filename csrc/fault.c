@@ -287,6 +287,24 @@ int fault_fast(dmamap_as *as, struct as_cpu *c, struct vma *v, uint64_t va, int 
     return 1;
 }
 
+/* Call the Python fault callback for va (flags: write, mkwrite) and look the
+ * VMA up again: the callback may have closed the address space (or the machine
+ * went) or unmapped its own VMA.  *r is what it returned; *vp the VMA now. */
+static int call_fault_fn(dmamap_as *as, struct vma **vp, uint64_t va, int flags, uint64_t *pfn, int *r,
+                         const char *by, const char *own, struct dmamap_err *err)
+{
+    int64_t id = (*vp)->id;
+    *r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, flags, pfn);
+    if (as_dead(as))
+        return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by %s at %#llx", by,
+                           (unsigned long long)va);
+    *vp = vma_get(as, id, NULL);
+    if (!*vp)
+        return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own %s at %#llx", own,
+                           (unsigned long long)va);
+    return 0;
+}
+
 int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct dmamap_err *err)
 {
     fault_rsv_release(as, &as->cpu[0]);   /* the general path may call out: no references held ahead */
@@ -301,16 +319,10 @@ int handle_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write, struct
     case DMAMAP_FAULT_PYTHON: {
         if (!as->fault_fn)
             return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "VMA has a Python fault handler but no callback");
-        int64_t id = v->id;
         uint64_t pfn = 0;
-        int r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, is_write, &pfn);
-        if (as_dead(as))   /* the handler closed its own address space (or the machine went) */
-            return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by the fault handler at %#llx",
-                               (unsigned long long)va);
-        v = vma_get(as, id, NULL);
-        if (!v)
-            return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own fault handler at %#llx",
-                               (unsigned long long)va);
+        int r, rc = call_fault_fn(as, &v, va, is_write, &pfn, &r, "the fault handler", "fault handler", err);
+        if (rc)
+            return rc;
         if (r == DMAMAP_VM_FAULT_PAGE) {
             /* finish_fault: a handler that installed the PTE itself (vm_insert_page)
              * and returned a page as well wins the race with itself; the returned
@@ -352,17 +364,11 @@ int wp_page_shared(dmamap_as *as, struct vma *v, uint64_t va, struct dmamap_err 
     as->st.faults++;
     if (!as->fault_fn)
         return dmamap_fail(err, DMAMAP_ENOHANDLER, va, "write-notify VMA has no fault callback");
-    int64_t id = v->id;
     uint64_t pfn = 0;
-    int r = as->fault_fn(as->fault_ctx, id, va & PAGE_MASK, DMAMAP_FAULT_FLAG_WRITE | DMAMAP_FAULT_FLAG_MKWRITE,
-                         &pfn);
-    if (as_dead(as))
-        return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed by page_mkwrite at %#llx",
-                           (unsigned long long)va);
-    v = vma_get(as, id, NULL);
-    if (!v)
-        return dmamap_fail(err, DMAMAP_ESEGV, va, "VMA unmapped by its own page_mkwrite at %#llx",
-                           (unsigned long long)va);
+    int r, rc = call_fault_fn(as, &v, va, DMAMAP_FAULT_FLAG_WRITE | DMAMAP_FAULT_FLAG_MKWRITE, &pfn, &r,
+                              "page_mkwrite", "page_mkwrite", err);
+    if (rc)
+        return rc;
     if (r == DMAMAP_VM_FAULT_SIGBUS)
         return dmamap_fail(err, DMAMAP_ESIGBUS, va, "page_mkwrite returned VM_FAULT_SIGBUS at %#llx",
                            (unsigned long long)va);
