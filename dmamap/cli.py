@@ -111,10 +111,21 @@ def _ctrl_c() -> Iterator[None]:
         raise KeyboardInterrupt
 
     def repeat() -> None:
-        while not done.wait(0.5):
-            if raised and time.monotonic() - raised[-1] >= 1.0:   # the last one was swallowed
+        while not done.wait(0.1):
+            if swallowed.is_set() or (raised and time.monotonic() - raised[-1] >= 1.0):
+                swallowed.clear()
                 _thread.interrupt_main(signal.SIGINT)
 
+    def unraisable(args: Any) -> None:
+        """The interrupt landed in a finalizer or a gc callback: no traceback, raise it again."""
+        if isinstance(args.exc_value, KeyboardInterrupt):
+            swallowed.set()
+        else:
+            old_hook(args)
+
+    swallowed = threading.Event()
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     old = signal.signal(signal.SIGINT, handler)
     watchdog = threading.Thread(target=repeat, name="dmamap-ctrl-c", daemon=True)
     watchdog.start()
@@ -123,6 +134,7 @@ def _ctrl_c() -> Iterator[None]:
     finally:
         done.set()
         signal.signal(signal.SIGINT, old)
+        sys.unraisablehook = old_hook
         watchdog.join()
 
 

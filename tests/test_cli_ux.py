@@ -233,6 +233,41 @@ def test_ctrl_c_swallowed_once_still_stops_the_run(monkeypatch: pytest.MonkeyPat
     assert json.loads(out.read_text())["summary"]["passed"] == 2
 
 
+def test_ctrl_c_in_a_finalizer_prints_no_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A Ctrl-C landing in a finalizer (or a gc callback) is not printed as "Exception ignored"
+    with a traceback: it is raised again outside it, and the run stops at once."""
+    import dmamap.testing.runner as runner
+
+    calls = {"n": 0}
+    real = runner.run_rule
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)   # the handler runs inside __del__
+            time.sleep(0.5)
+
+    def run_rule(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            Finalized()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise AssertionError("the Ctrl-C swallowed by a finalizer was not raised again")
+        real(*args)  # type: ignore[arg-type]
+
+    reported: list[object] = []     # what would be printed as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: reported.append(args.exc_value))
+    monkeypatch.setattr(runner, "run_rule", run_rule)
+    out = tmp_path / "partial.json"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli.app, ["conformance", "x86", "--json", str(out)])
+    assert res.exit_code == 130, res.output
+    assert time.monotonic() - t0 < 10
+    assert reported == []
+    assert json.loads(out.read_text())["summary"]["passed"] == 2
+
+
 def _default_sigint() -> None:
     """In the child, before exec: take SIGINT's default disposition, so Python installs its
     KeyboardInterrupt handler even when this test runs with SIGINT ignored (a background job)."""
