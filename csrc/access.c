@@ -405,6 +405,61 @@ int dmamap_write64_fast(dmamap_as *as, uint64_t va, uint64_t value)
     return fast_rw(as, va, 8, 1, &value);
 }
 
+/* The register access of a caller that must not wait: done here (1) when it
+ * is a naturally aligned TLB hit, on slot 0's TLB, on memory the CPU reaches
+ * directly (RAM or SRAM outside the cache model, no write-combining buffer or
+ * device-owned buffer to honour), with slot 0 free and no writer in; counted
+ * as the general path counts a TLB hit.  Otherwise nothing is changed (0)
+ * and the caller makes the ordinary call, which may wait and call out: the
+ * Python binding calls this holding the GIL, which a device or fault callback
+ * of another thread may be waiting for while holding the address-space lock. */
+int dmamap_access_try(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value)
+{
+    if (!as || !value || (size != 1 && size != 2 && size != 4 && size != 8) || (va & (uint64_t)(size - 1)) ||
+        fast_pending)
+        return 0;
+    struct as_cpu *c = as_read_try_enter(as);
+    if (!c)
+        return 0;
+    dmamap_machine *m = as->m;
+    uint64_t vpn = va >> PAGE_SHIFT;
+    const struct tlb_entry *t = &c->tlb[vpn % TLB_SIZE];
+    int ok = t->vpn == vpn && t->host && !(t->cacheable && m->cache) && (!is_write || t->writable) &&
+             !atomic_load_explicit(&m->nown, memory_order_relaxed) &&
+             !atomic_load_explicit(&m->wcb_n, memory_order_relaxed) && !as_dead(as);
+    if (ok) {
+        c->st->tlb_hits++;
+        uint8_t *h = t->host + (va & (PAGE_SIZE - 1));   /* emulated RAM: relaxed atomics, as touches use */
+        switch (size) {
+        case 1:
+            if (is_write)
+                __atomic_store_n(h, (uint8_t)*value, __ATOMIC_RELAXED);
+            else
+                *value = __atomic_load_n(h, __ATOMIC_RELAXED);
+            break;
+        case 2:
+            if (is_write)
+                __atomic_store_n((uint16_t *)h, (uint16_t)*value, __ATOMIC_RELAXED);
+            else
+                *value = __atomic_load_n((uint16_t *)h, __ATOMIC_RELAXED);
+            break;
+        case 4:
+            if (is_write)
+                __atomic_store_n((uint32_t *)h, (uint32_t)*value, __ATOMIC_RELAXED);
+            else
+                *value = __atomic_load_n((uint32_t *)h, __ATOMIC_RELAXED);
+            break;
+        default:
+            if (is_write)
+                __atomic_store_n((uint64_t *)h, *value, __ATOMIC_RELAXED);
+            else
+                *value = __atomic_load_n((uint64_t *)h, __ATOMIC_RELAXED);
+        }
+    }
+    as_read_exit(as, c);
+    return ok;
+}
+
 /* ---- Zero-copy views (pin_user_pages with FOLL_PIN, then the host memory) ----
  * [va, va+n) is resolved as an access would (faults, permissions, COW broken
  * for a writable view) and pinned page by page when the CPU would reach it

@@ -94,6 +94,7 @@ static void cpu_init(dmamap_as *as, int k)
     struct as_cpu *c = &as->cpu[k];
     c->wct = ~0ULL;
     c->wcp = 0;
+    c->last_vma = -1;
     if (k == 0) {
         c->tlb = as->tlb;
         c->st = &as->st;
@@ -123,6 +124,25 @@ struct as_cpu *as_read_enter(dmamap_as *as)
         return c;
     }
     return NULL;
+}
+
+/* Reader mode on slot 0 for a caller that must not wait (it holds a lock the
+ * core's callbacks may need): NULL when the slot is taken, a writer is in or
+ * waiting, or this thread holds the lock exclusively. */
+struct as_cpu *as_read_try_enter(dmamap_as *as)
+{
+    struct as_cpu *c = &as->cpu[0];
+    int free = 0;
+    if (atomic_load_explicit(&as->lock.owner, memory_order_relaxed) == (uintptr_t)&thread_token ||
+        atomic_load_explicit(&c->busy, memory_order_relaxed) || !atomic_compare_exchange_strong(&c->busy, &free, 1))
+        return NULL;
+    atomic_fetch_add(&as->lock.readers, 1);
+    if (atomic_load(&as->lock.writers)) {
+        as_read_exit(as, c);
+        return NULL;
+    }
+    c->used = 1;
+    return c;
 }
 
 /* Pause reader mode (a writer waits, or the general path is next): the
@@ -233,6 +253,9 @@ void dmamap_as_close(dmamap_as *as)
                 untrack(as, v);
             }
             dmamap_pt_free_all(as);
+            /* a touch loop on slot 0 whose resume after the general path finds
+             * the space closed leaves what that path reserved ahead: give it back */
+            fault_rsv_release(as, &as->cpu[0]);
         }
         for (int i = 0; i < as->nvmas; i++) {   /* the generations stay: ids never repeat */
             uint64_t gen = as->vmas[i].gen;

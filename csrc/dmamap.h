@@ -462,6 +462,10 @@ int dmamap_write16_fast(dmamap_as *as, uint64_t va, uint16_t value);
 int dmamap_write32_fast(dmamap_as *as, uint64_t va, uint32_t value);
 int dmamap_write64_fast(dmamap_as *as, uint64_t va, uint64_t value);
 int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va);   /* the cffi call floor, for the benchmark */
+/* The same access for a caller holding a lock it must not wait under (the
+ * GIL): 1 when done (a TLB hit on plain memory), 0 with nothing changed when
+ * the caller must make the ordinary call instead. */
+int dmamap_access_try(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value);
 struct dmamap_err *dmamap_fast_err(void);
 void dmamap_fast_pending(int pending);
 /* Zero-copy views: resolve [va, va+n) as an access (is_write: as a write) and

@@ -349,7 +349,9 @@ struct as_lock {
  * when there was one lock.  Slots 1.. have their own, which every TLB flush and
  * walk-cache reset (exclusive) clears as well, and their counters are summed
  * into dmamap_as_stats.  The leaf-table cache (as->lc), the decode and leaf
- * memos and last_vma are shared: readers only read them. */
+ * memos and as->last_vma are shared: readers only read them (each slot keeps
+ * its own last VMA, and walks to leaf tables the caches do not know itself:
+ * pt_leaf_cpu). */
 #define AS_CPUS 4
 struct as_cpu {
     _Atomic int busy;            /* a thread owns this slot for its call */
@@ -360,6 +362,7 @@ struct as_cpu {
      * fault path in a touch loop: see fault.c */
     uint64_t rsv_pfn, rsv_mask;
     uint64_t wct, wcp;           /* the first level of the walk cache (slot 0: the exclusive holder's too) */
+    int last_vma;                /* index of the VMA this slot's touches found last (checked on use) */
     struct dmamap_as_stats st_own;
     struct tlb_entry tlb_own[TLB_SIZE];
 };
@@ -613,6 +616,9 @@ static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, u
     return 1;
 }
 
+int pt_leaf_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va, int alloc, uint64_t *table);
+struct vma *vma_find_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va);
+
 static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
 {
     return leaf_cached_cpu(as, &as->cpu[0], va, table);
@@ -646,6 +652,7 @@ void dmamap_pt_user_detach(dmamap_as *as);
 void as_xlock(struct as_lock *l);
 void as_xunlock(struct as_lock *l);
 struct as_cpu *as_read_enter(dmamap_as *as);
+struct as_cpu *as_read_try_enter(dmamap_as *as);
 void as_read_exit(dmamap_as *as, struct as_cpu *c);
 int as_read_resume(dmamap_as *as);
 void as_read_pause(dmamap_as *as);

@@ -89,6 +89,29 @@ struct vma *vma_find(dmamap_as *as, uint64_t va)
     return NULL;
 }
 
+/* vma_find for a touch loop's CPU slot c, which may run in reader mode beside
+ * other readers: the VMA list only changes under the exclusive lock, so it is
+ * read as is, and the slot remembers the VMA it found (as->last_vma is the
+ * exclusive holder's: two readers on two VMAs would otherwise undo each
+ * other's). */
+struct vma *vma_find_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va)
+{
+    int last = c->last_vma;
+    if (last >= 0 && last < as->nvmas) {
+        struct vma *v = &as->vmas[last];
+        if (v->live && va >= v->start && va < v->end)
+            return v;
+    }
+    for (int i = 0; i < as->nvmas; i++) {
+        struct vma *v = &as->vmas[i];
+        if (v->live && va >= v->start && va < v->end) {
+            c->last_vma = i;
+            return v;
+        }
+    }
+    return NULL;
+}
+
 int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)
 {
     if (!AS_OK(as))

@@ -66,6 +66,50 @@ static inline int wc_find(dmamap_as *as, uint64_t va, int min_level, uint64_t *t
     return wc_find_up(as, va, min_level ? min_level : 1, table);
 }
 
+/* The leaf table of va for touch-loop CPU slot c, which may run in reader mode
+ * beside other readers (1), or 0 when the general path must take it.  What the
+ * caches do not answer is walked with atomic loads; with alloc (the caller
+ * found va in a VMA whose faults the fast case takes), a missing table is
+ * allocated and installed with a compare-and-swap, the loser freeing its page,
+ * as Linux's __pte_alloc installs a new table under the PMD lock beside other
+ * faulting threads.  Only the slot's own walk-cache entry is updated.  The
+ * kernel address space's upper tables are published to every user root, which
+ * only the exclusive path does. */
+int pt_leaf_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va, int alloc, uint64_t *table_out)
+{
+    if (leaf_cached_cpu(as, c, va, table_out))
+        return 1;
+    if (as->kernel)
+        return 0;
+    dmamap_machine *m = as->m;
+    const struct dmamap_arch *a = m->arch;
+    uint64_t table = as->root;
+    for (int l = a->levels - 1; l > 0; l--) {
+        uint64_t *e = &dmamap_ram_table(m, table)[pt_index(va, l)];
+        uint64_t ent = __atomic_load_n(e, __ATOMIC_ACQUIRE);
+        if (!ent) {
+            uint64_t child;
+            if (!alloc || dmamap_alloc_table_page(m, &child, NULL))
+                return 0;
+            uint64_t want = a->table_entry(child, 0);
+            if (__atomic_compare_exchange_n(e, &ent, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                __atomic_fetch_add(&table_desc(m, table)->table_used, 1, __ATOMIC_RELAXED);
+                c->st->table_pages++;
+                ent = want;
+            } else {
+                dmamap_free_table_page(m, child);   /* another reader installed one first: ent is it */
+            }
+        }
+        if (!a->is_table(ent, l) || !table_ok(m, a->table_pa(ent)))
+            return 0;   /* a block, or a corrupt entry: the general path says which */
+        table = a->table_pa(ent);
+    }
+    c->wct = va >> (PAGE_SHIFT + 9);
+    c->wcp = table;
+    *table_out = table;
+    return 1;
+}
+
 static int new_table(dmamap_as *as, uint64_t *pa, struct dmamap_err *err)
 {
     int rc = dmamap_alloc_table_page(as->m, pa, err);

@@ -26,16 +26,22 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
         c->st->tlb_hits++;
     } else {
         uint64_t table;
-        if (!va_in(as, va) || !leaf_cached_cpu(as, c, va, &table))
+        struct vma *v = NULL;
+        if (!va_in(as, va))
             return NULL;
+        if (!pt_leaf_cpu(as, c, va, 0, &table)) {   /* no leaf table yet: a fast fault's may be made */
+            v = vma_find_cpu(as, c, va);
+            if (is_write || !v || !(v->flags & DMAMAP_VM_READ) || !fault_fast_vma(v, 0) ||
+                !pt_leaf_cpu(as, c, va, 1, &table))
+                return NULL;
+        }
         uint64_t *e = &dmamap_ram_table(m, table)[pt_index(va, 0)];
         uint64_t ent = __atomic_load_n(e, __ATOMIC_RELAXED);   /* another reader may install it */
         c->wct = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
         c->wcp = table;
         if (!ent && !is_write) {   /* a read fault the fault path's fast case takes */
-            struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
-            if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) ||
-                !fault_fast(as, c, v, va, 0, e, 1))
+            v = v ? v : vma_find_cpu(as, c, va);
+            if (!v || !(v->flags & DMAMAP_VM_READ) || !fault_fast(as, c, v, va, 0, e, 1))
                 return NULL;
             ent = __atomic_load_n(e, __ATOMIC_RELAXED);   /* the retried access: if it cannot finish here, the general path walks again */
         }
@@ -93,15 +99,14 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
 {
     dmamap_machine *m = as->m;
     uint64_t vpn = va >> PAGE_SHIFT, table, run;
-    if (!stride || (stride & (PAGE_SIZE - 1)) || c->tlb[vpn % TLB_SIZE].vpn == vpn || !va_in(as, va) ||
-        !leaf_cached_cpu(as, c, va, &table))
+    if (!stride || (stride & (PAGE_SIZE - 1)) || c->tlb[vpn % TLB_SIZE].vpn == vpn || !va_in(as, va))
+        return 0;
+    struct vma *v = vma_find_cpu(as, c, va);
+    if (!v || !(v->flags & DMAMAP_VM_READ) || !fault_fast_vma(v, 0) || !pt_leaf_cpu(as, c, va, 1, &table))
         return 0;
     uint64_t *tbl = dmamap_ram_table(m, table);
     uint64_t idx = (uint64_t)pt_index(va, 0), step = stride >> PAGE_SHIFT;
     if (__atomic_load_n(&tbl[idx], __ATOMIC_RELAXED))
-        return 0;
-    struct vma *v = as->last_vma >= 0 ? &as->vmas[as->last_vma] : NULL;
-    if (!v || !v->live || va < v->start || va >= v->end || !(v->flags & DMAMAP_VM_READ) || !fault_fast_vma(v, 0))
         return 0;
     uint64_t pfn = fault_fast_pfn(v, va, &run);
     uint64_t base = fault_fast_leaf(as, v);
@@ -242,9 +247,11 @@ static __attribute__((noinline)) int touch_slow(struct touch_ctx *t, uint64_t va
     if (!rc && is_write)
         rc = access_one(as, va, 1, 1, &v, err);
     if (t->slot) {
+        if (rc)   /* the loop ends out of reader mode: what the general path reserved on slot 0 goes back */
+            fault_rsv_release(as, &as->cpu[0]);
         UNLOCK(&as->lock);
         if (rc)
-            return rc;   /* the loop ends out of reader mode */
+            return rc;
         if (as_read_resume(as))
             return dmamap_fail(err, DMAMAP_ECLOSED, va, "address space closed during the touch at %#llx",
                                (unsigned long long)va);

@@ -1,4 +1,7 @@
-"""cffi out-of-line API build of the private ``dmamap._core`` module."""
+"""Builds of the private compiled modules: ``dmamap._core`` (cffi, out-of-line API
+mode: the C core and its bindings) and ``dmamap._binding._cpu`` (a small CPython
+extension: AddressSpace's register accesses, see its source).  ``python
+dmamap/_build.py`` builds both in place."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import re
 from pathlib import Path
 
 from cffi import FFI
+from setuptools import Extension
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Every C file of the core and of every ISA directory: adding a file needs no edit here.
@@ -51,5 +55,28 @@ ffibuilder.set_source(
     extra_link_args=_ldflags,
 )
 
+#: The register-access extension (setup.py lists it in ext_modules).
+CPU_EXTENSION = Extension("dmamap._binding._cpu", sources=["dmamap/_binding/_cpu.c"],
+                          extra_compile_args=[f for f in _cflags if not f.startswith("-std=")],
+                          extra_link_args=[f for f in _ldflags if f != "-lpthread"])
+
+
+def build_cpu_inplace() -> None:
+    """Build CPU_EXTENSION next to its source, as ``build_ext --inplace`` does."""
+    from setuptools import Distribution
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        dist = Distribution({"name": "dmamap", "ext_modules": [CPU_EXTENSION]})
+        cmd = dist.get_command_obj("build_ext")
+        cmd.inplace = True
+        cmd.ensure_finalized()
+        cmd.run()
+    finally:
+        os.chdir(cwd)
+
+
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+    build_cpu_inplace()

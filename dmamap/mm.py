@@ -52,8 +52,7 @@ _PMD_SIZE = PAGE_SIZE << PMD_ORDER
 _SMALL_ACCESS = 1 << 16
 _U64_LIMIT = 1 << 64
 # The register fast path's cffi functions, looked up once.
-_READ8, _READ16, _READ32, _READ64 = (cmm.READ_FAST[n] for n in (1, 2, 4, 8))
-_WRITE8, _WRITE16, _WRITE32, _WRITE64 = (cmm.WRITE_FAST[n] for n in (1, 2, 4, 8))
+_READ, _WRITE = cmm.READ_FAST, cmm.WRITE_FAST
 _ALL_ONES = cmm.ALL_ONES
 
 
@@ -380,8 +379,12 @@ def _check_vma(vma: Vma) -> Vma:
     return vma
 
 
-class AddressSpace:
-    """One set of page tables (an mm_struct) with its VMAs and software TLB."""
+class AddressSpace(cmm.CpuAccess):
+    """One set of page tables (an mm_struct) with its VMAs and software TLB.
+
+    Its register accesses (read8 .. read64, write8 .. write64) are methods of
+    the C base class: one register poke costs about what ``struct.unpack_from``
+    on a plain mmap costs."""
 
     def __init__(self, machine: PhysicalMemory, *, kernel: bool = False) -> None:
         if not isinstance(machine, PhysicalMemory):
@@ -397,6 +400,7 @@ class AddressSpace:
         self._vmas: dict[int, Vma] = {}
         self._handle = new_handle(self)
         cmm.as_set_fault_handle(ptr, self._handle)
+        cmm.bind_cpu(self, ptr)
         try:
             machine._add_space(self, ptr)   # also frees ptr when this object is garbage
         except BaseException:
@@ -834,84 +838,28 @@ class AddressSpace:
             _check_va(va)
         cmm.fast_raise(rc)
 
-    def read8(self, va: int) -> int:
+    def _read(self, va: Any, size: int) -> int:
+        """What the C methods read8 .. read64 (CpuAccess) do not do at once -- a TLB
+        miss, MMIO, the cache model, a bad argument: the ordinary cffi call, its
+        failure raised."""
         try:
-            v: int = _READ8(self._as, va)
+            v: int = _READ[size](self._as, va)
         except (TypeError, OverflowError):
-            return self._read_slow(va, 1)
-        if v < 0:
-            self._fail(va, v)
-        return v
-
-    def read16(self, va: int) -> int:
-        try:
-            v: int = _READ16(self._as, va)
-        except (TypeError, OverflowError):
-            return self._read_slow(va, 2)
-        if v < 0:
-            self._fail(va, v)
-        return v
-
-    def read32(self, va: int) -> int:
-        try:
-            v: int = _READ32(self._as, va)
-        except (TypeError, OverflowError):
-            return self._read_slow(va, 4)
-        if v < 0:
-            self._fail(va, v)
-        return v
-
-    def read64(self, va: int) -> int:
-        try:
-            v: int = _READ64(self._as, va)
-        except (TypeError, OverflowError):
-            return self._read_slow(va, 8)
-        if v == _ALL_ONES:
-            rc = cmm.fast_failed()
+            return self._read_slow(va, size)
+        if v < 0 if size < 8 else v == _ALL_ONES:
+            rc = v if size < 8 else cmm.fast_failed()
             if rc:
                 self._fail(va, rc)
         return v
 
-    def write8(self, va: int, value: int) -> None:
+    def _write(self, va: Any, value: Any, size: int) -> None:
+        """As _read, for write8 .. write64."""
         if value is True or value is False:
-            self._write_slow(va, 1, value)
+            self._write_slow(va, size, value)
         try:
-            rc: int = _WRITE8(self._as, va, value)
+            rc: int = _WRITE[size](self._as, va, value)
         except (TypeError, OverflowError):
-            return self._write_slow(va, 1, value)
-        if rc:
-            self._fail(va, rc)
-        return None
-
-    def write16(self, va: int, value: int) -> None:
-        if value is True or value is False:
-            self._write_slow(va, 2, value)
-        try:
-            rc: int = _WRITE16(self._as, va, value)
-        except (TypeError, OverflowError):
-            return self._write_slow(va, 2, value)
-        if rc:
-            self._fail(va, rc)
-        return None
-
-    def write32(self, va: int, value: int) -> None:
-        if value is True or value is False:
-            self._write_slow(va, 4, value)
-        try:
-            rc: int = _WRITE32(self._as, va, value)
-        except (TypeError, OverflowError):
-            return self._write_slow(va, 4, value)
-        if rc:
-            self._fail(va, rc)
-        return None
-
-    def write64(self, va: int, value: int) -> None:
-        if value is True or value is False:
-            self._write_slow(va, 8, value)
-        try:
-            rc: int = _WRITE64(self._as, va, value)
-        except (TypeError, OverflowError):
-            return self._write_slow(va, 8, value)
+            return self._write_slow(va, size, value)
         if rc:
             self._fail(va, rc)
         return None

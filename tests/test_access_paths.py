@@ -94,6 +94,65 @@ def test_fast_path_errors_are_the_specific_classes() -> None:
                 getattr(mm, w)(vma.start, 1)
 
 
+def test_tlb_hit_path_refuses_what_the_general_path_refuses() -> None:
+    """Once the TLB holds the entry, read8 .. write64 are done by the C methods
+    themselves (CpuAccess): every refusal still comes from the general path."""
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        ro, _ = _ram(m, mm, prot="r")
+        for va in (vma.start, ro.start):
+            mm.read64(va)                          # both entries in the TLB
+        for i, w in enumerate(WRITES):
+            with pytest.raises(ProtectionFault):
+                getattr(mm, w)(ro.start, 1)        # a read-only TLB entry is no write hit
+            with pytest.raises(InvalidArgumentError):
+                getattr(mm, w)(vma.start, 1 << (8 << i))
+            with pytest.raises(TypeError):
+                getattr(mm, w)(vma.start, True)
+            with pytest.raises(TypeError):
+                getattr(mm, w)(vma.start)
+        for r in READS:
+            with pytest.raises(TypeError):
+                getattr(mm, r)()
+            with pytest.raises(TypeError):
+                getattr(mm, r)(vma.start, 1)
+        assert mm.read64(vma.start) == 0 and mm.read64(ro.start) == 0
+        mm.write16(vma.start + 1, 0xBEEF)          # unaligned: the general path, same bytes
+        assert mm.read(vma.start, 4) == b"\x00\xef\xbe\x00"
+        m.close()
+        for r in READS:
+            with pytest.raises(MachineClosedError):
+                getattr(mm, r)(vma.start)
+        with pytest.raises(MachineClosedError):
+            mm.write32(vma.start, 1)
+
+
+@pytest.mark.parametrize("platform", ["x86", "arm", "sram"])
+def test_tlb_hit_path_counts_as_the_general_path(platform: str) -> None:
+    """The same accesses through the C methods and through the ordinary cffi call
+    (``_read`` / ``_write``) give the same values and the same event counts."""
+    def run(direct: bool) -> tuple[list[int], dmamap.AsStats]:
+        with dmamap.Machine(platform, ram=16 << 20) as m:
+            dev = m.add_device("d")
+            buf = dmamap.dma_alloc_coherent(dev, 4 * PAGE_SIZE)
+            mm = m.new_address_space()
+            vma = mm.mmap(4 * PAGE_SIZE)
+            dmamap.dma_mmap_coherent(dev, vma, *buf)
+            out = []
+            for k in range(64):
+                va, size = vma.start + (k * 1544) % (4 * PAGE_SIZE - 8) // 8 * 8, 1 << (k % 4)
+                if direct:
+                    getattr(mm, f"write{8 * size}")(va, k)
+                    out.append(getattr(mm, f"read{8 * size}")(va))
+                else:
+                    mm._write(va, k, size)
+                    out.append(mm._read(va, size))
+            return out, mm.stats
+    fast, slow = run(True), run(False)
+    assert fast == slow and fast[0] == list(range(64))
+
+
 def test_fast_path_device_callbacks_and_their_exceptions() -> None:
     calls: list[tuple[int, int]] = []
 

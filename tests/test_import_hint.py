@@ -7,16 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 # -S: no site-packages, so no editable-install finder can supply the core from
 # elsewhere (as after a plain ``pip install .``, the clone's dmamap/ shadows it).
 
 
-def test_source_tree_without_core_gives_a_hint(tmp_path: Path) -> None:
-    """A clone (dmamap/ next to csrc/, no dmamap/_core*.so) imported from its own
-    directory fails with an ImportError that says to run pip install -e . or leave."""
+@pytest.mark.parametrize("missing", ["_core*", "_cpu*.so"])
+def test_source_tree_without_core_gives_a_hint(tmp_path: Path, missing: str) -> None:
+    """A clone (dmamap/ next to csrc/, without dmamap/_core*.so or the register-access
+    extension) imported from its own directory fails with an ImportError that says to
+    run pip install -e . or leave."""
     shutil.copytree(ROOT / "dmamap", tmp_path / "dmamap",
-                    ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+                    ignore=shutil.ignore_patterns(missing, "__pycache__"))
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
     res = subprocess.run([sys.executable, "-S", "-c", "import dmamap"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)

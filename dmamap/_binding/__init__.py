@@ -47,20 +47,22 @@ from dmamap.errors import (
 )
 
 try:
+    from dmamap._binding import _cpu
     from dmamap._core import ffi, lib
 except ImportError as exc:   # pragma: no cover - depends on how dmamap was installed
     import pathlib
 
     _here = pathlib.Path(__file__).resolve().parent.parent
-    if (_here.parent / "csrc").is_dir() and not list(_here.glob("_core*")):
+    if (_here.parent / "csrc").is_dir() and not (list(_here.glob("_core*.so")) and
+                                                 list(_here.glob("_binding/_cpu*.so"))):
         raise ImportError(f"you are importing dmamap from a source tree ({_here.parent}) without its compiled "
-                          f"core; run `pip install -e .` there, or leave the directory") from exc
+                          f"modules; run `pip install -e .` there, or leave the directory") from exc
     raise
 
 __all__ = [
     "Err", "CODE_TO_ERROR", "Region", "FaultKind", "FaultResult", "IoKind", "PageFlag", "MemtypePolicy", "ProtFlag",
     "VmFlag", "RemapFlag", "MAX_REGIONS", "MAX_HOST_BUFFER", "call", "check", "stash", "raise_for", "in_buffer",
-    "out_buffer", "new_handle", "NULL",
+    "out_buffer", "new_handle", "NULL", "_cpu",
 ]
 
 

@@ -12,6 +12,7 @@ from dmamap._binding import (
     FAULT_CALLBACK,
     MAX_HOST_BUFFER,
     NULL,
+    _cpu,
     _local,
     call,
     ffi,
@@ -27,6 +28,7 @@ __all__ = [
     "vma_split", "mremap", "vma_set_fault", "vma_set_pio", "chunks", "remap_pfn_range", "remap_pfn_chunks",
     "vmf_insert_pfn_prot", "vmf_insert_mixed", "vm_insert_page", "zap_vma_ptes", "mprotect", "translate", "read",
     "readinto", "write", "from_buffer", "read_n", "write_n", "READ_FAST", "WRITE_FAST", "ALL_ONES", "FAST_NOP",
+    "CpuAccess", "bind_cpu",
     "fast_failed", "fast_raise", "view_pin", "view_buffer", "touch", "touch_list", "count_present", "tlb_flush_all",
     "fork",
 ]
@@ -319,6 +321,17 @@ READ_FAST: dict[int, Callable[[Any, int], int]] = {
 WRITE_FAST: dict[int, Callable[[Any, int, int], int]] = {
     1: lib.dmamap_write8_fast, 2: lib.dmamap_write16_fast, 4: lib.dmamap_write32_fast, 8: lib.dmamap_write64_fast,
 }
+#: The C base class of AddressSpace: read8 .. write64 as C methods (dmamap/_binding/_cpu.c),
+#: which do a TLB hit on plain memory themselves and call ``_read`` / ``_write`` otherwise.
+CpuAccess = _cpu.CpuAccess
+_cpu.bind_core(int(ffi.cast("uintptr_t", ffi.addressof(lib, "dmamap_access_try"))))
+
+
+def bind_cpu(obj: _cpu.CpuAccess, p: Any) -> None:
+    """Point the C register accesses of ``obj`` at address space ``p`` (which must outlive it)."""
+    obj._bind_cpu(int(ffi.cast("uintptr_t", p)))
+
+
 #: A call with the fast path's arguments that does nothing: the cffi floor under it, for the benchmark.
 FAST_NOP: Callable[[Any, int], int] = lib.dmamap_fast_nop
 #: What a failed 8-byte fast read returns (a successful one may too: see fast_failed).

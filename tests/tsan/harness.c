@@ -107,6 +107,8 @@ static void shared_space(dmamap_as *as, unsigned seed)
             uint64_t v = 0;
             inserted++;
             dmamap_read_n(as, info.start + 24, 8, &v, &err);
+            dmamap_access_try(as, info.start + 24, 8, 0, &v);   /* the binding's no-wait path: a TLB hit */
+            dmamap_access_try(as, info.start + 32, 8, 1, &v);
         }
         dmamap_munmap(as, id, &err);
         return;
@@ -120,6 +122,7 @@ static void shared_space(dmamap_as *as, unsigned seed)
             remapped++;
             dmamap_write_n(as, info.start + 16, 4, seed, &err);
             dmamap_read_n(as, info.start + 16, 4, &v, &err);
+            dmamap_access_try(as, info.start + 16, 4, 1, &v);
             struct dmamap_xlate x;
             dmamap_translate(as, info.start, &x, &err);
             dmamap_zap_vma_ptes(as, id, info.start, PAGE, &err);
@@ -171,6 +174,10 @@ static void *ft_faulter(void *arg)
         if (dmamap_touch(ft_as, start, FT_PAGES, PAGE, i & 1, &err) == 0)
             ft_faults += FT_PAGES;
         dmamap_touch_list(ft_as, vas, FT_PAGES, 0, &err);
+        uint64_t v = 0;
+        for (int j = 0; j < FT_PAGES; j += 8)   /* no-wait accesses beside the editor's exclusive calls */
+            if (!dmamap_access_try(ft_as, start + (uint64_t)j * PAGE, 4, j & 8, &v))
+                dmamap_read_n(ft_as, start + (uint64_t)j * PAGE, 4, &v, &err);
         dmamap_touch(ft_as, ft_start[2], FT_PAGES, PAGE, 0, &err);   /* the other faulter races these */
         dmamap_touch(ft_as, ft_start[3], FT_PAGES, PAGE, 0, &err);
         if (err.code == DMAMAP_ECLOSED)

@@ -8,7 +8,10 @@
  * when wall-clock scaling cannot.
  *
  *   gcc -O2 -std=c11 -D_GNU_SOURCE -Icsrc tests/tsan/scale.c csrc/ *.c arch/ * / *.c -o scale -lpthread
- *   ./scale [x86|arm] [MiB per thread] [rounds]
+ *   ./scale [x86|arm] [MiB per thread] [rounds] [touch]
+ *
+ * With "touch", only the touches are timed (each round's VMA is mapped before
+ * the clock and unmapped after it).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -60,21 +63,43 @@ static void round_trip(dmamap_as *as, int k)
     }
 }
 
+static int touch_only;   /* time the touches alone: every VMA is mapped before the clock, unmapped after */
+
 static void *worker(void *arg)
 {
     struct job *j = arg;
+    struct dmamap_err err;
+    int64_t ids[64];
+    uint64_t starts[64];
     round_trip(j->as, j->k);   /* (the tables are there from now on) */
+    if (touch_only)
+        for (uint64_t r = 0; r < rounds; r++) {
+            uint64_t prot = dmamap_prot_make(isa, DMAMAP_PROT_READ | DMAMAP_PROT_WRITE | DMAMAP_PROT_USER, 0);
+            struct dmamap_chunk c = {pfns[j->k], bufsize / PAGE};
+            struct dmamap_vma_info info;
+            if (dmamap_mmap(j->as, 0, bufsize, DMAMAP_VM_READ | DMAMAP_VM_WRITE | DMAMAP_VM_SHARED, prot, 0, &ids[r],
+                            &err) ||
+                dmamap_vma_set_fault(j->as, ids[r], DMAMAP_FAULT_PAGE, &c, 1, 0, 1, 0, &err) ||
+                dmamap_vma_info(j->as, ids[r], &info, &err))
+                exit(1);
+            starts[r] = info.start;
+        }
     pthread_barrier_wait(&bar);
     struct rusage r0, r1;
     getrusage(RUSAGE_THREAD, &r0);
     double c0 = now(CLOCK_THREAD_CPUTIME_ID);
     for (uint64_t r = 0; r < rounds; r++)
-        round_trip(j->as, j->k);
+        if (!touch_only)
+            round_trip(j->as, j->k);
+        else if (dmamap_touch(j->as, starts[r], bufsize / PAGE, PAGE, 0, &err))
+            exit(1);
     j->cpu_ns = now(CLOCK_THREAD_CPUTIME_ID) - c0;
     getrusage(RUSAGE_THREAD, &r1);
     j->vcsw = r1.ru_nvcsw - r0.ru_nvcsw;
     j->ivcsw = r1.ru_nivcsw - r0.ru_nivcsw;
     pthread_barrier_wait(&bar);
+    for (uint64_t r = 0; touch_only && r < rounds; r++)
+        dmamap_munmap(j->as, ids[r], &err);
     return NULL;
 }
 
@@ -123,6 +148,9 @@ int main(int argc, char **argv)
     isa = arm ? DMAMAP_ISA_AARCH64 : DMAMAP_ISA_X86_64;
     bufsize = (argc > 2 ? strtoull(argv[2], NULL, 0) : 16) << 20;
     rounds = argc > 3 ? strtoull(argv[3], NULL, 0) : 20;
+    touch_only = argc > 4 && !strcmp(argv[4], "touch");
+    if (touch_only && rounds > 64)
+        rounds = 64;
     uint64_t ram = 2 * bufsize + (64ULL << 20), base = arm ? 0x40000000ULL : 0;
     void *backing = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     m = dmamap_machine_new(isa, backing, ram, !arm, &err);
