@@ -232,6 +232,23 @@ static inline void direct_flush(uint8_t *host, uint8_t *buf, uint64_t len, int i
         memmove(buf, host, len);
 }
 
+/* The direct copies of a run gather into runs of contiguous memory and buffer
+ * (a direct_run), each moved with one memmove: add len bytes at host / b,
+ * moving the run so far first when they do not continue it. */
+struct direct_run {
+    uint8_t *host, *buf;
+    uint64_t len;
+};
+
+static inline void direct_add(struct direct_run *r, uint8_t *host, uint8_t *b, uint64_t len, int is_write)
+{
+    if (host != r->host + r->len || b != r->buf + r->len) {
+        direct_flush(r->host, r->buf, r->len, is_write);
+        *r = (struct direct_run){host, b, 0};
+    }
+    r->len += len;
+}
+
 /* How many of the run's lines fall in each set: a difference array over the sets, one entry pair per segment. */
 static void count_sets(uint32_t *total, int32_t *diff, uint64_t nsets, const struct dmamap_cache_seg *seg,
                        size_t nseg)
@@ -314,9 +331,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
     uint64_t clock = m->cache_clock;
     struct cache_line *const cache = m->cache;
     uint8_t *const data = m->cache_data;
-    /* the direct copies gather into runs of contiguous memory and buffer, moved with one memmove each */
-    uint8_t *dh = NULL, *db = NULL;
-    uint64_t dlen = 0;
+    struct direct_run dr = {NULL, NULL, 0};
     /* A run contiguous in memory is one segment, whose lines 2*capacity .. lines-capacity (the line in
      * each set after its first 2W, up to the one W before its last) all go directly: skipped at once. */
     struct dmamap_cache_seg one;
@@ -346,13 +361,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             clock += skipped;
             if (is_write)
                 wbs += skipped;
-            if (host != dh + dlen || b != db + dlen) {
-                direct_flush(dh, db, dlen, is_write);
-                dh = host;
-                db = b;
-                dlen = 0;
-            }
-            dlen += skip_end - skip_pa;
+            direct_add(&dr, host, b, skip_end - skip_pa, is_write);
             pa0 = skip_end;
             continue;
         }
@@ -371,13 +380,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             clock += count;
             if (is_write)
                 wbs += count;
-            if (host != dh + dlen || b != db + dlen) {
-                direct_flush(dh, db, dlen, is_write);
-                dh = host;
-                db = b;
-                dlen = 0;
-            }
-            dlen += plen;
+            direct_add(&dr, host, b, plen, is_write);
             continue;
         }
         for (uint64_t pa = pa0 - plen, end = pa0; pa < end;
@@ -401,13 +404,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
                 }
                 misses++;
                 clock++;
-                if (host != dh + dlen || b != db + dlen) {
-                    direct_flush(dh, db, dlen, is_write);
-                    dh = host;
-                    db = b;
-                    dlen = 0;
-                }
-                dlen += CACHE_LINE;
+                direct_add(&dr, host, b, CACHE_LINE, is_write);
                 continue;
             }
             struct cache_line *ways = &cache[set * W];
@@ -443,7 +440,7 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             }
         }
     }
-    direct_flush(dh, db, dlen, is_write);
+    direct_flush(dr.host, dr.buf, dr.len, is_write);
     m->cache_clock = clock;
     m->cache_hits += hits;
     m->cache_misses += misses;

@@ -72,21 +72,28 @@ struct vma *vma_get_at(dmamap_as *as, int64_t id, uint64_t addr, struct dmamap_e
     return v;
 }
 
-struct vma *vma_find(dmamap_as *as, uint64_t va)
+/* The live VMA containing va, trying *last (an index, checked) first and
+ * remembering the answer there. */
+static struct vma *vma_find_from(dmamap_as *as, int *last, uint64_t va)
 {
-    if (as->last_vma >= 0) {
-        struct vma *v = &as->vmas[as->last_vma];
+    if (*last >= 0 && *last < as->nvmas) {
+        struct vma *v = &as->vmas[*last];
         if (v->live && va >= v->start && va < v->end)
             return v;
     }
     for (int i = 0; i < as->nvmas; i++) {
         struct vma *v = &as->vmas[i];
         if (v->live && va >= v->start && va < v->end) {
-            as->last_vma = i;
+            *last = i;
             return v;
         }
     }
     return NULL;
+}
+
+struct vma *vma_find(dmamap_as *as, uint64_t va)
+{
+    return vma_find_from(as, &as->last_vma, va);
 }
 
 /* vma_find for a touch loop's CPU slot c, which may run in reader mode beside
@@ -96,20 +103,7 @@ struct vma *vma_find(dmamap_as *as, uint64_t va)
  * other's). */
 struct vma *vma_find_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va)
 {
-    int last = c->last_vma;
-    if (last >= 0 && last < as->nvmas) {
-        struct vma *v = &as->vmas[last];
-        if (v->live && va >= v->start && va < v->end)
-            return v;
-    }
-    for (int i = 0; i < as->nvmas; i++) {
-        struct vma *v = &as->vmas[i];
-        if (v->live && va >= v->start && va < v->end) {
-            c->last_vma = i;
-            return v;
-        }
-    }
-    return NULL;
+    return vma_find_from(as, &c->last_vma, va);
 }
 
 int64_t dmamap_vma_find(dmamap_as *as, uint64_t va)

@@ -741,8 +741,9 @@ class AddressSpace(cmm.CpuAccess):
         n, va = u64("n", n), u64("va", va)
         if not n:
             return b""
-        self._check_span(va, n)
-        return cmm.read(self._ptr(), va, n)
+        if n > _SMALL_ACCESS and n > cmm.MAX_HOST_BUFFER:
+            self._check_span(va, n)   # SIGSEGV at a gap before OutOfMemoryError for the buffer
+        return cmm.read(self._ptr(), va, n)   # (the core refuses a gap before reading anything)
 
     def readinto(self, va: int, buf: Any) -> int:
         """Read ``len(buf)`` bytes (its size in bytes, whatever its item type)
