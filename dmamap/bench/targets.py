@@ -356,7 +356,7 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
             mm.close()
     speedup = 2 * _med(one) / _med(two)
     machine = 2 * _med(ref_one) / _med(ref_two)
-    value = speedup * 2 / max(machine, 1.0) if machine < 2 else speedup
+    value = speedup if machine >= 2 else min(2.0, speedup * 2 / machine)
     where = "one address space" if shared else "two address spaces"
     return target("threads", f"2 threads / 1 thread faulting, {where} ({platform})", value,
                   f"{speedup:.2f}× measured, the machine gave a share-nothing loop {machine:.2f}×; "

@@ -1,0 +1,43 @@
+"""The benchmark's ratio targets run end to end (their speed is judged by `dmamap bench`,
+not here): each yields a ratio, a PASS or MISS against its goal, and the figures it
+was computed from."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmamap.bench import targets
+from dmamap.bench.results import Target
+
+
+def _judged(t: Target) -> None:
+    assert t.status in ("PASS", "MISS") and t.value > 0
+    op, bound = targets.RATIO_GOALS[t.details["key"]]
+    assert (t.status == "PASS") == (t.value <= bound if op == "≤" else t.value >= bound)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_threads_target_reports_its_machine_reference(shared: bool) -> None:
+    t = targets.target_threads("x86", 1, shared=shared)
+    _judged(t)
+    speedup, machine = t.details["speedup"], t.details["machine_speedup"]
+    assert speedup > 0 and machine > 0
+    # scaled by the machine's parallelism only when the share-nothing loop got less than 2x
+    expected = speedup if machine >= 2 else min(2.0, speedup * 2 / machine)
+    assert t.value == pytest.approx(expected)
+    assert "share-nothing" in t.measured
+
+
+def test_register_targets_compare_with_struct_on_a_plain_mmap() -> None:
+    ts = targets.target_mmio32(1)
+    assert [t.details["key"] for t in ts] == ["read32", "write32"]
+    for t in ts:
+        _judged(t)
+        assert t.details["cffi_floor"] > 0
+
+
+def test_import_target_runs_with_bytecode_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    t = targets.target_import(1)
+    _judged(t)
+    assert "bytecode cached" in t.measured
