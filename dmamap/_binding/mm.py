@@ -20,6 +20,7 @@ from dmamap._binding import (
     out_buffer,
     raise_for,
 )
+from dmamap._binding._cpu import CpuAccess
 from dmamap.errors import OutOfMemoryError
 
 __all__ = [
@@ -321,9 +322,9 @@ READ_FAST: dict[int, Callable[[Any, int], int]] = {
 WRITE_FAST: dict[int, Callable[[Any, int, int], int]] = {
     1: lib.dmamap_write8_fast, 2: lib.dmamap_write16_fast, 4: lib.dmamap_write32_fast, 8: lib.dmamap_write64_fast,
 }
-#: The C base class of AddressSpace: read8 .. write64 as C methods (dmamap/_binding/_cpu.c),
-#: which do a TLB hit on plain memory themselves and call ``_read`` / ``_write`` otherwise.
-CpuAccess = _cpu.CpuAccess
+# CpuAccess, the C base class of AddressSpace: read8 .. write64 as C methods
+# (dmamap/_binding/_cpu.c), which do a TLB hit on plain memory themselves and
+# call ``_read`` / ``_write`` otherwise.
 _cpu.bind_core(int(ffi.cast("uintptr_t", ffi.addressof(lib, "dmamap_access_try"))))
 
 
