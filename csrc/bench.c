@@ -29,6 +29,14 @@ uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value)
     return dmamap_now_ns() - t0;
 }
 
+uint64_t dmamap_bench_spin(uint64_t n)
+{
+    uint64_t t0 = dmamap_now_ns(), x = 0;
+    for (uint64_t i = 0; i < n; i++)
+        __asm__ __volatile__("" : "+r"(x) : "r"(i));   /* a register dependency the compiler keeps */
+    return dmamap_now_ns() - t0 + (x & 0);
+}
+
 /* Give the host pages behind emulated memory [pa, pa+size) (RAM or SRAM)
  * their backing now, without changing their contents, so that a timed run
  * measures the emulator and not the host's first-touch faults on the sparse

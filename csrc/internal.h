@@ -369,10 +369,11 @@ struct as_cpu {
 
 /* Striped page-table locks (split PTE ptlocks): a reader installing PTEs into a
  * leaf table holds the lock of that table's stripe. */
-#define AS_PTLS 16
+#define AS_PTL_BITS 6   /* 64 stripes: two threads' current leaf tables rarely share one */
+#define AS_PTLS (1 << AS_PTL_BITS)
 static inline unsigned ptl_of(uint64_t table_pa)
 {
-    return (unsigned)((table_pa >> PAGE_SHIFT) * 0x9e3779b97f4a7c15ULL >> 60) % AS_PTLS;
+    return (unsigned)((table_pa >> PAGE_SHIFT) * 0x9e3779b97f4a7c15ULL >> (64 - AS_PTL_BITS));
 }
 
 struct dmamap_as {

@@ -9,8 +9,8 @@ from typing import Any
 
 from dmamap._binding import _local, call, ffi, lib, raise_for
 
-__all__ = ["HOST", "now_ns", "store_loop", "u64_buffer", "host_memfd", "host_ref", "host_fault_around", "populate",
-           "prepared", "HOST_REF_OUT"]
+__all__ = ["HOST", "now_ns", "store_loop", "spin", "u64_buffer", "host_memfd", "host_ref", "host_fault_around",
+           "populate", "prepared", "HOST_REF_OUT"]
 
 #: Flags of ``dmamap_bench_host_ref`` (fill, memory, touch), by the C names less DMAMAP_HOST_.
 HOST: dict[str, int] = {name[len("DMAMAP_HOST_"):]: getattr(lib, name) for name in dir(lib)
@@ -30,6 +30,11 @@ def u64_buffer(n: int) -> Any:
 def store_loop(buf: Any, n: int, value: int) -> int:
     """Nanoseconds to store ``value`` into ``n`` words of ``buf`` (the PTE-fill floor)."""
     return int(lib.dmamap_bench_store_loop(buf, n, value))
+
+
+def spin(n: int) -> int:
+    """Nanoseconds of ``n`` steps of a loop that touches no memory (GIL released)."""
+    return int(lib.dmamap_bench_spin(n))
 
 
 def host_memfd(size: int) -> int:

@@ -281,19 +281,25 @@ def _two_threads(work: Callable[[int], None]) -> int:
     return time.perf_counter_ns() - t0
 
 
-def _share_nothing(words: int, calls: int) -> Callable[[int], None]:
-    """The parallel reference: a C store loop over a buffer of the thread's own (GIL
-    released), so what two threads get of it is what the machine gives two threads now."""
-    bufs = [cbench.u64_buffer(words) for _ in range(2)]
+def _share_nothing(step_ns: float, calls: int) -> Callable[[int], None]:
+    """The parallel reference: ``calls`` C calls per thread (GIL released) of a loop that
+    touches no memory, each lasting ``step_ns``, as the timed work's calls do, so that what
+    two threads get of it is what the machine gives two threads of such calls now."""
+    n = max(1, int(step_ns / max(cbench.spin(1 << 20) / (1 << 20), 0.01)))
 
     def work(i: int) -> None:
         for _ in range(calls):
-            cbench.store_loop(bufs[i], words, i)
+            cbench.spin(n)
     return work
 
 
-#: VMAs each thread faults in per timed run, and their size.
-THREAD_VMAS, THREAD_VMA_SIZE = 8, 64 * MiB
+def _scaled(speedup: float, machine: float) -> float:
+    """A two-thread speedup as if the machine had given two full CPUs (capped at 2)."""
+    return speedup if machine >= 2 else min(2.0, speedup * 2 / machine)
+
+
+#: VMAs each thread faults in per timed run, and their size (a call of about a millisecond each).
+THREAD_VMAS, THREAD_VMA_SIZE = 24, 256 * MiB
 
 
 def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
@@ -303,8 +309,9 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
     fault handler) before the clock and unmapped after it.  mmap and munmap take the
     address-space lock exclusively, as Linux's take mmap_lock for writing; page faults are
     what Linux's per-VMA locks let run side by side.  The machine's own parallelism is
-    measured in the same run (a share-nothing C loop on two threads against one), and the
-    ratio is scaled by it: on a host whose second CPU is busy elsewhere no code scales."""
+    measured in the same run (a share-nothing C loop, in calls as long as the touches', on
+    two threads against one), and the ratio is scaled by it: two vCPUs of a shared host may
+    be two hyperthreads of one core, or one of them busy with another guest's work."""
     size, n = THREAD_VMA_SIZE, THREAD_VMAS
     with bench_machine(platform, 2 * size) as (m, dev):
         bufs = [aligned_coherent(dev, size) for _ in range(2)]
@@ -330,20 +337,22 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
             for vma in mapped[i]:
                 cmm.touch(p, vma.start, size >> PAGE_SHIFT, PAGE_SIZE, False)
 
-        ref = _share_nothing(32 * 1024, 100)
+        def one_thread() -> int:
+            setup(0)
+            t0 = time.perf_counter_ns()
+            work(0)
+            dt = time.perf_counter_ns() - t0
+            teardown()
+            return dt
+
+        one_thread()   # warm-up: the table pages and host pages behind them exist from now on
+        ref = _share_nothing(one_thread() / n, n)
         one: list[int] = []
         two: list[int] = []
         ref_one: list[int] = []
         ref_two: list[int] = []
-        setup(0)
-        work(0)   # warm-up: the table pages and host pages behind them exist from now on
-        teardown()
-        for _ in range(max(5, repeat)):
-            setup(0)
-            t0 = time.perf_counter_ns()
-            work(0)
-            one.append(time.perf_counter_ns() - t0)
-            teardown()
+        for _ in range(max(7, repeat)):
+            one.append(one_thread())
             setup(0)
             setup(1)
             two.append(_two_threads(work))
@@ -356,7 +365,7 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
             mm.close()
     speedup = 2 * _med(one) / _med(two)
     machine = 2 * _med(ref_one) / _med(ref_two)
-    value = speedup if machine >= 2 else min(2.0, speedup * 2 / machine)
+    value = _scaled(speedup, machine)   # (medians of interleaved repeats: single repeats are noisier)
     where = "one address space" if shared else "two address spaces"
     return target("threads", f"2 threads / 1 thread faulting, {where} ({platform})", value,
                   f"{speedup:.2f}× measured, the machine gave a share-nothing loop {machine:.2f}×; "
