@@ -476,6 +476,19 @@ static int view_refuse(int *refused, struct dmamap_err *err, uint64_t va, const 
     return 0;
 }
 
+/* VMAs cover [va, va+n) end to end, or ESEGV at the first gap (lock held). */
+static int span_check(dmamap_as *as, uint64_t va, uint64_t n, struct dmamap_err *err)
+{
+    for (uint64_t cur = va; cur - va < n;) {
+        struct vma *v = vma_find(as, cur);
+        if (!v)
+            return dmamap_fail(err, DMAMAP_ESEGV, cur, "access to %#llx, which no VMA maps (SIGSEGV)",
+                               (unsigned long long)cur);
+        cur = v->end;
+    }
+    return 0;
+}
+
 static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_t **host_out, uint64_t *pa_out,
                       int *refused, struct dmamap_err *err)
 {
@@ -548,7 +561,9 @@ int dmamap_view_pin(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint8_
         return dmamap_fail(err, DMAMAP_ESEGV, va, "view %#llx+%#llx wraps the address space (SIGSEGV)",
                            (unsigned long long)va, (unsigned long long)n);
     AS_LOCK(as, err, va);
-    int rc = view_check(as, va, n, is_write, host_out, pa_out, refused, err);
+    int rc = span_check(as, va, n, err);   /* a gap refuses it before anything is faulted in */
+    if (!rc)
+        rc = view_check(as, va, n, is_write, host_out, pa_out, refused, err);
     if (!rc && !*refused)
         rc = view_pin(as->m, *pa_out, n, refused, err);
     return as_unlock(as, rc, err);
@@ -638,6 +653,17 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
         uint64_t vpn = va >> PAGE_SHIFT;
         struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
+        if (run.len && t->vpn == vpn && t->host && t->host + off == run.host + run.len && t->cacheable && !t->device &&
+            (!is_write || t->writable) && !as->m->cache && !as->m->nown) {
+            /* the common case, kept short: a TLB hit that continues the run of plain memory
+             * (what resolve and the branch below do for it, less the calls) */
+            as->st.tlb_hits++;
+            run.len += chunk;
+            b += chunk;
+            va += chunk;
+            n -= chunk;
+            continue;
+        }
         /* a TLB miss may fault, and a fault may call back: copy first, unless
          * the page tables already allow the access (a walk, nothing more) */
         if ((t->vpn != vpn || (is_write && !t->writable)) && !mapped_for(as, va, is_write))
@@ -701,15 +727,8 @@ int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is
     /* A large access needs VMAs end to end, or nothing is touched: the first gap
      * refuses it whole.  A small one is an access like any (a gap is found by
      * the TLB lookup and walk, as the CPU finds it). */
-    for (uint64_t cur = va; n > BULK_SMALL && cur < va + n;) {
-        struct vma *v = vma_find(as, cur);
-        if (!v) {
-            int rc = dmamap_fail(err, DMAMAP_ESEGV, cur, "access to %#llx, which no VMA maps (SIGSEGV)",
-                                 (unsigned long long)cur);
-            return as_unlock(as, rc, err);
-        }
-        cur = v->end;
-    }
-    int rc = access_bulk_locked(as, va, buf, n, is_write, err);
+    int rc = n > BULK_SMALL ? span_check(as, va, n, err) : 0;
+    if (!rc)
+        rc = access_bulk_locked(as, va, buf, n, is_write, err);
     return as_unlock(as, rc, err);
 }

@@ -806,7 +806,6 @@ class AddressSpace(cmm.CpuAccess):
         va, size = u64("va", va), u64("size", size)
         if not size:
             raise InvalidArgumentError("zero-length view", va)
-        self._check_span(va, size)
         pinned = cmm.view_pin(self._ptr(), va, size, bool(write))
         if isinstance(pinned, str):
             raise ZeroCopyError(pinned, va)

@@ -132,8 +132,23 @@ static PyObject *bind_core(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* An unfilled bytes object for the caller to fill before anyone else sees it (as C
+ * code filling PyBytes_FromStringAndSize(NULL, n) does): bytes(n) would zero-fill
+ * what a bulk read then overwrites, a second pass over memory. */
+static PyObject *fresh_bytes(PyObject *mod, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "negative size");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(NULL, n);
+}
+
 static PyMethodDef module_methods[] = {
     {"bind_core", bind_core, METH_O, "Take dmamap_access_try's address from dmamap._core."},
+    {"fresh_bytes", fresh_bytes, METH_O, "An unfilled bytes object of n bytes, for the caller to fill."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -251,31 +251,8 @@ def translate(p: Any, va: int) -> Xlate | None:
 
 
 # bytes(n) zero-fills what the copy then overwrites (a second pass over memory, 2x the
-# cost of a large read); PyBytes_FromStringAndSize(NULL, n) leaves it unfilled, as C
-# code that fills a fresh bytes object does.
+# cost of a large read): a bytes object left unfilled (_cpu.fresh_bytes) is filled instead.
 _UNFILLED_FROM = 1 << 12
-_new_bytes: list[Callable[[None, int], bytes] | None] = []   # made on first use (ctypes costs import time)
-
-
-def _bytes_maker() -> Callable[[None, int], bytes] | None:
-    import ctypes
-
-    try:
-        fn = ctypes.pythonapi.PyBytes_FromStringAndSize
-    except (AttributeError, OSError):   # an interpreter that does not export its C API: zero-fill
-        return None
-    fn.restype = ctypes.py_object
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-    return fn
-
-
-def _fresh_bytes(n: int) -> bytes:
-    """An unfilled bytes object of ``n`` bytes for the caller to fill (zero-filled where
-    the interpreter's C API is out of reach)."""
-    if not _new_bytes:
-        _new_bytes.append(_bytes_maker())
-    make = _new_bytes[0]
-    return make(None, n) if make is not None else bytes(n)
 
 
 def read(p: Any, va: int, n: int) -> bytes:
@@ -290,7 +267,7 @@ def read(p: Any, va: int, n: int) -> bytes:
             call(lib.dmamap_access_bulk, p, va, ffi.from_buffer(b), n, 0)
         return bytes(b)
     try:
-        out = _fresh_bytes(n) if n >= _UNFILLED_FROM else bytes(n)
+        out = _cpu.fresh_bytes(n) if n >= _UNFILLED_FROM else bytes(n)
     except MemoryError:
         raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
     cbuf = ffi.from_buffer("uint8_t[]", out)

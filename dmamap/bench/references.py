@@ -83,6 +83,10 @@ class StoreLimit:
             self._cache[n] = min(cbench.store_loop(self._buf, n, 0x63) for _ in range(self.repeat))
         return self._cache[n]
 
+    def time(self, n: int) -> int:
+        """One timing of n stores now (uncached; ``ns`` first, for the buffer)."""
+        return int(cbench.store_loop(self._buf, max(int(n), 1), 0x63))
+
 
 @dataclass
 class HostSample:
