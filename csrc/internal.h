@@ -363,6 +363,9 @@ struct as_cpu {
     uint64_t rsv_pfn, rsv_mask;
     uint64_t wct, wcp;           /* the first level of the walk cache (slot 0: the exclusive holder's too) */
     int last_vma;                /* index of the VMA this slot's touches found last (checked on use) */
+    /* leaf tables this slot walked to itself (pt_leaf_cpu), beside the shared
+     * as->lc that only exclusive holders fill: same tags and generation */
+    struct { uint64_t tag, pa; } lc[LEAF_CACHE];
     struct dmamap_as_stats st_own;
     struct tlb_entry tlb_own[TLB_SIZE];
 };
@@ -611,10 +614,16 @@ static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, u
         *table = c->wcp;
         return 1;
     }
-    if (as->lc[k % LEAF_CACHE].tag != ((k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT))
-        return 0;
-    *table = as->lc[k % LEAF_CACHE].pa;
-    return 1;
+    uint64_t tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+    if (as->lc[k % LEAF_CACHE].tag == tag) {
+        *table = as->lc[k % LEAF_CACHE].pa;
+        return 1;
+    }
+    if (c->lc[k % LEAF_CACHE].tag == tag) {
+        *table = c->lc[k % LEAF_CACHE].pa;
+        return 1;
+    }
+    return 0;
 }
 
 int pt_leaf_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va, int alloc, uint64_t *table);

@@ -40,6 +40,8 @@ void dmamap_pt_cache_reset(dmamap_as *as)
     }
     if (++as->lc_gen >= 1ULL << (64 - LC_GEN_SHIFT)) {   /* generations wrapped: forget them all */
         memset(as->lc, 0, sizeof as->lc);
+        for (int k = 0; k < AS_CPUS; k++)
+            memset(as->cpu[k].lc, 0, sizeof as->cpu[k].lc);
         as->lc_gen = 1;
     }
 }
@@ -104,8 +106,11 @@ int pt_leaf_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va, int alloc, uint64_
             return 0;   /* a block, or a corrupt entry: the general path says which */
         table = a->table_pa(ent);
     }
-    c->wct = va >> (PAGE_SHIFT + 9);
+    uint64_t k = va >> (PAGE_SHIFT + 9);
+    c->wct = k;
     c->wcp = table;
+    c->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+    c->lc[k % LEAF_CACHE].pa = table;
     *table_out = table;
     return 1;
 }
