@@ -642,6 +642,41 @@ static int mapped_for(dmamap_as *as, uint64_t va, int is_write)
                          as->dm_writable);
 }
 
+/* A TLB miss inside a run of plain memory (no cache model, no device-owned
+ * buffer), when the walk cache knows the leaf table and the PTE maps plain
+ * cacheable memory at `next`, the run's continuation: resolve's walk and TLB
+ * fill without its calls, counted as resolve counts them (a miss, a walk).
+ * 0, having changed nothing, for the general path. */
+static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int is_write, const uint8_t *next)
+{
+    uint64_t table;
+    if (!va_in(as, va) || !leaf_cached(as, va, &table))
+        return 0;
+    uint64_t ent = dmamap_ram_table(as->m, table)[pt_index(va, 0)];
+    if (!ent || (ent & ~as->pa_mask[0]) != as->dm_fast || !as->dm_cacheable || as->dm_device ||
+        (is_write && !as->dm_writable))
+        return 0;
+    uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+    int region;
+    uint8_t *host = dmamap_host_page(as->m, pa, &region);
+    if (!host || host + (va & (PAGE_SIZE - 1)) != next)
+        return 0;
+    as->st.tlb_misses++;
+    as->st.page_walks++;
+    as->cpu[0].wct = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
+    as->cpu[0].wcp = table;
+    t->vpn = va >> PAGE_SHIFT;
+    t->pa_page = pa;
+    t->host = host;
+    t->region = region;
+    t->writable = as->dm_writable;
+    t->user = as->dm_user;
+    t->cacheable = as->dm_cacheable;
+    t->device = as->dm_device;
+    t->wc = as->dm_wc;
+    return 1;
+}
+
 static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n, int is_write,
                               struct dmamap_err *err)
 {
@@ -653,11 +688,15 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         uint64_t chunk = PAGE_SIZE - off < n ? PAGE_SIZE - off : n;
         uint64_t vpn = va >> PAGE_SHIFT;
         struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
-        if (run.len && t->vpn == vpn && t->host && t->host + off == run.host + run.len && t->cacheable && !t->device &&
-            (!is_write || t->writable) && !as->m->cache && !as->m->nown) {
-            /* the common case, kept short: a TLB hit that continues the run of plain memory
-             * (what resolve and the branch below do for it, less the calls) */
-            as->st.tlb_hits++;
+        int hit = t->vpn == vpn;
+        if (run.len && !as->m->cache && !as->m->nown &&
+            (hit ? t->host && t->host + off == run.host + run.len && t->cacheable && !t->device &&
+                   (!is_write || t->writable)
+                 : bulk_miss_fast(as, t, va, is_write, run.host + run.len))) {
+            /* the common case, kept short: a TLB hit (or a miss the walk cache answers) that
+             * continues the run of plain memory (what resolve and the branch below do for
+             * it, less the calls) */
+            as->st.tlb_hits += hit;   /* (bulk_miss_fast counted its miss and walk) */
             run.len += chunk;
             b += chunk;
             va += chunk;

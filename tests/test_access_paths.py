@@ -451,3 +451,30 @@ def test_bulk_access_moves_bytes_in_order_around_a_fault_callback() -> None:
             m.phys_write(first.phys_addr, b"old!")
             assert read(vma)[:4] == b"old!"            # copied before the handler changed it
             assert m.phys_read(first.phys_addr, 4) == b"late"
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_bulk_run_counts_as_page_by_page(write: bool) -> None:
+    """A bulk access over many pages (its TLB misses answered by the walk cache inside
+    the run) counts the same misses, walks and hits, and moves the same bytes, as the
+    same pages accessed one call each."""
+    def run(whole: bool) -> tuple[bytes, tuple[int, int, int]]:
+        with dmamap.Machine("x86", ram=64 << 20) as m:
+            mm = m.new_address_space()
+            vma, _ = _ram(m, mm, pages=256)
+            data = bytes(range(256)) * (256 * PAGE_SIZE // 256)
+            mm.write(vma.start, data)
+            mm.flush_tlb()
+            before = mm.stats
+            pages = [(vma.start, 256 * PAGE_SIZE)] if whole else \
+                [(vma.start + i * PAGE_SIZE, PAGE_SIZE) for i in range(256)]
+            out = b"".join(mm.read(va, n) if not write else (mm.write(va, data[va - vma.start:][:n]) or b"")
+                           for va, n in pages)
+            for _ in range(2):   # the TLB warm now: hits
+                for va, n in pages:
+                    mm.readinto(va, bytearray(n))
+            after = mm.stats
+            return out, tuple(getattr(after, k) - getattr(before, k) for k in ("tlb_misses", "page_walks", "tlb_hits"))
+    whole, single = run(True), run(False)
+    assert whole == single
+    assert whole[1][0] == 256
