@@ -109,14 +109,9 @@ static int resolve(dmamap_as *as, uint64_t va, int is_write, struct tlb_entry **
             return dmamap_fail(err, DMAMAP_EPROT, va, "write to read-only page at %#llx (SIGSEGV)",
                                (unsigned long long)va);
         }
-        t->vpn = vpn;
-        t->pa_page = pa & PAGE_MASK;
-        t->host = dmamap_host_page(as->m, t->pa_page, &t->region);
-        t->writable = as->dm_writable;
-        t->user = as->dm_user;
-        t->cacheable = as->dm_cacheable;
-        t->device = as->dm_device;
-        t->wc = as->dm_wc;
+        int region;
+        uint8_t *host = dmamap_host_page(as->m, pa & PAGE_MASK, &region);
+        tlb_fill(as, t, vpn, pa & PAGE_MASK, host, region);
         *out = t;
         return 0;
     }
@@ -665,15 +660,7 @@ static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int i
     as->st.page_walks++;
     as->cpu[0].wct = va >> (PAGE_SHIFT + 9);   /* as the walk leaves it */
     as->cpu[0].wcp = table;
-    t->vpn = va >> PAGE_SHIFT;
-    t->pa_page = pa;
-    t->host = host;
-    t->region = region;
-    t->writable = as->dm_writable;
-    t->user = as->dm_user;
-    t->cacheable = as->dm_cacheable;
-    t->device = as->dm_device;
-    t->wc = as->dm_wc;
+    tlb_fill(as, t, va >> PAGE_SHIFT, pa, host, region);
     return 1;
 }
 

@@ -634,6 +634,23 @@ static inline int leaf_cached(const dmamap_as *as, uint64_t va, uint64_t *table)
     return leaf_cached_cpu(as, &as->cpu[0], va, table);
 }
 
+/* Fill TLB entry t for page vpn at pa_page (host memory `host` of `region`,
+ * NULL for MMIO and ports) with the attributes of the last leaf decoded (the
+ * as->dm_* memo), as a walk that ends in that leaf does. */
+static inline void tlb_fill(const dmamap_as *as, struct tlb_entry *t, uint64_t vpn, uint64_t pa_page, uint8_t *host,
+                            int region)
+{
+    t->vpn = vpn;
+    t->pa_page = pa_page;
+    t->host = host;
+    t->region = region;
+    t->writable = as->dm_writable;
+    t->user = as->dm_user;
+    t->cacheable = as->dm_cacheable;
+    t->device = as->dm_device;
+    t->wc = as->dm_wc;
+}
+
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */
 static inline uint64_t *dmamap_ram_table(dmamap_machine *m, uint64_t pa)
 {

@@ -53,15 +53,7 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
         uint8_t *host = dmamap_host_page(m, pa, &region);
         if (!host)
             return NULL;
-        t->vpn = vpn;
-        t->pa_page = pa;
-        t->host = host;
-        t->region = region;
-        t->writable = as->dm_writable;
-        t->user = as->dm_user;
-        t->cacheable = as->dm_cacheable;
-        t->device = as->dm_device;
-        t->wc = as->dm_wc;
+        tlb_fill(as, t, vpn, pa, host, region);
         c->st->tlb_misses++;
         c->st->page_walks++;
     }
