@@ -585,9 +585,10 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
  * gathered into runs of contiguous host memory, copied with one libc memmove
  * each; whole-line cacheable pages on a machine with a cache model gather
  * into one dmamap_cache_run (cache.c), as exact as the page-by-page model;
- * anything else goes through access_chunk page by page, as dmamap_access.  A run is copied before anything that could call back or
- * fail (a fault, a refused page), so every byte moves in the order, and with
- * the partial effect on failure, of dmamap_access. */
+ * anything else goes through access_chunk page by page, as dmamap_access.  A
+ * run is copied before anything that could call back or fail (a fault, a
+ * refused page), so every byte moves in the order, and with the partial effect
+ * on failure, of dmamap_access. */
 #define BULK_SMALL (64ULL << 10)
 static void *(*volatile bulk_move)(void *, const void *, size_t) = memmove;   /* libc's, never inlined */
 
@@ -622,7 +623,12 @@ static void cache_flush(dmamap_machine *m, struct cache_run *c, int is_write)
     c->n = 0;
 }
 
-#define run_flush(r, is_write) (plain_flush((r), (is_write)), cache_flush(as->m, &crun, (is_write)))
+/* Move both runs gathered so far (before anything that could call back or fail). */
+static void runs_flush(dmamap_machine *m, struct bulk_run *r, struct cache_run *c, int is_write)
+{
+    plain_flush(r, is_write);
+    cache_flush(m, c, is_write);
+}
 
 /* Whether an access at va would resolve with a walk alone (no fault, no copy
  * on write): a leaf is present, and writable for a write (known when its
@@ -647,13 +653,9 @@ static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int i
     uint64_t table;
     if (!va_in(as, va) || !leaf_cached(as, va, &table))
         return 0;
-    uint64_t ent = dmamap_ram_table(as->m, table)[pt_index(va, 0)];
-    if (!ent || (ent & ~as->pa_mask[0]) != as->dm_fast || !as->dm_cacheable || as->dm_device ||
-        (is_write && !as->dm_writable))
-        return 0;
-    uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+    uint64_t ent = dmamap_ram_table(as->m, table)[pt_index(va, 0)], pa;
     int region;
-    uint8_t *host = dmamap_host_page(as->m, pa, &region);
+    uint8_t *host = as->dm_cacheable && !as->dm_device ? leaf_fast_host(as, ent, is_write, &pa, &region) : NULL;
     if (!host || host + (va & (PAGE_SIZE - 1)) != next)
         return 0;
     as->st.tlb_misses++;
@@ -693,16 +695,16 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         /* a TLB miss may fault, and a fault may call back: copy first, unless
          * the page tables already allow the access (a walk, nothing more) */
         if ((t->vpn != vpn || (is_write && !t->writable)) && !mapped_for(as, va, is_write))
-            run_flush(&run, is_write);
+            runs_flush(as->m, &run, &crun, is_write);
         rc = resolve(as, va, is_write, &t, err);
         if (rc) {
-            run_flush(&run, is_write);
+            runs_flush(as->m, &run, &crun, is_write);
             goto out;
         }
         if (t && t->host && !t->device && t->cacheable && as->m->cache && !(off & (CACHE_LINE - 1)) &&
             !(chunk & (CACHE_LINE - 1))) {
             if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
-                run_flush(&run, is_write);
+                runs_flush(as->m, &run, &crun, is_write);
                 goto out;
             }
             plain_flush(&run, is_write);
@@ -717,19 +719,19 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         } else if (t && t->host && !t->device && t->cacheable && !as->m->cache) {
             uint8_t *h = t->host + off;
             if ((rc = dmamap_dma_own_check(as->m, t->pa_page | off, chunk, is_write, err))) {
-                run_flush(&run, is_write);
+                runs_flush(as->m, &run, &crun, is_write);
                 goto out;
             }
             cache_flush(as->m, &crun, is_write);
             if (run.len && h != run.host + run.len)
-                run_flush(&run, is_write);
+                runs_flush(as->m, &run, &crun, is_write);
             if (!run.len) {
                 run.host = h;
                 run.buf = b;
             }
             run.len += chunk;
         } else {
-            run_flush(&run, is_write);
+            runs_flush(as->m, &run, &crun, is_write);
             if ((rc = access_chunk(as, t, va, b, chunk, is_write, err)))
                 goto out;
         }
@@ -737,12 +739,11 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         va += chunk;
         n -= chunk;
     }
-    run_flush(&run, is_write);
+    runs_flush(as->m, &run, &crun, is_write);
 out:
     free(crun.seg);
     return rc;
 }
-#undef run_flush
 
 int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write, struct dmamap_err *err)
 {

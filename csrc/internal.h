@@ -607,6 +607,12 @@ static inline int va_in(const dmamap_as *as, uint64_t va)
 
 /* The leaf table covering va when the walk cache holds it (the last one, then
  * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
+/* The leaf-table cache's tag for the 2 MiB region k (va >> 21), valid in this generation. */
+static inline uint64_t lc_tag(const dmamap_as *as, uint64_t k)
+{
+    return (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+}
+
 static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, uint64_t va, uint64_t *table)
 {
     uint64_t k = va >> (PAGE_SHIFT + 9);
@@ -614,7 +620,7 @@ static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, u
         *table = c->wcp;
         return 1;
     }
-    uint64_t tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+    uint64_t tag = lc_tag(as, k);
     if (as->lc[k % LEAF_CACHE].tag == tag) {
         *table = as->lc[k % LEAF_CACHE].pa;
         return 1;
@@ -649,6 +655,17 @@ static inline void tlb_fill(const dmamap_as *as, struct tlb_entry *t, uint64_t v
     t->cacheable = as->dm_cacheable;
     t->device = as->dm_device;
     t->wc = as->dm_wc;
+}
+
+/* The host page a 4 KiB leaf entry maps (its pa and region out), when its
+ * attribute bits are the ones the decode memo says a fast path may use for
+ * this access (as->dm_fast; writable for a write); NULL otherwise. */
+static inline uint8_t *leaf_fast_host(dmamap_as *as, uint64_t ent, int is_write, uint64_t *pa, int *region)
+{
+    if ((ent & ~as->pa_mask[0]) != as->dm_fast || (is_write && !as->dm_writable))
+        return NULL;
+    *pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+    return dmamap_host_page(as->m, *pa, region);
 }
 
 /* Host address of RAM page-table memory at pa (tables always live in RAM). */

@@ -54,7 +54,7 @@ static inline void wc_set(dmamap_as *as, int level, uint64_t va, uint64_t table_
         as->cpu[0].wct = as->wc_tag[0];
         as->cpu[0].wcp = table_pa;
         uint64_t k = va >> (PAGE_SHIFT + 9);
-        as->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+        as->lc[k % LEAF_CACHE].tag = lc_tag(as, k);
         as->lc[k % LEAF_CACHE].pa = table_pa;
     }
 }
@@ -109,7 +109,7 @@ int pt_leaf_cpu(dmamap_as *as, struct as_cpu *c, uint64_t va, int alloc, uint64_
     uint64_t k = va >> (PAGE_SHIFT + 9);
     c->wct = k;
     c->wcp = table;
-    c->lc[k % LEAF_CACHE].tag = (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
+    c->lc[k % LEAF_CACHE].tag = lc_tag(as, k);
     c->lc[k % LEAF_CACHE].pa = table;
     *table_out = table;
     return 1;

@@ -45,12 +45,9 @@ static inline __attribute__((always_inline)) volatile uint8_t *touch_fast_at(dma
                 return NULL;
             ent = __atomic_load_n(e, __ATOMIC_RELAXED);   /* the retried access: if it cannot finish here, the general path walks again */
         }
-        if ((ent & ~as->pa_mask[0]) != as->dm_fast || (is_write && !as->dm_writable) ||
-            (as->dm_cacheable && m->cache))
-            return NULL;
-        uint64_t pa = (ent & as->pa_mask[0]) >> as->pfn_shift << PAGE_SHIFT;
+        uint64_t pa;
         int region;
-        uint8_t *host = dmamap_host_page(m, pa, &region);
+        uint8_t *host = as->dm_cacheable && m->cache ? NULL : leaf_fast_host(as, ent, is_write, &pa, &region);
         if (!host)
             return NULL;
         tlb_fill(as, t, vpn, pa, host, region);

@@ -97,9 +97,10 @@ def error_line(message: str) -> NoReturn:
 
 @contextlib.contextmanager
 def _ctrl_c() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt in the main thread, and again every half second until
-    it has ended the block: an interrupt that lands in a finalizer or a callback (where
-    Python prints "Exception ignored" and goes on) must not leave a long run going."""
+    """Ctrl-C raises KeyboardInterrupt in the main thread until it has ended the block: an
+    interrupt that lands in a finalizer or a gc callback (where Python would print "Exception
+    ignored" and go on) is raised again within 0.1 s without a traceback, and one swallowed
+    anywhere else (a callback that catches everything) is raised again after a second."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -741,7 +741,7 @@ class AddressSpace(cmm.CpuAccess):
         n, va = u64("n", n), u64("va", va)
         if not n:
             return b""
-        if n > _SMALL_ACCESS and n > cmm.MAX_HOST_BUFFER:
+        if n > cmm.MAX_HOST_BUFFER:
             self._check_span(va, n)   # SIGSEGV at a gap before OutOfMemoryError for the buffer
         return cmm.read(self._ptr(), va, n)   # (the core refuses a gap before reading anything)
 

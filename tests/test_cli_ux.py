@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -202,9 +203,11 @@ def test_ctrl_c_keeps_what_ran(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert data["interrupted"] is True and data["ok"] is False and data["summary"]["passed"] == 4
 
 
-def test_ctrl_c_swallowed_once_still_stops_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A Ctrl-C whose KeyboardInterrupt is swallowed (it landed in a finalizer or a callback that
-    catches everything) is raised again until the run stops: the run does not go on for minutes."""
+def _interrupted_at_third_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, interrupt: Callable[[], None],
+                               missed: str) -> tuple[float, dict[str, Any]]:
+    """Run ``conformance x86 --json`` whose third rule calls ``interrupt()`` and then runs for
+    30 s, so that only a Ctrl-C the CLI raises again ends it early (else AssertionError(missed)):
+    the seconds it took and the partial JSON (the exit status is 130)."""
     import dmamap.testing.runner as runner
 
     calls = {"n": 0}
@@ -213,59 +216,53 @@ def test_ctrl_c_swallowed_once_still_stops_the_run(monkeypatch: pytest.MonkeyPat
     def run_rule(*args: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
-            try:
-                os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C ...
-                time.sleep(1)
-            except KeyboardInterrupt:
-                pass                                 # ... that something swallows
+            interrupt()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:       # a long rule: only a second interrupt ends it early
+            while time.monotonic() < deadline:
                 time.sleep(0.05)
-            raise AssertionError("the swallowed Ctrl-C was not raised again")
+            raise AssertionError(missed)
         real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runner, "run_rule", run_rule)
     out = tmp_path / "partial.json"
     t0 = time.monotonic()
     res = CliRunner().invoke(cli.app, ["conformance", "x86", "--json", str(out)])
+    took = time.monotonic() - t0
     assert res.exit_code == 130, res.output
-    assert time.monotonic() - t0 < 25
-    assert json.loads(out.read_text())["summary"]["passed"] == 2
+    return took, json.loads(out.read_text())
+
+
+def test_ctrl_c_swallowed_once_still_stops_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A Ctrl-C whose KeyboardInterrupt is swallowed (it landed in a finalizer or a callback that
+    catches everything) is raised again until the run stops: the run does not go on for minutes."""
+    def swallowed() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C ...
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass                                 # ... that something swallows
+
+    took, data = _interrupted_at_third_rule(monkeypatch, tmp_path, swallowed,
+                                            "the swallowed Ctrl-C was not raised again")
+    assert took < 25
+    assert data["summary"]["passed"] == 2
 
 
 def test_ctrl_c_in_a_finalizer_prints_no_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A Ctrl-C landing in a finalizer (or a gc callback) is not printed as "Exception ignored"
     with a traceback: it is raised again outside it, and the run stops at once."""
-    import dmamap.testing.runner as runner
-
-    calls = {"n": 0}
-    real = runner.run_rule
-
     class Finalized:
         def __del__(self) -> None:
             os.kill(os.getpid(), signal.SIGINT)   # the handler runs inside __del__
             time.sleep(0.5)
 
-    def run_rule(*args: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            Finalized()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-            raise AssertionError("the Ctrl-C swallowed by a finalizer was not raised again")
-        real(*args)  # type: ignore[arg-type]
-
     reported: list[object] = []     # what would be printed as "Exception ignored in ..."
     monkeypatch.setattr(sys, "unraisablehook", lambda args: reported.append(args.exc_value))
-    monkeypatch.setattr(runner, "run_rule", run_rule)
-    out = tmp_path / "partial.json"
-    t0 = time.monotonic()
-    res = CliRunner().invoke(cli.app, ["conformance", "x86", "--json", str(out)])
-    assert res.exit_code == 130, res.output
-    assert time.monotonic() - t0 < 10
+    took, data = _interrupted_at_third_rule(monkeypatch, tmp_path, Finalized,
+                                            "the Ctrl-C swallowed by a finalizer was not raised again")
+    assert took < 10
     assert reported == []
-    assert json.loads(out.read_text())["summary"]["passed"] == 2
+    assert data["summary"]["passed"] == 2
 
 
 def _default_sigint() -> None:
