@@ -81,9 +81,6 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, struc
  * hold for the whole run made once.  Returns the touches done; it stops
  * (0: none) where the next touch is anything else, which touch_fast or the
  * general path then takes. */
-#ifndef RUN_AHEAD
-#define RUN_AHEAD 8   /* touches of a fault run whose memory is prefetched ahead */
-#endif
 static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, uint64_t stride, uint64_t n)
 {
     dmamap_machine *m = as->m;
@@ -127,8 +124,6 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
     for (i = 0; i < cnt; i++) {
         uint64_t *e = &tbl[idx + i * step], p = pfn + i * step;
         struct tlb_entry *t = &c->tlb[(vpn + i * step) % TLB_SIZE];
-        if (i + RUN_AHEAD < cnt)   /* the loads are independent: start the misses early */
-            __builtin_prefetch(host + (i + RUN_AHEAD) * stride + off);
         if (__atomic_load_n(e, __ATOMIC_RELAXED) || t->vpn == vpn + i * step)   /* mapped, or a stale TLB entry the touch would hit */
             break;
         if (page ? !rsv_take(c, p) && !fault_fast_take(as, c, v, p, run - i * step, 1)
