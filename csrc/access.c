@@ -643,12 +643,14 @@ static int mapped_for(dmamap_as *as, uint64_t va, int is_write)
                          as->dm_writable);
 }
 
-/* A TLB miss inside a run of plain memory (no cache model, no device-owned
- * buffer), when the walk cache knows the leaf table and the PTE maps plain
- * cacheable memory at `next`, the run's continuation: resolve's walk and TLB
- * fill without its calls, counted as resolve counts them (a miss, a walk).
- * 0, having changed nothing, for the general path. */
-static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int is_write, const uint8_t *next)
+/* A TLB miss inside a run (no device-owned buffer), when the walk cache knows
+ * the leaf table and the PTE maps cacheable memory at `next`, the run's
+ * continuation (and, in a run through the cache model, at physical address
+ * next_pa; ~0: any): resolve's walk and TLB fill without its calls, counted as
+ * resolve counts them (a miss, a walk).  0, having changed nothing, for the
+ * general path. */
+static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int is_write, const uint8_t *next,
+                          uint64_t next_pa)
 {
     uint64_t table;
     if (!va_in(as, va) || !leaf_cached(as, va, &table))
@@ -656,7 +658,7 @@ static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int i
     uint64_t ent = dmamap_ram_table(as->m, table)[pt_index(va, 0)], pa;
     int region;
     uint8_t *host = as->dm_cacheable && !as->dm_device ? leaf_fast_host(as, ent, is_write, &pa, &region) : NULL;
-    if (!host || host + (va & (PAGE_SIZE - 1)) != next)
+    if (!host || host + (va & (PAGE_SIZE - 1)) != next || (next_pa != ~0ULL && (pa | (va & (PAGE_SIZE - 1))) != next_pa))
         return 0;
     as->st.tlb_misses++;
     as->st.page_walks++;
@@ -678,15 +680,22 @@ static int access_bulk_locked(dmamap_as *as, uint64_t va, uint8_t *b, uint64_t n
         uint64_t vpn = va >> PAGE_SHIFT;
         struct tlb_entry *t = &as->tlb[vpn % TLB_SIZE];
         int hit = t->vpn == vpn;
-        if (run.len && !as->m->cache && !as->m->nown &&
-            (hit ? t->host && t->host + off == run.host + run.len && t->cacheable && !t->device &&
-                   (!is_write || t->writable)
-                 : bulk_miss_fast(as, t, va, is_write, run.host + run.len))) {
+        /* where the run gathered so far continues: plain memory's, or the cache model's last segment */
+        struct dmamap_cache_seg *last = as->m->cache && crun.n ? &crun.seg[crun.n - 1] : NULL;
+        const uint8_t *next = last ? last->host + last->n : as->m->cache ? NULL : run.len ? run.host + run.len : NULL;
+        uint64_t next_pa = last ? last->pa + last->n : ~0ULL;
+        if (next && !as->m->nown && !(last && (chunk & (CACHE_LINE - 1))) &&
+            (hit ? t->host && t->host + off == next && (next_pa == ~0ULL || (t->pa_page | off) == next_pa) &&
+                   t->cacheable && !t->device && (!is_write || t->writable)
+                 : bulk_miss_fast(as, t, va, is_write, next, next_pa))) {
             /* the common case, kept short: a TLB hit (or a miss the walk cache answers) that
-             * continues the run of plain memory (what resolve and the branch below do for
-             * it, less the calls) */
+             * continues the run of plain memory or the cache model's segment (what resolve and
+             * the branches below do for it, less the calls) */
             as->st.tlb_hits += hit;   /* (bulk_miss_fast counted its miss and walk) */
-            run.len += chunk;
+            if (last)
+                last->n += chunk;
+            else
+                run.len += chunk;
             b += chunk;
             va += chunk;
             n -= chunk;

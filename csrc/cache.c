@@ -75,6 +75,25 @@ static inline void copy_line(uint8_t *dst, const uint8_t *src)
     o[0] = a; o[1] = b; o[2] = c; o[3] = d;
 }
 
+/* The victim of a line that misses in ways: the first invalid way, else the least recently used one (an
+ * invalid way's stamp is 0 and a valid one's at least 1, so that is the first way with the lowest stamp);
+ * *hit is the way holding tag, if one does (then the victim is meaningless).  Every way is looked at,
+ * with selects rather than branches: which way is oldest follows the data, and mispredicted branches
+ * cost more than the scan. */
+static inline struct cache_line *way_lookup(struct cache_line *ways, uint64_t nways, uint64_t tag,
+                                            struct cache_line **hit)
+{
+    uint64_t oldest = ways[0].lru, victim = 0, found = nways;
+    for (uint64_t w = 0; w < nways; w++) {
+        uint64_t lru = ways[w].lru;
+        found = (ways[w].tag & ~CL_DIRTY) == tag ? w : found;
+        victim = lru < oldest ? w : victim;
+        oldest = lru < oldest ? lru : oldest;
+    }
+    *hit = found < nways ? &ways[found] : NULL;
+    return &ways[victim];
+}
+
 /* CPU reads and writes through the cache, line by line in address order, with the lock taken once per call.
  * Per line: a hit refreshes its LRU stamp; a miss takes an invalid way, else the least recently used one
  * (written back first when dirty) and fills it from memory.  A write that covers a whole line that missed
@@ -87,21 +106,7 @@ static inline struct cache_line *line_access(dmamap_machine *m, struct cache_lin
 {
     uint64_t off = pa & (CACHE_LINE - 1);
     uint64_t tag = (pa & LINE_MASK) | CL_VALID;
-    /* the victim is the first invalid way, else the least recently used one: an invalid way's stamp
-     * is 0 and a valid one's at least 1, so that is the first way with the lowest stamp */
-    struct cache_line *l = NULL, *victim = ways;
-    uint64_t oldest = ways[0].lru;
-    for (int w = 0; w < nways; w++) {
-        struct cache_line *c = &ways[w];
-        if ((c->tag & ~CL_DIRTY) == tag) {
-            l = c;
-            break;
-        }
-        if (c->lru < oldest) {
-            oldest = c->lru;
-            victim = c;
-        }
-    }
+    struct cache_line *l, *victim = way_lookup(ways, (uint64_t)nways, tag, &l);
     if (l) {
         uint8_t *ld = line_data(m, l);
         ++*hits;
@@ -292,94 +297,122 @@ static void count_seen(uint32_t *restrict seen, uint64_t count)
         seen[c]++;
 }
 
-void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
+/* A run contiguous in memory and buffer with at least 3W lines in every set (lines >= 3 * capacity): each
+ * set's first W lines are the run's first `capacity` lines, its last W the run's last `capacity`, and
+ * every line between goes directly.  The model's effects, in an order none of them can tell apart:
+ *   1. the first lines, tags and stamps only: each is evicted again by the line W after it in its set, so
+ *      its bytes never need to be in the line.  What one evicts is written back if dirty; a dirty line a
+ *      read hits is written back now instead of at its eviction; a write's line is counted as written
+ *      back at its eviction (below) and its bytes go directly;
+ *   2. every line but the last `capacity` moves directly, in one memmove, after step 1's write-backs (as
+ *      in the model, where each comes before the run's own access of that address, if any);
+ *   3. the last lines fill the ways the first ones took, in turn (line i of a set takes the way of line
+ *      i-W), stamped as the model stamps them; what they evict went directly.
+ * For a write, every line but the last `capacity` is evicted dirty within the run: one write-back each. */
+static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, uint64_t lines, uint16_t *ring,
+                           int is_write, uint64_t *clock, uint64_t *hits, uint64_t *wbs)
 {
-    uint64_t bytes = 0, lines = 0;
-    for (size_t j = 0; j < nseg; j++) {
-        bytes += seg[j].n;
-        lines += seg[j].n / CACHE_LINE;
+    const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1, W = (uint64_t)m->cache_ways;
+    const uint64_t capacity = nsets * W, first = (s->pa / CACHE_LINE) & set_mask, c0 = *clock;
+    struct cache_line *const cache = m->cache;
+    uint64_t h = 0, wb = 0;
+    /* set by set (sets do not interact): line L = j * nsets + k is line j+1 of set first + k */
+    const uint64_t stride = nsets * CACHE_LINE;
+    uint16_t order[64];
+    for (uint64_t k = 0; k < nsets; k++) {
+        uint64_t set = (first + k) & set_mask, base = s->pa + k * CACHE_LINE;
+        struct cache_line *ways = &cache[set * W];
+        uint16_t *slots = &ring[set * W];
+        int any_hit = 0;
+        for (uint64_t w = 0; w < W; w++)
+            any_hit |= (ways[w].tag & CL_VALID) && (ways[w].tag & LINE_MASK) - base < W * stride;
+        if (!any_hit) {
+            /* every line misses: they take the ways oldest first (invalid ones, stamped 0, first of
+             * all; ties in way order), each line the newest when the next one chooses */
+            for (uint64_t w = 0; w < W; w++) {
+                uint64_t x = w;
+                for (; x > 0 && ways[order[x - 1]].lru > ways[w].lru; x--)
+                    order[x] = order[x - 1];
+                order[x] = (uint16_t)w;
+            }
+        }
+        for (uint64_t j = 0; j < W; j++) {
+            uint64_t L = j * nsets + k, tag = (base + j * stride) | CL_VALID;
+            struct cache_line *l = &ways[any_hit ? 0 : order[j]];
+            int hit = 0;
+            if (any_hit) {
+                struct cache_line *victim = way_lookup(ways, W, tag, &l);
+                hit = l != NULL;
+                l = hit ? l : victim;
+            }
+            h += (uint64_t)hit;
+            if ((l->tag & CL_DIRTY) && (!hit || !is_write)) {
+                writeback_nocount(m, l);   /* the victim's, or (a read's hit) the one due at its eviction */
+                wb++;
+            }
+            l->tag = tag;
+            l->lru = c0 + L + 1;
+            slots[j] = (uint16_t)(l - ways);
+        }
     }
-    LOCK(&m->cache_lock);   /* the geometry too is read under it (dmamap_machine_set_cache replaces it) */
+    /* a read's last lines go to the buffer in the same memmove: their lines then fill from what it just read */
+    direct_flush(s->host, s->buf, (is_write ? lines - capacity : lines) * CACHE_LINE, is_write);
+    /* the last lines, nsets at a time from a multiple of nsets: line L takes the way of line j+1 of its
+     * set, j = (L / nsets) % W */
+    const int shift = __builtin_ctzll(nsets);
+    for (uint64_t L = lines - capacity; L < lines;) {
+        uint64_t j = (L >> shift) % W, end = ((L >> shift) + 1) << shift;
+        for (end = end < lines ? end : lines; L < end; L++) {
+            uint64_t set = (first + L) & set_mask;
+            struct cache_line *l = &cache[set * W + ring[set * W + j]];
+            uint8_t *ld = line_data(m, l), *b = s->buf + L * CACHE_LINE;
+            l->lru = c0 + L + 1;
+            if (is_write) {
+                copy_line(ld, b);
+                l->tag = (s->pa + L * CACHE_LINE) | CL_VALID | CL_DIRTY;
+            } else {
+                copy_line(ld, s->host + L * CACHE_LINE);
+                l->tag = (s->pa + L * CACHE_LINE) | CL_VALID;
+            }
+        }
+    }
+    *clock = c0 + lines;
+    *hits += h;
+    *wbs += wb + (is_write ? lines - capacity : 0);
+}
+
+/* Any other run (pages scattered in memory, or too short for run_contiguous), piece by piece: a
+ * segment's lines in consecutive sets up to the last set, each line as the comment above says, with
+ * sets (2 * nsets, zeroed) counting the run's lines per set and diff (nsets + 1, zeroed) as scratch. */
+static void run_scattered(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, uint32_t *sets,
+                          int32_t *diff, uint16_t *ring, int is_write, uint64_t *clock, uint64_t *hits,
+                          uint64_t *misses, uint64_t *wbs)
+{
     const uint64_t nsets = (uint64_t)m->cache_sets, set_mask = nsets - 1;
     const uint32_t W = (uint32_t)m->cache_ways;
-    uint64_t capacity = nsets * W;
-    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, bytes);
-    for (size_t j = 0; shortcut && j < nseg; j++)   /* whole lines only (the bulk path's pages are) */
-        shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
-    uint32_t *sets = NULL;   /* per set: the run's lines seen so far (nsets), then in all (nsets) */
-    uint16_t *ring = NULL;
-    int32_t *diff = NULL;
-    if (shortcut) {
-        sets = calloc(2 * nsets, sizeof *sets);
-        diff = calloc(nsets + 1, sizeof *diff);
-        ring = malloc(capacity * sizeof *ring);
-    }
-    if (!sets || !ring || !diff) {
-        free(sets);
-        free(ring);
-        free(diff);
-        UNLOCK(&m->cache_lock);
-        for (size_t j = 0; j < nseg; j++)
-            cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
-        return;
-    }
     uint32_t *seen = sets, *total = sets + nsets;
     count_sets(total, diff, nsets, seg, nseg);
-    free(diff);
 
-    uint64_t hits = 0, misses = 0, wbs = 0;
-    uint64_t clock = m->cache_clock;
     struct cache_line *const cache = m->cache;
     uint8_t *const data = m->cache_data;
     struct direct_run dr = {NULL, NULL, 0};
-    /* A run contiguous in memory is one segment, whose lines 2*capacity .. lines-capacity (the line in
-     * each set after its first 2W, up to the one W before its last) all go directly: skipped at once. */
-    struct dmamap_cache_seg one;
-    uint64_t skip_pa = ~0ULL, skip_end = 0;
-    int contiguous = 1;
-    for (size_t j = 1; j < nseg && contiguous; j++)
-        contiguous = seg[j].pa == seg[j - 1].pa + seg[j - 1].n && seg[j].host == seg[j - 1].host + seg[j - 1].n;
-    if (contiguous && lines > 3 * capacity) {
-        one = (struct dmamap_cache_seg){seg[0].va, seg[0].pa, bytes, seg[0].host, seg[0].buf};
-        seg = &one;
-        nseg = 1;
-        skip_pa = one.pa + 2 * capacity * CACHE_LINE;
-        skip_end = one.pa + (lines - capacity) * CACHE_LINE;
-    }
     /* piece by piece: a segment's lines in consecutive sets, up to the last set */
     for (size_t j = 0; j < nseg; j++)
     for (uint64_t pa0 = seg[j].pa, pend = seg[j].pa + seg[j].n; pa0 < pend;) {
         uint64_t set = (pa0 / CACHE_LINE) & set_mask;
-        if (pa0 == skip_pa) {
-            uint64_t skipped = (skip_end - skip_pa) / CACHE_LINE;
-            uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
-            for (uint64_t c = 0; c < nsets; c++)
-                seen[c] += (uint32_t)(skipped / nsets);
-            for (uint64_t c = 0; c < skipped % nsets; c++)
-                seen[(set + c) & set_mask]++;
-            misses += skipped;
-            clock += skipped;
-            if (is_write)
-                wbs += skipped;
-            direct_add(&dr, host, b, skip_end - skip_pa, is_write);
-            pa0 = skip_end;
-            continue;
-        }
         uint64_t count = (pend - pa0) / CACHE_LINE;
         if (count > nsets - set)
             count = nsets - set;
-        if (pa0 < skip_pa && pa0 + count * CACHE_LINE > skip_pa)
-            count = (skip_pa - pa0) / CACHE_LINE;
         uint8_t *host = seg[j].host + (pa0 - seg[j].pa), *b = seg[j].buf + (pa0 - seg[j].pa);
         uint64_t plen = count * CACHE_LINE;
         pa0 += plen;
         if (all_direct(seen + set, total + set, count, W)) {
             /* every line of the segment goes directly, and evicts a line that went directly too */
             count_seen(seen + set, count);
-            misses += count;
-            clock += count;
+            *misses += count;
+            *clock += count;
             if (is_write)
-                wbs += count;
+                *wbs += count;
             direct_add(&dr, host, b, plen, is_write);
             continue;
         }
@@ -395,15 +428,15 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
                         uint8_t *vh = line_host(m, l->tag & LINE_MASK);
                         if (vh)
                             copy_line(vh, data + (size_t)(l - cache) * CACHE_LINE);
-                        wbs++;
+                        ++*wbs;
                     }
                     l->tag = 0;   /* a placeholder until a later line of the run takes the way */
                     l->lru = 0;
                 } else if (is_write) {
-                    wbs++;   /* evicting a line of the run that went directly, written */
+                    ++*wbs;   /* evicting a line of the run that went directly, written */
                 }
-                misses++;
-                clock++;
+                ++*misses;
+                ++*clock;
                 direct_add(&dr, host, b, CACHE_LINE, is_write);
                 continue;
             }
@@ -411,26 +444,26 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
             uint16_t *slot = &ring[set * W + (i - 1) % W];
             if (i <= W) {
                 /* the exact model; the line's way remembered for line i+W */
-                struct cache_line *l = line_access(m, ways, (int)W, pa, CACHE_LINE, host, b, is_write, &clock,
-                                                   &hits, &misses, &wbs);
+                struct cache_line *l = line_access(m, ways, (int)W, pa, CACHE_LINE, host, b, is_write, clock,
+                                                   hits, misses, wbs);
                 *slot = (uint16_t)(l - ways);
                 continue;
             }
             /* one of the set's last W lines: a miss into the way of line i-W */
             struct cache_line *l = &ways[*slot];
             uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
-            misses++;
+            ++*misses;
             if (i - W <= W) {
                 if (l->tag & CL_DIRTY) {
                     uint8_t *vh = line_host(m, l->tag & LINE_MASK);
                     if (vh)
                         copy_line(vh, ld);
-                    wbs++;
+                    ++*wbs;
                 }
             } else if (is_write) {
-                wbs++;   /* line i-W went directly, and was written */
+                ++*wbs;   /* line i-W went directly, and was written */
             }
-            l->lru = ++clock;
+            l->lru = ++*clock;
             if (is_write) {
                 copy_line(ld, b);
                 l->tag = (pa & LINE_MASK) | CL_VALID | CL_DIRTY;
@@ -441,12 +474,53 @@ void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, siz
         }
     }
     direct_flush(dr.host, dr.buf, dr.len, is_write);
+}
+
+void dmamap_cache_run(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, int is_write)
+{
+    uint64_t bytes = 0, lines = 0;
+    for (size_t j = 0; j < nseg; j++) {
+        bytes += seg[j].n;
+        lines += seg[j].n / CACHE_LINE;
+    }
+    LOCK(&m->cache_lock);   /* the geometry too is read under it (dmamap_machine_set_cache replaces it) */
+    const uint64_t nsets = (uint64_t)m->cache_sets, capacity = nsets * (uint64_t)m->cache_ways;
+    int shortcut = !m->cache_vipt && lines > 2 * capacity && apart_from_memory(m, seg[0].buf, bytes);
+    int contiguous = 1;
+    for (size_t j = 0; shortcut && j < nseg; j++) {   /* whole lines only (the bulk path's pages are) */
+        shortcut = !((seg[j].pa | seg[j].n) & (CACHE_LINE - 1));
+        contiguous = contiguous && (j == 0 || (seg[j].pa == seg[j - 1].pa + seg[j - 1].n &&
+                                               seg[j].host == seg[j - 1].host + seg[j - 1].n &&
+                                               seg[j].buf == seg[j - 1].buf + seg[j - 1].n));
+    }
+    contiguous = contiguous && lines >= 3 * capacity;
+    uint16_t *ring = shortcut ? malloc(capacity * sizeof *ring) : NULL;
+    uint32_t *sets = shortcut && !contiguous ? calloc(2 * nsets, sizeof *sets) : NULL;
+    int32_t *diff = shortcut && !contiguous ? calloc(nsets + 1, sizeof *diff) : NULL;
+    if (!ring || (!contiguous && (!sets || !diff))) {
+        free(sets);
+        free(ring);
+        free(diff);
+        UNLOCK(&m->cache_lock);
+        for (size_t j = 0; j < nseg; j++)
+            cache_rw(m, seg[j].va, seg[j].pa, seg[j].host, seg[j].buf, seg[j].n, is_write);
+        return;
+    }
+    uint64_t hits = 0, misses = 0, wbs = 0, clock = m->cache_clock;
+    if (contiguous) {
+        struct dmamap_cache_seg one = {seg[0].va, seg[0].pa, bytes, seg[0].host, seg[0].buf};
+        run_contiguous(m, &one, lines, ring, is_write, &clock, &hits, &wbs);
+        misses = lines - hits;
+    } else {
+        run_scattered(m, seg, nseg, sets, diff, ring, is_write, &clock, &hits, &misses, &wbs);
+    }
     m->cache_clock = clock;
     m->cache_hits += hits;
     m->cache_misses += misses;
     m->cache_wb += wbs;
     UNLOCK(&m->cache_lock);
     free(sets);
+    free(diff);
     free(ring);
 }
 
