@@ -224,19 +224,33 @@ def target_bulk(platform: str, size: int, repeat: int) -> list[Target]:
         data = bytes(size)
         dst = _destination(size)
         ref_name, ref, new_name, new_ref = _copy_reference(size)
+        # a zero-copy view is held as a driver holds one: copies through it are the view's bulk
+        # access; making and dropping one (pinning and unpinning each page) is timed apart
+        held = mm.view(vma.start, size) if _zero_copy(mm, vma) else None
         ops: dict[str, Callable[[], object]] = {
             "read": lambda: mm.read(vma.start, size),
             "write": lambda: mm.write(vma.start, data),
             "readinto": lambda: mm.readinto(vma.start, dst),
-            **({"view": lambda: dst.__setitem__(slice(None), mm.view(vma.start, size))} if _zero_copy(mm, vma) else {}),
+            **({"view (held)": lambda: dst.__setitem__(slice(None), held)} if held is not None else {}),
         }
+        pin = {"pin": lambda: mm.view(vma.start, size).release()} if held is not None else {}
         # a 1 MiB copy takes tens of µs: many interleaved repeats cost little and steady the medians
-        res = _interleaved({**ops, "ref": ref, "new": new_ref}, max(repeat, 41) if size <= MiB else max(3, repeat // 2))
+        res = _interleaved({**ops, **pin, "ref": ref, "new": new_ref},
+                           max(repeat, 41) if size <= MiB else max(3, repeat // 2))
+        if held is not None:
+            held.release()
         mm.munmap(vma)
     refs = {op: ("new", new_name) if op == "read" else ("ref", ref_name) for op in ops}
-    return [target("bulk", f"bulk {op} {fmt_size(size)} {cache} ({platform}) / {refs[op][1]}",
-                   res[refs[op][0]] / res[op], f"{size / res[op]:.2f} vs {size / res[refs[op][0]]:.2f} GB/s",
-                   refs[op][1]) for op in ops]
+    out = [target("bulk", f"bulk {op} {fmt_size(size)} {cache} ({platform}) / {refs[op][1]}",
+                  res[refs[op][0]] / res[op], f"{size / res[op]:.2f} vs {size / res[refs[op][0]]:.2f} GB/s",
+                  refs[op][1]) for op in ops]
+    if pin:
+        pages = size >> PAGE_SHIFT
+        out.append(Target(f"view made and released, {fmt_size(size)} ({platform}) / {ref_name}",
+                          f"{res['pin'] / 1000:.1f} µs: {res['pin'] / pages:.0f} ns per page pinned and unpinned, "
+                          f"{res['pin'] / res['ref']:.2f}× the copy's time", "reported (paid per view, not per access)",
+                          "INFO", res["pin"] / res["ref"]))
+    return out
 
 
 def target_random_touch(platform: str, repeat: int) -> Target:
