@@ -15,7 +15,7 @@ from dmamap.bench.results import SweepResult
 from dmamap.bench.spread import TIE, Spread, beats
 from dmamap.strategy import FAULT, PREFAULT, STRATEGIES
 
-__all__ = ["apply_profile", "Agreement", "agreement", "verdict", "model_agrees"]
+__all__ = ["apply_profile", "Agreement", "agreement", "verdict", "model_agrees", "calibration_ratio"]
 
 
 def apply_profile(res: SweepResult, prof: Profile) -> None:
@@ -46,8 +46,9 @@ class Agreement:
     host_ties: int = 0       # points where the host's spreads overlap (no winner declared)
     ties_agree: int = 0      # ... and the predicted ratio is within the host's quartile range
     ratios: list[float] | None = None   # predicted / measured host cost, per (point, 4 KiB strategy)
-    #: (size, density, order, host verdict, predicted fault/prefault ratio) where they disagree
-    disagree: list[tuple[int, float, str, str, float]] | None = None
+    #: (size, density, order, host verdict, predicted fault/prefault ratio, the host's median ratio)
+    #: where they disagree
+    disagree: list[tuple[int, float, str, str, float, float]] | None = None
 
     @property
     def rank_rate(self) -> float:
@@ -91,7 +92,7 @@ def agreement(res: SweepResult) -> Agreement:
     host = {(h.size, h.density, h.order, h.kind): h for h in res.host}
     plat = next((p for p in ("x86", *res.config.platforms) if any(r.platform == p for r in res.runs)), None)
     runs = {(r.size, r.density, r.order, r.strategy): r for r in res.runs if r.platform == plat}
-    disagree: list[tuple[int, float, str, str, float]] = []
+    disagree: list[tuple[int, float, str, str, float, float]] = []
     a = Agreement(ratios=[], disagree=disagree)
     for (size, d, order, strat), r in runs.items():
         if r.predicted_ns is None or STRATEGIES[strat].large:
@@ -116,5 +117,16 @@ def agreement(res: SweepResult) -> Agreement:
             a.ranked += 1
             a.agree += ok
         if not ok:
-            disagree.append((size, d, order, said, r.predicted_ns / p.predicted_ns))
+            disagree.append((size, d, order, said, r.predicted_ns / p.predicted_ns,
+                             hf.total.median / hp.total.median))
     return a
+
+
+def calibration_ratio(prof: Profile | None, size: int, density: float, order: str) -> float | None:
+    """The host's fault/prefault (store-touch/populate) ratio at this point as the profile's own
+    calibration measured it, if it ran this point: beside a disagreement, it shows how far the host
+    moved between two runs of the same machine."""
+    runs = (prof.fit.get("runs") if prof else None) or []
+    med = {(r["kind"], r["size"], r["density"], r["order"]): r["ns"]["median"] for r in runs}
+    f, p = med.get(("store-touch", size, density, order)), med.get(("populate", size, density, order))
+    return f / p if f and p else None

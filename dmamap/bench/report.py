@@ -15,7 +15,7 @@ from rich.console import Console
 import dmamap
 from dmamap.bench.config import fmt_ns, fmt_size
 from dmamap.bench.crossover import crossovers
-from dmamap.bench.predict import agreement
+from dmamap.bench.predict import agreement, calibration_ratio
 from dmamap.bench.references import CONTESTED_FACTOR, HOST_KINDS, HOST_LABELS, host_kind
 from dmamap.bench.results import Run, SweepResult
 from dmamap.bench.spread import TIE, Spread, beats, winner
@@ -209,8 +209,12 @@ def _render_model(console: Console, res: SweepResult) -> None:
                        f"must lie within the host's quartile range); predicted/measured median "
                        f"{a.median_ratio:.2f}×, median |error| {a.median_abs_error:.0%} ({len(a.ratios)} runs).")
         if a.disagree:
+            def seen(sz: int, d: float, o: str) -> str:
+                c = calibration_ratio(prof, sz, d, o)
+                return "" if c is None else f" (the calibration's host run: f/pf {c:.2f})"
             _wrap(console, "disagreements: " + "; ".join(
-                f"{fmt_size(sz)} {_pct(d)} {o[:3]} host {h}, model f/pf {m:.2f}" for sz, d, o, h, m in a.disagree))
+                f"{fmt_size(sz)} {_pct(d)} {o[:3]} host {h} (f/pf {hr:.2f}), model f/pf {m:.2f}{seen(sz, d, o)}"
+                for sz, d, o, h, m, hr in a.disagree))
 
 
 def to_json(res: SweepResult) -> dict[str, Any]:
