@@ -28,8 +28,8 @@ from dmamap.policy import CoherentMemory
 from dmamap.registry import get_backend
 from dmamap.strategy import STRATEGIES
 
-__all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "bench_machine", "fits", "sram_pool", "time_run",
-           "Sample", "model_events", "unmap_events"]
+__all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "touched_pages", "bench_machine", "fits",
+           "sram_pool", "time_run", "Sample", "model_events", "unmap_events"]
 
 
 #: log2 of the span one PTE table maps (2 MiB with 4 KiB pages).
@@ -62,7 +62,8 @@ def aligned_coherent(dev: dmamap.Device, size: int) -> dmamap.DmaBuffer:
             m.free_pages(page, n)
 
 
-def _touched(pages: int, density: float) -> int:
+def touched_pages(pages: int, density: float) -> int:
+    """How many of a mapping's ``pages`` a run at ``density`` touches (at least one)."""
     return max(1, min(pages, round(pages * density)))
 
 
@@ -90,7 +91,7 @@ class Pattern:
 
 def make_pattern(pages: int, density: float, order: str, rng: random.Random) -> Pattern:
     """Touch ``density`` of ``pages``: evenly strided ascending (seq), or a random sample in random order."""
-    n = _touched(pages, density)
+    n = touched_pages(pages, density)
     if order == "seq":
         return Pattern(n, (pages // n) * PAGE_SIZE)
     picks = rng.sample(range(pages), n)

@@ -245,31 +245,29 @@ def measure_host(cfg: SweepConfig, patterns: dict[tuple[int, float, str], Patter
         if fd < 0:
             raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd for the host reference")
         try:
-            first = patterns[size, cfg.densities[0], cfg.orders[0]]
-            _rounds(1, first, fd, size, {k: [] for k in kinds}, {})   # warm-up, dropped
-            for d in cfg.densities:
-                for o in cfg.orders:
-                    advance(f"host {fmt_size(size)} {d:.0%} {o}")
-                    pat = patterns[size, d, o]
-                    samples: dict[str, list[HostSample]] = {
-                        k: [] for k in sorted(kinds, key=lambda k: MEASURE_ORDER.index(k) if k in MEASURE_ORDER else 9)}
-                    unavailable: dict[str, str] = {}
-                    _rounds(cfg.repeat, pat, fd, size, samples, unavailable)
-                    if contested(samples):
-                        _rounds((CONTESTED_FACTOR - 1) * cfg.repeat, pat, fd, size, samples, unavailable)
-                    for k in kinds:
-                        ss = samples[k]
-                        if not ss:
-                            host[size, d, o, k] = HostRun(size, d, o, k, unavailable=unavailable.get(k, "failed"))
-                            continue
-                        faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
-                        _, un = host_events(k, size, pat, faults)
-                        host[size, d, o, k] = HostRun(
-                            size, d, o, k, total=spread([s.total_ns for s in ss]),
-                            map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
-                            unmap=spread([s.unmap_ns for s in ss]), map_faults=sorted(s.map_faults for s in ss)[
-                                len(ss) // 2], faults=faults, ptes=int(un["pte_clear"]), touched=pat.count,
-                            wall=spread([s.wall_ns for s in ss]))
+            points = [(d, o, pat) for (s, d, o), pat in patterns.items() if s == size]
+            _rounds(1, points[0][2], fd, size, {k: [] for k in kinds}, {})   # warm-up, dropped
+            for d, o, pat in points:
+                advance(f"host {fmt_size(size)} {d:.0%} {o}")
+                samples: dict[str, list[HostSample]] = {
+                    k: [] for k in sorted(kinds, key=lambda k: MEASURE_ORDER.index(k) if k in MEASURE_ORDER else 9)}
+                unavailable: dict[str, str] = {}
+                _rounds(cfg.repeat, pat, fd, size, samples, unavailable)
+                if contested(samples):
+                    _rounds((CONTESTED_FACTOR - 1) * cfg.repeat, pat, fd, size, samples, unavailable)
+                for k in kinds:
+                    ss = samples[k]
+                    if not ss:
+                        host[size, d, o, k] = HostRun(size, d, o, k, unavailable=unavailable.get(k, "failed"))
+                        continue
+                    faults = sorted(s.touch_faults for s in ss)[len(ss) // 2]
+                    _, un = host_events(k, size, pat, faults)
+                    host[size, d, o, k] = HostRun(
+                        size, d, o, k, total=spread([s.total_ns for s in ss]),
+                        map=spread([s.map_ns for s in ss]), touch=spread([s.touch_ns for s in ss]),
+                        unmap=spread([s.unmap_ns for s in ss]), map_faults=sorted(s.map_faults for s in ss)[
+                            len(ss) // 2], faults=faults, ptes=int(un["pte_clear"]), touched=pat.count,
+                        wall=spread([s.wall_ns for s in ss]))
         finally:
             os.close(fd)
     return host

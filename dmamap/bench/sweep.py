@@ -23,6 +23,7 @@ from dmamap.bench.harness import (
     make_pattern,
     populate,
     time_run,
+    touched_pages,
 )
 from dmamap.bench.references import StoreLimit, measure_host
 from dmamap.bench.results import Run, SweepResult
@@ -30,21 +31,36 @@ from dmamap.bench.spread import spread
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
 from dmamap.strategy import PREFAULT
 
-__all__ = ["sweep_steps", "run_sweep", "make_patterns"]
+__all__ = ["sweep_points", "sweep_steps", "run_sweep", "make_patterns"]
+
+
+def sweep_points(cfg: SweepConfig) -> list[tuple[int, float, str]]:
+    """The sweep's points, (size, density, order), less those that would repeat an experiment
+    already in it: a density that touches no more pages of the mapping than a higher one did (any
+    density of a one-page mapping), and every order but the first where one page is touched (order
+    means nothing there).  Counted once, they do not outweigh the points that differ."""
+    out = []
+    for s in cfg.sizes:
+        seen: set[int] = set()
+        for d in sorted(cfg.densities, reverse=True):
+            n = touched_pages(s >> PAGE_SHIFT, d)
+            if n not in seen:
+                seen.add(n)
+                out += [(s, d, o) for o in (cfg.orders[:1] if n == 1 else cfg.orders)]
+    return out
 
 
 def sweep_steps(cfg: SweepConfig) -> int:
     """How many times :func:`run_sweep` calls ``advance`` (for a progress bar)."""
-    per = len(cfg.densities) * len(cfg.orders)
-    runs = sum(per for p in cfg.platforms for s in cfg.sizes if fits(p, s))
-    return runs + len(cfg.sizes) * per
+    points = sweep_points(cfg)
+    runs = sum(1 for p in cfg.platforms for s, _d, _o in points if fits(p, s))
+    return runs + len(points)
 
 
 def make_patterns(cfg: SweepConfig) -> dict[tuple[int, float, str], Pattern]:
-    """The touch pattern of every (size, density, order), shared by dmamap and the host."""
+    """The touch pattern of every sweep point (:func:`sweep_points`), shared by dmamap and the host."""
     rng = random.Random(cfg.seed)
-    return {(s, d, o): make_pattern(s >> PAGE_SHIFT, d, o, rng)
-            for s in cfg.sizes for d in cfg.densities for o in cfg.orders}
+    return {(s, d, o): make_pattern(s >> PAGE_SHIFT, d, o, rng) for s, d, o in sweep_points(cfg)}
 
 
 def _run(plat: str, size: int, d: float, o: str, strat: str, pat: Pattern, ss: list[Sample],
@@ -85,16 +101,16 @@ def run_sweep(cfg: SweepConfig, advance: Callable[[str], None] = lambda _: None,
                     pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
                     populate(m, pfn, size >> PAGE_SHIFT)
                     time_run(mm, dev, buf, PREFAULT.name, Pattern(size >> PAGE_SHIFT, PAGE_SIZE))   # warm tables
-                    for d in cfg.densities:
-                        for o in cfg.orders:
-                            pat = patterns[size, d, o]
-                            advance(f"{plat} {fmt_size(size)} {d:.0%} {o}")
-                            samples: dict[str, list[Sample]] = {s: [] for s in cfg.strategies}
-                            for _ in range(cfg.repeat):
-                                for strat in cfg.strategies:
-                                    samples[strat].append(time_run(mm, dev, buf, strat, pat))
-                            res.runs += [_run(plat, size, d, o, strat, pat, samples[strat], limit)
-                                         for strat in cfg.strategies]
+                    for (s, d, o), pat in patterns.items():
+                        if s != size:
+                            continue
+                        advance(f"{plat} {fmt_size(size)} {d:.0%} {o}")
+                        samples: dict[str, list[Sample]] = {st: [] for st in cfg.strategies}
+                        for _ in range(cfg.repeat):
+                            for strat in cfg.strategies:
+                                samples[strat].append(time_run(mm, dev, buf, strat, pat))
+                        res.runs += [_run(plat, size, d, o, strat, pat, samples[strat], limit)
+                                     for strat in cfg.strategies]
                     dmamap.dma_free_coherent(dev, buf.size, buf.cpu_addr, buf.dma_handle)
                 mm.close()
     finally:
