@@ -162,7 +162,7 @@ def calibrate(repeat: int = 7, advance: Callable[[str], None] = lambda _: None, 
                 advance(f"calibrate: round {rep + 1} of {repeat + 1}, {fmt_size(size)}")
                 # the first runs after switching sizes are slower (other memfd, caches cold after the
                 # large sizes): dropped, one pass over the size's runs where they take microseconds
-                # (the sweep measures its one-page points warm, one after another), else one run
+                # (the sweep measures its one-page point warm, after a dropped round), else one run
                 for i in idx[size] if size <= 64 * KiB else idx[size][:1]:
                     host_sample(pats[i], fds[size], size, CALIBRATION_RUNS[i][0])
                 for _ in range(_more(size)):
