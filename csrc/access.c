@@ -658,7 +658,8 @@ static int bulk_miss_fast(dmamap_as *as, struct tlb_entry *t, uint64_t va, int i
     uint64_t ent = dmamap_ram_table(as->m, table)[pt_index(va, 0)], pa;
     int region;
     uint8_t *host = as->dm_cacheable && !as->dm_device ? leaf_fast_host(as, ent, is_write, &pa, &region) : NULL;
-    if (!host || host + (va & (PAGE_SIZE - 1)) != next || (next_pa != ~0ULL && (pa | (va & (PAGE_SIZE - 1))) != next_pa))
+    uint64_t off = va & (PAGE_SIZE - 1);
+    if (!host || host + off != next || (next_pa != ~0ULL && (pa | off) != next_pa))
         return 0;
     as->st.tlb_misses++;
     as->st.page_walks++;

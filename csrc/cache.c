@@ -355,8 +355,7 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
             slots[j] = (uint16_t)(l - ways);
         }
     }
-    /* a read's last lines go to the buffer in the same memmove: their lines then fill from what it just read */
-    direct_flush(s->host, s->buf, (is_write ? lines - capacity : lines) * CACHE_LINE, is_write);
+    direct_flush(s->host, s->buf, (lines - capacity) * CACHE_LINE, is_write);
     /* the last lines, nsets at a time from a multiple of nsets: line L takes the way of line j+1 of its
      * set, j = (L / nsets) % W */
     const int shift = __builtin_ctzll(nsets);
@@ -370,8 +369,8 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
             if (is_write) {
                 copy_line(ld, b);
                 l->tag = (s->pa + L * CACHE_LINE) | CL_VALID | CL_DIRTY;
-            } else {
-                copy_line(ld, s->host + L * CACHE_LINE);
+            } else {   /* (one load for the line and the buffer, as a fill then a read of the line) */
+                fill_copy(ld, b, s->host + L * CACHE_LINE);
                 l->tag = (s->pa + L * CACHE_LINE) | CL_VALID;
             }
         }
