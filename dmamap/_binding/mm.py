@@ -270,8 +270,9 @@ def read(p: Any, va: int, n: int) -> bytes:
         out = _cpu.fresh_bytes(n) if n >= _UNFILLED_FROM else bytes(n)
     except MemoryError:
         raise OutOfMemoryError(f"host out of memory for a {n:#x}-byte buffer") from None
-    cbuf = ffi.from_buffer("uint8_t[]", out)
-    call(lib.dmamap_access_bulk, p, va, cbuf, n, 0)
+    # cffi passes a bytes object to a ``void *`` parameter as a pointer to its own
+    # storage (no copy, no from_buffer cdata to build: 0.4 µs a call)
+    call(lib.dmamap_access_bulk, p, va, out, n, 0)
     return out
 
 

@@ -165,10 +165,13 @@ def target_mmio32(repeat: int) -> list[Target]:
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median ns of each function, the repeats interleaved."""
+    """Median ns of each function, the repeats interleaved, each repeat starting one function
+    further on: a copy leaves the caches in a state that helps or hinders the next one, and
+    every function takes every place in the order in turn."""
     t: dict[str, list[int]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeat):
+        for k, fn in order[r % len(order):] + order[:r % len(order)]:
             t0 = time.perf_counter_ns()
             fn()
             t[k].append(time.perf_counter_ns() - t0)
