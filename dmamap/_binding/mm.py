@@ -345,9 +345,10 @@ def write_n(p: Any, va: int, size: int, value: int) -> None:
 def view_pin(p: Any, va: int, n: int, write: bool) -> tuple[Any, int] | str:
     """Pin [va, va+n) for a zero-copy view: ``(host pointer, physical address)``,
     or why the memory model does not allow one."""
-    host = ffi.new("uint8_t **")
-    pa = ffi.new("uint64_t *")
-    refused = ffi.new("int *")
+    outs = getattr(_local, "view_outs", None)   # this thread's out-parameters, made once
+    if outs is None:
+        outs = _local.view_outs = (ffi.new("uint8_t **"), ffi.new("uint64_t *"), ffi.new("int *"))
+    host, pa, refused = outs
     call(lib.dmamap_view_pin, p, va, n, int(write), host, pa, refused)
     if refused[0]:
         return ffi.string(_local.err.msg).decode("utf-8", "replace")
