@@ -237,9 +237,10 @@ def target_bulk(platform: str, size: int, repeat: int) -> list[Target]:
             **({"view (held)": lambda: dst.__setitem__(slice(None), held)} if held is not None else {}),
         }
         pin = {"pin": lambda: mm.view(vma.start, size).release()} if held is not None else {}
-        # a 1 MiB copy takes tens of µs: many interleaved repeats cost little and steady the medians
-        res = _interleaved({**ops, **pin, "ref": ref, "new": new_ref},
-                           max(repeat, 41) if size <= MiB else max(3, repeat // 2))
+        # a 1 MiB copy takes tens of µs: many interleaved repeats cost little and steady the medians;
+        # a larger one repeats at least once per function, each taking every place in the order
+        fns = {**ops, **pin, "ref": ref, "new": new_ref}
+        res = _interleaved(fns, max(repeat, 41) if size <= MiB else max(len(fns), repeat // 2))
         if held is not None:
             held.release()
         mm.munmap(vma)
