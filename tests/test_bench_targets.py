@@ -45,3 +45,33 @@ def test_import_target_runs_with_bytecode_cached(monkeypatch: pytest.MonkeyPatch
     t = targets.target_import(1)
     _judged(t)
     assert "bytecode cached" in t.measured
+
+
+def test_sweep_counts_each_distinct_experiment_once() -> None:
+    """A density touching no more pages than a higher one, and the random order of a
+    one-page touch, repeat an experiment already in the sweep: they are left out."""
+    from dmamap.bench.config import QUICK, make_config
+    from dmamap.bench.harness import touched_pages
+    from dmamap.bench.sweep import make_patterns, sweep_points
+
+    points = sweep_points(QUICK)
+    assert len(points) == 21 and len(set(points)) == 21
+    assert [p for p in points if p[0] == 4096] == [(4096, 1.0, "seq")]   # one page: one point
+    for size in {s for s, _d, _o in points}:
+        counts = [touched_pages(size >> 12, d) for s, d, o in points if s == size and o == "seq"]
+        assert counts == sorted(set(counts), reverse=True)   # every density touches a new number of pages
+    assert list(make_patterns(QUICK)) == points
+    only_random = make_config(quick=True, orders=["random"], sizes=["4K"])
+    assert sweep_points(only_random) == [(4096, 1.0, "random")]   # the first order asked for is kept
+
+
+def test_disagreement_shows_the_calibrations_own_host_ratio() -> None:
+    from dmamap.bench.model import Profile
+    from dmamap.bench.predict import calibration_ratio
+
+    run = {"size": 1 << 20, "density": 0.3, "order": "seq"}
+    prof = Profile("p", {}, fit={"runs": [{**run, "kind": "store-touch", "ns": {"median": 115.0}},
+                                          {**run, "kind": "populate", "ns": {"median": 100.0}}]})
+    assert calibration_ratio(prof, 1 << 20, 0.3, "seq") == pytest.approx(1.15)
+    assert calibration_ratio(prof, 1 << 20, 0.3, "random") is None   # a point the calibration did not run
+    assert calibration_ratio(None, 1 << 20, 0.3, "seq") is None
