@@ -38,21 +38,6 @@ static inline uint8_t *line_host(dmamap_machine *m, uint64_t pa)
     return dmamap_host_ptr(m, pa, CACHE_LINE, NULL);
 }
 
-/* Without counting: the caller counts (once per call on the access path). */
-static inline void writeback_nocount(dmamap_machine *m, struct cache_line *l)
-{
-    uint8_t *host = line_host(m, l->tag & LINE_MASK);
-    if (host)
-        memcpy(host, line_data(m, l), CACHE_LINE);
-    l->tag &= ~CL_DIRTY;
-}
-
-static void writeback(dmamap_machine *m, struct cache_line *l)
-{
-    writeback_nocount(m, l);
-    m->cache_wb++;
-}
-
 /* 64 bytes as four 16-byte vectors (GCC/Clang vector extension: SSE2 on x86-64, NEON on AArch64). */
 typedef uint8_t v16 __attribute__((vector_size(16), may_alias, aligned(1)));
 
@@ -73,6 +58,21 @@ static inline void copy_line(uint8_t *dst, const uint8_t *src)
     v16 a = s[0], b = s[1], c = s[2], d = s[3];
     v16 *o = (v16 *)dst;
     o[0] = a; o[1] = b; o[2] = c; o[3] = d;
+}
+
+/* Without counting: the caller counts (once per call on the access path). */
+static inline void writeback_nocount(dmamap_machine *m, struct cache_line *l)
+{
+    uint8_t *host = line_host(m, l->tag & LINE_MASK);
+    if (host)
+        copy_line(host, line_data(m, l));
+    l->tag &= ~CL_DIRTY;
+}
+
+static void writeback(dmamap_machine *m, struct cache_line *l)
+{
+    writeback_nocount(m, l);
+    m->cache_wb++;
 }
 
 /* The victim of a line that misses in ways: the first invalid way, else the least recently used one (an
@@ -128,9 +128,7 @@ static inline struct cache_line *line_access(dmamap_machine *m, struct cache_lin
     uint8_t *ld = line_data(m, l);
     ++*misses;
     if (l->tag & CL_DIRTY) {
-        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
-        if (vh)
-            copy_line(vh, ld);
+        writeback_nocount(m, l);
         ++*wbs;
     }
     l->lru = ++*clock;
@@ -338,12 +336,14 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
         }
         for (uint64_t j = 0; j < W; j++) {
             uint64_t L = j * nsets + k, tag = (base + j * stride) | CL_VALID;
-            struct cache_line *l = &ways[any_hit ? 0 : order[j]];
+            struct cache_line *l;
             int hit = 0;
             if (any_hit) {
                 struct cache_line *victim = way_lookup(ways, W, tag, &l);
                 hit = l != NULL;
                 l = hit ? l : victim;
+            } else {
+                l = &ways[order[j]];
             }
             h += (uint64_t)hit;
             if ((l->tag & CL_DIRTY) && (!hit || !is_write)) {
@@ -381,8 +381,9 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
 }
 
 /* Any other run (pages scattered in memory, or too short for run_contiguous), piece by piece: a
- * segment's lines in consecutive sets up to the last set, each line as the comment above says, with
- * sets (2 * nsets, zeroed) counting the run's lines per set and diff (nsets + 1, zeroed) as scratch. */
+ * segment's lines in consecutive sets up to the last set, each line as this section's first comment
+ * says, with sets (2 * nsets, zeroed) counting the run's lines per set and diff (nsets + 1, zeroed) as
+ * scratch. */
 static void run_scattered(dmamap_machine *m, const struct dmamap_cache_seg *seg, size_t nseg, uint32_t *sets,
                           int32_t *diff, uint16_t *ring, int is_write, uint64_t *clock, uint64_t *hits,
                           uint64_t *misses, uint64_t *wbs)
@@ -393,7 +394,6 @@ static void run_scattered(dmamap_machine *m, const struct dmamap_cache_seg *seg,
     count_sets(total, diff, nsets, seg, nseg);
 
     struct cache_line *const cache = m->cache;
-    uint8_t *const data = m->cache_data;
     struct direct_run dr = {NULL, NULL, 0};
     /* piece by piece: a segment's lines in consecutive sets, up to the last set */
     for (size_t j = 0; j < nseg; j++)
@@ -424,9 +424,7 @@ static void run_scattered(dmamap_machine *m, const struct dmamap_cache_seg *seg,
                 if (i - W <= W) {
                     struct cache_line *l = &cache[set * W + ring[set * W + (i - 1) % W]];
                     if (l->tag & CL_DIRTY) {
-                        uint8_t *vh = line_host(m, l->tag & LINE_MASK);
-                        if (vh)
-                            copy_line(vh, data + (size_t)(l - cache) * CACHE_LINE);
+                        writeback_nocount(m, l);
                         ++*wbs;
                     }
                     l->tag = 0;   /* a placeholder until a later line of the run takes the way */
@@ -450,13 +448,11 @@ static void run_scattered(dmamap_machine *m, const struct dmamap_cache_seg *seg,
             }
             /* one of the set's last W lines: a miss into the way of line i-W */
             struct cache_line *l = &ways[*slot];
-            uint8_t *ld = data + (size_t)(l - cache) * CACHE_LINE;
+            uint8_t *ld = line_data(m, l);
             ++*misses;
             if (i - W <= W) {
                 if (l->tag & CL_DIRTY) {
-                    uint8_t *vh = line_host(m, l->tag & LINE_MASK);
-                    if (vh)
-                        copy_line(vh, ld);
+                    writeback_nocount(m, l);
                     ++*wbs;
                 }
             } else if (is_write) {

@@ -605,14 +605,14 @@ static inline int va_in(const dmamap_as *as, uint64_t va)
     return va >= as->va_lo && va != ~0ULL && (as->va_hi == ~0ULL || va < as->va_hi);
 }
 
-/* The leaf table covering va when the walk cache holds it (the last one, then
- * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
 /* The leaf-table cache's tag for the 2 MiB region k (va >> 21), valid in this generation. */
 static inline uint64_t lc_tag(const dmamap_as *as, uint64_t k)
 {
     return (k & LC_VA_MASK) | as->lc_gen << LC_GEN_SHIFT;
 }
 
+/* The leaf table covering va when the walk cache holds it (the last one, then
+ * the leaf-table cache): 1 and *table, else 0.  Reads the cache only. */
 static inline int leaf_cached_cpu(const dmamap_as *as, const struct as_cpu *c, uint64_t va, uint64_t *table)
 {
     uint64_t k = va >> (PAGE_SHIFT + 9);

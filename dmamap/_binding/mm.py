@@ -345,10 +345,9 @@ def write_n(p: Any, va: int, size: int, value: int) -> None:
 def view_pin(p: Any, va: int, n: int, write: bool) -> tuple[Any, int] | str:
     """Pin [va, va+n) for a zero-copy view: ``(host pointer, physical address)``,
     or why the memory model does not allow one."""
-    outs = getattr(_local, "view_outs", None)   # this thread's out-parameters, made once
-    if outs is None:
-        outs = _local.view_outs = (ffi.new("uint8_t **"), ffi.new("uint64_t *"), ffi.new("int *"))
-    host, pa, refused = outs
+    host = getattr(_local, "view_host", None) or _slot("view_host", "uint8_t **")
+    pa = getattr(_local, "view_pa", None) or _slot("view_pa", "uint64_t *")
+    refused = getattr(_local, "view_refused", None) or _slot("view_refused", "int *")
     call(lib.dmamap_view_pin, p, va, n, int(write), host, pa, refused)
     if refused[0]:
         return ffi.string(_local.err.msg).decode("utf-8", "replace")

@@ -28,8 +28,8 @@ from dmamap.policy import CoherentMemory
 from dmamap.registry import get_backend
 from dmamap.strategy import STRATEGIES
 
-__all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "touched_pages", "bench_machine", "fits",
-           "sram_pool", "time_run", "Sample", "model_events", "unmap_events"]
+__all__ = ["populate", "aligned_coherent", "Pattern", "make_pattern", "touched_pages", "patterns_of", "bench_machine",
+           "fits", "sram_pool", "time_run", "Sample", "model_events", "unmap_events"]
 
 
 #: log2 of the span one PTE table maps (2 MiB with 4 KiB pages).
@@ -87,6 +87,11 @@ class Pattern:
             cmm.touch(mm._ptr(), BASE_VA, self.count, self.stride, False)
         else:
             cmm.touch_list(mm._ptr(), u64_array(self.arr), self.count, False)
+
+
+def patterns_of(patterns: dict[tuple[int, float, str], Pattern], size: int) -> list[tuple[float, str, Pattern]]:
+    """(density, order, pattern) of the sweep points of one mapping size, in the sweep's order."""
+    return [(d, o, pat) for (s, d, o), pat in patterns.items() if s == size]
 
 
 def make_pattern(pages: int, density: float, order: str, rng: random.Random) -> Pattern:

@@ -27,7 +27,7 @@ from typing import Any
 from dmamap._binding import bench as cbench
 from dmamap._binding import u64_array
 from dmamap.bench.config import BASE_VA, MiB, SweepConfig, fmt_size
-from dmamap.bench.harness import Pattern
+from dmamap.bench.harness import Pattern, patterns_of
 from dmamap.bench.results import HostRun
 from dmamap.bench.spread import spread
 from dmamap.mm import PAGE_SHIFT, PAGE_SIZE
@@ -245,7 +245,7 @@ def measure_host(cfg: SweepConfig, patterns: dict[tuple[int, float, str], Patter
         if fd < 0:
             raise OSError(-fd, f"cannot create a {fmt_size(size)} memfd for the host reference")
         try:
-            points = [(d, o, pat) for (s, d, o), pat in patterns.items() if s == size]
+            points = patterns_of(patterns, size)
             _rounds(1, points[0][2], fd, size, {k: [] for k in kinds}, {})   # warm-up, dropped
             for d, o, pat in points:
                 advance(f"host {fmt_size(size)} {d:.0%} {o}")

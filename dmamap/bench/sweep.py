@@ -21,6 +21,7 @@ from dmamap.bench.harness import (
     bench_machine,
     fits,
     make_pattern,
+    patterns_of,
     populate,
     time_run,
     touched_pages,
@@ -101,9 +102,7 @@ def run_sweep(cfg: SweepConfig, advance: Callable[[str], None] = lambda _: None,
                     pfn = dmamap.dma_coherent_to_pfn(dev, buf.cpu_addr, buf.dma_handle)
                     populate(m, pfn, size >> PAGE_SHIFT)
                     time_run(mm, dev, buf, PREFAULT.name, Pattern(size >> PAGE_SHIFT, PAGE_SIZE))   # warm tables
-                    for (s, d, o), pat in patterns.items():
-                        if s != size:
-                            continue
+                    for d, o, pat in patterns_of(patterns, size):
                         advance(f"{plat} {fmt_size(size)} {d:.0%} {o}")
                         samples: dict[str, list[Sample]] = {st: [] for st in cfg.strategies}
                         for _ in range(cfg.repeat):
