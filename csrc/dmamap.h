@@ -273,7 +273,7 @@ void dmamap_machine_free(dmamap_machine *m);
 /* Backing memory: map a memfd; retire (closing: pages back to the host, range
  * stays readable as zeros); unmap (at free).  dmamap_machine_close refuses
  * every later call with DMAMAP_ECLOSED but frees nothing. */
-int dmamap_backing_map(int fd, uint64_t size, void **out, struct dmamap_err *err);
+int dmamap_backing_map(uint64_t size, void **out, struct dmamap_err *err);
 void dmamap_backing_retire(void *p, uint64_t size);
 void dmamap_backing_unmap(void *p, uint64_t size);
 void dmamap_machine_close(dmamap_machine *m);

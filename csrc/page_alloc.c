@@ -216,7 +216,7 @@ static void scrub(dmamap_machine *m, uint64_t pfn, uint64_t npages)
     if (m->cache)
         dmamap_cache_maint(m, pfn << PAGE_SHIFT, npages << PAGE_SHIFT, 0, 1);
     /* Give large frees back to the host; small ones are cheaper to clear. */
-    if (npages < 16 || madvise(host, npages << PAGE_SHIFT, MADV_REMOVE) != 0)
+    if (npages < 16 || madvise(host, npages << PAGE_SHIFT, MADV_DONTNEED) != 0)
         memset(host, 0, npages << PAGE_SHIFT);
 }
 

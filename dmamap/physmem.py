@@ -3,15 +3,14 @@ descriptors and the page allocator, the CPU cache model's maintenance,
 memtype tracking, ports, and the subsystems that hand out physical ranges
 (device bus, port space, MMIO window, SRAM pool, I/O window).
 
-Backing memory is one sparse memfd mapping: nothing is committed on the host
-until it is touched.  :class:`dmamap.machine.Machine` builds on this with
+Backing memory is one sparse anonymous mapping, in host huge pages where the
+host allows: nothing is committed on the host until it is touched.  :class:`dmamap.machine.Machine` builds on this with
 address spaces, the kernel's direct map and a platform backend.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -255,12 +254,7 @@ class PhysicalMemory:
         self._state = st
         self._finalizer = weakref.finalize(self, st.release)
         size = ram + sram
-        fd = os.memfd_create(f"dmamap-{name}", os.MFD_CLOEXEC)
-        try:   # the mapping keeps the memfd alive; no descriptor stays open
-            os.ftruncate(fd, size)
-            st.buf = phys.backing_map(fd, size)
-        finally:
-            os.close(fd)
+        st.buf = phys.backing_map(size)
         st.size = size
         st.m = phys.machine_new(self.isa_info.id, st.buf, size, self.dma_coherent)
         self._handle = new_handle(self)

@@ -4,14 +4,13 @@ Out of RAM, every operation raises OutOfMemoryError (a MemoryError) and leaves
 nothing behind: pages used, table pages, raw page tables and DMA bookkeeping
 are as before, half-built mappings rolled back.  A closed machine -- closed
 explicitly, by its context manager or by the garbage collector -- gives back its
-memfd, its mapping and its C structures, so creating and closing a thousand
+backing memory and its C structures, so creating and closing a thousand
 machines keeps the process's RSS flat.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -217,21 +216,27 @@ def test_virtual_address_space_exhaustion(machine: dmamap.Machine) -> None:
 
 # ---- host memory ----
 
-def _fds() -> set[str]:
-    """The process's memfds of dmamap machines."""
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if "dmamap-" in os.readlink(f"/proc/self/fd/{fd}"):
-                out.add(fd)
-        except OSError:
-            pass   # the directory's own fd, gone by now
-    return out
+def _backing_range(m: dmamap.Machine) -> tuple[int, int]:
+    """Host addresses [lo, hi) of the machine's backing memory."""
+    from dmamap._binding import ffi
+
+    st = m._state
+    lo = int(ffi.cast("uintptr_t", st.buf))
+    return lo, lo + st.size
 
 
-def _memfd_maps() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "dmamap-" in line)
+def _rss_in(lo: int, hi: int) -> int:
+    """KiB of host memory resident in the mappings that overlap [lo, hi)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                a, b = (int(x, 16) for x in head.split("-"))
+                inside = a < hi and lo < b
+            elif inside and head == "Rss:":
+                total += int(line.split()[1])
+    return total
 
 
 def _rss_kib() -> int:
@@ -257,7 +262,7 @@ def _busy_machine(platform: str) -> dmamap.Machine:
 
 
 def _released(m: dmamap.Machine) -> bool:
-    """Closed: calls refused and the backing retired (the memfd mapping is gone);
+    """Closed: calls refused and the backing retired (its memory given back);
     the small C state waits for the garbage collector."""
     st = m._state
     return st.closed and m.closed
@@ -266,14 +271,16 @@ def _released(m: dmamap.Machine) -> bool:
 @pytest.mark.parametrize("how", ["close", "context", "gc"])
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_closing_releases_host_memory(platform: str, how: str) -> None:
+    """close(), leaving the context and garbage collection each give the backing
+    memory back to the host at once (nothing stays resident in its range)."""
     gc.collect()
-    fds, maps = _fds(), _memfd_maps()
     if how == "close":
         m = _busy_machine(platform)
-        assert _fds() == fds and _memfd_maps() == maps + 1   # the mapping holds the memfd, no fd stays open
+        lo, hi = _backing_range(m)
+        assert _rss_in(lo, hi) > 0
         m.close()
         assert _released(m)
-        assert _memfd_maps() == maps, "close() kept the backing mapping"
+        assert _rss_in(lo, hi) == 0, "close() kept the backing memory"
         with pytest.raises(dmamap.MachineClosedError):
             m.phys_read(m.ram_base, 1)
         state = m._state
@@ -282,18 +289,19 @@ def test_closing_releases_host_memory(platform: str, how: str) -> None:
         assert state.m is None and state.buf is None and not state.as_ptrs, "C state not freed at GC"
     elif how == "context":
         with _busy_machine(platform) as m:
-            assert _memfd_maps() == maps + 1
+            lo, hi = _backing_range(m)
+            assert _rss_in(lo, hi) > 0
         assert _released(m)
-        assert _memfd_maps() == maps, "leaving the context kept the backing mapping"
+        assert _rss_in(lo, hi) == 0, "leaving the context kept the backing memory"
     else:
         m = _busy_machine(platform)
+        lo, hi = _backing_range(m)
         state = m._state
-        assert _memfd_maps() == maps + 1
+        assert _rss_in(lo, hi) > 0
         del m
         gc.collect()
         assert state.m is None and state.buf is None and state.closed, "garbage-collected machine kept its memory"
-    assert _fds() == fds, "memfd leaked"
-    assert _memfd_maps() == maps, "backing mapping leaked"
+    assert _rss_in(lo, hi) == 0, "backing memory leaked"
 
 
 def test_close_while_another_thread_is_inside_a_call() -> None:
@@ -336,13 +344,12 @@ def test_a_thousand_machines_keep_rss_flat() -> None:
     for i in range(100):   # warm up allocator arenas, caches and gc generations
         cycle(i)
     gc.collect()
-    fds, rss0 = _fds(), _rss_kib()
+    rss0 = _rss_kib()
     for i in range(1000):
         cycle(i)
     gc.collect()
     grown = _rss_kib() - rss0
     print(f"RSS after 1000 machines: {grown:+d} KiB")
-    assert _fds() == fds
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 1000 machines"
 
 
@@ -383,3 +390,29 @@ def test_close_while_a_fault_handler_runs_on_another_thread() -> None:
     assert outcome and (outcome[0] == 0 or isinstance(outcome[0], dmamap.MachineClosedError)), outcome
     with pytest.raises(dmamap.MachineClosedError):
         mm.read8(vma.start)
+
+
+def _vm_flags(lo: int, hi: int) -> list[set[str]]:
+    """The VmFlags of each mapping that overlaps [lo, hi)."""
+    out, inside = [], False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                a, b = (int(x, 16) for x in head.split("-"))
+                inside = a < hi and lo < b
+            elif inside and head == "VmFlags:":
+                out.append(set(line.split()[1:]))
+    return out
+
+
+@pytest.mark.parametrize("ram", [2 << 20, 64 << 20, 8 << 30])
+def test_backing_is_aligned_for_host_huge_pages(ram: int) -> None:
+    """Emulated RAM is one private mapping, 2 MiB-aligned and advised for huge
+    pages, so that a walk over many emulated pages does not miss the host TLB on each."""
+    with dmamap.Machine("x86", ram=ram) as m:
+        lo, hi = _backing_range(m)
+        assert lo % (2 << 20) == 0 and hi - lo == ram
+        flags = _vm_flags(lo, hi)
+        assert len(flags) == 1 and "hg" in flags[0] and "sh" not in flags[0], flags
+        assert _rss_in(lo, hi) <= 4096   # sparse: the pages the boot touched, in at most two huge pages

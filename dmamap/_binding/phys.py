@@ -28,10 +28,10 @@ MEMTYPE_REPORTS_MAX = 64
 
 # ---- lifetime and configuration ----
 
-def backing_map(fd: int, size: int) -> Any:
-    """Map ``size`` bytes of memfd ``fd`` shared; the caller may close ``fd`` after."""
+def backing_map(size: int) -> Any:
+    """``size`` bytes of sparse, zeroed host memory for emulated memory (in huge pages where allowed)."""
     out = ffi.new("void **")
-    call(lib.dmamap_backing_map, fd, size, out)
+    call(lib.dmamap_backing_map, size, out)
     return ffi.cast("uint8_t *", out[0])
 
 
