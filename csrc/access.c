@@ -529,7 +529,7 @@ static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, st
     uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
     for (uint64_t pfn = first; pfn <= last; pfn++) {
         struct page_desc *p = dmamap_page(m, pfn);
-        int held = p && page_get_unless_zero(p, PAGE_REF1);
+        int held = p && page_get_unless_zero(m, p, PAGE_REF1);
         if (!held || (page_flags(p) & DMAMAP_PG_TABLE)) {
             if (held)
                 page_put(m, p);

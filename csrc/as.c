@@ -27,15 +27,6 @@ static __thread char thread_token;   /* its address names this thread */
  * (a futex): the last reader out wakes it. */
 #define SPIN_MAX 4096   /* about the time a reader takes to reach its next pause point */
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static void readers_wait(struct as_lock *l)
 {
     int r;

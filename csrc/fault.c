@@ -172,17 +172,31 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
 }
 
 /* Page references taken ahead (touch loops only): the first fast page fault
- * of a run takes the reference and map count of its page and of up to
- * RSV_MAX - 1 pages that follow it in the chunk, which the next faults of the
- * run most likely map; a fault on a reserved page then touches no shared
- * descriptor.  They belong to the CPU slot of the touch
+ * of a run takes the reference and map count of its page and of the pages
+ * that follow it in the chunk and in its reference-lock group (up to
+ * PREF_GROUP - 1), which the next faults of the run most likely map, under
+ * one hold of the group's lock; a fault on a reserved page then touches no
+ * shared descriptor.  They belong to the CPU slot of the touch
  * loop.  What the run did not use is given back before anything else can run
  * on this address space: before the general fault path (which may call out),
  * when a reader pauses for a writer and when the touch call returns. */
 void fault_rsv_release(dmamap_as *as, struct as_cpu *c)
 {
-    for (uint64_t mask = c->rsv_mask; mask; mask &= mask - 1)
-        page_map_put(as->m, &as->m->pages[c->rsv_pfn + (uint64_t)__builtin_ctzll(mask) - as->m->ram_base_pfn]);
+    uint64_t mask = c->rsv_mask, freed = 0;
+    if (!mask)
+        return;
+    dmamap_machine *m = as->m;
+    struct page_desc *p = &m->pages[c->rsv_pfn - m->ram_base_pfn];
+    uint32_t *l = pref_lock_of(m, p);   /* (the reserved pages are in one group) */
+    pref_lock(l);
+    for (uint64_t k = mask; k; k &= k - 1) {
+        unsigned j = (unsigned)__builtin_ctzll(k);
+        if (counts_refs(counts_add_locked(&p[j], -(PAGE_REF1 | PAGE_MAP1))) == 0)
+            freed |= 1ULL << j;
+    }
+    pref_unlock(l);
+    for (; freed; freed &= freed - 1)   /* (freed meanwhile by their owner: the reservation held the last) */
+        page_free_last(m, &p[__builtin_ctzll(freed)]);
     c->rsv_mask = 0;
 }
 
@@ -197,17 +211,20 @@ static int fast_page_ref(dmamap_as *as, struct as_cpu *c, uint64_t pfn, uint64_t
         return 0;
     fault_rsv_release(as, c);
     struct page_desc *p = &m->pages[pfn - m->ram_base_pfn];
-    int ok = page_map_get(m, p);
-    if (ok && batch) {
-        uint64_t n = run < RSV_MAX ? run : RSV_MAX, mask = 0;
-        if (m->ram_base_pfn + m->ram_pages - pfn < n)
-            n = m->ram_base_pfn + m->ram_pages - pfn;
-        for (uint64_t j = 1; j < n && page_map_get(m, &p[j]); j++)
-            mask |= 1ULL << j;
-        c->rsv_pfn = pfn;
-        c->rsv_mask = mask;
-    }
-    return ok;
+    if (!batch)
+        return page_map_get(m, p);
+    /* ahead: the pages of the chunk run, the RAM and pfn's reference-lock group, under one hold of its lock */
+    uint64_t idx = pfn - m->ram_base_pfn, n = PREF_GROUP - (idx & (PREF_GROUP - 1));
+    n = n < run ? n : run;
+    n = n < m->ram_pages - idx ? n : m->ram_pages - idx;
+    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE))
+        return 0;
+    uint64_t got = page_map_get_run(m, p, n);
+    if (!got)
+        return 0;
+    c->rsv_pfn = pfn;
+    c->rsv_mask = (got >= 64 ? ~0ULL : (1ULL << got) - 1) & ~1ULL;
+    return 1;
 }
 
 /* Whether VMA v's faults may take the fast case: a built-in 4 KiB page or

@@ -39,7 +39,7 @@ static int copy_one(dmamap_as *parent, dmamap_as *child, const struct vma *v, ui
     dmamap_pt_added(child, table, 1);
     struct page_desc *p = special ? NULL : dmamap_page(parent->m, pfn);
     if (p) {   /* the parent's PTE holds a reference */
-        page_hold_add(p, PAGE_REF1 | PAGE_MAP1);
+        page_hold_add(parent->m, p, PAGE_REF1 | PAGE_MAP1);
     }
     return 0;
 }

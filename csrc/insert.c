@@ -82,7 +82,7 @@ int page_get(dmamap_as *as, uint64_t addr, uint64_t pfn, const char *what, int t
                            (unsigned long long)addr, (unsigned long long)pfn);
     /* the reference first, then the flags of the allocation it holds (a
      * check alone takes none: it may be out of date once returned anyway) */
-    int held = take_ref ? page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1) : page_refs(p) > 0;
+    int held = take_ref ? page_get_unless_zero(as->m, p, PAGE_REF1 | PAGE_MAP1) : page_refs(p) > 0;
     uint32_t flags = page_flags(p);
     int rc = 0;
     if (!held)

@@ -2,6 +2,7 @@
 #ifndef DMAMAP_INTERNAL_H
 #define DMAMAP_INTERNAL_H
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include "dmamap.h"
@@ -84,10 +85,15 @@ int dmamap_memtype_by_class(const struct dmamap_arch *a, int x, int y);
 int dmamap_mt_prot_cache(const struct dmamap_arch *a, uint64_t prot);
 uint64_t dmamap_mt_prot_set_cache(const struct dmamap_arch *a, uint64_t prot, int cache);
 
-/* A page descriptor.  Its reference and map counts share one 64-bit atomic
- * word (reference count in the low half, map count in the high half, so a
- * mapping's pair changes with one atomic operation); it and flags are read
- * and written only through the page_* helpers below (docs/threads.md). */
+/* A page descriptor.  Its reference and map counts share one 64-bit word
+ * (reference count in the low half, map count in the high half, so a
+ * mapping's pair changes in one step).  The word is read with one atomic
+ * load and written only under the reference lock of its group of PREF_GROUP
+ * pages, a spinlock held for a few instructions: a fault run then takes a
+ * whole group's references with one atomic operation, where a compare-and-swap
+ * per page cost a locked instruction each (fault.c).  Flags change only while
+ * the page is free.  Read and written only through the page_* helpers below
+ * (docs/threads.md). */
 struct page_desc {
     uint64_t counts;
     uint32_t flags;
@@ -96,6 +102,8 @@ struct page_desc {
 
 #define PAGE_REF1 1ULL
 #define PAGE_MAP1 (1ULL << 32)
+#define PREF_SHIFT 6
+#define PREF_GROUP (1ULL << PREF_SHIFT)
 
 static inline int32_t counts_refs(uint64_t c)
 {
@@ -127,25 +135,68 @@ static inline int32_t page_maps(const struct page_desc *p)
     return counts_maps(page_counts(p));
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The reference lock of p's group. */
+static inline uint32_t *pref_lock_of(dmamap_machine *m, const struct page_desc *p);
+
+static inline void pref_lock(uint32_t *l)
+{
+    unsigned spins = 0;
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+            if (++spins % 1024)
+                cpu_relax();
+            else
+                sched_yield();   /* the holder was preempted */
+        }
+}
+
+static inline void pref_unlock(uint32_t *l)
+{
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
+
+/* p's counts plus delta (its group's lock held): the new value.  The load is
+ * an acquire, so that flags read after it are those of the allocation whose
+ * first reference it sees (desc_alloc publishes them with a release). */
+static inline uint64_t counts_add_locked(struct page_desc *p, uint64_t delta)
+{
+    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_ACQUIRE) + delta;
+    __atomic_store_n(&p->counts, c, __ATOMIC_RELAXED);
+    return c;
+}
+
 /* References taken by someone who holds one already (a PTE being copied, a
  * page just checked or allocated): the reference count cannot be 0.
  * delta: PAGE_REF1 (a reference) or PAGE_REF1 | PAGE_MAP1 (a mapping's). */
-static inline void page_hold_add(struct page_desc *p, uint64_t delta)
+static inline void page_hold_add(dmamap_machine *m, struct page_desc *p, uint64_t delta)
 {
-    __atomic_fetch_add(&p->counts, delta, __ATOMIC_RELAXED);
+    uint32_t *l = pref_lock_of(m, p);
+    pref_lock(l);
+    counts_add_locked(p, delta);
+    pref_unlock(l);
 }
 
 /* get_page_unless_zero: add delta (as above) to a page found by its pfn
  * alone, which may be freed concurrently; 0 when it is free (or being
  * freed).  The flags read after it are those of the allocation it holds. */
-static inline int page_get_unless_zero(struct page_desc *p, uint64_t delta)
+static inline int page_get_unless_zero(dmamap_machine *m, struct page_desc *p, uint64_t delta)
 {
-    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
-    do {
-        if (counts_refs(c) <= 0)
-            return 0;
-    } while (!__atomic_compare_exchange_n(&p->counts, &c, c + delta, 1, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
-    return 1;
+    uint32_t *l = pref_lock_of(m, p);
+    pref_lock(l);
+    int ok = counts_refs(__atomic_load_n(&p->counts, __ATOMIC_ACQUIRE)) > 0;
+    if (ok)
+        counts_add_locked(p, delta);
+    pref_unlock(l);
+    return ok;
 }
 
 /* The last reference dropped: free the page through the allocator. */
@@ -155,7 +206,11 @@ void page_free_last(dmamap_machine *m, struct page_desc *p);
  * anonymous page whose last mapping went), under the allocator's lock. */
 static inline void page_drop(dmamap_machine *m, struct page_desc *p, uint64_t delta)
 {
-    if (counts_refs(__atomic_sub_fetch(&p->counts, delta, __ATOMIC_ACQ_REL)) == 0)
+    uint32_t *l = pref_lock_of(m, p);
+    pref_lock(l);
+    uint64_t c = counts_add_locked(p, -delta);
+    pref_unlock(l);
+    if (counts_refs(c) == 0)
         page_free_last(m, p);
 }
 
@@ -169,17 +224,29 @@ static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
     page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
 }
 
-/* A mapping's reference and map count on a page that may be mapped
- * (page_get's rules: allocated, neither anonymous nor a page table). */
+/* A mapping's reference and map count on each of p[0..n) (one group at
+ * most) that may be mapped (page_get's rules: allocated, neither anonymous
+ * nor a page table), in order, under one hold of the group's lock: how many
+ * were taken before the first that may not. */
+static inline uint64_t page_map_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n)
+{
+    uint32_t *l = pref_lock_of(m, p);
+    uint64_t j;
+    pref_lock(l);
+    for (j = 0; j < n; j++) {
+        uint64_t c = __atomic_load_n(&p[j].counts, __ATOMIC_ACQUIRE);
+        if (counts_refs(c) <= 0 || page_flags(&p[j]) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE))
+            break;
+        __atomic_store_n(&p[j].counts, c + (PAGE_REF1 | PAGE_MAP1), __ATOMIC_RELAXED);
+    }
+    pref_unlock(l);
+    return j;
+}
+
+/* A mapping's reference and map count on a page that may be mapped. */
 static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
 {
-    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) || !page_get_unless_zero(p, PAGE_REF1 | PAGE_MAP1))
-        return 0;
-    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE)) {   /* reallocated meanwhile */
-        page_map_put(m, p);
-        return 0;
-    }
-    return 1;
+    return page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) ? 0 : (int)page_map_get_run(m, p, 1);
 }
 
 struct iowin_slot {
@@ -229,6 +296,7 @@ struct dmamap_machine {
     uint64_t sram_base, sram_size; /* the first SRAM region (never removed), for fast lookups */
     uint8_t *sram_host;
     struct page_desc *pages;
+    uint32_t *pref_locks;          /* a reference lock per PREF_GROUP pages */
     uint64_t *bitmap;              /* 1 = allocated */
     uint64_t alloc_hint;
     uint64_t pages_used;
@@ -277,6 +345,11 @@ struct dmamap_machine {
     int nown_log;
     uint64_t own_dropped;
 };
+
+static inline uint32_t *pref_lock_of(dmamap_machine *m, const struct page_desc *p)
+{
+    return &m->pref_locks[(uint64_t)(p - m->pages) >> PREF_SHIFT];
+}
 
 /* 0 when [pa, pa+n) is held by the write-combining buffer */
 void dmamap_wcb_store(dmamap_machine *m, uint64_t pa, const void *buf, uint64_t n);
@@ -587,9 +660,10 @@ static inline uint8_t *dmamap_host_page(dmamap_machine *m, uint64_t pa, int *typ
     return dmamap_host_ptr(m, pa, PAGE_SIZE, type);
 }
 
-/* Page references taken ahead by the fault path (fault.c): use the one of
- * pfn if there is one. */
+/* Page references taken ahead by the fault path (fault.c), one
+ * reference-lock group at most: use the one of pfn if there is one. */
 #define RSV_MAX 64
+_Static_assert(PREF_GROUP <= RSV_MAX, "a reservation mask covers a reference-lock group");
 static inline int rsv_take(struct as_cpu *c, uint64_t pfn)
 {
     uint64_t bit = pfn - c->rsv_pfn;

@@ -48,6 +48,7 @@ void dmamap_machine_free(dmamap_machine *m)
     if (!m)
         return;
     free(m->pages);
+    free(m->pref_locks);
     free(m->bitmap);
     free(m->memtypes);
     free(m->table_cache);

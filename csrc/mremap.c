@@ -27,7 +27,7 @@ static int move_one(dmamap_as *as, uint64_t src, uint64_t dst, struct dmamap_err
     if (!(entry & as->special_bit)) {
         struct page_desc *p = dmamap_page(as->m, (entry & as->pa_mask[0]) >> as->pfn_shift);
         if (p) {   /* the source PTE holds a reference */
-            page_hold_add(p, PAGE_REF1 | PAGE_MAP1);
+            page_hold_add(as->m, p, PAGE_REF1 | PAGE_MAP1);
         }
     }
     return 0;

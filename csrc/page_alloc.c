@@ -220,6 +220,29 @@ static void scrub(dmamap_machine *m, uint64_t pfn, uint64_t npages)
         memset(host, 0, npages << PAGE_SHIFT);
 }
 
+/* Each of p[0..n)'s owner reference (count 1, map count 0) dropped to 0, a
+ * reference-lock group at a time: how many before the first still in use
+ * (*busy: its counts), which stops it. */
+static uint64_t unref_owned(dmamap_machine *m, struct page_desc *p, uint64_t n, uint64_t *busy)
+{
+    uint64_t k = 0;
+    while (k < n) {
+        uint32_t *l = pref_lock_of(m, &p[k]);
+        pref_lock(l);
+        do {
+            uint64_t c = __atomic_load_n(&p[k].counts, __ATOMIC_ACQUIRE);
+            if (c != PAGE_REF1) {
+                pref_unlock(l);
+                *busy = c;
+                return k;
+            }
+            __atomic_store_n(&p[k].counts, 0, __ATOMIC_RELAXED);
+        } while (++k < n && pref_lock_of(m, &p[k]) == l);
+        pref_unlock(l);
+    }
+    return n;
+}
+
 int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct dmamap_err *err)
 {
     dmamap_err_clear(err);
@@ -249,17 +272,15 @@ int dmamap_free_pages(dmamap_machine *m, uint64_t pfn, uint64_t npages, struct d
      * no reference can be taken (page_get_unless_zero) once the page is found
      * unused; a page still referenced or mapped is refused and the ones
      * before it restored. */
-    for (k = 0; k < npages; k++) {
-        uint64_t c = PAGE_REF1;
-        if (!__atomic_compare_exchange_n(&m->pages[idx + k].counts, &c, 0, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE)) {
-            for (uint64_t j = 0; j < k; j++)
-                __atomic_store_n(&m->pages[idx + j].counts, PAGE_REF1, __ATOMIC_RELEASE);
-            rc = dmamap_fail(err, DMAMAP_EBUSY, (pfn + k) << PAGE_SHIFT,
-                             "pfn %#llx is still mapped (mapcount %d, refcount %d)",
-                             (unsigned long long)(pfn + k), counts_maps(c), counts_refs(c));
-            goto out;
-        }
+    uint64_t c = 0;
+    k = unref_owned(m, &m->pages[idx], npages, &c);
+    if (k < npages) {
+        for (uint64_t j = 0; j < k; j++)   /* (at 0 nobody else writes them) */
+            __atomic_store_n(&m->pages[idx + j].counts, PAGE_REF1, __ATOMIC_RELEASE);
+        rc = dmamap_fail(err, DMAMAP_EBUSY, (pfn + k) << PAGE_SHIFT,
+                         "pfn %#llx is still mapped (mapcount %d, refcount %d)",
+                         (unsigned long long)(pfn + k), counts_maps(c), counts_refs(c));
+        goto out;
     }
     for (k = 0; k < npages; k++)
         desc_free(&m->pages[idx + k]);
@@ -309,7 +330,7 @@ int dmamap_get_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    if (!page_get_unless_zero(p, PAGE_REF1))
+    if (!page_get_unless_zero(m, p, PAGE_REF1))
         rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "get_page on free pfn %#llx",
                          (unsigned long long)pfn);
     else if (page_flags(p) & DMAMAP_PG_TABLE) {
@@ -326,14 +347,14 @@ int dmamap_put_page(dmamap_machine *m, uint64_t pfn, struct dmamap_err *err)
     struct page_desc *p = page_ref_enter(m, pfn, err, &rc);
     if (!p)
         return rc;
-    uint64_t c = __atomic_load_n(&p->counts, __ATOMIC_RELAXED);
-    do {
-        if (counts_refs(c) <= 1) {
-            rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
-                             "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
-            break;
-        }
-    } while (!__atomic_compare_exchange_n(&p->counts, &c, c - PAGE_REF1, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    uint32_t *l = pref_lock_of(m, p);
+    pref_lock(l);
+    if (page_refs(p) > 1)
+        counts_add_locked(p, -PAGE_REF1);
+    else
+        rc = dmamap_fail(err, DMAMAP_EBADPAGE, pfn << PAGE_SHIFT, "put_page would drop the last "
+                         "reference of pfn %#llx; free it instead", (unsigned long long)pfn);
+    pref_unlock(l);
     return dmamap_m_done(m, rc, err);
 }
 

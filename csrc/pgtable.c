@@ -198,7 +198,7 @@ static void ref_pages(dmamap_as *as, uint64_t pa, uint64_t n)
     for (uint64_t i = 0; i < n; i++) {
         struct page_desc *p = dmamap_page(as->m, (pa >> PAGE_SHIFT) + i);
         if (p) {
-            page_hold_add(p, PAGE_REF1 | PAGE_MAP1);
+            page_hold_add(as->m, p, PAGE_REF1 | PAGE_MAP1);
         }
     }
 }

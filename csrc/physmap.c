@@ -90,11 +90,14 @@ int dmamap_add_region(dmamap_machine *m, const struct dmamap_region *r, struct d
         uint64_t n = r->size >> PAGE_SHIFT;
         m->pages = calloc(n, sizeof *m->pages);
         m->bitmap = calloc((n + 63) / 64, sizeof(uint64_t));
-        if (!m->pages || !m->bitmap) {
+        m->pref_locks = calloc((n + PREF_GROUP - 1) >> PREF_SHIFT, sizeof *m->pref_locks);
+        if (!m->pages || !m->bitmap || !m->pref_locks) {
             free(m->pages);
             free(m->bitmap);
+            free(m->pref_locks);
             m->pages = NULL;
             m->bitmap = NULL;
+            m->pref_locks = NULL;
             rc = dmamap_fail(err, DMAMAP_ENOMEM, r->base, "host out of memory for page descriptors");
             goto out;
         }
