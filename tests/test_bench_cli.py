@@ -32,6 +32,7 @@ def test_bench_tiny_sweep_writes_json(tmp_path: Path) -> None:
     assert "…" not in res.output
     assert max(len(ln) for ln in res.output.splitlines() if not ln.startswith("results written")) <= 80
     assert "median of 3 runs" in res.output and "crossover" in res.output
+    assert "store loop (limit): 0.000" not in res.output and "store loop (limit): " in res.output
     data = json.loads(out.read_text())
     runs = data["runs"]
     assert [r["strategy"] for r in runs if r["platform"] == "x86" and r["density"] == 1] == list(SWEEP_STRATEGIES)
@@ -50,6 +51,14 @@ def test_bench_tiny_sweep_writes_json(tmp_path: Path) -> None:
     assert data["model"]["ranked"] + data["model"]["host_ties"] == 2
     res = _invoke(["bench", "--compare", str(out), "--compare", str(out)])
     assert res.exit_code == 0 and "4/4 points identical" in res.output
+
+
+def test_bench_without_sweep_reports_no_sweep_figures() -> None:
+    """A scenario alone runs no sweep: no store-loop limit or sweep time (they were printed as 0)."""
+    res = _invoke(["bench", "--scenario", "alsa", "-p", "x86"])
+    assert res.exit_code == 0, res.output
+    assert "scenario alsa" in res.output and "load average at end" in res.output
+    assert "store loop (limit)" not in res.output and "sweep took" not in res.output
 
 
 def test_bench_option_errors() -> None:

@@ -157,8 +157,11 @@ def render(console: Console, res: SweepResult, *, full: bool = False) -> None:
             _wrap(console, n)
     _out(console)
     end = res.meta.get("loadavg_end")
-    _wrap(console, f"store loop (limit): {res.store_ns_per_pte:.3f} ns per 8-byte PTE; sweep took "
-                   f"{res.seconds:.1f} s" + (f"; load average at end {end[0]:.2f}" if end else ""))
+    parts = [f"store loop (limit): {res.store_ns_per_pte:.3f} ns per 8-byte PTE",
+             f"sweep took {res.seconds:.1f} s"] if res.runs else []   # (no sweep: the targets time their own)
+    parts += [f"load average at end {end[0]:.2f}"] if end else []
+    if parts:
+        _wrap(console, "; ".join(parts))
 
 
 def _render_host(console: Console, res: SweepResult) -> None:
