@@ -769,3 +769,21 @@ int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is
         rc = access_bulk_locked(as, va, buf, n, is_write, err);
     return as_unlock(as, rc, err);
 }
+
+/* dmamap_access_bulk for the Python fast path (dmamap/_binding/_cpu.c), which
+ * calls it without a cffi call's cost: the error, if any, in the thread's
+ * record (dmamap_fast_err), and a callback exception the binding stashed
+ * during the access failing it, as for the register accesses above. */
+int dmamap_access_bulk_fast(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write)
+{
+    struct dmamap_err err;
+    int rc = dmamap_access_bulk(as, va, buf, n, is_write, &err);
+    if (fast_pending && !rc) {
+        rc = err.code = DMAMAP_EHANDLER;
+        err.addr = va;
+        err.msg[0] = 0;
+    }
+    if (rc)
+        fast_err = err;
+    return rc;
+}

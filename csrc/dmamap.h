@@ -468,6 +468,9 @@ int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va);   /* the cffi call floor, f
 int dmamap_access_try(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *value);
 struct dmamap_err *dmamap_fast_err(void);
 void dmamap_fast_pending(int pending);
+/* dmamap_access_bulk with its error in the thread's record, as the register
+ * accesses above (for the binding's C methods, which call it by address). */
+int dmamap_access_bulk_fast(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write);
 /* Zero-copy views: resolve [va, va+n) as an access (is_write: as a write) and
  * pin its pages if the CPU reaches them with no emulation between (cacheable
  * RAM, no cache model, physically contiguous, not device-owned); the host

@@ -738,12 +738,7 @@ class AddressSpace(cmm.CpuAccess):
     def read(self, va: int, n: int) -> bytes:
         """Read ``n`` bytes as the CPU would (through TLB, faults, cache): one C
         call copying straight into the bytes returned."""
-        n, va = u64("n", n), u64("va", va)
-        if not n:
-            return b""
-        if n > cmm.MAX_HOST_BUFFER:
-            self._check_span(va, n)   # SIGSEGV at a gap before OutOfMemoryError for the buffer
-        return cmm.read(self._ptr(), va, n)   # (the core refuses a gap before reading anything)
+        return self._bulk_read(va, n)
 
     def readinto(self, va: int, buf: Any) -> int:
         """Read ``len(buf)`` bytes (its size in bytes, whatever its item type)
@@ -755,6 +750,25 @@ class AddressSpace(cmm.CpuAccess):
         A range with a gap is refused before anything is read; a fault in the
         middle (a SIGBUS from a fault handler, say) raises with the bytes before
         it already in ``buf``, as read(2) into a buffer would leave them."""
+        return self._bulk_readinto(va, buf)
+
+    def write(self, va: int, data: Any) -> None:
+        """Write ``data`` (bytes, bytearray, memoryview, a numpy array: any
+        buffer, its raw bytes) as the CPU would, read in place (a
+        non-contiguous view is copied first)."""
+        self._bulk_write(va, data)
+
+    # read, readinto and write are C methods of CpuAccess (dmamap/_binding/_cpu.c)
+    # for plain arguments; these take the rest, and raise what the C calls failed with.
+    def _bulk_read_slow(self, va: int, n: int) -> bytes:
+        n, va = u64("n", n), u64("va", va)
+        if not n:
+            return b""
+        if n > cmm.MAX_HOST_BUFFER:
+            self._check_span(va, n)   # SIGSEGV at a gap before OutOfMemoryError for the buffer
+        return cmm.read(self._ptr(), va, n)   # (the core refuses a gap before reading anything)
+
+    def _bulk_readinto_slow(self, va: int, buf: Any) -> int:
         mv = _bytes_of(buf, "buf", writable=True)
         va = u64("va", va)
         n = mv.nbytes
@@ -762,16 +776,22 @@ class AddressSpace(cmm.CpuAccess):
             cmm.readinto(self._ptr(), va, cmm.from_buffer(mv), n)
         return n
 
-    def write(self, va: int, data: Any) -> None:
-        """Write ``data`` (bytes, bytearray, memoryview, a numpy array: any
-        buffer, its raw bytes) as the CPU would, read in place (a
-        non-contiguous view is copied first)."""
+    def _bulk_write_slow(self, va: int, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             data = _bytes_of(data, "data", writable=False)
         cdata, n = in_buffer("data", data)
         va = u64("va", va)
         if n:   # the core refuses a range with a gap (or a wrap) before touching anything
             cmm.write(self._ptr(), va, cdata, n)
+
+    def _bulk_raise(self, rc: int) -> NoReturn:
+        try:
+            self._ptr()   # a closed address space or machine says so, as before the call
+        except DmamapError:
+            with contextlib.suppress(Exception):
+                cmm.fast_raise(rc)   # (the thread's error record and any stashed exception consumed)
+            raise
+        cmm.fast_raise(rc)
 
     def view(self, va: int, size: int, *, write: bool = True) -> memoryview:
         """A zero-copy memoryview of [va, va+size): the emulated RAM itself,

@@ -478,3 +478,42 @@ def test_bulk_run_counts_as_page_by_page(write: bool) -> None:
     whole, single = run(True), run(False)
     assert whole == single
     assert whole[1][0] == 256
+
+
+def test_bulk_c_methods_raise_the_library_errors_and_leave_nothing_behind() -> None:
+    """read, readinto and write are C methods calling the core once: what it refuses is
+    raised as the library's error (a callback's exception as HandlerError, a closed space
+    as MachineClosedError), arguments it cannot take go to the Python checks, and no
+    error record or stashed exception outlives the call that raised it."""
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        vma, _ = _ram(m, mm)
+        mm.write(vma.start, b"ok")
+        calls = (lambda va: mm.read(va, 8), lambda va: mm.readinto(va, bytearray(8)),
+                 lambda va: mm.write(va, b"12345678"))
+        for call in calls:
+            with pytest.raises(SegmentationFault):
+                call(vma.end)                        # nothing mapped there
+            assert mm.read(vma.start, 2) == b"ok"    # the next call is unaffected
+        for bad in (-1, 1 << 64, True, 1.5, "0"):
+            with pytest.raises((InvalidArgumentError, TypeError)):
+                mm.read(bad, 8)
+            with pytest.raises((InvalidArgumentError, TypeError)):
+                mm.readinto(bad, bytearray(8))
+        with pytest.raises(InvalidArgumentError):
+            mm.read(vma.start, -1)
+        assert mm.read(vma.start, 0) == b"" and mm.read(vma.start, 1) == b"o"
+
+        def handler(vmf: dmamap.VmFault) -> dmamap.Page:
+            raise RuntimeError("driver bug")
+
+        lazy = mm.mmap(PAGE_SIZE)
+        lazy.set_fault_handler(handler)
+        for call in calls:
+            with pytest.raises(HandlerError, match="driver bug"):
+                call(lazy.start)
+            assert mm.read(vma.start, 2) == b"ok" and mm.read16(vma.start) == 0x6B6F
+        mm.close()
+        for call in calls:
+            with pytest.raises(MachineClosedError):
+                call(vma.start)

@@ -304,6 +304,9 @@ WRITE_FAST: dict[int, Callable[[Any, int, int], int]] = {
 # (dmamap/_binding/_cpu.c), which do a TLB hit on plain memory themselves and
 # call ``_read`` / ``_write`` otherwise.
 _cpu.bind_core(int(ffi.cast("uintptr_t", ffi.addressof(lib, "dmamap_access_try"))))
+# and read, readinto and write as C methods calling dmamap_access_bulk_fast, which
+# call ``_bulk_<name>_slow`` for what they do not take and ``_bulk_raise`` on failure.
+_cpu.bind_bulk(int(ffi.cast("uintptr_t", ffi.addressof(lib, "dmamap_access_bulk_fast"))), MAX_HOST_BUFFER)
 
 
 def bind_cpu(obj: _cpu.CpuAccess, p: Any) -> None:
