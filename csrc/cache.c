@@ -316,7 +316,6 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
     uint64_t h = 0, wb = 0;
     /* set by set (sets do not interact): line L = j * nsets + k is line j+1 of set first + k */
     const uint64_t stride = nsets * CACHE_LINE;
-    uint16_t order[64];
     for (uint64_t k = 0; k < nsets; k++) {
         uint64_t set = (first + k) & set_mask, base = s->pa + k * CACHE_LINE;
         struct cache_line *ways = &cache[set * W];
@@ -325,26 +324,25 @@ static void run_contiguous(dmamap_machine *m, const struct dmamap_cache_seg *s, 
         for (uint64_t w = 0; w < W; w++)
             any_hit |= (ways[w].tag & CL_VALID) && (ways[w].tag & LINE_MASK) - base < W * stride;
         if (!any_hit) {
-            /* every line misses: they take the ways oldest first (invalid ones, stamped 0, first of
-             * all; ties in way order), each line the newest when the next one chooses */
+            /* every line misses, so the W lines evict the W ways, each once: each way is written
+             * back if dirty and taken by one of them.  Which takes which is the model's choice
+             * (oldest first) but nothing can tell: step 3 replaces every way's tag and stamp, and
+             * a later victim is chosen by stamp alone (distinct by then).  So line j takes way j,
+             * with no sort and no tag or stamp written here. */
             for (uint64_t w = 0; w < W; w++) {
-                uint64_t x = w;
-                for (; x > 0 && ways[order[x - 1]].lru > ways[w].lru; x--)
-                    order[x] = order[x - 1];
-                order[x] = (uint16_t)w;
+                if (ways[w].tag & CL_DIRTY) {
+                    writeback_nocount(m, &ways[w]);
+                    wb++;
+                }
+                slots[w] = (uint16_t)w;
             }
+            continue;
         }
         for (uint64_t j = 0; j < W; j++) {
             uint64_t L = j * nsets + k, tag = (base + j * stride) | CL_VALID;
-            struct cache_line *l;
-            int hit = 0;
-            if (any_hit) {
-                struct cache_line *victim = way_lookup(ways, W, tag, &l);
-                hit = l != NULL;
-                l = hit ? l : victim;
-            } else {
-                l = &ways[order[j]];
-            }
+            struct cache_line *l, *victim = way_lookup(ways, W, tag, &l);
+            int hit = l != NULL;
+            l = hit ? l : victim;
             h += (uint64_t)hit;
             if ((l->tag & CL_DIRTY) && (!hit || !is_write)) {
                 writeback_nocount(m, l);   /* the victim's, or (a read's hit) the one due at its eviction */
