@@ -74,13 +74,20 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, struc
 
 
 
+/* How many pages ahead touch_fault_run prefetches the bytes it loads: each is
+ * on a page of its own, which the host's prefetchers do not reach and whose
+ * miss (often a host TLB miss too) the loop's work per fault is too long to
+ * overlap with the next ones out of order (16 MiB, 4 KiB stride, in the
+ * benchmark's process: 11.4 -> 9.5 ns a fault). */
+#define TOUCH_AHEAD 16
+
 /* A run of read touches va + i * stride (i < n, stride a page multiple) that
  * are all faults the fast case takes, in one leaf table, VMA and chunk run:
  * each faults (PTE written, reference taken), fills its TLB entry and loads
  * its byte, in order, as touch_fast would one by one, with the checks that
- * hold for the whole run made once.  Returns the touches done; it stops
- * (0: none) where the next touch is anything else, which touch_fast or the
- * general path then takes. */
+ * hold for the whole run made once (and the bytes prefetched ahead).  Returns
+ * the touches done; it stops (0: none) where the next touch is anything else,
+ * which touch_fast or the general path then takes. */
 static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, uint64_t stride, uint64_t n)
 {
     dmamap_machine *m = as->m;
@@ -121,7 +128,11 @@ static uint64_t touch_fault_run(dmamap_as *as, struct as_cpu *c, uint64_t va, ui
                                    .device = as->dm_device, .wc = as->dm_wc, .region = region};
     pthread_mutex_t *ptl = &as->ptl[ptl_of(table)];   /* the leaf table's PTE lock, for the run */
     LOCK(ptl);
+    for (i = 0; i < TOUCH_AHEAD && i < cnt; i++)
+        __builtin_prefetch(host + i * stride + off, 0, 3);
     for (i = 0; i < cnt; i++) {
+        if (i + TOUCH_AHEAD < cnt)
+            __builtin_prefetch(host + (i + TOUCH_AHEAD) * stride + off, 0, 3);
         uint64_t *e = &tbl[idx + i * step], p = pfn + i * step;
         struct tlb_entry *t = &c->tlb[(vpn + i * step) % TLB_SIZE];
         if (__atomic_load_n(e, __ATOMIC_RELAXED) || t->vpn == vpn + i * step)   /* mapped, or a stale TLB entry the touch would hit */
