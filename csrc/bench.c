@@ -29,12 +29,35 @@ uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value)
     return dmamap_now_ns() - t0;
 }
 
-uint64_t dmamap_bench_spin(uint64_t n)
+/* The thread target's share-nothing reference: load the first byte of each of
+ * npages pages of emulated memory from pa, in order and prefetched as a
+ * sequential fault run loads them (touch.c), with no emulation around the
+ * loads: a faulting thread's memory traffic without its work, on memory of
+ * its own, so that what two threads of it get is what the machine gives two
+ * threads of that traffic now.  *ns: the time taken. */
+int dmamap_bench_load_pages(dmamap_machine *m, uint64_t pa, uint64_t npages, uint64_t *ns, struct dmamap_err *err)
 {
-    uint64_t t0 = dmamap_now_ns(), x = 0;
-    for (uint64_t i = 0; i < n; i++)
-        __asm__ __volatile__("" : "+r"(x) : "r"(i));   /* a register dependency the compiler keeps */
-    return dmamap_now_ns() - t0 + (x & 0);
+    dmamap_err_clear(err);
+    if (!m || m->closed)
+        return dmamap_fail(err, DMAMAP_ECLOSED, pa, "machine is closed");
+    if (!ns || (pa & (PAGE_SIZE - 1)) || npages > (~0ULL >> PAGE_SHIFT) || pa + (npages << PAGE_SHIFT) < pa)
+        return dmamap_fail(err, DMAMAP_EINVAL, pa, "load of %llu pages at %#llx: not a page-aligned range, or "
+                           "no output", (unsigned long long)npages, (unsigned long long)pa);
+    const uint8_t *host = npages ? dmamap_host_ptr(m, pa, npages << PAGE_SHIFT, NULL) : NULL;
+    if (npages && !host)
+        return dmamap_fail(err, DMAMAP_EPHYS, pa, "%#llx+%llu pages is not inside one memory region",
+                           (unsigned long long)pa, (unsigned long long)npages);
+    uint64_t t0 = dmamap_now_ns();
+    uint8_t sink = 0;
+    for (uint64_t i = 0; i < TOUCH_AHEAD && i < npages; i++)
+        __builtin_prefetch(host + (i << PAGE_SHIFT), 0, 3);
+    for (uint64_t i = 0; i < npages; i++) {
+        if (i + TOUCH_AHEAD < npages)
+            __builtin_prefetch(host + ((i + TOUCH_AHEAD) << PAGE_SHIFT), 0, 3);
+        sink ^= __atomic_load_n(host + (i << PAGE_SHIFT), __ATOMIC_RELAXED);
+    }
+    *ns = dmamap_now_ns() - t0 + (sink & 0);
+    return 0;
 }
 
 /* Give the host pages behind emulated memory [pa, pa+size) (RAM or SRAM)

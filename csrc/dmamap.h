@@ -489,8 +489,9 @@ void dmamap_tlb_flush_all(dmamap_as *as);
 
 /* Reference loops for benchmarks. */
 uint64_t dmamap_bench_store_loop(uint64_t *buf, uint64_t n, uint64_t value);
-/* n steps of a loop that touches no memory (the share-nothing parallel reference): ns taken. */
-uint64_t dmamap_bench_spin(uint64_t n);
+/* The first byte of each of npages pages of emulated memory from pa loaded, as a
+ * fault run loads them (the share-nothing parallel reference): *ns taken. */
+int dmamap_bench_load_pages(dmamap_machine *m, uint64_t pa, uint64_t npages, uint64_t *ns, struct dmamap_err *err);
 int64_t dmamap_bench_host_map(uint64_t size, int populate, uint64_t touch_stride);
 int dmamap_bench_host_memfd(uint64_t size);
 int64_t dmamap_bench_host_touch(int fd, uint64_t size, int populate, const uint64_t *vas, uint64_t base,

@@ -74,12 +74,6 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, struc
 
 
 
-/* How many pages ahead touch_fault_run prefetches the bytes it loads: each is
- * on a page of its own, which the host's prefetchers do not reach and whose
- * miss (often a host TLB miss too) the loop's work per fault is too long to
- * overlap with the next ones out of order (16 MiB, 4 KiB stride, in the
- * benchmark's process: 11.4 -> 9.5 ns a fault). */
-#define TOUCH_AHEAD 16
 
 /* A run of read touches va + i * stride (i < n, stride a page multiple) that
  * are all faults the fast case takes, in one leaf table, VMA and chunk run:

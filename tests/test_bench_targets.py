@@ -26,6 +26,26 @@ def test_threads_target_reports_its_machine_reference(shared: bool) -> None:
     assert "share-nothing" in t.measured
 
 
+def test_share_nothing_reference_loads_the_pages_the_faults_load() -> None:
+    """The thread target's machine reference is the faults' memory traffic without the
+    emulation: one load per page of the thread's own buffer, in C; bad ranges are refused."""
+    import dmamap
+    from dmamap._binding import bench as cbench
+    from dmamap.errors import InvalidArgumentError, PhysicalAddressError
+
+    with dmamap.Machine("x86", ram=64 << 20) as m:
+        page = m.alloc_pages(256)
+        assert cbench.load_pages(m._ptr(), page.phys_addr, 256) > 0
+        assert cbench.load_pages(m._ptr(), page.phys_addr, 0) >= 0
+        with pytest.raises(InvalidArgumentError):
+            cbench.load_pages(m._ptr(), page.phys_addr + 8, 1)
+        with pytest.raises(PhysicalAddressError):
+            cbench.load_pages(m._ptr(), m.ram_base + (64 << 20) - 4096, 2)   # runs past the RAM
+        work = targets._share_nothing(m, [page.phys_addr, page.phys_addr], 256, 2)
+        work(0)
+        work(1)
+
+
 def test_thread_speedup_scaled_by_the_machines() -> None:
     assert targets._scaled(1.8, 2.1) == 1.8        # the machine gave two CPUs: as measured
     assert targets._scaled(0.9, 1.0) == 1.8        # it gave one: 0.9 of what it gave

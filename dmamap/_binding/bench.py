@@ -9,7 +9,7 @@ from typing import Any
 
 from dmamap._binding import _local, call, ffi, lib, raise_for
 
-__all__ = ["HOST", "now_ns", "store_loop", "spin", "u64_buffer", "host_memfd", "host_ref", "host_fault_around",
+__all__ = ["HOST", "now_ns", "store_loop", "load_pages", "u64_buffer", "host_memfd", "host_ref", "host_fault_around",
            "populate", "prepared", "HOST_REF_OUT"]
 
 #: Flags of ``dmamap_bench_host_ref`` (fill, memory, touch), by the C names less DMAMAP_HOST_.
@@ -32,9 +32,12 @@ def store_loop(buf: Any, n: int, value: int) -> int:
     return int(lib.dmamap_bench_store_loop(buf, n, value))
 
 
-def spin(n: int) -> int:
-    """Nanoseconds of ``n`` steps of a loop that touches no memory (GIL released)."""
-    return int(lib.dmamap_bench_spin(n))
+def load_pages(m: Any, pa: int, npages: int) -> int:
+    """Nanoseconds to load the first byte of each of ``npages`` pages of emulated memory
+    from ``pa``, as a fault run loads them, with no emulation (GIL released)."""
+    ns = ffi.new("uint64_t *")
+    call(lib.dmamap_bench_load_pages, m, pa, npages, ns)
+    return int(ns[0])
 
 
 def host_memfd(size: int) -> int:
