@@ -225,18 +225,23 @@ def _backing_range(m: dmamap.Machine) -> tuple[int, int]:
     return lo, lo + st.size
 
 
-def _rss_in(lo: int, hi: int) -> int:
-    """KiB of host memory resident in the mappings that overlap [lo, hi)."""
-    total, inside = 0, False
+def _smaps_fields(lo: int, hi: int, field: str) -> list[str]:
+    """The value of ``field`` (``Rss:``, ``VmFlags:``...) of each mapping that overlaps [lo, hi)."""
+    out, inside = [], False
     with open("/proc/self/smaps") as f:
         for line in f:
-            head = line.split(maxsplit=1)[0]
+            head, _, rest = line.partition(" ")
             if "-" in head and not head.endswith(":"):
                 a, b = (int(x, 16) for x in head.split("-"))
                 inside = a < hi and lo < b
-            elif inside and head == "Rss:":
-                total += int(line.split()[1])
-    return total
+            elif inside and head == field:
+                out.append(rest.strip())
+    return out
+
+
+def _rss_in(lo: int, hi: int) -> int:
+    """KiB of host memory resident in the mappings that overlap [lo, hi)."""
+    return sum(int(v.split()[0]) for v in _smaps_fields(lo, hi, "Rss:"))
 
 
 def _rss_kib() -> int:
@@ -392,20 +397,6 @@ def test_close_while_a_fault_handler_runs_on_another_thread() -> None:
         mm.read8(vma.start)
 
 
-def _vm_flags(lo: int, hi: int) -> list[set[str]]:
-    """The VmFlags of each mapping that overlaps [lo, hi)."""
-    out, inside = [], False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                a, b = (int(x, 16) for x in head.split("-"))
-                inside = a < hi and lo < b
-            elif inside and head == "VmFlags:":
-                out.append(set(line.split()[1:]))
-    return out
-
-
 @pytest.mark.parametrize("ram", [2 << 20, 64 << 20, 8 << 30])
 def test_backing_is_aligned_for_host_huge_pages(ram: int) -> None:
     """Emulated RAM is one private mapping, 2 MiB-aligned and advised for huge
@@ -413,6 +404,6 @@ def test_backing_is_aligned_for_host_huge_pages(ram: int) -> None:
     with dmamap.Machine("x86", ram=ram) as m:
         lo, hi = _backing_range(m)
         assert lo % (2 << 20) == 0 and hi - lo == ram
-        flags = _vm_flags(lo, hi)
+        flags = [set(v.split()) for v in _smaps_fields(lo, hi, "VmFlags:")]
         assert len(flags) == 1 and "hg" in flags[0] and "sh" not in flags[0], flags
         assert _rss_in(lo, hi) <= 4096   # sparse: the pages the boot touched, in at most two huge pages
