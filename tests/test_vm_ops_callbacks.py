@@ -99,7 +99,7 @@ def test_map_pages_is_called_before_fault_with_the_fault_around_window(m: dmamap
     vma.vm_ops = VmOperations("pages", fault=obj.fault, map_pages=obj.map_pages)
     va = vma.start + 21 * P + 5
     assert mm.read8(va) == 0
-    assert obj.windows == [expected_window(vma, va, 64 << 10)] and obj.faults == []
+    assert (obj.windows, obj.faults) == ([expected_window(vma, va, 64 << 10)], []), dmamap.fault_around_bytes()
     start, end = obj.windows[0]
     assert mm.count_present(vma.start, len(vma)) == end - start + 1
     for pgoff in range(start, end + 1):
