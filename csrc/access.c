@@ -523,21 +523,26 @@ static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint
     return 0;
 }
 
-/* Take one reference on each page of [pa, pa+n); all or none. */
+/* Take one reference on each page of [pa, pa+n), a reference-lock group at a
+ * time; all or none. */
 static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, struct dmamap_err *err)
 {
-    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
-    for (uint64_t pfn = first; pfn <= last; pfn++) {
-        struct page_desc *p = dmamap_page(m, pfn);
-        int held = p && page_get_unless_zero(m, p, PAGE_REF1);
-        if (!held || (page_flags(p) & DMAMAP_PG_TABLE)) {
-            if (held)
-                page_put(m, p);
-            for (uint64_t q = first; q < pfn; q++)
-                page_put(m, dmamap_page(m, q));
-            return view_refuse(refused, err, pfn << PAGE_SHIFT, held ? "a page-table page" :
+    uint64_t first = pa >> PAGE_SHIFT, count = ((pa + n - 1) >> PAGE_SHIFT) - first + 1;
+    if (!dmamap_pfn_is_ram(m, first) || !dmamap_pfn_is_ram(m, first + count - 1))
+        return view_refuse(refused, err, pa, "a free page (no reference to pin)");   /* (not RAM) */
+    uint64_t idx = first - m->ram_base_pfn;
+    struct page_desc *p = &m->pages[idx];
+    for (uint64_t j = 0; j < count;) {
+        uint64_t k = PREF_GROUP - ((idx + j) & (PREF_GROUP - 1));
+        k = k < count - j ? k : count - j;
+        uint64_t got = page_get_run(m, &p[j], k, DMAMAP_PG_TABLE, PAGE_REF1);
+        if (got < k) {
+            int table = page_refs(&p[j + got]) > 0;   /* (held, so refused for its flag) */
+            page_drop_run(m, p, idx, j + got, PAGE_REF1);
+            return view_refuse(refused, err, (first + j + got) << PAGE_SHIFT, table ? "a page-table page" :
                                "a free page (no reference to pin)");
         }
+        j += k;
     }
     return 0;
 }
@@ -570,12 +575,9 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
 {
     if (!m || m->closed || n == 0)
         return;
-    uint64_t first = pa >> PAGE_SHIFT, last = (pa + n - 1) >> PAGE_SHIFT;
-    for (uint64_t pfn = first; pfn <= last; pfn++) {
-        struct page_desc *p = dmamap_page(m, pfn);
-        if (p)
-            page_put(m, p);
-    }
+    uint64_t first = pa >> PAGE_SHIFT, count = ((pa + n - 1) >> PAGE_SHIFT) - first + 1;
+    if (dmamap_pfn_is_ram(m, first) && dmamap_pfn_is_ram(m, first + count - 1))
+        page_drop_run(m, &m->pages[first - m->ram_base_pfn], first - m->ram_base_pfn, count, PAGE_REF1);
 }
 
 /* ---- Bulk accesses (read, readinto, write from Python) ----

@@ -182,21 +182,10 @@ static int builtin_fault(dmamap_as *as, struct vma *v, uint64_t va, int is_write
  * when a reader pauses for a writer and when the touch call returns. */
 void fault_rsv_release(dmamap_as *as, struct as_cpu *c)
 {
-    uint64_t mask = c->rsv_mask, freed = 0;
-    if (!mask)
+    if (!c->rsv_mask)
         return;
-    dmamap_machine *m = as->m;
-    struct page_desc *p = &m->pages[c->rsv_pfn - m->ram_base_pfn];
-    uint32_t *l = pref_lock_of(m, p);   /* (the reserved pages are in one group) */
-    pref_lock(l);
-    for (uint64_t k = mask; k; k &= k - 1) {
-        unsigned j = (unsigned)__builtin_ctzll(k);
-        if (counts_refs(counts_add_locked(&p[j], -(PAGE_REF1 | PAGE_MAP1))) == 0)
-            freed |= 1ULL << j;
-    }
-    pref_unlock(l);
-    for (; freed; freed &= freed - 1)   /* (freed meanwhile by their owner: the reservation held the last) */
-        page_free_last(m, &p[__builtin_ctzll(freed)]);
+    dmamap_machine *m = as->m;   /* (the reserved pages are in one reference-lock group) */
+    page_drop_mask(m, &m->pages[c->rsv_pfn - m->ram_base_pfn], c->rsv_mask, PAGE_REF1 | PAGE_MAP1);
     c->rsv_mask = 0;
 }
 

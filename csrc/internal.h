@@ -224,29 +224,70 @@ static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
     page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
 }
 
-/* A mapping's reference and map count on each of p[0..n) (one group at
- * most) that may be mapped (page_get's rules: allocated, neither anonymous
- * nor a page table), in order, under one hold of the group's lock: how many
- * were taken before the first that may not. */
-static inline uint64_t page_map_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n)
+/* delta (as above) added to each of p[0..n) (one reference-lock group at
+ * most), pages found by their pfn alone, in order, under one hold of the
+ * group's lock: how many were taken before the first that is free or has one
+ * of the flags refuse (that one and the rest untouched). */
+static inline uint64_t page_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n, uint32_t refuse,
+                                    uint64_t delta)
 {
     uint32_t *l = pref_lock_of(m, p);
     uint64_t j;
     pref_lock(l);
     for (j = 0; j < n; j++) {
         uint64_t c = __atomic_load_n(&p[j].counts, __ATOMIC_ACQUIRE);
-        if (counts_refs(c) <= 0 || page_flags(&p[j]) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE))
+        if (counts_refs(c) <= 0 || page_flags(&p[j]) & refuse)
             break;
-        __atomic_store_n(&p[j].counts, c + (PAGE_REF1 | PAGE_MAP1), __ATOMIC_RELAXED);
+        __atomic_store_n(&p[j].counts, c + delta, __ATOMIC_RELAXED);
     }
     pref_unlock(l);
     return j;
+}
+
+/* A mapping's reference and map count on each of p[0..n) (one group at most)
+ * that may be mapped (page_get's rules: allocated, neither anonymous nor a
+ * page table): how many were taken before the first that may not. */
+static inline uint64_t page_map_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n)
+{
+    return page_get_run(m, p, n, DMAMAP_PG_ANON | DMAMAP_PG_TABLE, PAGE_REF1 | PAGE_MAP1);
 }
 
 /* A mapping's reference and map count on a page that may be mapped. */
 static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
 {
     return page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) ? 0 : (int)page_map_get_run(m, p, 1);
+}
+
+/* delta (as above) dropped from p[j] for each bit j of mask (pages of one
+ * reference-lock group), under one hold of its lock; a page whose last
+ * reference this was is freed after it, as page_drop frees it. */
+static inline void page_drop_mask(dmamap_machine *m, struct page_desc *p, uint64_t mask, uint64_t delta)
+{
+    uint64_t freed = 0;
+    if (!mask)
+        return;
+    uint32_t *l = pref_lock_of(m, &p[__builtin_ctzll(mask)]);
+    pref_lock(l);
+    for (uint64_t k = mask; k; k &= k - 1) {
+        unsigned j = (unsigned)__builtin_ctzll(k);
+        if (counts_refs(counts_add_locked(&p[j], -delta)) == 0)
+            freed |= 1ULL << j;
+    }
+    pref_unlock(l);
+    for (; freed; freed &= freed - 1)
+        page_free_last(m, &p[__builtin_ctzll(freed)]);
+}
+
+/* delta dropped from each of p[0..n), a reference-lock group at a time (p is
+ * the descriptor of RAM page index idx). */
+static inline void page_drop_run(dmamap_machine *m, struct page_desc *p, uint64_t idx, uint64_t n, uint64_t delta)
+{
+    for (uint64_t j = 0; j < n;) {
+        uint64_t k = PREF_GROUP - ((idx + j) & (PREF_GROUP - 1));
+        k = k < n - j ? k : n - j;
+        page_drop_mask(m, &p[j], k >= 64 ? ~0ULL : (1ULL << k) - 1, delta);
+        j += k;
+    }
 }
 
 struct iowin_slot {

@@ -517,3 +517,26 @@ def test_bulk_c_methods_raise_the_library_errors_and_leave_nothing_behind() -> N
         for call in calls:
             with pytest.raises(MachineClosedError):
                 call(vma.start)
+
+
+def test_view_refused_midway_takes_back_every_pin() -> None:
+    """A view over pages of several reference-lock groups (64 pages each), one of
+    them freed under a remap_pfn_range mapping (which holds no references): the
+    pin is refused at that page and the references it took before are given back."""
+    with dmamap.Machine("x86", ram=16 << 20) as m:
+        mm = m.new_address_space()
+        page = m.alloc_pages(200)
+        vma = mm.mmap(200 * PAGE_SIZE)
+        dmamap.remap_pfn_range(vma, vma.start, page.pfn, 200 * PAGE_SIZE, vma.page_prot)
+        pages = [m.pfn_to_page(page.pfn + i) for i in range(200)]
+        v = mm.view(vma.start, 200 * PAGE_SIZE)
+        assert {p.refcount for p in pages} == {2}
+        v.release()
+        m.free_pages(pages[150], 50)
+        with pytest.raises(ZeroCopyError, match="free page"):
+            mm.view(vma.start, 200 * PAGE_SIZE)
+        assert {p.refcount for p in pages[:150]} == {1} and {p.refcount for p in pages[150:]} == {0}
+        v = mm.view(vma.start, 150 * PAGE_SIZE)   # the pages still allocated pin as before
+        assert {p.refcount for p in pages[:150]} == {2}
+        v.release()
+        assert {p.refcount for p in pages[:150]} == {1}
