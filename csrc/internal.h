@@ -174,60 +174,15 @@ static inline uint64_t counts_add_locked(struct page_desc *p, uint64_t delta)
     return c;
 }
 
-/* References taken by someone who holds one already (a PTE being copied, a
- * page just checked or allocated): the reference count cannot be 0.
- * delta: PAGE_REF1 (a reference) or PAGE_REF1 | PAGE_MAP1 (a mapping's). */
-static inline void page_hold_add(dmamap_machine *m, struct page_desc *p, uint64_t delta)
-{
-    uint32_t *l = pref_lock_of(m, p);
-    pref_lock(l);
-    counts_add_locked(p, delta);
-    pref_unlock(l);
-}
-
-/* get_page_unless_zero: add delta (as above) to a page found by its pfn
- * alone, which may be freed concurrently; 0 when it is free (or being
- * freed).  The flags read after it are those of the allocation it holds. */
-static inline int page_get_unless_zero(dmamap_machine *m, struct page_desc *p, uint64_t delta)
-{
-    uint32_t *l = pref_lock_of(m, p);
-    pref_lock(l);
-    int ok = counts_refs(__atomic_load_n(&p->counts, __ATOMIC_ACQUIRE)) > 0;
-    if (ok)
-        counts_add_locked(p, delta);
-    pref_unlock(l);
-    return ok;
-}
-
 /* The last reference dropped: free the page through the allocator. */
 void page_free_last(dmamap_machine *m, struct page_desc *p);
 
-/* put_page: drop delta (as above); the last reference frees the page (an
- * anonymous page whose last mapping went), under the allocator's lock. */
-static inline void page_drop(dmamap_machine *m, struct page_desc *p, uint64_t delta)
-{
-    uint32_t *l = pref_lock_of(m, p);
-    pref_lock(l);
-    uint64_t c = counts_add_locked(p, -delta);
-    pref_unlock(l);
-    if (counts_refs(c) == 0)
-        page_free_last(m, p);
-}
-
-static inline void page_put(dmamap_machine *m, struct page_desc *p)
-{
-    page_drop(m, p, PAGE_REF1);
-}
-
-static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
-{
-    page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
-}
-
-/* delta (as above) added to each of p[0..n) (one reference-lock group at
- * most), pages found by their pfn alone, in order, under one hold of the
- * group's lock: how many were taken before the first that is free or has one
- * of the flags refuse (that one and the rest untouched). */
+/* delta added to each of p[0..n) (one reference-lock group at most), pages
+ * found by their pfn alone (which may be freed concurrently), in order, under
+ * one hold of the group's lock: how many were taken before the first that is
+ * free (or being freed) or has one of the flags refuse, which stops it
+ * untouched.  delta: PAGE_REF1 (a reference) or PAGE_REF1 | PAGE_MAP1 (a
+ * mapping's).  Flags read after it are those of the allocation it holds. */
 static inline uint64_t page_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n, uint32_t refuse,
                                     uint64_t delta)
 {
@@ -244,23 +199,10 @@ static inline uint64_t page_get_run(dmamap_machine *m, struct page_desc *p, uint
     return j;
 }
 
-/* A mapping's reference and map count on each of p[0..n) (one group at most)
- * that may be mapped (page_get's rules: allocated, neither anonymous nor a
- * page table): how many were taken before the first that may not. */
-static inline uint64_t page_map_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n)
-{
-    return page_get_run(m, p, n, DMAMAP_PG_ANON | DMAMAP_PG_TABLE, PAGE_REF1 | PAGE_MAP1);
-}
-
-/* A mapping's reference and map count on a page that may be mapped. */
-static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
-{
-    return page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE) ? 0 : (int)page_map_get_run(m, p, 1);
-}
-
-/* delta (as above) dropped from p[j] for each bit j of mask (pages of one
- * reference-lock group), under one hold of its lock; a page whose last
- * reference this was is freed after it, as page_drop frees it. */
+/* delta dropped from p[j] for each bit j of mask (pages of one reference-lock
+ * group), under one hold of its lock; a page whose last reference this was
+ * (an anonymous page whose last mapping went, a view outliving its mapping)
+ * is freed after it, under the allocator's lock. */
 static inline void page_drop_mask(dmamap_machine *m, struct page_desc *p, uint64_t mask, uint64_t delta)
 {
     uint64_t freed = 0;
@@ -276,6 +218,49 @@ static inline void page_drop_mask(dmamap_machine *m, struct page_desc *p, uint64
     pref_unlock(l);
     for (; freed; freed &= freed - 1)
         page_free_last(m, &p[__builtin_ctzll(freed)]);
+}
+
+/* get_page_unless_zero: delta on one page found by its pfn alone; 0 when it is free. */
+static inline int page_get_unless_zero(dmamap_machine *m, struct page_desc *p, uint64_t delta)
+{
+    return (int)page_get_run(m, p, 1, 0, delta);
+}
+
+/* References taken by someone who holds one already (a PTE being copied, a
+ * page just checked or allocated): the reference count cannot be 0. */
+static inline void page_hold_add(dmamap_machine *m, struct page_desc *p, uint64_t delta)
+{
+    page_get_run(m, p, 1, 0, delta);
+}
+
+/* put_page: drop delta (as above); the last reference frees the page. */
+static inline void page_drop(dmamap_machine *m, struct page_desc *p, uint64_t delta)
+{
+    page_drop_mask(m, p, 1, delta);
+}
+
+static inline void page_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1);
+}
+
+static inline void page_map_put(dmamap_machine *m, struct page_desc *p)
+{
+    page_drop(m, p, PAGE_REF1 | PAGE_MAP1);
+}
+
+/* A mapping's reference and map count on each of p[0..n) (one group at most)
+ * that may be mapped (page_get's rules: allocated, neither anonymous nor a
+ * page table): how many were taken before the first that may not. */
+static inline uint64_t page_map_get_run(dmamap_machine *m, struct page_desc *p, uint64_t n)
+{
+    return page_get_run(m, p, n, DMAMAP_PG_ANON | DMAMAP_PG_TABLE, PAGE_REF1 | PAGE_MAP1);
+}
+
+/* A mapping's reference and map count on a page that may be mapped. */
+static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
+{
+    return (int)page_map_get_run(m, p, 1);
 }
 
 /* delta dropped from each of p[0..n), a reference-lock group at a time (p is
