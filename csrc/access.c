@@ -345,15 +345,25 @@ int64_t dmamap_fast_nop(dmamap_as *as, uint64_t va)
     return (int64_t)(va & 0xff) + (as != NULL);
 }
 
+/* A fast-path call's result: a callback exception stashed during it fails
+ * it, and a failure's record (err, which is copied only then) becomes the
+ * thread's. */
+static inline int fast_finish(int rc, const struct dmamap_err *err)
+{
+    if (fast_pending && !rc) {
+        fast_err = *err;
+        fast_err.code = DMAMAP_EHANDLER;
+        return DMAMAP_EHANDLER;
+    }
+    if (rc)
+        fast_err = *err;
+    return rc;
+}
+
 static inline int fast_rw(dmamap_as *as, uint64_t va, int size, int is_write, uint64_t *v)
 {
-    struct dmamap_err err;   /* copied to the thread's record only on failure */
-    int rc = rw_n(as, va, size, is_write, v, &err);
-    if (fast_pending && !rc)
-        rc = err.code = DMAMAP_EHANDLER;
-    if (rc)
-        fast_err = err;
-    return rc;
+    struct dmamap_err err;
+    return fast_finish(rw_n(as, va, size, is_write, v, &err), &err);
 }
 
 static inline int64_t fast_read(dmamap_as *as, uint64_t va, int size)
@@ -523,26 +533,33 @@ static int view_check(dmamap_as *as, uint64_t va, uint64_t n, int is_write, uint
     return 0;
 }
 
+/* The pages of [pa, pa+n) (n > 0): 1 with *idx, the first one's RAM page
+ * index, and *count, when they are all RAM; else 0. */
+static int view_pages(dmamap_machine *m, uint64_t pa, uint64_t n, uint64_t *idx, uint64_t *count)
+{
+    uint64_t first = pa >> PAGE_SHIFT;
+    *count = ((pa + n - 1) >> PAGE_SHIFT) - first + 1;
+    *idx = first - m->ram_base_pfn;
+    return dmamap_pfn_is_ram(m, first) && dmamap_pfn_is_ram(m, first + *count - 1);
+}
+
 /* Take one reference on each page of [pa, pa+n), a reference-lock group at a
  * time; all or none. */
 static int view_pin(dmamap_machine *m, uint64_t pa, uint64_t n, int *refused, struct dmamap_err *err)
 {
-    uint64_t first = pa >> PAGE_SHIFT, count = ((pa + n - 1) >> PAGE_SHIFT) - first + 1;
-    if (!dmamap_pfn_is_ram(m, first) || !dmamap_pfn_is_ram(m, first + count - 1))
+    uint64_t idx, count;
+    if (!view_pages(m, pa, n, &idx, &count))
         return view_refuse(refused, err, pa, "a free page (no reference to pin)");   /* (not RAM) */
-    uint64_t idx = first - m->ram_base_pfn;
     struct page_desc *p = &m->pages[idx];
-    for (uint64_t j = 0; j < count;) {
-        uint64_t k = PREF_GROUP - ((idx + j) & (PREF_GROUP - 1));
-        k = k < count - j ? k : count - j;
+    for (uint64_t j = 0, k; j < count; j += k) {
+        k = pref_span(idx + j, count - j);
         uint64_t got = page_get_run(m, &p[j], k, DMAMAP_PG_TABLE, PAGE_REF1);
         if (got < k) {
             int table = page_refs(&p[j + got]) > 0;   /* (held, so refused for its flag) */
             page_drop_run(m, p, idx, j + got, PAGE_REF1);
-            return view_refuse(refused, err, (first + j + got) << PAGE_SHIFT, table ? "a page-table page" :
-                               "a free page (no reference to pin)");
+            return view_refuse(refused, err, (pa & PAGE_MASK) + ((j + got) << PAGE_SHIFT),
+                               table ? "a page-table page" : "a free page (no reference to pin)");
         }
-        j += k;
     }
     return 0;
 }
@@ -575,9 +592,9 @@ void dmamap_view_unpin(dmamap_machine *m, uint64_t pa, uint64_t n)
 {
     if (!m || m->closed || n == 0)
         return;
-    uint64_t first = pa >> PAGE_SHIFT, count = ((pa + n - 1) >> PAGE_SHIFT) - first + 1;
-    if (dmamap_pfn_is_ram(m, first) && dmamap_pfn_is_ram(m, first + count - 1))
-        page_drop_run(m, &m->pages[first - m->ram_base_pfn], first - m->ram_base_pfn, count, PAGE_REF1);
+    uint64_t idx, count;
+    if (view_pages(m, pa, n, &idx, &count))
+        page_drop_run(m, &m->pages[idx], idx, count, PAGE_REF1);
 }
 
 /* ---- Bulk accesses (read, readinto, write from Python) ----
@@ -779,13 +796,5 @@ int dmamap_access_bulk(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is
 int dmamap_access_bulk_fast(dmamap_as *as, uint64_t va, void *buf, uint64_t n, int is_write)
 {
     struct dmamap_err err;
-    int rc = dmamap_access_bulk(as, va, buf, n, is_write, &err);
-    if (fast_pending && !rc) {
-        rc = err.code = DMAMAP_EHANDLER;
-        err.addr = va;
-        err.msg[0] = 0;
-    }
-    if (rc)
-        fast_err = err;
-    return rc;
+    return fast_finish(dmamap_access_bulk(as, va, buf, n, is_write, &err), &err);
 }

@@ -203,11 +203,8 @@ static int fast_page_ref(dmamap_as *as, struct as_cpu *c, uint64_t pfn, uint64_t
     if (!batch)
         return page_map_get(m, p);
     /* ahead: the pages of the chunk run, the RAM and pfn's reference-lock group, under one hold of its lock */
-    uint64_t idx = pfn - m->ram_base_pfn, n = PREF_GROUP - (idx & (PREF_GROUP - 1));
-    n = n < run ? n : run;
+    uint64_t idx = pfn - m->ram_base_pfn, n = pref_span(idx, run);
     n = n < m->ram_pages - idx ? n : m->ram_pages - idx;
-    if (page_flags(p) & (DMAMAP_PG_ANON | DMAMAP_PG_TABLE))
-        return 0;
     uint64_t got = page_map_get_run(m, p, n);
     if (!got)
         return 0;

@@ -105,6 +105,13 @@ struct page_desc {
 #define PREF_SHIFT 6
 #define PREF_GROUP (1ULL << PREF_SHIFT)
 
+/* How many pages from RAM page index idx, at most left, are in its reference-lock group. */
+static inline uint64_t pref_span(uint64_t idx, uint64_t left)
+{
+    uint64_t k = PREF_GROUP - (idx & (PREF_GROUP - 1));
+    return k < left ? k : left;
+}
+
 static inline int32_t counts_refs(uint64_t c)
 {
     return (int32_t)(uint32_t)c;
@@ -267,11 +274,9 @@ static inline int page_map_get(dmamap_machine *m, struct page_desc *p)
  * the descriptor of RAM page index idx). */
 static inline void page_drop_run(dmamap_machine *m, struct page_desc *p, uint64_t idx, uint64_t n, uint64_t delta)
 {
-    for (uint64_t j = 0; j < n;) {
-        uint64_t k = PREF_GROUP - ((idx + j) & (PREF_GROUP - 1));
-        k = k < n - j ? k : n - j;
+    for (uint64_t j = 0, k; j < n; j += k) {
+        k = pref_span(idx + j, n - j);
         page_drop_mask(m, &p[j], k >= 64 ? ~0ULL : (1ULL << k) - 1, delta);
-        j += k;
     }
 }
 

@@ -225,19 +225,20 @@ static void scrub(dmamap_machine *m, uint64_t pfn, uint64_t npages)
  * (*busy: its counts), which stops it. */
 static uint64_t unref_owned(dmamap_machine *m, struct page_desc *p, uint64_t n, uint64_t *busy)
 {
-    uint64_t k = 0;
-    while (k < n) {
-        uint32_t *l = pref_lock_of(m, &p[k]);
+    uint64_t idx = (uint64_t)(p - m->pages);
+    for (uint64_t j = 0, k; j < n; j += k) {
+        k = pref_span(idx + j, n - j);
+        uint32_t *l = pref_lock_of(m, &p[j]);
         pref_lock(l);
-        do {
-            uint64_t c = __atomic_load_n(&p[k].counts, __ATOMIC_ACQUIRE);
+        for (uint64_t i = j; i < j + k; i++) {
+            uint64_t c = __atomic_load_n(&p[i].counts, __ATOMIC_ACQUIRE);
             if (c != PAGE_REF1) {
                 pref_unlock(l);
                 *busy = c;
-                return k;
+                return i;
             }
-            __atomic_store_n(&p[k].counts, 0, __ATOMIC_RELAXED);
-        } while (++k < n && pref_lock_of(m, &p[k]) == l);
+            __atomic_store_n(&p[i].counts, 0, __ATOMIC_RELAXED);
+        }
         pref_unlock(l);
     }
     return n;

@@ -72,9 +72,6 @@ static inline __attribute__((always_inline)) int touch_fast(dmamap_as *as, struc
     return 1;
 }
 
-
-
-
 /* A run of read touches va + i * stride (i < n, stride a page multiple) that
  * are all faults the fast case takes, in one leaf table, VMA and chunk run:
  * each faults (PTE written, reference taken), fills its TLB entry and loads

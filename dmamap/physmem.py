@@ -4,8 +4,9 @@ memtype tracking, ports, and the subsystems that hand out physical ranges
 (device bus, port space, MMIO window, SRAM pool, I/O window).
 
 Backing memory is one sparse anonymous mapping, in host huge pages where the
-host allows: nothing is committed on the host until it is touched.  :class:`dmamap.machine.Machine` builds on this with
-address spaces, the kernel's direct map and a platform backend.
+host allows: nothing is committed on the host until it is touched.
+:class:`dmamap.machine.Machine` builds on this with address spaces, the
+kernel's direct map and a platform backend.
 """
 
 from __future__ import annotations

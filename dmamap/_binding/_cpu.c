@@ -145,37 +145,39 @@ static PyObject *bulk_read(CpuAccess *self, PyObject *const *args, Py_ssize_t na
     return slow(self, str_read_slow, args, nargs);
 }
 
-static PyObject *bulk_readinto(CpuAccess *self, PyObject *const *args, Py_ssize_t nargs)
+/* The access through args[1]'s buffer (flags: what it must be): its length,
+ * -1 with the exception set, or -2 when the arguments are for the Python
+ * method to judge. */
+static Py_ssize_t bulk_buffer(CpuAccess *self, PyObject *const *args, Py_ssize_t nargs, int flags, int is_write)
 {
     uint64_t va;
     Py_buffer view;
-    if (nargs == 2 && self->as && access_bulk && arg_u64(args[0], &va) == 0) {
-        if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
-            Py_ssize_t n = view.len;
-            int rc = n ? bulk(self, va, view.buf, (uint64_t)n, 0) : 0;
-            PyBuffer_Release(&view);
-            return rc ? NULL : PyLong_FromSsize_t(n);
-        }
+    if (nargs != 2 || !self->as || !access_bulk || arg_u64(args[0], &va) != 0)
+        return -2;
+    if (PyObject_GetBuffer(args[1], &view, flags) != 0) {
         PyErr_Clear();
+        return -2;
     }
-    return slow(self, str_readinto_slow, args, nargs);
+    Py_ssize_t n = view.len;
+    int rc = n ? bulk(self, va, view.buf, (uint64_t)n, is_write) : 0;
+    PyBuffer_Release(&view);
+    return rc ? -1 : n;
+}
+
+static PyObject *bulk_readinto(CpuAccess *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n = bulk_buffer(self, args, nargs, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS, 0);
+    return n == -2 ? slow(self, str_readinto_slow, args, nargs) : n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 
 static PyObject *bulk_write(CpuAccess *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t va;
-    Py_buffer view;
-    if (nargs == 2 && self->as && access_bulk && arg_u64(args[0], &va) == 0) {
-        if (PyObject_GetBuffer(args[1], &view, PyBUF_C_CONTIGUOUS) == 0) {
-            int rc = view.len ? bulk(self, va, view.buf, (uint64_t)view.len, 1) : 0;
-            PyBuffer_Release(&view);
-            if (rc)
-                return NULL;
-            Py_RETURN_NONE;
-        }
-        PyErr_Clear();
-    }
-    return slow(self, str_write_slow, args, nargs);
+    Py_ssize_t n = bulk_buffer(self, args, nargs, PyBUF_C_CONTIGUOUS, 1);
+    if (n == -2)
+        return slow(self, str_write_slow, args, nargs);
+    if (n < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *bind(CpuAccess *self, PyObject *arg)

@@ -344,8 +344,9 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
     size, n = THREAD_VMA_SIZE, THREAD_VMAS
     with bench_machine(platform, 2 * size) as (m, dev):
         bufs = [aligned_coherent(dev, size) for _ in range(2)]
-        for b in bufs:
-            populate(m, dmamap.dma_coherent_to_pfn(dev, b.cpu_addr, b.dma_handle), size >> PAGE_SHIFT)
+        pfns = [dmamap.dma_coherent_to_pfn(dev, b.cpu_addr, b.dma_handle) for b in bufs]
+        for pfn in pfns:
+            populate(m, pfn, size >> PAGE_SHIFT)
         spaces = [m.new_address_space()] * 2 if shared else [m.new_address_space() for _ in range(2)]
         mapped: list[list[dmamap.Vma]] = [[], []]
 
@@ -375,8 +376,7 @@ def target_threads(platform: str, repeat: int, *, shared: bool) -> Target:
             return dt
 
         one_thread()   # warm-up: the table pages and host pages behind them exist from now on
-        pas = [dmamap.dma_coherent_to_pfn(dev, b.cpu_addr, b.dma_handle) << PAGE_SHIFT for b in bufs]
-        ref = _share_nothing(m, pas, size >> PAGE_SHIFT, n)
+        ref = _share_nothing(m, [pfn << PAGE_SHIFT for pfn in pfns], size >> PAGE_SHIFT, n)
         one: list[int] = []
         two: list[int] = []
         ref_one: list[int] = []
